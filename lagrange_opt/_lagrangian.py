@@ -1,0 +1,122 @@
+"""The Lagrangian's pieces as small pure functions of tensors.
+
+Every constraint is first brought to a standard form: an equality ``h(x) = 0`` keeps its
+value, an inequality becomes ``g(x) <= 0``. Multipliers of inequalities are then
+non-negative at a saddle point, under either treatment.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._problem import ConstraintSpec
+
+
+def standard_form(value: Tensor, spec: ConstraintSpec) -> Tensor:
+    """Writes a constraint's value as ``h = 0`` or ``g <= 0``.
+
+    .. math::
+
+        g = \\begin{cases} -v & \\text{sense } v \\ge 0 \\\\ v & \\text{otherwise} \\end{cases}
+
+    Example:
+        >>> spec = ConstraintSpec("c", "inequality", ">=", (), None, "slack", 1e-2)
+        >>> standard_form(torch.tensor(3.0), spec)
+        tensor(-3.)
+    """
+    if spec.sense == ">=":
+        return -value
+    return value
+
+
+def violation(standard: Tensor, spec: ConstraintSpec) -> Tensor:
+    """Elementwise violation of a constraint in standard form.
+
+    .. math::
+
+        \\operatorname{viol}(h) = |h|, \\qquad \\operatorname{viol}(g) = \\max(g, 0)
+
+    Example:
+        >>> spec = ConstraintSpec("c", "inequality", "<=", (2,), None, "slack", 1e-2)
+        >>> violation(torch.tensor([-1.0, 0.5]), spec)
+        tensor([0.0000, 0.5000])
+    """
+    if spec.kind == "equality":
+        return standard.abs()
+    return standard.clamp(min=0)
+
+
+def slack_residual(standard: Tensor, slack: Tensor) -> Tensor:
+    """The equality that replaces ``g <= 0`` under the slack treatment.
+
+    .. math::
+
+        r(x, s) = g(x) + s^2 = 0
+
+    Example:
+        >>> slack_residual(torch.tensor(-4.0), torch.tensor(2.0))
+        tensor(0.)
+    """
+    return standard + slack.square()
+
+
+def initial_slack(standard: Tensor, margin: float) -> Tensor:
+    """A slack that satisfies ``g + s**2 = 0`` where ``g <= -margin``.
+
+    .. math::
+
+        s_0 = \\sqrt{\\max(-g, m)}
+
+    The margin ``m > 0`` keeps ``s`` away from zero, where ``d(s^2)/ds = 2s`` vanishes and
+    the slack could never move.
+
+    Example:
+        >>> initial_slack(torch.tensor([-4.0, 1.0]), 0.01)
+        tensor([2.0000, 0.1000])
+    """
+    return standard.neg().clamp(min=margin).sqrt()
+
+
+def project_nonnegative_(multiplier: Tensor) -> Tensor:
+    """Projects inequality multipliers onto the dual feasible set, in place.
+
+    .. math::
+
+        \\lambda \\leftarrow \\max(\\lambda, 0)
+    """
+    return multiplier.clamp_(min=0)
+
+
+def constraint_term(multiplier: Tensor, residual: Tensor, batch_size: int | None) -> Tensor:
+    """A constraint's contribution to the Lagrangian.
+
+    .. math::
+
+        \\langle \\lambda, r \\rangle \\quad\\text{or, indexed,}\\quad
+        \\frac{1}{B} \\sum_{i \\in \\text{batch}} \\langle \\lambda_i, r_i \\rangle
+
+    An indexed constraint is averaged over the batch, so that its weight against a
+    batch-mean objective does not depend on the batch size.
+
+    Example:
+        >>> constraint_term(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]), None)
+        tensor(11.)
+    """
+    term = (multiplier * residual).sum()
+    if batch_size is None:
+        return term
+    return term / batch_size
+
+
+def lagrangian(objective: Tensor, terms: list[Tensor]) -> Tensor:
+    """The Lagrangian: the objective plus every constraint's term.
+
+    .. math::
+
+        \\mathcal{L}(x, s, \\lambda) = f(x) + \\sum_c \\langle \\lambda_c, r_c(x, s_c) \\rangle
+    """
+    total = objective
+    for term in terms:
+        total = total + term
+    return total

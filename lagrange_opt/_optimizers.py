@@ -1,0 +1,429 @@
+"""Saddle-point optimizers: descent on the parameters and slacks, ascent on the multipliers."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ._evaluation import Evaluation, UndoLog, evaluate
+from ._lagrangian import project_nonnegative_
+from ._problem import ConstrainedProblem, ProblemState
+from ._rows import RowView, step_optimizer
+
+Closure = Callable[[], ProblemState]
+
+
+class StepResult(NamedTuple):
+    """What a step returns, measured at the point the step started from.
+
+    Every field is a detached 0-dim tensor: logging it costs no host synchronisation until
+    it is converted with ``float()``.
+
+    Attributes:
+        objective: The objective.
+        lagrangian: The Lagrangian.
+        max_violation: The largest violation of any constraint element in the evaluation.
+        mean_violation: The mean violation over every constraint element in the evaluation.
+    """
+
+    objective: Tensor
+    lagrangian: Tensor
+    max_violation: Tensor
+    mean_violation: Tensor
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    return [param for group in optimizer.param_groups for param in group["params"]]
+
+
+def _check_optimizer(label: str, optimizer: object, maximize: bool) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"the {label} optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    for index, group in enumerate(optimizer.param_groups):
+        learning_rate = float(group.get("lr", 0.0))
+        if not learning_rate > 0.0:
+            raise ValueError(
+                f"Invalid learning rate in the {label} optimizer (param group {index}): "
+                f"{learning_rate}"
+            )
+        if bool(group.get("maximize", False)) != maximize:
+            expected = "maximize: build it with maximize=True" if maximize else "minimize"
+            raise ValueError(
+                f"the {label} optimizer must {expected} (param group {index} has "
+                f"maximize={group.get('maximize', False)})"
+            )
+
+
+def _check_membership(
+    problem: ConstrainedProblem,
+    primal_optimizer: torch.optim.Optimizer,
+    dual_optimizer: torch.optim.Optimizer,
+) -> None:
+    primal = {id(param) for param in _params(primal_optimizer)}
+    dual = {id(param) for param in _params(dual_optimizer)}
+    for name, constraint in problem.constraint_items():
+        if id(constraint.multiplier) not in dual:
+            raise ValueError(
+                f"the multiplier of constraint '{name}' is not in the dual optimizer: "
+                "build it over problem.dual_parameters()"
+            )
+        if id(constraint.multiplier) in primal:
+            raise ValueError(
+                f"the multiplier of constraint '{name}' is in the primal optimizer: "
+                "multipliers take ascent steps in the dual optimizer only"
+            )
+        if constraint.slack is not None and id(constraint.slack) not in primal:
+            raise ValueError(
+                f"the slack of constraint '{name}' is not in the primal optimizer: "
+                "add problem.slack_parameters() to it"
+            )
+    multipliers = {id(param) for param in problem.dual_parameters()}
+    for param in _params(dual_optimizer):
+        if id(param) not in multipliers:
+            raise ValueError(
+                f"the dual optimizer holds a tensor of shape {tuple(param.shape)} that is not a "
+                "multiplier of this problem"
+            )
+
+
+class ConstrainedOptimizer(abc.ABC):
+    """Common interface of the saddle-point methods.
+
+    Each method takes two stock ``torch.optim`` optimizers: the primal one over the model
+    parameters and the slacks (descent), the dual one over the multipliers, built with
+    ``maximize=True`` (ascent). The method forms the Lagrangian and calls ``backward``
+    itself, once per evaluation; gradients present before a step are discarded. A step that
+    raises leaves the parameters, slacks, multipliers and optimizer states as they were.
+
+    Args:
+        problem: The problem to solve.
+        primal_optimizer: Optimizer over the model parameters and ``problem.slack_parameters()``.
+        dual_optimizer: Optimizer over ``problem.dual_parameters()`` with ``maximize=True``.
+    """
+
+    def __init__(
+        self,
+        problem: ConstrainedProblem,
+        primal_optimizer: torch.optim.Optimizer,
+        dual_optimizer: torch.optim.Optimizer,
+    ) -> None:
+        if not isinstance(problem, ConstrainedProblem):
+            raise TypeError(f"problem must be a ConstrainedProblem, got {type(problem).__name__}")
+        _check_optimizer("primal", primal_optimizer, maximize=False)
+        _check_optimizer("dual", dual_optimizer, maximize=True)
+        _check_membership(problem, primal_optimizer, dual_optimizer)
+        self.problem = problem
+        self.primal_optimizer = primal_optimizer
+        self.dual_optimizer = dual_optimizer
+
+    @abc.abstractmethod
+    def step(self, closure: Closure) -> StepResult:
+        """Takes one step.
+
+        Args:
+            closure: Re-evaluates the problem on the current batch and returns its
+                :class:`ProblemState`, e.g. ``lambda: problem(inputs, targets, indices)``.
+
+        Returns:
+            The objective, Lagrangian and violations at the point the step started from.
+        """
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The primal optimizer's parameter groups, then the dual optimizer's."""
+        return [*self.primal_optimizer.param_groups, *self.dual_optimizer.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clears the gradients of both optimizers' parameters."""
+        self.primal_optimizer.zero_grad(set_to_none=set_to_none)
+        self.dual_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both optimizers' states. Multipliers and slacks are in ``problem.state_dict()``."""
+        return {
+            "method": type(self).__name__,
+            "primal": self.primal_optimizer.state_dict(),
+            "dual": self.dual_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: If the state comes from another method or lacks a part.
+        """
+        missing = {"method", "primal", "dual"} - set(state_dict)
+        if missing:
+            raise ValueError(f"state_dict lacks {sorted(missing)}")
+        method = state_dict["method"]
+        if method != type(self).__name__:
+            raise ValueError(f"state_dict is from {method}, not {type(self).__name__}")
+        self.primal_optimizer.load_state_dict(state_dict["primal"])
+        self.dual_optimizer.load_state_dict(state_dict["dual"])
+
+    # The pieces every method is made of.
+
+    def _backward(self, evaluation: Evaluation) -> Tensor:
+        """Backpropagates the Lagrangian into the primal gradients; returns its value."""
+        self.zero_grad()
+        value = evaluation.lagrangian()
+        if value.requires_grad:
+            value.backward()
+        for term in evaluation.terms:
+            # The Lagrangian averages an indexed constraint over the batch; a sample's own
+            # variables step along the gradient of that sample's term, as its multiplier does.
+            if term.inverse is not None and term.slack_rows is not None and term.slack_rows.grad is not None:
+                term.slack_rows.grad.mul_(term.inverse.shape[0])
+        return value.detach()
+
+    def _step_primal(
+        self, gradients: Evaluation, start: Evaluation, commit_state: bool, copy_rows: bool
+    ) -> None:
+        views = [
+            RowView(
+                term.constraint.slack,
+                term.rows,
+                start_term.slack_rows.detach().clone() if copy_rows else start_term.slack_rows.detach(),
+                grad_of(term.slack_rows),
+                project=False,
+            )
+            for term, start_term in zip(gradients.terms, start.terms)
+            if term.rows is not None and term.slack_rows is not None
+            and start_term.slack_rows is not None and term.constraint.slack is not None
+        ]  # fmt: skip
+        step_optimizer(self.primal_optimizer, views, commit_state)
+
+    def _step_dual(
+        self, gradients: Evaluation, start: Evaluation, commit_state: bool, copy_rows: bool
+    ) -> None:
+        views = []
+        for term, start_term in zip(gradients.terms, start.terms):
+            project = term.constraint.spec.treatment == "projection"
+            if term.rows is None:
+                term.constraint.multiplier.grad = term.dual_grad
+                continue
+            values = start_term.multiplier_rows
+            views.append(
+                RowView(
+                    term.constraint.multiplier,
+                    term.rows,
+                    values.clone() if copy_rows else values,
+                    term.dual_grad,
+                    project,
+                )
+            )
+        step_optimizer(self.dual_optimizer, views, commit_state)
+        for term in gradients.terms:
+            if term.rows is None and term.constraint.spec.treatment == "projection":
+                project_nonnegative_(term.constraint.multiplier.data)
+
+    def _result(self, evaluation: Evaluation, lagrangian: Tensor) -> StepResult:
+        max_violation, mean_violation = evaluation.violation_summary()
+        return StepResult(evaluation.objective.detach(), lagrangian, max_violation, mean_violation)
+
+    def _dense_parameters(self) -> list[nn.Parameter]:
+        """Parameters of both optimizers except the indexed tables (stepped by rows)."""
+        indexed = {
+            id(param)
+            for _, constraint in self.problem.constraint_items()
+            if constraint.spec.indexed
+            for param in (constraint.multiplier, constraint.slack)
+            if param is not None
+        }
+        params = [*_params(self.primal_optimizer), *_params(self.dual_optimizer)]
+        return [param for param in params if id(param) not in indexed]
+
+
+def grad_of(leaf: Tensor | None) -> Tensor:
+    """The gradient backward left on a leaf (zero if the leaf did not reach the output)."""
+    assert leaf is not None
+    if leaf.grad is None:
+        return torch.zeros_like(leaf)
+    return leaf.grad
+
+
+class SimultaneousGDA(ConstrainedOptimizer):
+    """Simultaneous gradient descent-ascent.
+
+    Both sides step from the same point, with the gradients of one evaluation.
+
+    .. math::
+
+        x_{k+1} = x_k - \\eta_x \\nabla_x \\mathcal{L}(x_k, \\lambda_k), \\qquad
+        \\lambda_{k+1} = \\lambda_k + \\eta_\\lambda \\nabla_\\lambda \\mathcal{L}(x_k, \\lambda_k)
+
+    (with the base optimizers' updates in place of the plain gradient steps). Cheapest per
+    step, but it can oscillate around a saddle point or spiral away from it.
+
+    Example:
+        >>> import torch
+        >>> from lagrange_opt import ConstrainedProblem, ProblemState, SimultaneousGDA
+        >>> class Problem(ConstrainedProblem):
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.x = torch.nn.Parameter(torch.zeros(2))
+        ...         self.add_equality("sum")
+        ...     def forward(self) -> ProblemState:
+        ...         return ProblemState(self.x.square().sum(), {"sum": self.x.sum() - 2})
+        >>> problem = Problem()
+        >>> optimizer = SimultaneousGDA(
+        ...     problem,
+        ...     torch.optim.SGD(problem.primal_parameters(), lr=0.1),
+        ...     torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
+        ... )
+        >>> for _ in range(300):
+        ...     result = optimizer.step(problem)
+        >>> [round(v, 3) for v in problem.x.tolist()]
+        [1.0, 1.0]
+    """
+
+    def step(self, closure: Closure) -> StepResult:
+        undo = UndoLog()
+        try:
+            evaluation = evaluate(self.problem, closure, undo)
+            lagrangian = self._backward(evaluation)
+        except BaseException:
+            self.zero_grad()
+            undo.restore()
+            raise
+        self._step_primal(evaluation, evaluation, commit_state=True, copy_rows=False)
+        self._step_dual(evaluation, evaluation, commit_state=True, copy_rows=False)
+        self.zero_grad()
+        return self._result(evaluation, lagrangian)
+
+
+class AlternatingGDA(ConstrainedOptimizer):
+    """Alternating gradient descent-ascent: the dual step first, then the primal step.
+
+    .. math::
+
+        \\lambda_{k+1} = \\lambda_k + \\eta_\\lambda \\nabla_\\lambda \\mathcal{L}(x_k, \\lambda_k),
+        \\qquad
+        x_{k+1} = x_k - \\eta_x \\nabla_x \\mathcal{L}(x_k, \\lambda_{k+1})
+
+    The multiplier gradient is the constraint residual itself, so the primal step sees the
+    updated multipliers at the cost of one evaluation and one backward pass.
+    """
+
+    def step(self, closure: Closure) -> StepResult:
+        undo = UndoLog()
+        try:
+            evaluation = evaluate(self.problem, closure, undo)
+        except BaseException:
+            undo.restore()
+            raise
+        with torch.no_grad():
+            lagrangian = evaluation.lagrangian()
+        self.zero_grad()
+        # The dual step updates the indexed multiplier rows of the evaluation in place (and
+        # the dense multipliers it holds views of), so the Lagrangian formed next already
+        # uses the new multipliers.
+        self._step_dual(evaluation, evaluation, commit_state=True, copy_rows=False)
+        self._backward(evaluation)
+        self._step_primal(evaluation, evaluation, commit_state=True, copy_rows=False)
+        self.zero_grad()
+        return self._result(evaluation, lagrangian)
+
+
+class ExtraGradient(ConstrainedOptimizer):
+    """Extra-gradient (Korpelevich, 1976): step to an extrapolated point, then step from the
+    original point with the gradients found at the extrapolated one.
+
+    With :math:`z = (x, s, \\lambda)` and :math:`F(z) = (\\nabla_x \\mathcal{L},
+    \\nabla_s \\mathcal{L}, -\\nabla_\\lambda \\mathcal{L})`:
+
+    .. math::
+
+        z_{k+1/2} = z_k - \\eta F(z_k), \\qquad z_{k+1} = z_k - \\eta F(z_{k+1/2})
+
+    where each plain step is the base optimizer's update. The extrapolation reads the base
+    optimizers' state (momentum, Adam's moments) without changing it, so the state advances
+    once per step, with the gradient at the extrapolated point. On bilinear games, where
+    simultaneous descent-ascent spirals outwards, extra-gradient converges.
+
+    Each step calls the closure twice on the same batch. The step holds one copy of the
+    parameters and multipliers for the duration of the step (reused from step to step).
+
+    Example:
+        >>> import torch
+        >>> from lagrange_opt import ConstrainedProblem, ExtraGradient, ProblemState
+        >>> class Problem(ConstrainedProblem):
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.x = torch.nn.Parameter(torch.zeros(2))
+        ...         self.add_inequality("sum", ">=")
+        ...     def forward(self) -> ProblemState:
+        ...         return ProblemState(self.x.square().sum(), {"sum": self.x.sum() - 2})
+        >>> problem = Problem()
+        >>> optimizer = ExtraGradient(
+        ...     problem,
+        ...     torch.optim.SGD(problem.primal_parameters(), lr=0.1),
+        ...     torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
+        ... )
+        >>> for _ in range(500):
+        ...     result = optimizer.step(problem)
+        >>> [round(v, 3) for v in problem.x.tolist()], round(float(result.max_violation), 6)
+        ([1.0, 1.0], 0.0)
+    """
+
+    def __init__(
+        self,
+        problem: ConstrainedProblem,
+        primal_optimizer: torch.optim.Optimizer,
+        dual_optimizer: torch.optim.Optimizer,
+    ) -> None:
+        super().__init__(problem, primal_optimizer, dual_optimizer)
+        self._copies: list[Tensor] = []
+
+    def _save_point(self, params: list[nn.Parameter]) -> None:
+        if len(self._copies) != len(params) or any(
+            copy.shape != param.shape or copy.dtype != param.dtype or copy.device != param.device
+            for copy, param in zip(self._copies, params)
+        ):
+            self._copies = [torch.empty_like(param, memory_format=torch.preserve_format) for param in params]
+        with torch.no_grad():
+            for copy, param in zip(self._copies, params):
+                copy.copy_(param)
+
+    def _restore_point(self, params: list[nn.Parameter]) -> None:
+        with torch.no_grad():
+            for copy, param in zip(self._copies, params):
+                param.copy_(copy)
+
+    def step(self, closure: Closure) -> StepResult:
+        undo = UndoLog()
+        try:
+            start = evaluate(self.problem, closure, undo)
+            lagrangian = self._backward(start)
+        except BaseException:
+            self.zero_grad()
+            undo.restore()
+            raise
+        result = self._result(start, lagrangian)
+        dense = self._dense_parameters()
+        self._save_point(dense)
+        for term in start.terms:
+            if term.rows is not None:
+                undo.save(term.constraint.multiplier.data, term.rows, term.multiplier_rows)
+        self._step_primal(start, start, commit_state=False, copy_rows=True)
+        self._step_dual(start, start, commit_state=False, copy_rows=True)
+        try:
+            indices = {term.constraint.spec.name: term.indices for term in start.terms}
+            extrapolated = evaluate(self.problem, closure, undo, expected_indices=indices)
+            self._backward(extrapolated)
+        except BaseException:
+            self.zero_grad()
+            self._restore_point(dense)
+            undo.restore()
+            raise
+        self._restore_point(dense)
+        self._step_primal(extrapolated, start, commit_state=True, copy_rows=False)
+        self._step_dual(extrapolated, start, commit_state=True, copy_rows=False)
+        self.zero_grad()
+        return self._result(start, lagrangian)

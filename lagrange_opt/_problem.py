@@ -1,0 +1,291 @@
+"""Declaring a constrained problem: constraints, their multipliers and slacks."""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, get_args
+
+import torch
+from torch import Tensor, nn
+
+Kind = Literal["equality", "inequality"]
+Sense = Literal[">=", "<="]
+Treatment = Literal["slack", "projection"]
+
+_SENSES: tuple[str, ...] = get_args(Sense)
+_TREATMENTS: tuple[str, ...] = get_args(Treatment)
+
+
+class IndexedValue(NamedTuple):
+    """The values of an indexed (per-sample) constraint on a minibatch.
+
+    Attributes:
+        value: Constraint values, shape ``(batch, *shape)``.
+        indices: Integer sample indices, shape ``(batch,)``, each in ``[0, num_samples)``.
+    """
+
+    value: Tensor
+    indices: Tensor
+
+
+class ProblemState(NamedTuple):
+    """What :meth:`ConstrainedProblem.forward` returns: the objective and every constraint.
+
+    Attributes:
+        objective: The scalar objective to minimise.
+        constraints: For each declared constraint name, its value: a tensor of the declared
+            shape, or an :class:`IndexedValue` for an indexed constraint.
+    """
+
+    objective: Tensor
+    constraints: Mapping[str, Tensor | IndexedValue]
+
+
+@dataclass(frozen=True)
+class ConstraintSpec:
+    """An immutable description of one declared constraint.
+
+    Attributes:
+        name: The constraint's name, unique within its problem.
+        kind: ``"equality"`` (``value == 0``) or ``"inequality"``.
+        sense: For inequalities, ``">="`` (``value >= 0``) or ``"<="`` (``value <= 0``).
+        shape: Shape of one evaluation's value (of one sample's, if indexed).
+        num_samples: Number of samples for an indexed constraint, ``None`` otherwise.
+        treatment: For inequalities, ``"slack"`` or ``"projection"``.
+        slack_margin: Lower bound of ``s**2`` when a slack is initialised.
+    """
+
+    name: str
+    kind: Kind
+    sense: Sense | None
+    shape: tuple[int, ...]
+    num_samples: int | None
+    treatment: Treatment | None
+    slack_margin: float
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the constraint has one row of multipliers (and slacks) per sample."""
+        return self.num_samples is not None
+
+    @property
+    def has_slack(self) -> bool:
+        """Whether the inequality is written as an equality with a learnable slack."""
+        return self.treatment == "slack"
+
+    @property
+    def table_shape(self) -> tuple[int, ...]:
+        """Shape of the multiplier (and slack) tensor."""
+        if self.num_samples is None:
+            return self.shape
+        return (self.num_samples, *self.shape)
+
+
+class Constraint(nn.Module):
+    """The learnable state of one constraint: its multiplier and, with a slack, the slack.
+
+    Attributes:
+        spec: The declaration.
+        multiplier: Lagrange multipliers, shape ``spec.table_shape``, initialised to zero.
+        slack: Slack variables of the same shape, or ``None`` without the slack treatment.
+        slack_seen: Boolean buffer, one flag per sample (a single flag if not indexed):
+            whether the slack was initialised from an observed value.
+    """
+
+    slack: nn.Parameter | None
+    slack_seen: Tensor | None
+
+    def __init__(self, spec: ConstraintSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.multiplier = nn.Parameter(torch.zeros(spec.table_shape))
+        if spec.has_slack:
+            self.slack = nn.Parameter(torch.zeros(spec.table_shape))
+            seen_shape = () if spec.num_samples is None else (spec.num_samples,)
+            self.register_buffer("slack_seen", torch.zeros(seen_shape, dtype=torch.bool))
+        else:
+            self.register_parameter("slack", None)
+            self.register_buffer("slack_seen", None)
+
+    def extra_repr(self) -> str:
+        spec = self.spec
+        relation = "== 0" if spec.kind == "equality" else f"{spec.sense} 0"
+        parts = [f"value {relation}", f"shape={spec.shape}"]
+        if spec.indexed:
+            parts.append(f"num_samples={spec.num_samples}")
+        if spec.treatment is not None:
+            parts.append(f"treatment={spec.treatment!r}")
+        return ", ".join(parts)
+
+
+def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, int):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list, torch.Size)):
+        raise TypeError(f"constraint '{name}': shape must be a tuple of ints, got {shape!r}")
+    for size in shape:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"constraint '{name}': invalid shape {tuple(shape)!r}")
+    return tuple(shape)
+
+
+def _check_num_samples(name: str, num_samples: Any) -> int | None:
+    if num_samples is None:
+        return None
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"constraint '{name}': invalid num_samples: {num_samples!r}")
+    return num_samples
+
+
+class ConstrainedProblem(nn.Module, abc.ABC):
+    """Base class of a constrained problem: minimise an objective subject to constraints.
+
+    Subclass it, declare the constraints in ``__init__`` with :meth:`add_equality` and
+    :meth:`add_inequality`, and implement :meth:`forward` to evaluate the objective and every
+    constraint, on a batch if there is one. The model being trained may be a submodule or
+    live outside the problem. The problem owns the multipliers and slacks: they are in its
+    ``state_dict()`` and move with ``problem.to(device, dtype)``.
+
+    Example:
+        >>> import torch
+        >>> from lagrange_opt import ConstrainedProblem, ProblemState
+        >>> class AboveTwo(ConstrainedProblem):
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.x = torch.nn.Parameter(torch.zeros(2))
+        ...         self.add_inequality("sum", ">=")
+        ...     def forward(self) -> ProblemState:
+        ...         return ProblemState(self.x.square().sum(), {"sum": self.x.sum() - 2})
+        >>> AboveTwo().constraints["sum"]
+        Constraint(value >= 0, shape=(), treatment='slack')
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.constraints = nn.ModuleDict()
+
+    @abc.abstractmethod
+    def forward(self, *args: Any, **kwargs: Any) -> ProblemState:
+        """Evaluates the objective and every declared constraint.
+
+        Returns:
+            A :class:`ProblemState` with a value for each declared constraint.
+        """
+
+    def add_equality(
+        self,
+        name: str,
+        *,
+        shape: tuple[int, ...] | int = (),
+        num_samples: int | None = None,
+    ) -> Constraint:
+        """Declares the equality constraint ``value == 0``.
+
+        Args:
+            name: Unique name; :meth:`forward` returns the value under this key.
+            shape: Shape of the value (of one sample's value if indexed).
+            num_samples: If given, the constraint is indexed: one constraint per sample,
+                evaluated on minibatches with :class:`IndexedValue`.
+
+        Returns:
+            The constraint's learnable state.
+        """
+        return self._add(name, "equality", None, shape, num_samples, None, 0.0)
+
+    def add_inequality(
+        self,
+        name: str,
+        sense: Sense,
+        *,
+        shape: tuple[int, ...] | int = (),
+        num_samples: int | None = None,
+        treatment: Treatment = "slack",
+        slack_margin: float = 1e-2,
+    ) -> Constraint:
+        """Declares the inequality ``value >= 0`` or ``value <= 0``.
+
+        The sense has no default: ``">="`` means the returned value must be non-negative,
+        ``"<="`` that it must be non-positive.
+
+        With ``treatment="slack"`` (the default) the inequality becomes the equality
+        ``g + s**2 = 0`` (``g`` being the value written as ``g <= 0``) with a learnable slack
+        ``s`` that the primal optimizer updates. The slack is set on first observation so that
+        ``s**2 = max(-g, slack_margin)``: at ``s = 0`` its gradient vanishes and it would never
+        move. With ``treatment="projection"`` the multiplier is projected onto ``>= 0`` after
+        each dual step.
+
+        Args:
+            name: Unique name; :meth:`forward` returns the value under this key.
+            sense: ``">="`` or ``"<="``: the side of zero the value must be on.
+            shape: Shape of the value (of one sample's value if indexed).
+            num_samples: If given, the constraint is indexed (one per sample).
+            treatment: ``"slack"`` or ``"projection"``.
+            slack_margin: Positive lower bound of ``s**2`` at initialisation.
+
+        Returns:
+            The constraint's learnable state.
+        """
+        if sense not in _SENSES:
+            raise ValueError(
+                f"constraint '{name}': invalid sense {sense!r}; use '>=' for value >= 0 "
+                "or '<=' for value <= 0"
+            )
+        if treatment not in _TREATMENTS:
+            raise ValueError(
+                f"constraint '{name}': invalid treatment {treatment!r}; "
+                f"expected one of {', '.join(map(repr, _TREATMENTS))}"
+            )
+        if not (isinstance(slack_margin, (int, float)) and math.isfinite(slack_margin)):
+            raise ValueError(f"constraint '{name}': invalid slack_margin: {slack_margin!r}")
+        if slack_margin <= 0:
+            raise ValueError(f"constraint '{name}': invalid slack_margin: {slack_margin!r}")
+        return self._add(name, "inequality", sense, shape, num_samples, treatment, slack_margin)
+
+    def _add(
+        self,
+        name: str,
+        kind: Kind,
+        sense: Sense | None,
+        shape: Any,
+        num_samples: Any,
+        treatment: Treatment | None,
+        slack_margin: float,
+    ) -> Constraint:
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"invalid constraint name {name!r}: a non-empty string without '.'")
+        if name in self.constraints:
+            raise ValueError(f"constraint '{name}' is already declared")
+        spec = ConstraintSpec(
+            name=name,
+            kind=kind,
+            sense=sense,
+            shape=_check_shape(name, shape),
+            num_samples=_check_num_samples(name, num_samples),
+            treatment=treatment,
+            slack_margin=float(slack_margin),
+        )
+        constraint = Constraint(spec)
+        self.constraints[name] = constraint
+        return constraint
+
+    def constraint_items(self) -> Iterator[tuple[str, Constraint]]:
+        """Yields ``(name, constraint)`` in declaration order, typed."""
+        for name, module in self.constraints.items():
+            assert isinstance(module, Constraint)
+            yield name, module
+
+    def dual_parameters(self) -> list[nn.Parameter]:
+        """The multipliers: give these to the dual optimizer (with ``maximize=True``)."""
+        return [c.multiplier for _, c in self.constraint_items()]
+
+    def slack_parameters(self) -> list[nn.Parameter]:
+        """The slacks: the primal optimizer must update them with the model parameters."""
+        return [c.slack for _, c in self.constraint_items() if c.slack is not None]
+
+    def primal_parameters(self) -> list[nn.Parameter]:
+        """Every parameter of this module except the multipliers (the slacks included)."""
+        multipliers = {id(p) for p in self.dual_parameters()}
+        return [p for p in self.parameters() if id(p) not in multipliers]

@@ -1,0 +1,231 @@
+"""Convergence to known solutions, with explicit tolerances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import (
+    METHODS,
+    TREATMENTS,
+    MinNorm,
+    NonNegativeLinear,
+    QuadraticProgram,
+    sgd_pair,
+    steps_to_tolerance,
+)
+from scipy.optimize import minimize
+
+from lagrange_opt import ConstrainedProblem, ExtraGradient, ProblemState
+
+
+def _qp_error(problem: QuadraticProgram) -> float:
+    x = problem.x.detach().double()
+    solution = torch.tensor(QuadraticProgram.solution, dtype=torch.float64)
+    multiplier = float(problem.constraints["sum"].multiplier.detach())
+    return max(float((x - solution).abs().max()), abs(multiplier - QuadraticProgram.multiplier))
+
+
+@pytest.mark.parametrize("treatment", TREATMENTS)
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_quadratic_program_reaches_1e_4(method: type, treatment: str) -> None:
+    problem = QuadraticProgram(treatment)
+    optimizer = method(problem, *sgd_pair(problem, lr=0.1))
+    steps = steps_to_tolerance(lambda: optimizer.step(problem), lambda: _qp_error(problem), 1e-4, 2000)
+    assert steps is not None, f"error {_qp_error(problem):.3g} after 2000 steps"
+    assert steps <= 200
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_quadratic_program_with_adam(method: type) -> None:
+    problem = QuadraticProgram("slack")
+    optimizer = method(
+        problem,
+        torch.optim.Adam(problem.primal_parameters(), lr=0.02),
+        torch.optim.Adam(problem.dual_parameters(), lr=0.02, maximize=True),
+    )
+    steps = steps_to_tolerance(lambda: optimizer.step(problem), lambda: _qp_error(problem), 1e-4, 5000)
+    assert steps is not None, f"error {_qp_error(problem):.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_quadratic_program_in_both_precisions(dtype: torch.dtype) -> None:
+    problem = QuadraticProgram("slack", dtype=dtype)
+    optimizer = ExtraGradient(problem, *sgd_pair(problem, lr=0.1))
+    for _ in range(300):
+        result = optimizer.step(problem)
+    assert problem.x.dtype == dtype
+    assert problem.constraints["sum"].multiplier.dtype == dtype
+    assert result.objective.dtype == dtype
+    assert _qp_error(problem) < 1e-4
+
+
+class ActiveThenInactive(ConstrainedProblem):
+    """min (x - 3)^2 s.t. x >= 1 from x = 0: violated at the start, inactive at x* = 3."""
+
+    def __init__(self, sense: str) -> None:
+        super().__init__()
+        self.x = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+        self.sense = sense
+        self.add_inequality("bound", sense)  # type: ignore[arg-type]
+        self.double()
+
+    def forward(self) -> ProblemState:
+        value = self.x - 1 if self.sense == ">=" else 1 - self.x
+        return ProblemState((self.x - 3).square(), {"bound": value})
+
+
+@pytest.mark.parametrize("sense", [">=", "<="])
+def test_slack_active_at_start_inactive_at_optimum(sense: str) -> None:
+    problem = ActiveThenInactive(sense)
+    optimizer = ExtraGradient(problem, *sgd_pair(problem, lr=0.1))
+    constraint = problem.constraints["bound"]
+    assert constraint.slack is not None
+    first = optimizer.step(problem)
+    assert float(first.max_violation) == 1.0  # x = 0 violates x >= 1 by 1
+    for _ in range(1000):
+        optimizer.step(problem)
+    assert float(problem.x.detach()) == pytest.approx(3.0, abs=1e-4)
+    assert float(constraint.slack.detach().square()) == pytest.approx(2.0, abs=1e-4)
+    assert float(constraint.multiplier.detach()) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_slack_starts_from_first_observed_value() -> None:
+    problem = ActiveThenInactive(">=")
+    constraint = problem.constraints["bound"]
+    assert constraint.slack is not None and constraint.slack_seen is not None
+    assert not bool(constraint.slack_seen)
+    # A step of zero length in the primal keeps the slack where initialisation put it.
+    primal = torch.optim.SGD(problem.primal_parameters(), lr=1e-300)
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True)
+    with torch.no_grad():
+        problem.x.fill_(5.0)  # g = x - 1 = 4 >= margin, so s**2 = 4
+    ExtraGradient(problem, primal, dual).step(problem)
+    assert bool(constraint.slack_seen)
+    assert float(constraint.slack.detach()) == pytest.approx(2.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_projection_active_at_start_inactive_at_optimum(method: type) -> None:
+    problem = ActiveThenInactive(">=")
+    problem.constraints.pop("bound")
+    problem.add_inequality("bound", ">=", treatment="projection")
+    problem.double()
+    optimizer = method(problem, *sgd_pair(problem, lr=0.1))
+    for _ in range(1000):
+        optimizer.step(problem)
+    assert float(problem.x.detach()) == pytest.approx(3.0, abs=1e-6)
+    assert float(problem.constraints["bound"].multiplier.detach()) == 0.0
+
+
+def test_upper_bound_active_at_optimum() -> None:
+    """min (x - 3)^2 s.t. x <= 1: x* = 1 with multiplier 4 (sense '<=')."""
+
+    class Upper(ConstrainedProblem):
+        def __init__(self) -> None:
+            super().__init__()
+            self.x = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+            self.add_inequality("upper", "<=")
+            self.double()
+
+        def forward(self) -> ProblemState:
+            return ProblemState((self.x - 3).square(), {"upper": self.x - 1})
+
+    problem = Upper()
+    optimizer = ExtraGradient(problem, *sgd_pair(problem, lr=0.05))
+    for _ in range(3000):
+        optimizer.step(problem)
+    assert float(problem.x.detach()) == pytest.approx(1.0, abs=1e-5)
+    assert float(problem.constraints["upper"].multiplier.detach()) == pytest.approx(4.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_min_norm_equality_matches_pseudo_inverse(method: type) -> None:
+    generator = torch.Generator().manual_seed(3)
+    A = torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    b = torch.randn(3, generator=generator, dtype=torch.float64)
+    problem = MinNorm(A, b)
+    optimizer = method(problem, *sgd_pair(problem, lr=0.05))
+    for _ in range(4000):
+        optimizer.step(problem)
+    expected_x = torch.linalg.pinv(A) @ b
+    expected_multiplier = -2 * torch.linalg.solve(A @ A.T, b)
+    torch.testing.assert_close(problem.x.detach(), expected_x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        problem.constraints["Ax=b"].multiplier.detach(), expected_multiplier, atol=1e-6, rtol=0
+    )
+
+
+def _linear_data(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(n, 3, generator=generator, dtype=torch.float64)
+    y = X @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) - 0.5
+    return X, y + 0.3 * torch.randn(n, generator=generator, dtype=torch.float64)
+
+
+def _scipy_nonnegative_fit(X: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    A = np.hstack([X.numpy(), np.ones((X.shape[0], 1))])
+    target = y.numpy()
+    n = A.shape[0]
+    result = minimize(
+        lambda z: np.mean((A @ z - target) ** 2),
+        np.zeros(A.shape[1]),
+        jac=lambda z: 2 * A.T @ (A @ z - target) / n,
+        constraints=[{"type": "ineq", "fun": lambda z: A @ z, "jac": lambda z: A}],
+        method="SLSQP",
+        options={"ftol": 1e-12, "maxiter": 1000},
+    )
+    assert result.success
+    return np.asarray(result.x)
+
+
+def _weights(problem: NonNegativeLinear) -> np.ndarray:
+    linear = problem.linear
+    return torch.cat([linear.weight.detach().flatten(), linear.bias.detach()]).numpy()
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_indexed_nonnegative_predictions_match_scipy(method: type) -> None:
+    X, y = _linear_data()
+    expected = _scipy_nonnegative_fit(X, y)
+    problem = NonNegativeLinear(X, y, treatment="projection")
+    optimizer = method(problem, *sgd_pair(problem, lr=0.1))
+    indices = torch.arange(X.shape[0])
+    for _ in range(8000):
+        result = optimizer.step(lambda: problem(indices))
+    np.testing.assert_allclose(_weights(problem), expected, atol=1e-4)
+    assert float(result.max_violation) < 1e-5
+
+
+def test_indexed_slack_nonnegative_predictions_match_scipy() -> None:
+    X, y = _linear_data()
+    expected = _scipy_nonnegative_fit(X, y)
+    problem = NonNegativeLinear(X, y, treatment="slack")
+    optimizer = ExtraGradient(problem, *sgd_pair(problem, lr=0.1, slack_lr=0.002))
+    indices = torch.arange(X.shape[0])
+    for _ in range(20000):
+        result = optimizer.step(lambda: problem(indices))
+    np.testing.assert_allclose(_weights(problem), expected, atol=1e-3)
+    assert float(result.max_violation) < 1e-5
+
+
+def test_indexed_minibatches_with_adam_approach_the_solution() -> None:
+    X, y = _linear_data(200)
+    expected = _scipy_nonnegative_fit(X, y)
+    A = np.hstack([X.numpy(), np.ones((200, 1))])
+    best = float(np.mean((A @ expected - y.numpy()) ** 2))
+    problem = NonNegativeLinear(X, y, treatment="projection")
+    optimizer = ExtraGradient(
+        problem,
+        torch.optim.Adam(problem.primal_parameters(), lr=0.01),
+        torch.optim.Adam(problem.dual_parameters(), lr=2.0, maximize=True),
+    )
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(150):
+        for indices in torch.randperm(200, generator=generator).split(50):
+            optimizer.step(lambda indices=indices: problem(indices))
+    with torch.no_grad():
+        predictions = problem.linear(problem.X).squeeze(-1)
+        objective = float((predictions - problem.y).square().mean())
+    assert float(predictions.min()) > -0.1
+    assert objective == pytest.approx(best, rel=0.1)
