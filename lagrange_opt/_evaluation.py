@@ -224,9 +224,10 @@ def _term(name: str, constraint: Constraint, value: Tensor, indices: Tensor | No
                 slack.copy_(lag.initial_slack(standard.detach(), spec.slack_margin))
                 seen.fill_(True)
         residual = standard if slack is None else lag.slack_residual(standard, slack)
+        # A copy: the residual may be a parameter itself, which the primal step changes.
         return Term(
             constraint, residual, violation, None, None, None,
-            multiplier.detach(), None, residual.detach(),
+            multiplier.detach(), None, residual.detach().clone(),
         )  # fmt: skip
 
     rows, inverse = torch.unique(indices.long(), sorted=True, return_inverse=True)
