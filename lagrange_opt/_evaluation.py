@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _lagrangian as lag
-from ._problem import Constraint, ConstrainedProblem, IndexedValue, ProblemState
+from ._problem import ConstrainedProblem, Constraint, IndexedValue, ProblemState
 
 
 class UndoLog:
@@ -79,7 +79,9 @@ class Evaluation(NamedTuple):
                 pieces.append(lag.constraint_term(multiplier, term.residual, None))
             else:
                 batch_size = term.inverse.shape[0]
-                pieces.append(lag.constraint_term(multiplier[term.inverse], term.residual, batch_size))
+                pieces.append(
+                    lag.constraint_term(multiplier[term.inverse], term.residual, batch_size)
+                )
         return lag.lagrangian(self.objective, pieces)
 
     def violation_summary(self) -> tuple[Tensor, Tensor]:
@@ -108,7 +110,11 @@ def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, T
         value, indices = entry
         if not isinstance(value, Tensor) or not isinstance(indices, Tensor):
             raise TypeError(f"constraint '{name}': IndexedValue must hold two tensors")
-        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+        if (
+            indices.dtype.is_floating_point
+            or indices.dtype.is_complex
+            or indices.dtype == torch.bool
+        ):
             raise TypeError(
                 f"constraint '{name}': indices must be an integer tensor, got {indices.dtype}"
             )
@@ -140,7 +146,8 @@ def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, T
 def _first_non_finite(tensor: Tensor) -> str:
     bad = (~torch.isfinite(tensor.detach())).nonzero()
     position = tuple(int(i) for i in bad[0])
-    return f"{bad.shape[0]} non-finite value(s), first {float(tensor.detach()[position])} at {position}"
+    first = float(tensor.detach()[position])
+    return f"{bad.shape[0]} non-finite value(s), first {first} at {position}"
 
 
 def _raise_for_bad_values(
@@ -153,7 +160,7 @@ def _raise_for_bad_values(
         if not bool(torch.isfinite(value.detach()).all()):
             raise ValueError(f"constraint '{name}' has {_first_non_finite(value)}")
         if indices is not None:
-            num_samples = constraint.spec.num_samples
+            num_samples = constraint.spec.table_shape[0]
             bad = indices[(indices < 0) | (indices >= num_samples)]
             if bad.numel():
                 raise IndexError(
@@ -203,13 +210,15 @@ def check_state(
         flags.append(torch.isfinite(value.detach()).all())
         if indices is not None and indices.numel():
             flags.append(indices.min() >= 0)
-            flags.append(indices.max() < constraint.spec.num_samples)
+            flags.append(indices.max() < constraint.spec.table_shape[0])
     if not bool(torch.stack([flag.to(objective.device) for flag in flags]).all()):
         _raise_for_bad_values(objective, checked)
     return objective, checked
 
 
-def _term(name: str, constraint: Constraint, value: Tensor, indices: Tensor | None, undo: UndoLog) -> Term:
+def _term(
+    name: str, constraint: Constraint, value: Tensor, indices: Tensor | None, undo: UndoLog
+) -> Term:
     spec = constraint.spec
     standard = lag.standard_form(value, spec)
     violation = lag.violation(standard.detach(), spec)

@@ -7,7 +7,6 @@ non-negative at a saddle point, under either treatment.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ._problem import ConstraintSpec
@@ -21,6 +20,8 @@ def standard_form(value: Tensor, spec: ConstraintSpec) -> Tensor:
         g = \\begin{cases} -v & \\text{sense } v \\ge 0 \\\\ v & \\text{otherwise} \\end{cases}
 
     Example:
+        >>> import torch
+        >>> from lagrange_opt import ConstraintSpec
         >>> spec = ConstraintSpec("c", "inequality", ">=", (), None, "slack", 1e-2)
         >>> standard_form(torch.tensor(3.0), spec)
         tensor(-3.)
@@ -38,6 +39,8 @@ def violation(standard: Tensor, spec: ConstraintSpec) -> Tensor:
         \\operatorname{viol}(h) = |h|, \\qquad \\operatorname{viol}(g) = \\max(g, 0)
 
     Example:
+        >>> import torch
+        >>> from lagrange_opt import ConstraintSpec
         >>> spec = ConstraintSpec("c", "inequality", "<=", (2,), None, "slack", 1e-2)
         >>> violation(torch.tensor([-1.0, 0.5]), spec)
         tensor([0.0000, 0.5000])
@@ -55,6 +58,7 @@ def slack_residual(standard: Tensor, slack: Tensor) -> Tensor:
         r(x, s) = g(x) + s^2 = 0
 
     Example:
+        >>> import torch
         >>> slack_residual(torch.tensor(-4.0), torch.tensor(2.0))
         tensor(0.)
     """
@@ -72,6 +76,7 @@ def initial_slack(standard: Tensor, margin: float) -> Tensor:
     the slack could never move.
 
     Example:
+        >>> import torch
         >>> initial_slack(torch.tensor([-4.0, 1.0]), 0.01)
         tensor([2.0000, 0.1000])
     """
@@ -100,6 +105,7 @@ def constraint_term(multiplier: Tensor, residual: Tensor, batch_size: int | None
     batch-mean objective does not depend on the batch size.
 
     Example:
+        >>> import torch
         >>> constraint_term(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]), None)
         tensor(11.)
     """

@@ -178,25 +178,32 @@ class ConstrainedOptimizer(abc.ABC):
         for term in evaluation.terms:
             # The Lagrangian averages an indexed constraint over the batch; a sample's own
             # variables step along the gradient of that sample's term, as its multiplier does.
-            if term.inverse is not None and term.slack_rows is not None and term.slack_rows.grad is not None:
+            if (
+                term.inverse is not None
+                and term.slack_rows is not None
+                and term.slack_rows.grad is not None
+            ):
                 term.slack_rows.grad.mul_(term.inverse.shape[0])
         return value.detach()
 
     def _step_primal(
         self, gradients: Evaluation, start: Evaluation, commit_state: bool, copy_rows: bool
     ) -> None:
-        views = [
-            RowView(
-                term.constraint.slack,
-                term.rows,
-                start_term.slack_rows.detach().clone() if copy_rows else start_term.slack_rows.detach(),
-                grad_of(term.slack_rows),
-                project=False,
+        views = []
+        for term, start_term in zip(gradients.terms, start.terms):
+            slack = term.constraint.slack
+            if term.rows is None or slack is None or start_term.slack_rows is None:
+                continue
+            values = start_term.slack_rows.detach()
+            views.append(
+                RowView(
+                    slack,
+                    term.rows,
+                    values.clone() if copy_rows else values,
+                    grad_of(term.slack_rows),
+                    project=False,
+                )
             )
-            for term, start_term in zip(gradients.terms, start.terms)
-            if term.rows is not None and term.slack_rows is not None
-            and start_term.slack_rows is not None and term.constraint.slack is not None
-        ]  # fmt: skip
         step_optimizer(self.primal_optimizer, views, commit_state)
 
     def _step_dual(
@@ -386,7 +393,9 @@ class ExtraGradient(ConstrainedOptimizer):
             copy.shape != param.shape or copy.dtype != param.dtype or copy.device != param.device
             for copy, param in zip(self._copies, params)
         ):
-            self._copies = [torch.empty_like(param, memory_format=torch.preserve_format) for param in params]
+            self._copies = [
+                torch.empty_like(param, memory_format=torch.preserve_format) for param in params
+            ]
         with torch.no_grad():
             for copy, param in zip(self._copies, params):
                 copy.copy_(param)
@@ -426,4 +435,4 @@ class ExtraGradient(ConstrainedOptimizer):
         self._step_primal(extrapolated, start, commit_state=True, copy_rows=False)
         self._step_dual(extrapolated, start, commit_state=True, copy_rows=False)
         self.zero_grad()
-        return self._result(start, lagrangian)
+        return result

@@ -45,7 +45,9 @@ State = dict[str, Any]
 
 
 def _copy_state(state: State) -> State:
-    return {key: value.clone() if isinstance(value, Tensor) else value for key, value in state.items()}
+    return {
+        key: value.clone() if isinstance(value, Tensor) else value for key, value in state.items()
+    }
 
 
 def _gather_state(state: State, rows: Tensor, table_shape: torch.Size) -> State:
@@ -58,7 +60,12 @@ def _gather_state(state: State, rows: Tensor, table_shape: torch.Size) -> State:
 
 
 def _scatter_state(
-    name: str, table_state: State, row_state: State, rows: Tensor, table_shape: torch.Size, row_shape: torch.Size
+    name: str,
+    table_state: State,
+    row_state: State,
+    rows: Tensor,
+    table_shape: torch.Size,
+    row_shape: torch.Size,
 ) -> State:
     merged = dict(table_state)
     for key, value in row_state.items():

@@ -13,9 +13,10 @@ Run it with ``python -m lagrange_opt.demo`` (about a minute and a half on 2 core
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -114,19 +115,17 @@ def train_constrained(
     start = time.perf_counter()
     network = make_network()
     problem = PositiveOutputs(network, num_samples=data.inputs.shape[0])
-    primal = torch.optim.Adam(
-        [
-            {"params": network.parameters()},
-            {"params": problem.slack_parameters(), "lr": slack_lr},
-        ],
-        lr=lr,
-    )
+    groups: list[dict[str, Any]] = [
+        {"params": network.parameters()},
+        {"params": problem.slack_parameters(), "lr": slack_lr},
+    ]
+    primal = torch.optim.Adam(groups, lr=lr)
     dual = torch.optim.SGD(problem.dual_parameters(), lr=dual_lr, maximize=True)
     optimizer = ExtraGradient(problem, primal, dual)
     batches = _batches(data.inputs.shape[0], batch_size, epochs, seed=1)
     for indices in tqdm(batches, desc="extra-gradient", disable=not progress):
         inputs, targets = data.inputs[indices], data.targets[indices]
-        optimizer.step(lambda: problem(inputs, targets, indices))
+        optimizer.step(functools.partial(problem, inputs, targets, indices))
     loss, negative = evaluate_fit(network, data)
     return Report("extra-gradient, slack", loss, negative, time.perf_counter() - start)
 

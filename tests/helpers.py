@@ -69,7 +69,10 @@ class NonNegativeLinear(ConstrainedProblem):
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
         self.add_inequality(
-            "nonnegative", ">=", num_samples=X.shape[0], treatment=treatment  # type: ignore[arg-type]
+            "nonnegative",
+            ">=",
+            num_samples=X.shape[0],
+            treatment=treatment,  # type: ignore[arg-type]
         )
         self.to(X.dtype)
 
@@ -80,7 +83,10 @@ class NonNegativeLinear(ConstrainedProblem):
 
 
 def sgd_pair(
-    problem: ConstrainedProblem, lr: float, dual_lr: float | None = None, slack_lr: float | None = None
+    problem: ConstrainedProblem,
+    lr: float,
+    dual_lr: float | None = None,
+    slack_lr: float | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """Plain SGD on both sides; the slacks may get their own learning rate."""
     slacks = problem.slack_parameters()
@@ -95,7 +101,11 @@ def sgd_pair(
 
 
 def steps_to_tolerance(
-    step: Callable[[], object], error: Callable[[], float], tolerance: float, max_steps: int, hold: int = 50
+    step: Callable[[], object],
+    error: Callable[[], float],
+    tolerance: float,
+    max_steps: int,
+    hold: int = 50,
 ) -> int | None:
     """The first step after which error() stays <= tolerance for `hold` more steps."""
     first = None

@@ -31,7 +31,9 @@ def _qp_error(problem: QuadraticProgram) -> float:
 def test_quadratic_program_reaches_1e_4(method: type, treatment: str) -> None:
     problem = QuadraticProgram(treatment)
     optimizer = method(problem, *sgd_pair(problem, lr=0.1))
-    steps = steps_to_tolerance(lambda: optimizer.step(problem), lambda: _qp_error(problem), 1e-4, 2000)
+    steps = steps_to_tolerance(
+        lambda: optimizer.step(problem), lambda: _qp_error(problem), 1e-4, 2000
+    )
     assert steps is not None, f"error {_qp_error(problem):.3g} after 2000 steps"
     assert steps <= 200
 
@@ -44,7 +46,9 @@ def test_quadratic_program_with_adam(method: type) -> None:
         torch.optim.Adam(problem.primal_parameters(), lr=0.02),
         torch.optim.Adam(problem.dual_parameters(), lr=0.02, maximize=True),
     )
-    steps = steps_to_tolerance(lambda: optimizer.step(problem), lambda: _qp_error(problem), 1e-4, 5000)
+    steps = steps_to_tolerance(
+        lambda: optimizer.step(problem), lambda: _qp_error(problem), 1e-4, 5000
+    )
     assert steps is not None, f"error {_qp_error(problem):.3g}"
 
 

@@ -1,0 +1,27 @@
+# `make demo` and `make test` work on a fresh machine: the first use creates .venv,
+# installs torch 2.13.0 (CPU) first, then this package with its extras.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint bench-speed bench-convergence clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m lagrange_opt.demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest tests lagrange_opt --doctest-modules
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check lagrange_opt tests
+	$(PY) -m mypy lagrange_opt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
