@@ -20,7 +20,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest tests lagrange_opt --doctest-modules
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check lagrange_opt tests
+	$(PY) -m ruff check lagrange_opt tests benchmarks examples
 	$(PY) -m mypy lagrange_opt
 
 clean:

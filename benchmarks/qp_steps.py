@@ -72,7 +72,9 @@ def main() -> None:
     print(f"| method | slack | projection |  (SGD, lr {args.lr})")
     print("|---|---|---|")
     for method in (ExtraGradient, SimultaneousGDA, AlternatingGDA):
-        cells = [steps_to_tolerance(method, treatment, args.lr) for treatment in ("slack", "projection")]
+        cells = [
+            steps_to_tolerance(method, treatment, args.lr) for treatment in ("slack", "projection")
+        ]
         print(f"| {method.__name__} | " + " | ".join(str(c) for c in cells) + " |")
 
 
