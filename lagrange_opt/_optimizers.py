@@ -169,6 +169,16 @@ class ConstrainedOptimizer(abc.ABC):
 
     # The pieces every method is made of.
 
+    def _evaluate_and_backward(self, closure: Closure, undo: UndoLog) -> tuple[Evaluation, Tensor]:
+        """Evaluates at the current point and backpropagates; on failure undoes both."""
+        try:
+            evaluation = evaluate(self.problem, closure, undo)
+            return evaluation, self._backward(evaluation)
+        except BaseException:
+            self.zero_grad()
+            undo.restore()
+            raise
+
     def _backward(self, evaluation: Evaluation) -> Tensor:
         """Backpropagates the Lagrangian into the primal gradients; returns its value."""
         self.zero_grad()
@@ -292,13 +302,7 @@ class SimultaneousGDA(ConstrainedOptimizer):
 
     def step(self, closure: Closure) -> StepResult:
         undo = UndoLog()
-        try:
-            evaluation = evaluate(self.problem, closure, undo)
-            lagrangian = self._backward(evaluation)
-        except BaseException:
-            self.zero_grad()
-            undo.restore()
-            raise
+        evaluation, lagrangian = self._evaluate_and_backward(closure, undo)
         self._step_primal(evaluation, evaluation, commit_state=True, copy_rows=False)
         self._step_dual(evaluation, evaluation, commit_state=True, copy_rows=False)
         self.zero_grad()
@@ -407,13 +411,7 @@ class ExtraGradient(ConstrainedOptimizer):
 
     def step(self, closure: Closure) -> StepResult:
         undo = UndoLog()
-        try:
-            start = evaluate(self.problem, closure, undo)
-            lagrangian = self._backward(start)
-        except BaseException:
-            self.zero_grad()
-            undo.restore()
-            raise
+        start, lagrangian = self._evaluate_and_backward(closure, undo)
         result = self._result(start, lagrangian)
         dense = self._dense_parameters()
         self._save_point(dense)
