@@ -36,13 +36,12 @@ class UndoLog:
 
 
 class Term(NamedTuple):
-    """One constraint's part of an evaluation.
+    """The part of an evaluation of one constraint that has multipliers.
 
     Attributes:
         constraint: The constraint.
         residual: The equality whose multiplier is ``constraint.multiplier`` (``h``, ``g``
             or ``g + s**2``), with its autograd graph.
-        violation: Elementwise violation of the original constraint, detached.
         indices: The sample indices as given (indexed constraints), else ``None``.
         rows: Sorted unique rows of the tables read by this evaluation, else ``None``.
         inverse: For each batch entry, its position in ``rows``.
@@ -54,7 +53,6 @@ class Term(NamedTuple):
 
     constraint: Constraint
     residual: Tensor
-    violation: Tensor
     indices: Tensor | None
     rows: Tensor | None
     inverse: Tensor | None
@@ -64,10 +62,19 @@ class Term(NamedTuple):
 
 
 class Evaluation(NamedTuple):
-    """The objective and constraint terms of one call of the closure."""
+    """One call of the closure, ready to form the Lagrangian.
+
+    Attributes:
+        objective: The objective, with its graph.
+        terms: The constraints with multipliers, in declaration order.
+        penalties: The penalty of each penalised constraint, with its graph.
+        violations: Every constraint's elementwise violation, detached.
+    """
 
     objective: Tensor
     terms: list[Term]
+    penalties: list[Tensor]
+    violations: list[Tensor]
 
     def lagrangian(self, multipliers: list[Tensor] | None = None) -> Tensor:
         """The Lagrangian, with the multipliers read at evaluation or the ones given."""
@@ -82,16 +89,19 @@ class Evaluation(NamedTuple):
                 pieces.append(
                     lag.constraint_term(multiplier[term.inverse], term.residual, batch_size)
                 )
-        return lag.lagrangian(self.objective, pieces)
+        return lag.lagrangian(self.objective, pieces + self.penalties)
 
     def violation_summary(self) -> tuple[Tensor, Tensor]:
         """The maximum and the mean violation over every constraint element."""
-        if not self.terms:
+        violations = self.violations
+        if not violations:
             zero = torch.zeros((), dtype=self.objective.dtype, device=self.objective.device)
             return zero, zero
-        maxima = torch.stack([term.violation.amax() for term in self.terms])
-        total = torch.stack([term.violation.sum() for term in self.terms]).sum()
-        count = sum(term.violation.numel() for term in self.terms)
+        if len(violations) == 1:
+            return violations[0].amax(), violations[0].mean()
+        maxima = torch.stack([violation.amax() for violation in violations])
+        total = torch.stack([violation.sum() for violation in violations]).sum()
+        count = sum(violation.numel() for violation in violations)
         return maxima.amax(), total / count
 
 
@@ -217,12 +227,11 @@ def check_state(
 
 
 def _term(
-    name: str, constraint: Constraint, value: Tensor, indices: Tensor | None, undo: UndoLog
+    constraint: Constraint, standard: Tensor, indices: Tensor | None, undo: UndoLog
 ) -> Term:
     spec = constraint.spec
-    standard = lag.standard_form(value, spec)
-    violation = lag.violation(standard.detach(), spec)
     multiplier = constraint.multiplier
+    assert multiplier is not None
     slack = constraint.slack
     seen = constraint.slack_seen
     if indices is None:
@@ -235,7 +244,7 @@ def _term(
         residual = standard if slack is None else lag.slack_residual(standard, slack)
         # A copy: the residual may be a parameter itself, which the primal step changes.
         return Term(
-            constraint, residual, violation, None, None, None,
+            constraint, residual, None, None, None,
             multiplier.detach(), None, residual.detach().clone(),
         )  # fmt: skip
 
@@ -256,7 +265,7 @@ def _term(
         (rows.shape[0], *spec.shape), dtype=residual.dtype, device=residual.device
     ).index_add_(0, inverse, residual.detach())
     return Term(
-        constraint, residual, violation, indices, rows, inverse,
+        constraint, residual, indices, rows, inverse,
         multiplier.detach()[rows], slack_rows, dual_grad,
     )  # fmt: skip
 
@@ -290,5 +299,16 @@ def evaluate(
                     f"constraint '{name}': the closure returned other indices on its second call; "
                     "both evaluations of one step must use the same batch"
                 )
-    terms = [_term(name, c, value, indices, undo) for name, c, value, indices in checked]
-    return Evaluation(objective, terms)
+    terms = []
+    penalties = []
+    violations = []
+    for _, constraint, value, indices in checked:
+        spec = constraint.spec
+        standard = lag.standard_form(value, spec)
+        violations.append(lag.violation(standard.detach(), spec))
+        if spec.penalty_weight is None:
+            terms.append(_term(constraint, standard, indices, undo))
+        else:
+            batch_size = None if indices is None else indices.shape[0]
+            penalties.append(lag.penalty_term(standard, spec, spec.penalty_weight, batch_size))
+    return Evaluation(objective, terms, penalties, violations)

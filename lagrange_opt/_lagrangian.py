@@ -2,7 +2,7 @@
 
 Every constraint is first brought to a standard form: an equality ``h(x) = 0`` keeps its
 value, an inequality becomes ``g(x) <= 0``. Multipliers of inequalities are then
-non-negative at a saddle point, under either treatment.
+non-negative at a saddle point, under either the slack or the projection treatment.
 """
 
 from __future__ import annotations
@@ -115,12 +115,38 @@ def constraint_term(multiplier: Tensor, residual: Tensor, batch_size: int | None
     return term / batch_size
 
 
+def penalty_term(
+    standard: Tensor, spec: ConstraintSpec, weight: float, batch_size: int | None
+) -> Tensor:
+    """The quadratic penalty that replaces a multiplier under the penalty treatment.
+
+    .. math::
+
+        \\alpha \\sum \\operatorname{viol}(r)^2 \\quad\\text{or, indexed,}\\quad
+        \\frac{\\alpha}{B} \\sum_{i \\in \\text{batch}} \\operatorname{viol}(r_i)^2
+
+    Its minimiser is feasible only in the limit :math:`\\alpha \\to \\infty`.
+
+    Example:
+        >>> import torch
+        >>> from lagrange_opt import ConstraintSpec
+        >>> spec = ConstraintSpec("c", "inequality", "<=", (2,), None, "penalty", 1e-2, 10.0)
+        >>> penalty_term(torch.tensor([-1.0, 0.5]), spec, 10.0, None)
+        tensor(2.5000)
+    """
+    term = weight * violation(standard, spec).square().sum()
+    if batch_size is None:
+        return term
+    return term / batch_size
+
+
 def lagrangian(objective: Tensor, terms: list[Tensor]) -> Tensor:
-    """The Lagrangian: the objective plus every constraint's term.
+    """The Lagrangian: the objective plus every constraint's term (penalties included).
 
     .. math::
 
         \\mathcal{L}(x, s, \\lambda) = f(x) + \\sum_c \\langle \\lambda_c, r_c(x, s_c) \\rangle
+        + \\sum_{c \\text{ penalised}} \\alpha_c \\lVert \\operatorname{viol}(r_c) \\rVert^2
     """
     total = objective
     for term in terms:

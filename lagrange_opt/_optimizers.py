@@ -36,7 +36,9 @@ class StepResult(NamedTuple):
     mean_violation: Tensor
 
 
-def _params(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+def _params(optimizer: torch.optim.Optimizer | None) -> list[nn.Parameter]:
+    if optimizer is None:
+        return []
     return [param for group in optimizer.param_groups for param in group["params"]]
 
 
@@ -63,11 +65,18 @@ def _check_optimizer(label: str, optimizer: object, maximize: bool) -> None:
 def _check_membership(
     problem: ConstrainedProblem,
     primal_optimizer: torch.optim.Optimizer,
-    dual_optimizer: torch.optim.Optimizer,
+    dual_optimizer: torch.optim.Optimizer | None,
 ) -> None:
     primal = {id(param) for param in _params(primal_optimizer)}
     dual = {id(param) for param in _params(dual_optimizer)}
     for name, constraint in problem.constraint_items():
+        if constraint.multiplier is None:
+            continue
+        if dual_optimizer is None:
+            raise ValueError(
+                f"constraint '{name}' has multipliers but no dual optimizer was given: "
+                "build one over problem.dual_parameters() with maximize=True"
+            )
         if id(constraint.multiplier) not in dual:
             raise ValueError(
                 f"the multiplier of constraint '{name}' is not in the dual optimizer: "
@@ -104,19 +113,21 @@ class ConstrainedOptimizer(abc.ABC):
     Args:
         problem: The problem to solve.
         primal_optimizer: Optimizer over the model parameters and ``problem.slack_parameters()``.
-        dual_optimizer: Optimizer over ``problem.dual_parameters()`` with ``maximize=True``.
+        dual_optimizer: Optimizer over ``problem.dual_parameters()`` with ``maximize=True``;
+            ``None`` if every constraint has the penalty treatment (no multipliers).
     """
 
     def __init__(
         self,
         problem: ConstrainedProblem,
         primal_optimizer: torch.optim.Optimizer,
-        dual_optimizer: torch.optim.Optimizer,
+        dual_optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         if not isinstance(problem, ConstrainedProblem):
             raise TypeError(f"problem must be a ConstrainedProblem, got {type(problem).__name__}")
         _check_optimizer("primal", primal_optimizer, maximize=False)
-        _check_optimizer("dual", dual_optimizer, maximize=True)
+        if dual_optimizer is not None:
+            _check_optimizer("dual", dual_optimizer, maximize=True)
         _check_membership(problem, primal_optimizer, dual_optimizer)
         self.problem = problem
         self.primal_optimizer = primal_optimizer
@@ -137,19 +148,21 @@ class ConstrainedOptimizer(abc.ABC):
     @property
     def param_groups(self) -> list[dict[str, Any]]:
         """The primal optimizer's parameter groups, then the dual optimizer's."""
-        return [*self.primal_optimizer.param_groups, *self.dual_optimizer.param_groups]
+        dual_groups = [] if self.dual_optimizer is None else self.dual_optimizer.param_groups
+        return [*self.primal_optimizer.param_groups, *dual_groups]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clears the gradients of both optimizers' parameters."""
         self.primal_optimizer.zero_grad(set_to_none=set_to_none)
-        self.dual_optimizer.zero_grad(set_to_none=set_to_none)
+        if self.dual_optimizer is not None:
+            self.dual_optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
         """Both optimizers' states. Multipliers and slacks are in ``problem.state_dict()``."""
         return {
             "method": type(self).__name__,
             "primal": self.primal_optimizer.state_dict(),
-            "dual": self.dual_optimizer.state_dict(),
+            "dual": None if self.dual_optimizer is None else self.dual_optimizer.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -164,8 +177,11 @@ class ConstrainedOptimizer(abc.ABC):
         method = state_dict["method"]
         if method != type(self).__name__:
             raise ValueError(f"state_dict is from {method}, not {type(self).__name__}")
+        if (state_dict["dual"] is None) != (self.dual_optimizer is None):
+            raise ValueError("state_dict and this optimizer disagree on having a dual optimizer")
         self.primal_optimizer.load_state_dict(state_dict["primal"])
-        self.dual_optimizer.load_state_dict(state_dict["dual"])
+        if self.dual_optimizer is not None:
+            self.dual_optimizer.load_state_dict(state_dict["dual"])
 
     # The pieces every method is made of.
 
@@ -219,16 +235,20 @@ class ConstrainedOptimizer(abc.ABC):
     def _step_dual(
         self, gradients: Evaluation, start: Evaluation, commit_state: bool, copy_rows: bool
     ) -> None:
+        if self.dual_optimizer is None:
+            return
         views = []
         for term, start_term in zip(gradients.terms, start.terms):
+            multiplier = term.constraint.multiplier
+            assert multiplier is not None
             project = term.constraint.spec.treatment == "projection"
             if term.rows is None:
-                term.constraint.multiplier.grad = term.dual_grad
+                multiplier.grad = term.dual_grad
                 continue
             values = start_term.multiplier_rows
             views.append(
                 RowView(
-                    term.constraint.multiplier,
+                    multiplier,
                     term.rows,
                     values.clone() if copy_rows else values,
                     term.dual_grad,
@@ -237,8 +257,10 @@ class ConstrainedOptimizer(abc.ABC):
             )
         step_optimizer(self.dual_optimizer, views, commit_state)
         for term in gradients.terms:
-            if term.rows is None and term.constraint.spec.treatment == "projection":
-                project_nonnegative_(term.constraint.multiplier.data)
+            multiplier = term.constraint.multiplier
+            projected = term.constraint.spec.treatment == "projection"
+            if term.rows is None and multiplier is not None and projected:
+                project_nonnegative_(multiplier.data)
 
     def _result(self, evaluation: Evaluation, lagrangian: Tensor) -> StepResult:
         max_violation, mean_violation = evaluation.violation_summary()
@@ -416,8 +438,9 @@ class ExtraGradient(ConstrainedOptimizer):
         dense = self._dense_parameters()
         self._save_point(dense)
         for term in start.terms:
-            if term.rows is not None:
-                undo.save(term.constraint.multiplier.data, term.rows, term.multiplier_rows)
+            multiplier = term.constraint.multiplier
+            if term.rows is not None and multiplier is not None:
+                undo.save(multiplier.data, term.rows, term.multiplier_rows)
         self._step_primal(start, start, commit_state=False, copy_rows=True)
         self._step_dual(start, start, commit_state=False, copy_rows=True)
         try:

@@ -13,10 +13,12 @@ from torch import Tensor, nn
 
 Kind = Literal["equality", "inequality"]
 Sense = Literal[">=", "<="]
-Treatment = Literal["slack", "projection"]
+Treatment = Literal["slack", "projection", "penalty"]
+EqualityTreatment = Literal["multiplier", "penalty"]
 
 _SENSES: tuple[str, ...] = get_args(Sense)
 _TREATMENTS: tuple[str, ...] = get_args(Treatment)
+_EQUALITY_TREATMENTS: tuple[str, ...] = get_args(EqualityTreatment)
 
 
 class IndexedValue(NamedTuple):
@@ -54,8 +56,11 @@ class ConstraintSpec:
         sense: For inequalities, ``">="`` (``value >= 0``) or ``"<="`` (``value <= 0``).
         shape: Shape of one evaluation's value (of one sample's, if indexed).
         num_samples: Number of samples for an indexed constraint, ``None`` otherwise.
-        treatment: For inequalities, ``"slack"`` or ``"projection"``.
+        treatment: ``"multiplier"`` or ``"penalty"`` for equalities; ``"slack"``,
+            ``"projection"`` or ``"penalty"`` for inequalities.
         slack_margin: Lower bound of ``s**2`` when a slack is initialised.
+        penalty_weight: The weight ``alpha`` of the penalty ``alpha * violation**2`` under
+            the ``"penalty"`` treatment, else ``None``.
     """
 
     name: str
@@ -63,13 +68,19 @@ class ConstraintSpec:
     sense: Sense | None
     shape: tuple[int, ...]
     num_samples: int | None
-    treatment: Treatment | None
+    treatment: Treatment | EqualityTreatment
     slack_margin: float
+    penalty_weight: float | None = None
 
     @property
     def indexed(self) -> bool:
         """Whether the constraint has one row of multipliers (and slacks) per sample."""
         return self.num_samples is not None
+
+    @property
+    def has_multiplier(self) -> bool:
+        """Whether the constraint has Lagrange multipliers (every treatment but the penalty)."""
+        return self.treatment != "penalty"
 
     @property
     def has_slack(self) -> bool:
@@ -89,19 +100,24 @@ class Constraint(nn.Module):
 
     Attributes:
         spec: The declaration.
-        multiplier: Lagrange multipliers, shape ``spec.table_shape``, initialised to zero.
+        multiplier: Lagrange multipliers, shape ``spec.table_shape``, initialised to zero;
+            ``None`` under the penalty treatment.
         slack: Slack variables of the same shape, or ``None`` without the slack treatment.
         slack_seen: Boolean buffer, one flag per sample (a single flag if not indexed):
             whether the slack was initialised from an observed value.
     """
 
+    multiplier: nn.Parameter | None
     slack: nn.Parameter | None
     slack_seen: Tensor | None
 
     def __init__(self, spec: ConstraintSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.multiplier = nn.Parameter(torch.zeros(spec.table_shape))
+        if spec.has_multiplier:
+            self.multiplier = nn.Parameter(torch.zeros(spec.table_shape))
+        else:
+            self.register_parameter("multiplier", None)
         if spec.has_slack:
             self.slack = nn.Parameter(torch.zeros(spec.table_shape))
             seen_shape = () if spec.num_samples is None else (spec.num_samples,)
@@ -116,8 +132,9 @@ class Constraint(nn.Module):
         parts = [f"value {relation}", f"shape={spec.shape}"]
         if spec.indexed:
             parts.append(f"num_samples={spec.num_samples}")
-        if spec.treatment is not None:
-            parts.append(f"treatment={spec.treatment!r}")
+        parts.append(f"treatment={spec.treatment!r}")
+        if spec.penalty_weight is not None:
+            parts.append(f"penalty_weight={spec.penalty_weight}")
         return ", ".join(parts)
 
 
@@ -138,6 +155,30 @@ def _check_num_samples(name: str, num_samples: Any) -> int | None:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"constraint '{name}': invalid num_samples: {num_samples!r}")
     return num_samples
+
+
+def _check_treatment(
+    name: str, treatment: str, allowed: tuple[str, ...], penalty_weight: Any
+) -> None:
+    if treatment not in allowed:
+        raise ValueError(
+            f"constraint '{name}': invalid treatment {treatment!r}; "
+            f"expected one of {', '.join(map(repr, allowed))}"
+        )
+    if treatment != "penalty":
+        if penalty_weight is not None:
+            raise ValueError(
+                f"constraint '{name}': penalty_weight is only for treatment='penalty', "
+                f"not {treatment!r}"
+            )
+        return
+    if isinstance(penalty_weight, bool) or not isinstance(penalty_weight, (int, float)):
+        raise ValueError(
+            f"constraint '{name}': treatment='penalty' needs a penalty_weight, got "
+            f"{penalty_weight!r}"
+        )
+    if not (math.isfinite(penalty_weight) and penalty_weight > 0):
+        raise ValueError(f"constraint '{name}': invalid penalty_weight: {penalty_weight!r}")
 
 
 class ConstrainedProblem(nn.Module, abc.ABC):
@@ -181,6 +222,8 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         *,
         shape: tuple[int, ...] | int = (),
         num_samples: int | None = None,
+        treatment: EqualityTreatment = "multiplier",
+        penalty_weight: float | None = None,
     ) -> Constraint:
         """Declares the equality constraint ``value == 0``.
 
@@ -189,11 +232,15 @@ class ConstrainedProblem(nn.Module, abc.ABC):
             shape: Shape of the value (of one sample's value if indexed).
             num_samples: If given, the constraint is indexed: one constraint per sample,
                 evaluated on minibatches with :class:`IndexedValue`.
+            treatment: ``"multiplier"`` (a Lagrange multiplier) or ``"penalty"`` (the
+                quadratic penalty ``penalty_weight * value**2``, no multiplier).
+            penalty_weight: The penalty's weight, required with ``treatment="penalty"``.
 
         Returns:
             The constraint's learnable state.
         """
-        return self._add(name, "equality", None, shape, num_samples, None, 0.0)
+        _check_treatment(name, treatment, _EQUALITY_TREATMENTS, penalty_weight)
+        return self._add(name, "equality", None, shape, num_samples, treatment, 0.0, penalty_weight)
 
     def add_inequality(
         self,
@@ -204,6 +251,7 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         num_samples: int | None = None,
         treatment: Treatment = "slack",
         slack_margin: float = 1e-2,
+        penalty_weight: float | None = None,
     ) -> Constraint:
         """Declares the inequality ``value >= 0`` or ``value <= 0``.
 
@@ -215,15 +263,17 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         ``s`` that the primal optimizer updates. The slack is set on first observation so that
         ``s**2 = max(-g, slack_margin)``: at ``s = 0`` its gradient vanishes and it would never
         move. With ``treatment="projection"`` the multiplier is projected onto ``>= 0`` after
-        each dual step.
+        each dual step. With ``treatment="penalty"`` there is no multiplier: the objective
+        gains ``penalty_weight * max(g, 0)**2``, which only encourages feasibility.
 
         Args:
             name: Unique name; :meth:`forward` returns the value under this key.
             sense: ``">="`` or ``"<="``: the side of zero the value must be on.
             shape: Shape of the value (of one sample's value if indexed).
             num_samples: If given, the constraint is indexed (one per sample).
-            treatment: ``"slack"`` or ``"projection"``.
+            treatment: ``"slack"``, ``"projection"`` or ``"penalty"``.
             slack_margin: Positive lower bound of ``s**2`` at initialisation.
+            penalty_weight: The penalty's weight, required with ``treatment="penalty"``.
 
         Returns:
             The constraint's learnable state.
@@ -233,16 +283,14 @@ class ConstrainedProblem(nn.Module, abc.ABC):
                 f"constraint '{name}': invalid sense {sense!r}; use '>=' for value >= 0 "
                 "or '<=' for value <= 0"
             )
-        if treatment not in _TREATMENTS:
-            raise ValueError(
-                f"constraint '{name}': invalid treatment {treatment!r}; "
-                f"expected one of {', '.join(map(repr, _TREATMENTS))}"
-            )
+        _check_treatment(name, treatment, _TREATMENTS, penalty_weight)
         if not (isinstance(slack_margin, (int, float)) and math.isfinite(slack_margin)):
             raise ValueError(f"constraint '{name}': invalid slack_margin: {slack_margin!r}")
         if slack_margin <= 0:
             raise ValueError(f"constraint '{name}': invalid slack_margin: {slack_margin!r}")
-        return self._add(name, "inequality", sense, shape, num_samples, treatment, slack_margin)
+        return self._add(
+            name, "inequality", sense, shape, num_samples, treatment, slack_margin, penalty_weight
+        )
 
     def _add(
         self,
@@ -251,8 +299,9 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         sense: Sense | None,
         shape: Any,
         num_samples: Any,
-        treatment: Treatment | None,
+        treatment: Treatment | EqualityTreatment,
         slack_margin: float,
+        penalty_weight: float | None,
     ) -> Constraint:
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"invalid constraint name {name!r}: a non-empty string without '.'")
@@ -266,6 +315,7 @@ class ConstrainedProblem(nn.Module, abc.ABC):
             num_samples=_check_num_samples(name, num_samples),
             treatment=treatment,
             slack_margin=float(slack_margin),
+            penalty_weight=None if penalty_weight is None else float(penalty_weight),
         )
         constraint = Constraint(spec)
         self.constraints[name] = constraint
@@ -278,8 +328,11 @@ class ConstrainedProblem(nn.Module, abc.ABC):
             yield name, module
 
     def dual_parameters(self) -> list[nn.Parameter]:
-        """The multipliers: give these to the dual optimizer (with ``maximize=True``)."""
-        return [c.multiplier for _, c in self.constraint_items()]
+        """The multipliers: give these to the dual optimizer (with ``maximize=True``).
+
+        Empty if every constraint is penalised; the methods then take no dual optimizer.
+        """
+        return [c.multiplier for _, c in self.constraint_items() if c.multiplier is not None]
 
     def slack_parameters(self) -> list[nn.Parameter]:
         """The slacks: the primal optimizer must update them with the model parameters."""

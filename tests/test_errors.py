@@ -321,7 +321,12 @@ class Declarations(ConstrainedProblem):
     [
         (lambda p: p.add_inequality("c", "=>"), "constraint 'c': invalid sense '=>'; use '>=' for value >= 0 or '<=' for value <= 0"),
         (lambda p: p.add_inequality("c", None), "constraint 'c': invalid sense None; use '>=' for value >= 0 or '<=' for value <= 0"),
-        (lambda p: p.add_inequality("c", ">=", treatment="penalty"), "constraint 'c': invalid treatment 'penalty'; expected one of 'slack', 'projection'"),
+        (lambda p: p.add_inequality("c", ">=", treatment="exact"), "constraint 'c': invalid treatment 'exact'; expected one of 'slack', 'projection', 'penalty'"),
+        (lambda p: p.add_equality("c", treatment="slack"), "constraint 'c': invalid treatment 'slack'; expected one of 'multiplier', 'penalty'"),
+        (lambda p: p.add_inequality("c", ">=", treatment="penalty"), "constraint 'c': treatment='penalty' needs a penalty_weight, got None"),
+        (lambda p: p.add_equality("c", treatment="penalty", penalty_weight=-1.0), "constraint 'c': invalid penalty_weight: -1.0"),
+        (lambda p: p.add_equality("c", treatment="penalty", penalty_weight=math.inf), "constraint 'c': invalid penalty_weight: inf"),
+        (lambda p: p.add_inequality("c", ">=", penalty_weight=10.0), "constraint 'c': penalty_weight is only for treatment='penalty', not 'slack'"),
         (lambda p: p.add_inequality("c", ">=", slack_margin=0.0), "constraint 'c': invalid slack_margin: 0.0"),
         (lambda p: p.add_equality("c", shape=(2, 0)), "constraint 'c': invalid shape (2, 0)"),
         (lambda p: p.add_equality("c", num_samples=0), "constraint 'c': invalid num_samples: 0"),
