@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from lagrange_opt import ConstrainedProblem, ExtraGradient, IndexedValue, ProblemState
+from lagrange_opt import ExtraGradient
+from lagrange_opt.problems import PositiveOutputs
 
 INPUT_SIZE = 784
 NEGATIVE_TOLERANCE = 1e-3
@@ -48,30 +49,16 @@ def make_data(num_samples: int, seed: int = 0) -> Dataset:
     return Dataset(inputs, targets)
 
 
-def make_network(seed: int = 0) -> nn.Sequential:
+def make_network(seed: int = 0, hidden: int = INPUT_SIZE) -> nn.Sequential:
     """The network; its last layer has no activation, so it can output any real number."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Linear(INPUT_SIZE, INPUT_SIZE),
+        nn.Linear(INPUT_SIZE, hidden),
         nn.ReLU(),
-        nn.Linear(INPUT_SIZE, INPUT_SIZE),
+        nn.Linear(hidden, hidden),
         nn.ReLU(),
-        nn.Linear(INPUT_SIZE, 2),
+        nn.Linear(hidden, 2),
     )
-
-
-class PositiveOutputs(ConstrainedProblem):
-    """Least squares with every output of every training example constrained ``>= 0``."""
-
-    def __init__(self, network: nn.Module, num_samples: int) -> None:
-        super().__init__()
-        self.network = network
-        self.add_inequality("nonnegative", ">=", shape=(2,), num_samples=num_samples)
-
-    def forward(self, inputs: Tensor, targets: Tensor, indices: Tensor) -> ProblemState:
-        predictions = self.network(inputs)
-        loss = nn.functional.mse_loss(predictions, targets)
-        return ProblemState(loss, {"nonnegative": IndexedValue(predictions, indices)})
 
 
 class Report(NamedTuple):

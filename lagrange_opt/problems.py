@@ -12,6 +12,7 @@ the equalities are penalised too), so that one definition serves every method.
   reference is ``scipy.optimize.nnls``).
 - :class:`NonNegativePredictions`: a linear least-squares model whose every training
   prediction must be non-negative: an indexed constraint, one per sample.
+- :class:`PositiveOutputs`: the same constraint on a network's outputs (no known optimum).
 
 Example:
     >>> import torch
@@ -45,6 +46,7 @@ __all__ = [
     "NonNegativeLeastSquares",
     "NonNegativePredictions",
     "NonlinearProgram",
+    "PositiveOutputs",
     "ProgramDefinition",
     "relative_gap",
 ]
@@ -412,4 +414,43 @@ class NonNegativePredictions(ConstrainedProblem):
             indices = torch.arange(self.X.shape[0], device=self.X.device)
         predictions = self.predict(self.X[indices])
         loss = (predictions - self.y[indices]).square().mean()
+        return ProblemState(loss, {"nonnegative": IndexedValue(predictions, indices)})
+
+
+class PositiveOutputs(ConstrainedProblem):
+    """Least squares of a network whose every output on every training sample is ``>= 0``.
+
+    One indexed constraint per sample, of the network's output shape. No optimum is known:
+    compare methods by loss and feasibility.
+
+    Args:
+        network: Maps a batch of inputs to outputs of shape ``(batch, *output_shape)``.
+        num_samples: Training set size.
+        treatment: Treatment of the outputs' constraint.
+        penalty_weight: The penalty weight, with ``treatment="penalty"`` only.
+        output_shape: Shape of one sample's output.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        num_samples: int,
+        treatment: Treatment = "slack",
+        penalty_weight: float | None = None,
+        output_shape: tuple[int, ...] = (2,),
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.add_inequality(
+            "nonnegative",
+            ">=",
+            shape=output_shape,
+            num_samples=num_samples,
+            treatment=treatment,
+            penalty_weight=penalty_weight,
+        )
+
+    def forward(self, inputs: Tensor, targets: Tensor, indices: Tensor) -> ProblemState:
+        predictions = self.network(inputs)
+        loss = nn.functional.mse_loss(predictions, targets)
         return ProblemState(loss, {"nonnegative": IndexedValue(predictions, indices)})

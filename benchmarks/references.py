@@ -1,0 +1,121 @@
+"""Data and exact references for the convergence benchmark: scipy's SLSQP and NNLS."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.optimize
+import torch
+from sklearn.datasets import load_diabetes
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lagrange_opt import ConstrainedProblem, IndexedValue
+from lagrange_opt._lagrangian import standard_form, violation
+from lagrange_opt.demo import Dataset, make_data, make_network
+
+
+def diabetes() -> tuple[Tensor, Tensor]:
+    """scikit-learn's bundled diabetes data: standardised features, centred target."""
+    X, y = load_diabetes(return_X_y=True)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    y = y - y.mean()
+    return torch.tensor(X, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+
+
+def nnls_objective(X: Tensor, y: Tensor) -> float:
+    """``min ||Xw - y||^2 / n`` over ``w >= 0`` by ``scipy.optimize.nnls``."""
+    _, residual_norm = scipy.optimize.nnls(X.numpy(), y.numpy())
+    return float(residual_norm**2 / X.shape[0])
+
+
+def per_sample_data(num_samples: int = 200, num_features: int = 5) -> tuple[Tensor, Tensor]:
+    """Linear data whose least-squares fit predicts negative values for many samples."""
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(num_samples, num_features, generator=generator, dtype=torch.float64)
+    weight = torch.linspace(-1.0, 1.0, num_features, dtype=torch.float64)
+    noise = 0.3 * torch.randn(num_samples, generator=generator, dtype=torch.float64)
+    y = X @ weight + 0.5 + noise
+    return X, y
+
+
+def network_data(quick: bool) -> Dataset:
+    """The core example's generated regression data (fewer samples in a quick run)."""
+    return make_data(256 if quick else 1024)
+
+
+def network(hidden: int) -> nn.Sequential:
+    """The core example's network, 784-hidden-hidden-2, with a fixed initialisation."""
+    return make_network(hidden=hidden)
+
+
+class Exp(nn.Module):
+    """``exp`` as a module, to put after the network."""
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return inputs.exp()
+
+
+def slsqp(problem: ConstrainedProblem) -> tuple[float, float]:
+    """Solves a problem over all its data with scipy's SLSQP, from its initial parameters.
+
+    Gradients and Jacobians come from autograd. An indexed constraint is evaluated with
+    ``problem()``'s default indices (every sample).
+
+    Returns:
+        The objective and the max violation at SLSQP's answer.
+    """
+    names = [name for name, _ in problem.named_parameters() if not name.startswith("constraints.")]
+    params = dict(problem.named_parameters())
+    shapes = [params[name].shape for name in names]
+    sizes = [params[name].numel() for name in names]
+    dtype = params[names[0]].dtype
+
+    def state(vector: Tensor) -> tuple[Tensor, list[Tensor]]:
+        pieces = vector.split(sizes)
+        values = {name: piece.reshape(shape) for name, piece, shape in zip(names, pieces, shapes)}
+        result = functional_call(problem, values, ())
+        constraints = []
+        for name, constraint in problem.constraint_items():
+            entry = result.constraints[name]
+            value = entry.value if isinstance(entry, IndexedValue) else entry
+            constraints.append(standard_form(value, constraint.spec).reshape(-1))
+        return result.objective, constraints
+
+    def objective(x: np.ndarray) -> float:
+        return float(state(torch.tensor(x, dtype=dtype))[0])
+
+    def objective_grad(x: np.ndarray) -> np.ndarray:
+        vector = torch.tensor(x, dtype=dtype, requires_grad=True)
+        (grad,) = torch.autograd.grad(state(vector)[0], vector)
+        return grad.numpy()
+
+    scipy_constraints = []
+    for position, (_, constraint) in enumerate(problem.constraint_items()):
+        sign = 1.0 if constraint.spec.kind == "equality" else -1.0
+
+        def fun(x: np.ndarray, position: int = position, sign: float = sign) -> np.ndarray:
+            return sign * state(torch.tensor(x, dtype=dtype))[1][position].numpy()
+
+        def jac(x: np.ndarray, position: int = position, sign: float = sign) -> np.ndarray:
+            vector = torch.tensor(x, dtype=dtype)
+            jacobian = torch.autograd.functional.jacobian(lambda v: state(v)[1][position], vector)
+            return sign * jacobian.numpy()
+
+        kind = "eq" if constraint.spec.kind == "equality" else "ineq"
+        scipy_constraints.append({"type": kind, "fun": fun, "jac": jac})
+
+    x0 = torch.cat([params[name].detach().reshape(-1) for name in names]).numpy()
+    solution = scipy.optimize.minimize(
+        objective,
+        x0,
+        jac=objective_grad,
+        constraints=scipy_constraints,
+        method="SLSQP",
+        options={"maxiter": 1000, "ftol": 1e-14},
+    )
+    with torch.no_grad():
+        final_objective, constraints = state(torch.tensor(solution.x, dtype=dtype))
+        worst = 0.0
+        for (_, constraint), value in zip(problem.constraint_items(), constraints):
+            worst = max(worst, float(violation(value, constraint.spec).max()))
+    return float(final_objective), worst
