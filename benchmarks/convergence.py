@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lagrange_opt import (
+    DEFAULT_DUAL_LR,
+    DEFAULT_LR,
     AlternatingGDA,
     ConstrainedOptimizer,
     ConstrainedProblem,
@@ -37,9 +39,9 @@ from lagrange_opt import (
     IndexedValue,
     ProblemState,
     SimultaneousGDA,
+    Treatment,
 )
 from lagrange_opt._lagrangian import standard_form, violation
-from lagrange_opt._problem import Treatment
 from lagrange_opt.problems import (
     HOCK_SCHITTKOWSKI,
     NonlinearProgram,
@@ -53,8 +55,6 @@ from . import references
 from .cooper_adapter import CooperMethod
 
 TOLERANCES = {"steps_1e4": 1e-4, "steps_1e6": 1e-6}
-DEFAULT_LR = 0.01
-DEFAULT_DUAL_LR = 0.01
 
 Args = tuple[Any, ...]
 

@@ -1,9 +1,12 @@
 """Train PyTorch models under equality and inequality constraints.
 
 Declare the constraints on a :class:`ConstrainedProblem`, pick a saddle-point method
-(:class:`ExtraGradient` by default), and call ``optimizer.step(closure)`` in a training loop.
+(:func:`default_optimizer` builds :class:`ExtraGradient` with the benchmarked learning
+rates), and call ``optimizer.step(closure)`` in a training loop. Problems with known
+solutions to try settings on are in :mod:`lagrange_opt.problems`.
 """
 
+from ._defaults import DEFAULT_DUAL_LR, DEFAULT_LR, default_optimizer
 from ._optimizers import (
     AlternatingGDA,
     ConstrainedOptimizer,
@@ -17,11 +20,14 @@ from ._problem import (
     ConstraintSpec,
     IndexedValue,
     ProblemState,
+    Treatment,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_DUAL_LR",
+    "DEFAULT_LR",
     "AlternatingGDA",
     "ConstrainedOptimizer",
     "ConstrainedProblem",
@@ -32,5 +38,7 @@ __all__ = [
     "ProblemState",
     "SimultaneousGDA",
     "StepResult",
+    "Treatment",
     "__version__",
+    "default_optimizer",
 ]

@@ -409,7 +409,7 @@ class ExtraGradient(ConstrainedOptimizer):
         self,
         problem: ConstrainedProblem,
         primal_optimizer: torch.optim.Optimizer,
-        dual_optimizer: torch.optim.Optimizer,
+        dual_optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         super().__init__(problem, primal_optimizer, dual_optimizer)
         self._copies: list[Tensor] = []

@@ -30,12 +30,22 @@ class QuadraticProgram(ConstrainedProblem):
     solution = (2 / 3, 4 / 3)
     multiplier = 7 / 3
 
-    def __init__(self, treatment: str = "slack", dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self,
+        treatment: str = "slack",
+        dtype: torch.dtype = torch.float64,
+        penalty_weight: float | None = None,
+    ) -> None:
         super().__init__()
         self.x = nn.Parameter(torch.zeros(2))
         self.register_buffer("Q", torch.tensor([[3.0, 1.0], [1.0, 2.0]]))
         self.register_buffer("p", torch.ones(2))
-        self.add_inequality("sum", ">=", treatment=treatment)  # type: ignore[arg-type]
+        self.add_inequality(
+            "sum",
+            ">=",
+            treatment=treatment,  # type: ignore[arg-type]
+            penalty_weight=penalty_weight,
+        )
         self.to(dtype)
 
     def forward(self) -> ProblemState:

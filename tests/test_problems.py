@@ -1,0 +1,136 @@
+"""The benchmark problems: their known solutions, and the default configuration on them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import QuadraticProgram
+
+from benchmarks.references import diabetes, nnls_objective, per_sample_data, slsqp
+from lagrange_opt import DEFAULT_DUAL_LR, DEFAULT_LR, SimultaneousGDA, default_optimizer
+from lagrange_opt._lagrangian import standard_form, violation
+from lagrange_opt.problems import (
+    HOCK_SCHITTKOWSKI,
+    NonlinearProgram,
+    NonNegativeLeastSquares,
+    NonNegativePredictions,
+    relative_gap,
+)
+
+# Steps within which the default configuration (extra-gradient, projection, SGD at
+# DEFAULT_LR / DEFAULT_DUAL_LR) brings each problem to rel_gap <= 1e-6 and max violation
+# <= 1e-6 and keeps it there: the benchmark's steps_1e6 with a margin. hs044 is missing:
+# see docs/benchmarks.md.
+DEFAULT_SOLVES = {
+    "hs006": 2_500,
+    "hs007": 2_500,
+    "hs021": 20_000,
+    "hs028": 3_500,
+}
+
+
+def _max_violation(problem: NonlinearProgram) -> float:
+    with torch.no_grad():
+        state = problem()
+    worst = 0.0
+    for name, constraint in problem.constraint_items():
+        value = state.constraints[name]
+        assert isinstance(value, torch.Tensor)
+        standard = standard_form(value, constraint.spec)
+        worst = max(worst, float(violation(standard, constraint.spec).max()))
+    return worst
+
+
+@pytest.mark.parametrize("name", list(HOCK_SCHITTKOWSKI))
+def test_hock_schittkowski_solution_is_feasible_and_optimal(name: str) -> None:
+    definition = HOCK_SCHITTKOWSKI[name]
+    problem = NonlinearProgram(definition, "projection")
+    with torch.no_grad():
+        problem.x.copy_(torch.tensor(definition.x_star))
+    # The published x* carries 7 to 10 digits.
+    with torch.no_grad():
+        assert relative_gap(float(problem().objective), definition.f_star) <= 1e-6
+    assert _max_violation(problem) <= 1e-5
+
+
+@pytest.mark.parametrize("name", list(HOCK_SCHITTKOWSKI))
+def test_scipy_slsqp_confirms_f_star(name: str) -> None:
+    definition = HOCK_SCHITTKOWSKI[name]
+    objective, worst = slsqp(NonlinearProgram(definition, "projection"))
+    assert relative_gap(objective, definition.f_star) <= 1e-8
+    assert worst <= 1e-8
+
+
+def test_start_points_and_sizes() -> None:
+    problem = NonlinearProgram(HOCK_SCHITTKOWSKI["hs071"], "slack")
+    assert problem.x.tolist() == [1.0, 5.0, 5.0, 1.0]
+    shapes = {name: c.spec.shape for name, c in problem.constraint_items()}
+    assert shapes == {"equality": (1,), "inequality": (1,), "lower": (4,), "upper": (4,)}
+    assert {name: c.spec.treatment for name, c in problem.constraint_items()} == {
+        "equality": "multiplier",
+        "inequality": "slack",
+        "lower": "slack",
+        "upper": "slack",
+    }
+    free = NonlinearProgram(HOCK_SCHITTKOWSKI["hs028"], "projection")
+    assert [name for name, _ in free.constraint_items()] == ["equality"]
+
+
+def test_nnls_reference_agrees_with_slsqp() -> None:
+    X, y = diabetes()
+    assert X.shape == (442, 10)
+    assert abs(float(y.mean())) < 1e-9
+    f_star = nnls_objective(X, y)
+    objective, worst = slsqp(NonNegativeLeastSquares(X, y, "projection"))
+    assert relative_gap(objective, f_star) <= 1e-8
+    assert worst <= 1e-8
+
+
+def test_per_sample_reference_is_active() -> None:
+    X, y = per_sample_data()
+    unconstrained = torch.linalg.lstsq(
+        torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1), y[:, None]
+    ).solution
+    predictions = X @ unconstrained[:-1, 0] + unconstrained[-1, 0]
+    assert int((predictions < 0).sum()) >= 20, "the constraint should bind on many samples"
+    objective, worst = slsqp(NonNegativePredictions(X, y, "projection"))
+    assert worst <= 1e-8
+    assert objective > float((predictions - y).square().mean())
+
+
+@pytest.mark.parametrize("name", list(DEFAULT_SOLVES))
+def test_default_configuration_solves(name: str) -> None:
+    definition = HOCK_SCHITTKOWSKI[name]
+    problem = NonlinearProgram(definition, "projection")
+    optimizer = default_optimizer(problem)
+    assert optimizer.primal_optimizer.param_groups[0]["lr"] == DEFAULT_LR
+    assert optimizer.dual_optimizer is not None
+    assert optimizer.dual_optimizer.param_groups[0]["lr"] == DEFAULT_DUAL_LR
+    budget = DEFAULT_SOLVES[name]
+    worst_gap = worst_violation = math.inf
+    for step in range(budget + 200):
+        result = optimizer.step(problem)
+        if step >= budget:
+            # From the budget on, every iterate stays within 1e-6.
+            worst_gap = relative_gap(float(result.objective), definition.f_star)
+            worst_violation = float(result.max_violation)
+            assert worst_gap <= 1e-6, f"step {step}: rel_gap {worst_gap:.3g}"
+            assert worst_violation <= 1e-6, f"step {step}: violation {worst_violation:.3g}"
+
+
+@pytest.mark.parametrize("alpha", [1.0, 10.0])
+def test_penalty_minimiser_is_infeasible_in_closed_form(alpha: float) -> None:
+    # min 1/2 x'Qx - p'x + alpha * max(0, 2 - x1 - x2)**2 with Q = [[3, 1], [1, 2]], p = 1:
+    # stationarity gives t = x1 + x2 = (0.6 + 2.4 alpha) / (1 + 1.2 alpha) < 2.
+    problem = QuadraticProgram("penalty", penalty_weight=alpha)
+    assert problem.dual_parameters() == []
+    optimizer = SimultaneousGDA(problem, torch.optim.SGD(problem.primal_parameters(), lr=0.01))
+    for _ in range(3_000):
+        result = optimizer.step(problem)
+    t = (0.6 + 2.4 * alpha) / (1 + 1.2 * alpha)
+    assert abs(float(problem.x.detach().sum()) - t) < 1e-8
+    assert abs(float(result.max_violation) - (2 - t)) < 1e-8
+    objective = float(result.objective)
+    assert abs(float(result.lagrangian) - objective - alpha * (2 - t) ** 2) < 1e-8
