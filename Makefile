@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench-speed bench-convergence clean
+.PHONY: demo test lint bench-convergence clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest tests lagrange_opt --doctest-modules
+
+# The convergence benchmark; QUICK=1 for the short run CI does.
+bench-convergence: $(VENV)/.installed
+	$(PY) -m benchmarks.convergence --out benchmark-results/convergence $(if $(QUICK),--quick)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check lagrange_opt tests benchmarks examples
