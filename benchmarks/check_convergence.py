@@ -43,8 +43,10 @@ def problems_in(entry: dict[str, Any]) -> list[str]:
             errors.append(f"{label}: {key} is a bool")
         elif not isinstance(value, types):
             errors.append(f"{label}: {key} has type {type(value).__name__}")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            not math.isfinite(value) or (key not in ("objective", "f_star") and value < 0)
+        elif (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (not math.isfinite(value) or (key not in ("objective", "f_star") and value < 0))
         ):
             errors.append(f"{label}: {key} = {value}")
     if errors:

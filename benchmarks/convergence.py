@@ -8,8 +8,10 @@ writes ``DIR/convergence.json`` (one record per problem and method), ``DIR/conve
 A run's ``steps_1e4`` (``steps_1e6``) is the first step count after which both the relative
 gap (absolute where f* = 0) and the max violation stay at or below 1e-4 (1e-6) until the end
 of the run; ``solved`` says whether ``steps_1e6`` exists. Both are measured at the start point
-of every step and once after the last step. Learning rates are per problem, the same for
-every method; Cooper takes them too.
+of every step and once after the last step. A full-batch run ends before its budget once its
+objective and max violation have stayed at one value (to 1e-15, relative) for 1,000 steps:
+the iterates are at a fixed point and the rest of the run would repeat it. Learning rates
+are per problem, the same for every method; Cooper takes them too.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ from .cooper_adapter import CooperMethod
 TOLERANCES = {"steps_1e4": 1e-4, "steps_1e6": 1e-6}
 
 Args = tuple[Any, ...]
+
+STALL_WINDOW = 1_000
 
 
 class Trace(NamedTuple):
@@ -247,10 +251,16 @@ def _run(
     violations: list[Tensor] = []
     start = time.perf_counter()
     try:
-        for args in batches:
+        for count, args in enumerate(batches, start=1):
             objective, violation = step(args)
             objectives.append(objective)
             violations.append(violation)
+            if (
+                benchmark.batches is None
+                and count % STALL_WINDOW == 0
+                and _stalled(objectives, violations)
+            ):
+                break
     except ValueError:
         # A non-finite objective or constraint: the method diverged; the trace ends here.
         objectives.append(torch.tensor(math.nan))
@@ -264,6 +274,17 @@ def _run(
     objective = torch.stack([o.double() for o in objectives]).numpy()
     max_violation = torch.stack([v.double() for v in violations]).numpy()
     return Trace(np.append(objective, final[0]), np.append(max_violation, final[1]), seconds)
+
+
+def _stalled(objectives: list[Tensor], violations: list[Tensor]) -> bool:
+    """Whether the last ``STALL_WINDOW`` points are one fixed point (to 1e-15, relative):
+    deterministic steps from there on change nothing, so the run can end."""
+    for values in (objectives, violations):
+        window = torch.stack(values[-STALL_WINDOW:]).double()
+        scale = max(1.0, float(window.abs().max()))
+        if not float(window.max() - window.min()) <= 1e-15 * scale:
+            return False
+    return True
 
 
 def _measure(problem: ConstrainedProblem, state: ProblemState) -> tuple[float, float]:
