@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
+
+import torch
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_quickstart_runs_and_is_feasible(capsys: object) -> None:
+def _blocks() -> list[str]:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    assert len(blocks) == 1
-    namespace: dict[str, object] = {}
-    exec(compile(blocks[0], str(README), "exec"), namespace)
+    assert len(blocks) == 2
+    return blocks
+
+
+def _run(block: str) -> dict[str, Any]:
+    namespace: dict[str, Any] = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    return namespace
+
+
+def test_quickstart_runs_and_is_feasible() -> None:
+    namespace = _run(_blocks()[0])
     result = namespace["result"]
-    assert float(result.max_violation) < 1e-6  # type: ignore[attr-defined]
-    model = namespace["problem"].model  # type: ignore[attr-defined]
-    predictions = model(namespace["X"]).squeeze(-1)
+    assert float(result.max_violation) < 1e-6
+    with torch.no_grad():
+        predictions = namespace["problem"].model(namespace["X"]).squeeze(-1)
     assert float(predictions.min()) > -1e-6
+
+
+def test_benchmark_problem_example_reaches_f_star() -> None:
+    namespace = _run(_blocks()[1])
+    result = namespace["result"]
+    f_star = namespace["problem"].definition.f_star
+    assert abs(float(result.objective) - f_star) / f_star <= 1e-6
+    assert float(result.max_violation) <= 1e-6
