@@ -1,0 +1,361 @@
+"""Speed benchmark: the cost of a constrained step, side by side with plain PyTorch and Cooper.
+
+    python -m benchmarks.speed --out DIR [--quick]
+
+writes ``DIR/speed.json`` (records with ``case``, ``variant``, ``threads``, ``ms_per_step``,
+``ratio``; ``ratio`` is against the case's plain baseline) and ``DIR/speed.md``.
+
+Every case is timed at 1 and at 2 threads. The variants of a case are timed in turns, block
+by block, after a warm-up, and each gets the median over its blocks, so that a change in the
+machine's load affects them alike.
+
+- ``tiny``: the 2-D QP of the tests, float64. Baselines: the same updates written by hand
+  with plain ``torch.optim.SGD`` and autograd (``hand-extragradient``,
+  ``hand-simultaneous``); Cooper's extrapolation and simultaneous optimizers.
+- ``mlp-32`` and ``mlp-784``: networks 784-32-32-2 and 784-784-784-2, batch 256 of 10,240
+  samples, every output of every sample constrained ``>= 0`` (indexed, projection).
+  Baseline: one plain SGD step on the MSE (one forward and backward pass).
+- ``indexed-N``: ``N`` indexed constraints in all, 512 seen per step, on a linear model of
+  features computed from the sample index (so nothing scales with ``N`` but the tables).
+  Baseline: the same step at ``N = 2e4``.
+- ``memory``: bytes that extra-gradient keeps between steps beyond the parameters and the
+  base optimizers' state, against the bytes of the primal parameters and slacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from lagrange_opt import (
+    ConstrainedProblem,
+    ExtraGradient,
+    IndexedValue,
+    ProblemState,
+    SimultaneousGDA,
+)
+from lagrange_opt.problems import PositiveOutputs
+
+from .cooper_adapter import CooperMethod
+
+Step = Callable[[], object]
+
+
+class Timing(NamedTuple):
+    """One variant of one case, timed."""
+
+    case: str
+    variant: str
+    threads: int
+    ms_per_step: float
+
+
+def time_side_by_side(
+    steps: dict[str, Step], warmup: int, blocks: int, steps_per_block: int
+) -> dict[str, float]:
+    """Median milliseconds per step of each variant, timed in turns, block by block."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(blocks):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(steps_per_block):
+                step()
+            samples[name].append((time.perf_counter() - start) * 1e3 / steps_per_block)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+# (a) The tiny QP.
+
+
+class TinyQP(ConstrainedProblem):
+    """min 1/2 x'Qx - p'x s.t. x1 + x2 >= 2 (projection): x* = (2/3, 4/3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+        self.register_buffer("Q", torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64))
+        self.add_inequality("sum", ">=", treatment="projection")
+        self.double()
+
+    def forward(self) -> ProblemState:
+        x = self.x
+        return ProblemState(0.5 * x @ self.Q @ x - x.sum(), {"sum": x.sum() - 2})
+
+
+def _hand_written(extrapolate: bool, lr: float) -> Step:
+    """The QP's updates in plain torch: autograd, two SGD optimizers, projection by hand."""
+    x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    multiplier = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    Q = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    primal = torch.optim.SGD([x], lr=lr)
+    dual = torch.optim.SGD([multiplier], lr=lr, maximize=True)
+
+    def gradients() -> None:
+        primal.zero_grad()
+        dual.zero_grad()
+        lagrangian = 0.5 * x @ Q @ x - x.sum() + multiplier * (2 - x.sum())
+        lagrangian.backward()
+
+    def update() -> None:
+        primal.step()
+        dual.step()
+        with torch.no_grad():
+            multiplier.clamp_(min=0)
+
+    def step() -> None:
+        if extrapolate:
+            saved_x, saved_multiplier = x.detach().clone(), multiplier.detach().clone()
+            gradients()
+            update()
+            gradients()
+            with torch.no_grad():
+                x.copy_(saved_x)
+                multiplier.copy_(saved_multiplier)
+        else:
+            gradients()
+        update()
+
+    return step
+
+
+def tiny_case(quick: bool) -> dict[str, Step]:
+    lr = 0.05
+    steps: dict[str, Step] = {}
+    for name, method in (("extragradient", ExtraGradient), ("simultaneous", SimultaneousGDA)):
+        problem = TinyQP()
+        optimizer = method(
+            problem,
+            torch.optim.SGD(problem.primal_parameters(), lr=lr),
+            torch.optim.SGD(problem.dual_parameters(), lr=lr, maximize=True),
+        )
+        steps[name] = _bind(optimizer.step, problem)
+        steps[f"hand-{name}"] = _hand_written(name == "extragradient", lr)
+    for scheme in ("extrapolation", "simultaneous"):
+        cooper = CooperMethod(TinyQP(), scheme, lr, lr)  # type: ignore[arg-type]
+        steps[f"cooper-{scheme}"] = cooper.step
+    return steps
+
+
+def _cycling(step: Callable[[Any], object], batches: Sequence[Any]) -> Step:
+    """A step that takes the next of ``batches`` (cycling) each time it is called."""
+    cycle = itertools.cycle(batches)
+    return lambda: step(next(cycle))
+
+
+def _bind(function: Callable[..., object], *args: Any) -> Step:
+    return lambda: function(*args)
+
+
+# (b), (c) Networks with every output of every sample constrained.
+
+
+def _mlp(hidden: int) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Linear(hidden, 2),
+    )  # fmt: skip
+
+
+def network_case(hidden: int, num_samples: int = 10_240, batch_size: int = 256) -> dict[str, Step]:
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(num_samples, 784, generator=generator)
+    targets = torch.randn(num_samples, 2, generator=generator)
+    batches = [torch.randperm(num_samples, generator=generator)[:batch_size] for _ in range(16)]
+    cycle = itertools.cycle(batches)
+
+    def next_batch() -> tuple[Tensor, Tensor, Tensor]:
+        indices = next(cycle)
+        return inputs[indices], targets[indices], indices
+
+    lr, dual_lr = 0.01, 0.1
+    steps: dict[str, Step] = {}
+    network = _mlp(hidden)
+    plain = torch.optim.SGD(network.parameters(), lr=lr)
+
+    def plain_step() -> None:
+        batch_inputs, batch_targets, _ = next_batch()
+        plain.zero_grad()
+        nn.functional.mse_loss(network(batch_inputs), batch_targets).backward()
+        plain.step()
+
+    steps["plain-sgd"] = plain_step
+    for name, method in (("simultaneous", SimultaneousGDA), ("extragradient", ExtraGradient)):
+        problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
+        optimizer = method(
+            problem,
+            torch.optim.SGD(problem.primal_parameters(), lr=lr),
+            torch.optim.SGD(problem.dual_parameters(), lr=dual_lr, maximize=True),
+        )
+
+        def constrained_step(optimizer: Any = optimizer, problem: Any = problem) -> None:
+            batch = next_batch()
+            optimizer.step(lambda: problem(*batch))
+
+        steps[name] = constrained_step
+    for scheme in ("simultaneous", "extrapolation"):
+        problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
+        cooper = CooperMethod(problem, scheme, lr, dual_lr / batch_size)  # type: ignore[arg-type]
+
+        def cooper_step(cooper: CooperMethod = cooper) -> None:
+            cooper.step(*next_batch())
+
+        steps[f"cooper-{scheme}"] = cooper_step
+    return steps
+
+
+# (d) Indexed scaling.
+
+
+class ManySamples(ConstrainedProblem):
+    """A linear model on features computed from the index: only the tables grow with N."""
+
+    def __init__(self, num_samples: int, treatment: str) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 1)
+        self.register_buffer("frequencies", torch.linspace(1e-3, 1.0, 8))
+        self.add_inequality(
+            "nonnegative",
+            ">=",
+            num_samples=num_samples,
+            treatment=treatment,  # type: ignore[arg-type]
+        )
+
+    def forward(self, indices: Tensor) -> ProblemState:
+        features = torch.sin(indices[:, None].float() * self.frequencies)
+        predictions = self.linear(features).squeeze(-1)
+        loss = (predictions - features[:, 0]).square().mean()
+        return ProblemState(loss, {"nonnegative": IndexedValue(predictions, indices)})
+
+
+def indexed_case(sizes: Sequence[int], batch_size: int = 512) -> dict[str, Step]:
+    steps: dict[str, Step] = {}
+    for num_samples in sizes:
+        generator = torch.Generator().manual_seed(0)
+        batches = [
+            torch.randint(num_samples, (batch_size,), generator=generator) for _ in range(16)
+        ]
+        problem = ManySamples(num_samples, "slack")
+        optimizer = ExtraGradient(
+            problem,
+            torch.optim.SGD(problem.primal_parameters(), lr=0.01),
+            torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
+        )
+
+        step = _cycling(lambda indices, o=optimizer, p=problem: o.step(lambda: p(indices)), batches)
+        steps[f"extragradient-{num_samples:.0e}"] = step
+    return steps
+
+
+# (e) Memory.
+
+
+def held_bytes(optimizer: ExtraGradient) -> int:
+    """Bytes of the tensors the method keeps between steps (the base optimizers excluded)."""
+    return sum(copy.numel() * copy.element_size() for copy in optimizer._copies)
+
+
+def memory_records(hidden: int = 784) -> list[dict[str, Any]]:
+    problem = PositiveOutputs(_mlp(hidden), 10_240, "slack")
+    primal = problem.primal_parameters()
+    optimizer = ExtraGradient(
+        problem,
+        torch.optim.SGD(primal, lr=0.01),
+        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
+    )
+    indices = torch.arange(256)
+    inputs, targets = torch.randn(256, 784), torch.randn(256, 2)
+    for _ in range(3):
+        optimizer.step(lambda: problem(inputs, targets, indices))
+    primal_bytes = sum(p.numel() * p.element_size() for p in primal)
+    held = held_bytes(optimizer)
+    return [
+        {"case": "memory", "variant": "primal+slack bytes", "threads": None,
+         "ms_per_step": None, "ratio": None, "bytes": primal_bytes},
+        {"case": "memory", "variant": "extragradient held bytes", "threads": None,
+         "ms_per_step": None, "ratio": held / primal_bytes, "bytes": held},
+    ]  # fmt: skip
+
+
+BASELINES = {
+    "tiny": ("hand-extragradient", "hand-simultaneous"),
+    "mlp-32": ("plain-sgd",),
+    "mlp-784": ("plain-sgd",),
+    "indexed": ("extragradient-2e+04",),
+}
+
+
+def _ratio_base(case: str, variant: str, timings: dict[str, float]) -> float:
+    if case == "tiny":
+        # Each method against its own hand-written version; Cooper against extra-gradient's
+        # or simultaneous GDA's as its scheme says.
+        own = "hand-simultaneous" if "simultaneous" in variant else "hand-extragradient"
+        return timings[own]
+    return timings[BASELINES[case][0]]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="fewer blocks, smaller sizes")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    blocks = 3 if args.quick else 7
+    sizes = [20_000, 200_000] if args.quick else [20_000, 200_000, 2_000_000, 20_000_000]
+    cases: list[tuple[str, Callable[[], dict[str, Step]], int, int]] = [
+        ("tiny", lambda: tiny_case(args.quick), 50, 200),
+        ("mlp-32", lambda: network_case(32), 10, 20),
+        ("mlp-784", lambda: network_case(784), 3, 5),
+        ("indexed", lambda: indexed_case(sizes), 20, 50),
+    ]
+    records: list[dict[str, Any]] = []
+    progress = tqdm(total=2 * len(cases), desc="cases")
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for case, build, warmup, per_block in cases:
+            timings = time_side_by_side(build(), warmup, blocks, per_block)
+            for variant, ms in timings.items():
+                base = _ratio_base(case, variant, timings)
+                records.append(
+                    {"case": case, "variant": variant, "threads": threads,
+                     "ms_per_step": round(ms, 4), "ratio": round(ms / base, 3)}
+                )  # fmt: skip
+            progress.update()
+    progress.close()
+    records += memory_records(32 if args.quick else 784)
+    (args.out / "speed.json").write_text(json.dumps(records, indent=1) + "\n")
+    table = markdown(records)
+    (args.out / "speed.md").write_text(table)
+    print(table)
+
+
+def markdown(records: Sequence[dict[str, Any]]) -> str:
+    """The records as a table."""
+    lines = [
+        "| case | variant | threads | ms per step | ratio | bytes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in records:
+        cells = [
+            entry["case"], entry["variant"], entry["threads"], entry["ms_per_step"],
+            entry["ratio"], entry.get("bytes"),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
