@@ -214,14 +214,19 @@ def check_state(
         value, indices = _unpack(name, constraint, state.constraints[name])
         checked.append((name, constraint, value, indices))
 
-    # One host synchronisation for every finiteness and range check together.
-    flags = [torch.isfinite(objective.detach())]
+    # One host synchronisation for every finiteness and range check together: a sum is
+    # finite if every term is (an overflowing sum only sends us to the detailed check).
+    total = objective.detach().sum()
+    ranges = []
     for _, constraint, value, indices in checked:
-        flags.append(torch.isfinite(value.detach()).all())
+        total = total + value.detach().sum().to(total.device, total.dtype)
         if indices is not None and indices.numel():
-            flags.append(indices.min() >= 0)
-            flags.append(indices.max() < constraint.spec.table_shape[0])
-    if not bool(torch.stack([flag.to(objective.device) for flag in flags]).all()):
+            ranges.append(indices.min() >= 0)
+            ranges.append(indices.max() < constraint.spec.table_shape[0])
+    flags = torch.isfinite(total)
+    if ranges:
+        flags = torch.stack([flags, *(flag.to(flags.device) for flag in ranges)]).all()
+    if not bool(flags):
         _raise_for_bad_values(objective, checked)
     return objective, checked
 
