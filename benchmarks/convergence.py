@@ -298,18 +298,24 @@ def _measure(problem: ConstrainedProblem, state: ProblemState) -> tuple[float, f
     return float(state.objective), worst
 
 
+def _run_method(
+    problem: ConstrainedProblem, optimizer: ConstrainedOptimizer, benchmark: Benchmark, steps: int
+) -> Trace:
+    def step(args: Args) -> tuple[Tensor, Tensor]:
+        result = optimizer.step(lambda: problem(*args))
+        return result.objective, result.max_violation
+
+    return _run(problem, step, benchmark, steps)
+
+
 def lagrange_method(method: type[ConstrainedOptimizer], treatment: Treatment) -> Runner:
     """A lagrange_opt method with one inequality treatment."""
 
     def run(benchmark: Benchmark, steps: int) -> Trace:
         problem = benchmark.build(treatment, None)
-        optimizer = method(problem, *_sgd_pair(problem, benchmark))
-
-        def step(args: Args) -> tuple[Tensor, Tensor]:
-            result = optimizer.step(lambda: problem(*args))
-            return result.objective, result.max_violation
-
-        return _run(problem, step, benchmark, steps)
+        return _run_method(
+            problem, method(problem, *_sgd_pair(problem, benchmark)), benchmark, steps
+        )
 
     return run
 
@@ -320,12 +326,7 @@ def penalty_method(weight: float) -> Runner:
     def run(benchmark: Benchmark, steps: int) -> Trace:
         problem = benchmark.build("penalty", weight)
         optimizer = SimultaneousGDA(problem, *_sgd_pair(problem, benchmark))
-
-        def step(args: Args) -> tuple[Tensor, Tensor]:
-            result = optimizer.step(lambda: problem(*args))
-            return result.objective, result.max_violation
-
-        return _run(problem, step, benchmark, steps)
+        return _run_method(problem, optimizer, benchmark, steps)
 
     return run
 
@@ -340,12 +341,7 @@ def reparametrised_method(output: str) -> Runner:
         # Outputs are positive, so the projected multipliers stay exactly zero and the step
         # is the unconstrained gradient step.
         optimizer = SimultaneousGDA(problem, *_sgd_pair(problem, benchmark))
-
-        def step(args: Args) -> tuple[Tensor, Tensor]:
-            result = optimizer.step(lambda: problem(*args))
-            return result.objective, result.max_violation
-
-        return _run(problem, step, benchmark, steps)
+        return _run_method(problem, optimizer, benchmark, steps)
 
     return run
 
