@@ -276,7 +276,7 @@ class ConstrainedOptimizer(abc.ABC):
         max_violation, mean_violation = evaluation.violation_summary()
         return StepResult(evaluation.objective.detach(), lagrangian, max_violation, mean_violation)
 
-    def _dense_parameters(self) -> list[nn.Parameter]:
+    def _dense_parameters(self) -> list[Tensor]:
         """Parameters of both optimizers except the indexed tables (stepped by rows)."""
         indexed = {
             id(param)
@@ -424,7 +424,7 @@ class ExtraGradient(ConstrainedOptimizer):
         super().__init__(problem, primal_optimizer, dual_optimizer)
         self._copies: list[Tensor] = []
 
-    def _save_point(self, params: list[nn.Parameter]) -> None:
+    def _save_point(self, params: list[Tensor]) -> None:
         if len(self._copies) != len(params) or any(
             copy.shape != param.shape or copy.dtype != param.dtype or copy.device != param.device
             for copy, param in zip(self._copies, params)
@@ -433,13 +433,11 @@ class ExtraGradient(ConstrainedOptimizer):
                 torch.empty_like(param, memory_format=torch.preserve_format) for param in params
             ]
         with torch.no_grad():
-            for copy, param in zip(self._copies, params):
-                copy.copy_(param)
+            torch._foreach_copy_(self._copies, params)
 
-    def _restore_point(self, params: list[nn.Parameter]) -> None:
+    def _restore_point(self, params: list[Tensor]) -> None:
         with torch.no_grad():
-            for copy, param in zip(self._copies, params):
-                param.copy_(copy)
+            torch._foreach_copy_(params, self._copies)
 
     def step(self, closure: Closure) -> StepResult:
         undo = UndoLog()
