@@ -10,7 +10,7 @@ from ._problem import ConstrainedProblem
 DEFAULT_LR = 0.01
 """Primal learning rate of :func:`default_optimizer` (plain SGD)."""
 
-DEFAULT_DUAL_LR = 0.1
+DEFAULT_DUAL_LR = 0.05
 """Dual learning rate of :func:`default_optimizer` (plain SGD ascent)."""
 
 

@@ -25,9 +25,15 @@ from lagrange_opt.problems import (
 # see docs/benchmarks.md.
 DEFAULT_SOLVES = {
     "hs006": 2_500,
-    "hs007": 2_500,
-    "hs021": 20_000,
-    "hs028": 3_500,
+    "hs007": 3_000,
+    "hs021": 30_000,
+    "hs028": 3_200,
+    "hs035": 1_000,
+    "hs043": 700,
+    "hs048": 5_000,
+    "hs065": 1_200,
+    "hs071": 4_000,
+    "hs076": 3_000,
 }
 
 
