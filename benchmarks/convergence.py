@@ -39,18 +39,16 @@ from lagrange_opt import (
     ConstrainedOptimizer,
     ConstrainedProblem,
     ExtraGradient,
-    IndexedValue,
-    ProblemState,
     SimultaneousGDA,
     Treatment,
 )
-from lagrange_opt._lagrangian import standard_form, violation
 from lagrange_opt.problems import (
     HOCK_SCHITTKOWSKI,
     NonlinearProgram,
     NonNegativeLeastSquares,
     NonNegativePredictions,
     PositiveOutputs,
+    max_violation,
     relative_gap,
 )
 
@@ -270,10 +268,11 @@ def _run(
         final = benchmark.final(problem)
     else:
         with torch.no_grad():
-            final = _measure(problem, problem())
+            state = problem()
+            final = float(state.objective), max_violation(problem, state)
     objective = torch.stack([o.double() for o in objectives]).numpy()
-    max_violation = torch.stack([v.double() for v in violations]).numpy()
-    return Trace(np.append(objective, final[0]), np.append(max_violation, final[1]), seconds)
+    violation = torch.stack([v.double() for v in violations]).numpy()
+    return Trace(np.append(objective, final[0]), np.append(violation, final[1]), seconds)
 
 
 def _stalled(objectives: list[Tensor], violations: list[Tensor]) -> bool:
@@ -285,17 +284,6 @@ def _stalled(objectives: list[Tensor], violations: list[Tensor]) -> bool:
         if not float(window.max() - window.min()) <= 1e-15 * scale:
             return False
     return True
-
-
-def _measure(problem: ConstrainedProblem, state: ProblemState) -> tuple[float, float]:
-    worst = 0.0
-    for name, constraint in problem.constraint_items():
-        value = state.constraints[name]
-        if isinstance(value, IndexedValue):
-            value = value.value
-        standard = standard_form(value, constraint.spec)
-        worst = max(worst, float(violation(standard, constraint.spec).max()))
-    return float(state.objective), worst
 
 
 def _run_method(

@@ -14,6 +14,7 @@ rates, and steps it with the same closure arguments as lagrange_opt's methods.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, NamedTuple
 
 import cooper
@@ -31,13 +32,6 @@ class CooperStep(NamedTuple):
 
     objective: Tensor
     max_violation: Tensor
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    size = 1
-    for dim in shape:
-        size *= dim
-    return size
 
 
 class CooperProblem(cooper.ConstrainedMinimizationProblem):
@@ -59,11 +53,11 @@ class CooperProblem(cooper.ConstrainedMinimizationProblem):
                 raise ValueError(f"constraint '{name}': declare it with treatment='projection'")
             multiplier = (
                 cooper.multipliers.IndexedMultiplier(
-                    num_constraints=_size(spec.table_shape), dtype=dtype
+                    num_constraints=math.prod(spec.table_shape), dtype=dtype
                 )
                 if spec.indexed
                 else cooper.multipliers.DenseMultiplier(
-                    num_constraints=_size(spec.shape), dtype=dtype
+                    num_constraints=math.prod(spec.shape), dtype=dtype
                 )
             )
             constraint_type = (
@@ -84,7 +78,7 @@ class CooperProblem(cooper.ConstrainedMinimizationProblem):
             entry = state.constraints[name]
             features = None
             if isinstance(entry, IndexedValue):
-                size = _size(spec.shape)
+                size = math.prod(spec.shape)
                 offsets = torch.arange(size, device=entry.indices.device)
                 features = (entry.indices.long()[:, None] * size + offsets).reshape(-1)
                 entry = entry.value

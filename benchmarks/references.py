@@ -9,9 +9,10 @@ from sklearn.datasets import load_diabetes
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lagrange_opt import ConstrainedProblem, IndexedValue
-from lagrange_opt._lagrangian import standard_form, violation
+from lagrange_opt import ConstrainedProblem, IndexedValue, ProblemState
+from lagrange_opt._lagrangian import standard_form
 from lagrange_opt.demo import Dataset, make_data, make_network
+from lagrange_opt.problems import max_violation
 
 
 def diabetes() -> tuple[Tensor, Tensor]:
@@ -70,35 +71,37 @@ def slsqp(problem: ConstrainedProblem) -> tuple[float, float]:
     sizes = [params[name].numel() for name in names]
     dtype = params[names[0]].dtype
 
-    def state(vector: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def call(vector: Tensor) -> ProblemState:
         pieces = vector.split(sizes)
         values = {name: piece.reshape(shape) for name, piece, shape in zip(names, pieces, shapes)}
-        result = functional_call(problem, values, ())
-        constraints = []
-        for name, constraint in problem.constraint_items():
-            entry = result.constraints[name]
-            value = entry.value if isinstance(entry, IndexedValue) else entry
-            constraints.append(standard_form(value, constraint.spec).reshape(-1))
-        return result.objective, constraints
+        return functional_call(problem, values, ())
+
+    def standard(vector: Tensor, position: int) -> Tensor:
+        name, constraint = constraint_items[position]
+        entry = call(vector).constraints[name]
+        value = entry.value if isinstance(entry, IndexedValue) else entry
+        return standard_form(value, constraint.spec).reshape(-1)
 
     def objective(x: np.ndarray) -> float:
-        return float(state(torch.tensor(x, dtype=dtype))[0])
+        return float(call(torch.tensor(x, dtype=dtype)).objective)
 
     def objective_grad(x: np.ndarray) -> np.ndarray:
         vector = torch.tensor(x, dtype=dtype, requires_grad=True)
-        (grad,) = torch.autograd.grad(state(vector)[0], vector)
+        (grad,) = torch.autograd.grad(call(vector).objective, vector)
         return grad.numpy()
 
+    constraint_items = list(problem.constraint_items())
+
     scipy_constraints = []
-    for position, (_, constraint) in enumerate(problem.constraint_items()):
+    for position, (_, constraint) in enumerate(constraint_items):
         sign = 1.0 if constraint.spec.kind == "equality" else -1.0
 
         def fun(x: np.ndarray, position: int = position, sign: float = sign) -> np.ndarray:
-            return sign * state(torch.tensor(x, dtype=dtype))[1][position].numpy()
+            return sign * standard(torch.tensor(x, dtype=dtype), position).numpy()
 
         def jac(x: np.ndarray, position: int = position, sign: float = sign) -> np.ndarray:
             vector = torch.tensor(x, dtype=dtype)
-            jacobian = torch.autograd.functional.jacobian(lambda v: state(v)[1][position], vector)
+            jacobian = torch.autograd.functional.jacobian(lambda v: standard(v, position), vector)
             return sign * jacobian.numpy()
 
         kind = "eq" if constraint.spec.kind == "equality" else "ineq"
@@ -114,8 +117,5 @@ def slsqp(problem: ConstrainedProblem) -> tuple[float, float]:
         options={"maxiter": 1000, "ftol": 1e-14},
     )
     with torch.no_grad():
-        final_objective, constraints = state(torch.tensor(solution.x, dtype=dtype))
-        worst = 0.0
-        for (_, constraint), value in zip(problem.constraint_items(), constraints):
-            worst = max(worst, float(violation(value, constraint.spec).max()))
-    return float(final_objective), worst
+        result = call(torch.tensor(solution.x, dtype=dtype))
+    return float(result.objective), max_violation(problem, result)

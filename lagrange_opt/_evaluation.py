@@ -231,9 +231,7 @@ def check_state(
     return objective, checked
 
 
-def _term(
-    constraint: Constraint, standard: Tensor, indices: Tensor | None, undo: UndoLog
-) -> Term:
+def _term(constraint: Constraint, standard: Tensor, indices: Tensor | None, undo: UndoLog) -> Term:
     spec = constraint.spec
     multiplier = constraint.multiplier
     assert multiplier is not None

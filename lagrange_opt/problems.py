@@ -39,6 +39,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ._lagrangian import standard_form, violation
 from ._problem import ConstrainedProblem, IndexedValue, ProblemState, Treatment
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "NonlinearProgram",
     "PositiveOutputs",
     "ProgramDefinition",
+    "max_violation",
     "relative_gap",
 ]
 
@@ -89,6 +91,23 @@ def relative_gap(objective: float, f_star: float) -> float:
     """
     gap = abs(objective - f_star)
     return gap if f_star == 0 else gap / abs(f_star)
+
+
+def max_violation(problem: ConstrainedProblem, state: ProblemState) -> float:
+    """The largest violation of any constraint element in what ``problem`` returned.
+
+    Example:
+        >>> problem = NonlinearProgram(HOCK_SCHITTKOWSKI["hs035"], treatment="projection")
+        >>> max_violation(problem, problem())
+        0.0
+    """
+    worst = 0.0
+    for name, constraint in problem.constraint_items():
+        entry = state.constraints[name]
+        value = entry.value if isinstance(entry, IndexedValue) else entry
+        standard = standard_form(value.detach(), constraint.spec)
+        worst = max(worst, float(violation(standard, constraint.spec).max()))
+    return worst
 
 
 def _stack(*values: Tensor) -> Tensor:
