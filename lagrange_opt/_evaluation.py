@@ -313,5 +313,5 @@ def evaluate(
             terms.append(_term(constraint, standard, indices, undo))
         else:
             batch_size = None if indices is None else indices.shape[0]
-            penalties.append(lag.penalty_term(standard, spec, spec.penalty_weight, batch_size))
+            penalties.append(lag.penalty_term(standard, spec, batch_size))
     return Evaluation(objective, terms, penalties, violations)

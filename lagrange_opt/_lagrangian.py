@@ -115,9 +115,7 @@ def constraint_term(multiplier: Tensor, residual: Tensor, batch_size: int | None
     return term / batch_size
 
 
-def penalty_term(
-    standard: Tensor, spec: ConstraintSpec, weight: float, batch_size: int | None
-) -> Tensor:
+def penalty_term(standard: Tensor, spec: ConstraintSpec, batch_size: int | None) -> Tensor:
     """The quadratic penalty that replaces a multiplier under the penalty treatment.
 
     .. math::
@@ -125,16 +123,18 @@ def penalty_term(
         \\alpha \\sum \\operatorname{viol}(r)^2 \\quad\\text{or, indexed,}\\quad
         \\frac{\\alpha}{B} \\sum_{i \\in \\text{batch}} \\operatorname{viol}(r_i)^2
 
-    Its minimiser is feasible only in the limit :math:`\\alpha \\to \\infty`.
+    with :math:`\\alpha` = ``spec.penalty_weight``. Its minimiser is feasible only in the
+    limit :math:`\\alpha \\to \\infty`.
 
     Example:
         >>> import torch
         >>> from lagrange_opt import ConstraintSpec
         >>> spec = ConstraintSpec("c", "inequality", "<=", (2,), None, "penalty", 1e-2, 10.0)
-        >>> penalty_term(torch.tensor([-1.0, 0.5]), spec, 10.0, None)
+        >>> penalty_term(torch.tensor([-1.0, 0.5]), spec, None)
         tensor(2.5000)
     """
-    term = weight * violation(standard, spec).square().sum()
+    assert spec.penalty_weight is not None
+    term = spec.penalty_weight * violation(standard, spec).square().sum()
     if batch_size is None:
         return term
     return term / batch_size
