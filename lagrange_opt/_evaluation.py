@@ -21,7 +21,7 @@ class UndoLog:
     def save(self, target: Tensor, rows: Tensor | None = None, saved: Tensor | None = None) -> None:
         """Remembers ``target`` (or ``target[rows]``); ``saved`` is a copy already taken."""
         if saved is None:
-            saved = target.clone() if rows is None else target[rows]
+            saved = target.clone() if rows is None else target.index_select(0, rows)
         self._entries.append((target, rows, saved))
 
     def restore(self) -> None:
@@ -35,61 +35,86 @@ class UndoLog:
         self._entries.clear()
 
 
+class SlackRows(NamedTuple):
+    """The rows of an indexed slack table that one evaluation reads.
+
+    Attributes:
+        rows: Sorted unique rows of the batch.
+        inverse: For each batch entry, its position in ``rows``.
+        values: The rows' values, a leaf: after backward its gradient is the rows' gradient.
+    """
+
+    rows: Tensor
+    inverse: Tensor
+    values: Tensor
+
+
 class Term(NamedTuple):
     """The part of an evaluation of one constraint that has multipliers.
 
     Attributes:
         constraint: The constraint.
         residual: The equality whose multiplier is ``constraint.multiplier`` (``h``, ``g``
-            or ``g + s**2``), with its autograd graph.
-        indices: The sample indices as given (indexed constraints), else ``None``.
-        rows: Sorted unique rows of the tables read by this evaluation, else ``None``.
-        inverse: For each batch entry, its position in ``rows``.
-        multiplier_rows: The multipliers read (a copy of the rows if indexed).
-        slack_rows: Indexed slack rows, a leaf whose gradient is the slacks' gradient.
-        dual_grad: Gradient of the Lagrangian's per-sample terms with respect to the
-            multipliers (the residual, summed over repeated indices).
+            or ``g + s**2``), with its autograd graph; indexed: one row per batch entry.
+        indices: The sample indices (``int64``) of an indexed constraint, else ``None``.
+        multipliers: The multipliers read, detached: the multiplier itself if dense, a copy
+            of the batch entries' rows if indexed.
+        weights: The residual's weights in the Lagrangian: the multipliers, divided by the
+            batch size if indexed. Backward takes them as the residual's cotangent.
+        dual_grad: The multipliers' gradient ascent follows: a copy of the residual's value.
+        slack: The slack rows read, for an indexed slack constraint.
     """
 
     constraint: Constraint
     residual: Tensor
     indices: Tensor | None
-    rows: Tensor | None
-    inverse: Tensor | None
-    multiplier_rows: Tensor
-    slack_rows: Tensor | None
+    multipliers: Tensor
+    weights: Tensor
     dual_grad: Tensor
+    slack: SlackRows | None
 
 
 class Evaluation(NamedTuple):
-    """One call of the closure, ready to form the Lagrangian.
+    """One call of the closure, validated, with the value of the Lagrangian.
 
     Attributes:
         objective: The objective, with its graph.
         terms: The constraints with multipliers, in declaration order.
         penalties: The penalty of each penalised constraint, with its graph.
         violations: Every constraint's elementwise violation, detached.
+        lagrangian: The Lagrangian's value, detached.
     """
 
     objective: Tensor
     terms: list[Term]
     penalties: list[Tensor]
     violations: list[Tensor]
+    lagrangian: Tensor
 
-    def lagrangian(self, multipliers: list[Tensor] | None = None) -> Tensor:
-        """The Lagrangian, with the multipliers read at evaluation or the ones given."""
-        if multipliers is None:
-            multipliers = [term.multiplier_rows for term in self.terms]
-        pieces = []
-        for term, multiplier in zip(self.terms, multipliers):
-            if term.inverse is None:
-                pieces.append(lag.constraint_term(multiplier, term.residual, None))
-            else:
-                batch_size = term.inverse.shape[0]
-                pieces.append(
-                    lag.constraint_term(multiplier[term.inverse], term.residual, batch_size)
-                )
-        return lag.lagrangian(self.objective, pieces + self.penalties)
+    def backward(self, weights: list[Tensor] | None = None) -> None:
+        """Backpropagates the Lagrangian into the primal variables' ``.grad``.
+
+        Each residual enters as a root whose cotangent is its weight (a vector-Jacobian
+        product), so the Lagrangian's sum is never built as a graph. ``weights`` replaces
+        the terms' own (multipliers read after a dual step).
+        """
+        if weights is None:
+            weights = [term.weights for term in self.terms]
+        roots = [self.objective, *self.penalties]
+        cotangents: list[Tensor | None] = [None] * len(roots)
+        for term, weight in zip(self.terms, weights):
+            roots.append(term.residual)
+            cotangents.append(weight.to(term.residual.dtype))
+        differentiable = [i for i, root in enumerate(roots) if root.requires_grad]
+        if differentiable:
+            torch.autograd.backward(
+                [roots[i] for i in differentiable], [cotangents[i] for i in differentiable]
+            )
+        for term in self.terms:
+            # A sample's own slack steps along the gradient of that sample's term, as its
+            # multiplier does, not along the batch average's.
+            if term.slack is not None and term.slack.values.grad is not None:
+                term.slack.values.grad.mul_(term.residual.shape[0])
 
     def violation_summary(self) -> tuple[Tensor, Tensor]:
         """The maximum and the mean violation over every constraint element."""
@@ -103,6 +128,25 @@ class Evaluation(NamedTuple):
         total = torch.stack([violation.sum() for violation in violations]).sum()
         count = sum(violation.numel() for violation in violations)
         return maxima.amax(), total / count
+
+
+def term_weights(multipliers: Tensor, indices: Tensor | None) -> Tensor:
+    """A constraint's weights in the Lagrangian (see :func:`lagrangian.constraint_term`)."""
+    if indices is None:
+        return multipliers
+    return multipliers / indices.shape[0]
+
+
+def current_weights(term: Term) -> Tensor:
+    """The term's weights with the multipliers as they are now (after a dual step).
+
+    Dense multipliers are read as views, so their weights are current already; indexed ones
+    are read as copies of the batch's rows.
+    """
+    multiplier = term.constraint.multiplier
+    if term.indices is None or multiplier is None:
+        return term.weights
+    return term_weights(multiplier.detach().index_select(0, term.indices), term.indices)
 
 
 def _describe_shape(tensor: Tensor) -> str:
@@ -138,7 +182,7 @@ def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, T
                 f"constraint '{name}': value has shape {_describe_shape(value)}, expected "
                 f"{expected} ({indices.shape[0]} indices, declared shape {spec.shape})"
             )
-        return value, indices
+        return value, indices.long()
     if isinstance(entry, IndexedValue):
         raise ValueError(
             f"constraint '{name}' is not indexed: return its value as a tensor, not IndexedValue"
@@ -160,9 +204,20 @@ def _first_non_finite(tensor: Tensor) -> str:
     return f"{bad.shape[0]} non-finite value(s), first {first} at {position}"
 
 
-def _raise_for_bad_values(
-    objective: Tensor, checked: list[tuple[str, Constraint, Tensor, Tensor | None]]
-) -> None:
+def _check_index_range(name: str, constraint: Constraint, indices: Tensor) -> None:
+    num_samples = constraint.spec.table_shape[0]
+    outside = (indices < 0) | (indices >= num_samples)
+    if bool(outside.any()):
+        bad = indices[outside]
+        raise IndexError(
+            f"constraint '{name}': index {int(bad[0])} out of range for num_samples={num_samples}"
+        )
+
+
+Checked = list[tuple[str, Constraint, Tensor, Tensor | None]]
+
+
+def _raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term]) -> None:
     """Names the value at fault; called only once the cheap combined check has failed."""
     if not bool(torch.isfinite(objective.detach())):
         raise ValueError(f"objective is not finite: {float(objective.detach())}")
@@ -170,25 +225,31 @@ def _raise_for_bad_values(
         if not bool(torch.isfinite(value.detach()).all()):
             raise ValueError(f"constraint '{name}' has {_first_non_finite(value)}")
         if indices is not None:
-            num_samples = constraint.spec.table_shape[0]
-            bad = indices[(indices < 0) | (indices >= num_samples)]
-            if bad.numel():
-                raise IndexError(
-                    f"constraint '{name}': index {int(bad[0])} out of range for "
-                    f"num_samples={num_samples}"
-                )
+            _check_index_range(name, constraint, indices)
+    for term in terms:
+        name = term.constraint.spec.name
+        if not bool(torch.isfinite(term.multipliers).all()):
+            raise ValueError(
+                f"the multipliers of constraint '{name}' read in this step have "
+                f"{_first_non_finite(term.multipliers)}: the dual iteration diverged"
+            )
+        if not bool(torch.isfinite(term.dual_grad).all()):
+            raise ValueError(
+                f"the slack residual of constraint '{name}' has "
+                f"{_first_non_finite(term.dual_grad)}: the slacks diverged"
+            )
 
 
-def check_state(
-    problem: ConstrainedProblem, state: object
-) -> tuple[Tensor, list[tuple[str, Constraint, Tensor, Tensor | None]]]:
-    """Validates what a closure returned against the problem's declarations.
+def check_state(problem: ConstrainedProblem, state: object) -> tuple[Tensor, Checked]:
+    """Validates the structure of what a closure returned against the declarations.
+
+    The values themselves (finite, indices in range) are checked by :func:`evaluate`.
 
     Returns:
         The objective and, per constraint in declaration order, its value and indices.
 
     Raises:
-        TypeError, ValueError, IndexError: naming the constraint and what is wrong.
+        TypeError, ValueError: naming the constraint and what is wrong.
     """
     if not isinstance(state, ProblemState):
         raise TypeError(f"the closure must return a ProblemState, got {type(state).__name__}")
@@ -197,80 +258,74 @@ def check_state(
         raise TypeError(f"objective must be a tensor, got {type(objective).__name__}")
     if objective.ndim != 0:
         raise ValueError(f"objective must be a scalar, got shape {_describe_shape(objective)}")
-    if not isinstance(state.constraints, Mapping):
-        raise TypeError(
-            f"ProblemState.constraints must be a mapping, got {type(state.constraints).__name__}"
-        )
-    declared = dict(problem.constraint_items())
-    unknown = [name for name in state.constraints if name not in declared]
+    values = state.constraints
+    if not isinstance(values, Mapping):
+        raise TypeError(f"ProblemState.constraints must be a mapping, got {type(values).__name__}")
+    declared = problem.constraints
+    unknown = [name for name in values if name not in declared]
     if unknown:
         raise ValueError(
             f"the closure returned undeclared constraint(s) {unknown}; declared: {list(declared)}"
         )
     checked = []
-    for name, constraint in declared.items():
-        if name not in state.constraints:
+    for name, constraint in problem.constraint_items():
+        if name not in values:
             raise ValueError(f"the closure returned no value for constraint '{name}'")
-        value, indices = _unpack(name, constraint, state.constraints[name])
+        value, indices = _unpack(name, constraint, values[name])
         checked.append((name, constraint, value, indices))
-
-    # One host synchronisation for every finiteness and range check together: a sum is
-    # finite if every term is (an overflowing sum only sends us to the detailed check).
-    total = objective.detach().sum()
-    ranges = []
-    for _, constraint, value, indices in checked:
-        total = total + value.detach().sum().to(total.device, total.dtype)
-        if indices is not None and indices.numel():
-            ranges.append(indices.min() >= 0)
-            ranges.append(indices.max() < constraint.spec.table_shape[0])
-    flags = torch.isfinite(total)
-    if ranges:
-        flags = torch.stack([flags, *(flag.to(flags.device) for flag in ranges)]).all()
-    if not bool(flags):
-        _raise_for_bad_values(objective, checked)
     return objective, checked
 
 
-def _term(constraint: Constraint, standard: Tensor, indices: Tensor | None, undo: UndoLog) -> Term:
-    spec = constraint.spec
+def _dual_grad(residual: Tensor, multiplier: Tensor) -> Tensor:
+    # Always a copy: the residual may be a parameter itself, which the primal step changes.
+    return residual.detach().to(multiplier.dtype, copy=True)
+
+
+def _dense_term(constraint: Constraint, standard: Tensor, undo: UndoLog) -> Term:
     multiplier = constraint.multiplier
     assert multiplier is not None
     slack = constraint.slack
     seen = constraint.slack_seen
-    if indices is None:
-        if slack is not None and seen is not None and not bool(seen):
-            undo.save(slack.data)
-            undo.save(seen)
-            with torch.no_grad():
-                slack.copy_(lag.initial_slack(standard.detach(), spec.slack_margin))
-                seen.fill_(True)
-        residual = standard if slack is None else lag.slack_residual(standard, slack)
-        # A copy: the residual may be a parameter itself, which the primal step changes.
-        return Term(
-            constraint, residual, None, None, None,
-            multiplier.detach(), None, residual.detach().clone(),
-        )  # fmt: skip
+    if slack is not None and seen is not None and not bool(seen):
+        undo.save(slack.data)
+        undo.save(seen)
+        with torch.no_grad():
+            slack.copy_(lag.initial_slack(standard.detach(), constraint.spec.slack_margin))
+            seen.fill_(True)
+    residual = standard if slack is None else lag.slack_residual(standard, slack)
+    multipliers = multiplier.detach()
+    return Term(
+        constraint, residual, None, multipliers, multipliers, _dual_grad(residual, multiplier), None
+    )
 
-    rows, inverse = torch.unique(indices.long(), sorted=True, return_inverse=True)
+
+def _indexed_term(constraint: Constraint, standard: Tensor, indices: Tensor, undo: UndoLog) -> Term:
+    multiplier = constraint.multiplier
+    assert multiplier is not None
+    # Reads first (an index out of range fails here, before anything is written).
+    multipliers = multiplier.detach().index_select(0, indices)
+    slack = constraint.slack
+    seen = constraint.slack_seen
     slack_rows = None
     residual = standard
     if slack is not None and seen is not None:
-        stored = slack.detach()[rows]
+        rows, inverse = torch.unique(indices, sorted=True, return_inverse=True)
+        stored = slack.detach().index_select(0, rows)
+        seen_rows = seen.index_select(0, rows)
         undo.save(slack.data, rows, stored)
+        undo.save(seen, rows, seen_rows)
         first_values = torch.empty_like(stored).index_copy_(0, inverse, standard.detach())
-        seen_rows = seen[rows].reshape((-1,) + (1,) * len(spec.shape))
-        initial = lag.initial_slack(first_values, spec.slack_margin)
-        slack_rows = torch.where(seen_rows, stored, initial).requires_grad_()
-        undo.save(seen, rows)
-        seen[rows] = True
-        residual = lag.slack_residual(standard, slack_rows[inverse])
-    dual_grad = torch.zeros(
-        (rows.shape[0], *spec.shape), dtype=residual.dtype, device=residual.device
-    ).index_add_(0, inverse, residual.detach())
-    return Term(
-        constraint, residual, indices, rows, inverse,
-        multiplier.detach()[rows], slack_rows, dual_grad,
-    )  # fmt: skip
+        initial = lag.initial_slack(first_values, constraint.spec.slack_margin)
+        seen_shape = (-1,) + (1,) * len(constraint.spec.shape)
+        values = torch.where(seen_rows.reshape(seen_shape), stored, initial).requires_grad_()
+        seen.index_fill_(0, rows, True)
+        # The table holds the point the step starts from, new rows' initial values included.
+        slack.data.index_copy_(0, rows, values.detach())
+        slack_rows = SlackRows(rows, inverse, values)
+        residual = lag.slack_residual(standard, values[inverse])
+    weights = term_weights(multipliers, indices)
+    dual_grad = _dual_grad(residual, multiplier)
+    return Term(constraint, residual, indices, multipliers, weights, dual_grad, slack_rows)
 
 
 def evaluate(
@@ -282,7 +337,10 @@ def evaluate(
     """Calls the closure, validates its result and forms every constraint's residual.
 
     Slacks seen for the first time are initialised here; the undo log records what that
-    changed, so that a failing step can put it back.
+    changed, so that a failing step can put it back. A non-finite objective, constraint
+    value, multiplier or slack raises, found with one host synchronisation: every value
+    enters the Lagrangian, which is finite only if they all are (an overflow sends the
+    check to the detailed one, which lets a finite state pass).
 
     Args:
         problem: The problem being solved.
@@ -305,13 +363,31 @@ def evaluate(
     terms = []
     penalties = []
     violations = []
-    for _, constraint, value, indices in checked:
+    value = objective.detach()
+    for name, constraint, constraint_value, indices in checked:
         spec = constraint.spec
-        standard = lag.standard_form(value, spec)
+        standard = lag.standard_form(constraint_value, spec)
         violations.append(lag.violation(standard.detach(), spec))
-        if spec.penalty_weight is None:
-            terms.append(_term(constraint, standard, indices, undo))
-        else:
+        if spec.penalty_weight is not None:
             batch_size = None if indices is None else indices.shape[0]
-            penalties.append(lag.penalty_term(standard, spec, batch_size))
-    return Evaluation(objective, terms, penalties, violations)
+            penalty = lag.penalty_term(standard, spec, batch_size)
+            penalties.append(penalty)
+            value = value + penalty.detach()
+            continue
+        if indices is None:
+            term = _dense_term(constraint, standard, undo)
+        else:
+            if indices.device.type != "cpu":
+                # Off the CPU, reading a row out of range is a device-side assertion that
+                # ends the process; on the CPU index_select raises, caught below.
+                _check_index_range(name, constraint, indices)
+            try:
+                term = _indexed_term(constraint, standard, indices, undo)
+            except IndexError:
+                _check_index_range(name, constraint, indices)
+                raise
+        terms.append(term)
+        value = value + (term.weights * term.dual_grad).sum().to(value.dtype)
+    if not bool(torch.isfinite(value)):
+        _raise_for_bad_values(objective, checked, terms)
+    return Evaluation(objective, terms, penalties, violations, value)

@@ -9,10 +9,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ._evaluation import Evaluation, UndoLog, evaluate
-from ._lagrangian import project_nonnegative_
+from ._evaluation import Evaluation, UndoLog, current_weights, evaluate
 from ._problem import ConstrainedProblem, ProblemState
-from ._rows import RowView, step_optimizer
+from ._updates import dual_update, primal_update
 
 Closure = Callable[[], ProblemState]
 
@@ -195,86 +194,31 @@ class ConstrainedOptimizer(abc.ABC):
 
     # The pieces every method is made of.
 
-    def _evaluate_and_backward(self, closure: Closure, undo: UndoLog) -> tuple[Evaluation, Tensor]:
+    def _evaluate_and_backward(self, closure: Closure, undo: UndoLog) -> Evaluation:
         """Evaluates at the current point and backpropagates; on failure undoes both."""
         try:
             evaluation = evaluate(self.problem, closure, undo)
-            return evaluation, self._backward(evaluation)
+            self._backward(evaluation)
+            return evaluation
         except BaseException:
             self._clear_grads()
             undo.restore()
             raise
 
-    def _backward(self, evaluation: Evaluation) -> Tensor:
-        """Backpropagates the Lagrangian into the primal gradients; returns its value."""
+    def _backward(self, evaluation: Evaluation, weights: list[Tensor] | None = None) -> None:
         self._clear_grads()
-        value = evaluation.lagrangian()
-        if value.requires_grad:
-            value.backward()
-        for term in evaluation.terms:
-            # The Lagrangian averages an indexed constraint over the batch; a sample's own
-            # variables step along the gradient of that sample's term, as its multiplier does.
-            if (
-                term.inverse is not None
-                and term.slack_rows is not None
-                and term.slack_rows.grad is not None
-            ):
-                term.slack_rows.grad.mul_(term.inverse.shape[0])
-        return value.detach()
+        evaluation.backward(weights)
 
-    def _step_primal(
-        self, gradients: Evaluation, start: Evaluation, commit_state: bool, copy_rows: bool
-    ) -> None:
-        views = []
-        for term, start_term in zip(gradients.terms, start.terms):
-            slack = term.constraint.slack
-            if term.rows is None or slack is None or start_term.slack_rows is None:
-                continue
-            values = start_term.slack_rows.detach()
-            views.append(
-                RowView(
-                    slack,
-                    term.rows,
-                    values.clone() if copy_rows else values,
-                    grad_of(term.slack_rows),
-                    project=False,
-                )
-            )
-        step_optimizer(self.primal_optimizer, views, commit_state)
+    def _update(self, evaluation: Evaluation, commit_state: bool) -> None:
+        """Both sides' steps along the gradients of ``evaluation``, from the current point."""
+        primal_update(self.primal_optimizer, evaluation.terms, commit_state)
+        dual_update(self.dual_optimizer, evaluation.terms, commit_state)
 
-    def _step_dual(
-        self, gradients: Evaluation, start: Evaluation, commit_state: bool, copy_rows: bool
-    ) -> None:
-        if self.dual_optimizer is None:
-            return
-        views = []
-        for term, start_term in zip(gradients.terms, start.terms):
-            multiplier = term.constraint.multiplier
-            assert multiplier is not None
-            project = term.constraint.spec.treatment == "projection"
-            if term.rows is None:
-                multiplier.grad = term.dual_grad
-                continue
-            values = start_term.multiplier_rows
-            views.append(
-                RowView(
-                    multiplier,
-                    term.rows,
-                    values.clone() if copy_rows else values,
-                    term.dual_grad,
-                    project,
-                )
-            )
-        step_optimizer(self.dual_optimizer, views, commit_state)
-        for term in gradients.terms:
-            multiplier = term.constraint.multiplier
-            projected = term.constraint.spec.treatment == "projection"
-            if term.rows is None and multiplier is not None and projected:
-                project_nonnegative_(multiplier.data)
-
-    def _result(self, evaluation: Evaluation, lagrangian: Tensor) -> StepResult:
+    def _result(self, evaluation: Evaluation) -> StepResult:
         max_violation, mean_violation = evaluation.violation_summary()
-        return StepResult(evaluation.objective.detach(), lagrangian, max_violation, mean_violation)
+        return StepResult(
+            evaluation.objective.detach(), evaluation.lagrangian, max_violation, mean_violation
+        )
 
     def _dense_parameters(self) -> list[Tensor]:
         """Parameters of both optimizers except the indexed tables (stepped by rows)."""
@@ -287,14 +231,6 @@ class ConstrainedOptimizer(abc.ABC):
         }
         params = [*_params(self.primal_optimizer), *_params(self.dual_optimizer)]
         return [param for param in params if id(param) not in indexed]
-
-
-def grad_of(leaf: Tensor | None) -> Tensor:
-    """The gradient backward left on a leaf (zero if the leaf did not reach the output)."""
-    assert leaf is not None
-    if leaf.grad is None:
-        return torch.zeros_like(leaf)
-    return leaf.grad
 
 
 class SimultaneousGDA(ConstrainedOptimizer):
@@ -333,12 +269,10 @@ class SimultaneousGDA(ConstrainedOptimizer):
     """
 
     def step(self, closure: Closure) -> StepResult:
-        undo = UndoLog()
-        evaluation, lagrangian = self._evaluate_and_backward(closure, undo)
-        self._step_primal(evaluation, evaluation, commit_state=True, copy_rows=False)
-        self._step_dual(evaluation, evaluation, commit_state=True, copy_rows=False)
+        evaluation = self._evaluate_and_backward(closure, UndoLog())
+        self._update(evaluation, commit_state=True)
         self._clear_grads()
-        return self._result(evaluation, lagrangian)
+        return self._result(evaluation)
 
 
 class AlternatingGDA(ConstrainedOptimizer):
@@ -361,17 +295,12 @@ class AlternatingGDA(ConstrainedOptimizer):
         except BaseException:
             undo.restore()
             raise
-        with torch.no_grad():
-            lagrangian = evaluation.lagrangian()
         self._clear_grads()
-        # The dual step updates the indexed multiplier rows of the evaluation in place (and
-        # the dense multipliers it holds views of), so the Lagrangian formed next already
-        # uses the new multipliers.
-        self._step_dual(evaluation, evaluation, commit_state=True, copy_rows=False)
-        self._backward(evaluation)
-        self._step_primal(evaluation, evaluation, commit_state=True, copy_rows=False)
+        dual_update(self.dual_optimizer, evaluation.terms, commit_state=True)
+        self._backward(evaluation, [current_weights(term) for term in evaluation.terms])
+        primal_update(self.primal_optimizer, evaluation.terms, commit_state=True)
         self._clear_grads()
-        return self._result(evaluation, lagrangian)
+        return self._result(evaluation)
 
 
 class ExtraGradient(ConstrainedOptimizer):
@@ -435,33 +364,43 @@ class ExtraGradient(ConstrainedOptimizer):
         with torch.no_grad():
             torch._foreach_copy_(self._copies, params)
 
-    def _restore_point(self, params: list[Tensor]) -> None:
+    @staticmethod
+    def _point_rows(evaluation: Evaluation) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """The indexed rows the extrapolation will move: (table, rows, values at the start)."""
+        saved = []
+        for term in evaluation.terms:
+            multiplier, slack = term.constraint.multiplier, term.constraint.slack
+            if term.indices is not None and multiplier is not None:
+                saved.append((multiplier.data, term.indices, term.multipliers))
+            if term.slack is not None and slack is not None:
+                saved.append((slack.data, term.slack.rows, term.slack.values.detach()))
+        return saved
+
+    def _restore_point(
+        self, params: list[Tensor], rows: list[tuple[Tensor, Tensor, Tensor]]
+    ) -> None:
         with torch.no_grad():
             torch._foreach_copy_(params, self._copies)
+            for table, index, values in rows:
+                table.index_copy_(0, index, values)
 
     def step(self, closure: Closure) -> StepResult:
         undo = UndoLog()
-        start, lagrangian = self._evaluate_and_backward(closure, undo)
-        result = self._result(start, lagrangian)
+        start = self._evaluate_and_backward(closure, undo)
         dense = self._dense_parameters()
         self._save_point(dense)
-        for term in start.terms:
-            multiplier = term.constraint.multiplier
-            if term.rows is not None and multiplier is not None:
-                undo.save(multiplier.data, term.rows, term.multiplier_rows)
-        self._step_primal(start, start, commit_state=False, copy_rows=True)
-        self._step_dual(start, start, commit_state=False, copy_rows=True)
+        rows = self._point_rows(start)
+        self._update(start, commit_state=False)
         try:
             indices = {term.constraint.spec.name: term.indices for term in start.terms}
             extrapolated = evaluate(self.problem, closure, undo, expected_indices=indices)
             self._backward(extrapolated)
         except BaseException:
             self._clear_grads()
-            self._restore_point(dense)
+            self._restore_point(dense, rows)
             undo.restore()
             raise
-        self._restore_point(dense)
-        self._step_primal(extrapolated, start, commit_state=True, copy_rows=False)
-        self._step_dual(extrapolated, start, commit_state=True, copy_rows=False)
+        self._restore_point(dense, rows)
+        self._update(extrapolated, commit_state=True)
         self._clear_grads()
-        return result
+        return self._result(start)

@@ -144,16 +144,37 @@ class _LargeTensorOps(TorchDispatchMode):
         return out
 
 
+def _sgd(problem: PerSample, lr: float = 0.1) -> tuple[Any, Any]:
+    return (
+        torch.optim.SGD(problem.primal_parameters(), lr=lr),
+        torch.optim.SGD(problem.dual_parameters(), lr=lr, maximize=True),
+    )
+
+
+# Row reads (index, index_select), row writes (index_copy_, index_put_, index_fill_,
+# index_add_) and O(1) views are the only operations allowed on a whole table.
+ROW_OPS = {
+    "detach",
+    "index",
+    "index_select",
+    "index_copy_",
+    "index_put_",
+    "index_fill_",
+    "index_add_",
+}
+
+
+@pytest.mark.parametrize("base", [_adam, _sgd], ids=["adam", "sgd"])
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_a_step_never_works_on_whole_tables(method: type) -> None:
+def test_a_step_never_works_on_whole_tables(method: type, base: Any) -> None:
     num_samples = 100_000
-    problem = PerSample(num_samples)
-    optimizer = method(problem, *_adam(problem))
-    batch = torch.tensor([5, 99_999, 12_345])
-    optimizer.step(lambda: problem(batch))  # creates the optimizers' state tables
-    recorder = _LargeTensorOps(num_samples)
-    with recorder:
-        optimizer.step(lambda: problem(batch))
-    # Only row reads (index), row writes (index_copy_, index_put_) and O(1) views see them.
-    assert recorder.ops, "the recorder saw nothing"
-    assert set(recorder.ops) <= {"detach", "index", "index_copy_", "index_put_"}, recorder.ops
+    for treatment in ("slack", "projection"):
+        problem = PerSample(num_samples, treatment)
+        optimizer = method(problem, *base(problem))
+        batch = torch.tensor([5, 99_999, 12_345, 5])
+        optimizer.step(lambda: problem(batch))  # creates the optimizers' state tables
+        recorder = _LargeTensorOps(num_samples)
+        with recorder:
+            optimizer.step(lambda: problem(batch))
+        assert recorder.ops, "the recorder saw nothing"
+        assert set(recorder.ops) <= ROW_OPS, (treatment, recorder.ops)

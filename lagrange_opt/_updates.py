@@ -1,0 +1,179 @@
+"""One side's update: descent on the primal variables, ascent on the multipliers.
+
+Each side steps its stock ``torch.optim`` optimizer; indexed tables step only the rows of
+the batch (:mod:`._rows`). For the most common optimizer, ``torch.optim.SGD`` without
+momentum or weight decay, whose update is :math:`p \\leftarrow p + \\eta\\, g` with a signed
+step size :math:`\\eta`, the same update is applied directly with fused in-place tensor
+operations: an indexed multiplier table then takes its batch entries' gradients with one
+``index_add_`` (repeated indices add up), and the per-call cost of ``optimizer.step()``
+(profiler hooks, state bookkeeping) is not paid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.optim import optimizer as optimizer_module
+
+from ._evaluation import SlackRows, Term
+from ._lagrangian import project_nonnegative_
+from ._rows import RowView, step_optimizer
+
+
+def sgd_step_sizes(optimizer: torch.optim.Optimizer) -> list[float] | None:
+    """The signed step size of each param group if the optimizer's step is plain SGD.
+
+    .. math::
+
+        p \\leftarrow p + \\eta_g\\, \\nabla p, \\qquad
+        \\eta_g = \\begin{cases} \\text{lr}_g & \\text{maximize} \\\\
+        -\\text{lr}_g & \\text{otherwise} \\end{cases}
+
+    Returns:
+        The sizes, one per group, if ``optimizer`` is a ``torch.optim.SGD`` with no momentum,
+        no weight decay, a float learning rate and no step hooks (whose calls the direct
+        update would skip); else ``None``: use ``optimizer.step()``.
+    """
+    if type(optimizer) is not torch.optim.SGD:
+        return None
+    if (
+        optimizer._optimizer_step_pre_hooks
+        or optimizer._optimizer_step_post_hooks
+        or optimizer_module._global_optimizer_pre_hooks
+        or optimizer_module._global_optimizer_post_hooks
+    ):
+        return None
+    sizes = []
+    for group in optimizer.param_groups:
+        learning_rate = group["lr"]
+        if group["momentum"] != 0 or group["weight_decay"] != 0:
+            return None
+        if not isinstance(learning_rate, float | int):
+            return None
+        sizes.append(float(learning_rate) if group["maximize"] else -float(learning_rate))
+    return sizes
+
+
+def _size_of(optimizer: torch.optim.Optimizer, sizes: list[float]) -> dict[int, float]:
+    return {
+        id(param): size
+        for group, size in zip(optimizer.param_groups, sizes)
+        for param in group["params"]
+    }
+
+
+def _grad_of(leaf: Tensor) -> Tensor:
+    """The gradient backward left on a leaf (zero if the leaf did not reach the output)."""
+    if leaf.grad is None:
+        return torch.zeros_like(leaf)
+    return leaf.grad
+
+
+def _slack_tables(terms: Sequence[Term]) -> list[tuple[nn.Parameter, SlackRows]]:
+    pairs = []
+    for term in terms:
+        if term.slack is not None:
+            assert term.constraint.slack is not None
+            pairs.append((term.constraint.slack, term.slack))
+    return pairs
+
+
+def primal_update(
+    optimizer: torch.optim.Optimizer, terms: Sequence[Term], commit_state: bool
+) -> None:
+    """Descent on every primal parameter with a ``.grad``, and on the slack rows ``terms`` read.
+
+    Args:
+        optimizer: The primal optimizer.
+        terms: The terms of the evaluation whose gradients are stepped along.
+        commit_state: If False the optimizer's state is left as it was (extrapolation).
+    """
+    slacks = _slack_tables(terms)
+    sizes = sgd_step_sizes(optimizer)
+    if sizes is None:
+        views = [
+            RowView(
+                slack, read.rows, slack.detach().index_select(0, read.rows),
+                _grad_of(read.values), project=False,
+            )
+            for slack, read in slacks
+        ]  # fmt: skip
+        step_optimizer(optimizer, views, commit_state)
+        return
+    with torch.no_grad():
+        for group, size in zip(optimizer.param_groups, sizes):
+            params = [param for param in group["params"] if param.grad is not None]
+            if params:
+                torch._foreach_add_(params, [param.grad for param in params], alpha=size)
+        if slacks:
+            size_of = _size_of(optimizer, sizes)
+            for slack, read in slacks:
+                if read.values.grad is not None:
+                    slack.index_add_(0, read.rows, read.values.grad * size_of[id(slack)])
+
+
+def dual_update(
+    optimizer: torch.optim.Optimizer | None, terms: Sequence[Term], commit_state: bool
+) -> None:
+    """Ascent on the multipliers ``terms`` read, along their residuals; projects those of
+    projected inequalities onto ``>= 0``.
+
+    An indexed multiplier's gradient is the sum of its batch entries' residuals (a sample
+    drawn twice steps twice as far), as in :func:`._lagrangian.constraint_term` times the
+    batch size: each sample's multiplier ascends on its own constraint.
+
+    Args:
+        optimizer: The dual optimizer (``None`` when no constraint has multipliers).
+        terms: The terms of the evaluation whose residuals are stepped along.
+        commit_state: If False the optimizer's state is left as it was (extrapolation).
+    """
+    if optimizer is None:
+        return
+    sizes = sgd_step_sizes(optimizer)
+    if sizes is None:
+        _stock_dual_update(optimizer, terms, commit_state)
+        return
+    size_of = _size_of(optimizer, sizes)
+    with torch.no_grad():
+        for term in terms:
+            multiplier = term.constraint.multiplier
+            assert multiplier is not None
+            size = size_of[id(multiplier)]
+            projected = term.constraint.spec.treatment == "projection"
+            indices = term.indices
+            if indices is None:
+                multiplier.add_(term.dual_grad, alpha=size)
+                if projected:
+                    project_nonnegative_(multiplier)
+                continue
+            multiplier.index_add_(0, indices, term.dual_grad * size)
+            if projected:
+                rows = project_nonnegative_(multiplier.index_select(0, indices))
+                multiplier.index_copy_(0, indices, rows)
+
+
+def _stock_dual_update(
+    optimizer: torch.optim.Optimizer, terms: Sequence[Term], commit_state: bool
+) -> None:
+    views = []
+    for term in terms:
+        multiplier = term.constraint.multiplier
+        assert multiplier is not None
+        if term.indices is None:
+            multiplier.grad = term.dual_grad
+            continue
+        rows, inverse = torch.unique(term.indices, sorted=True, return_inverse=True)
+        grad = term.dual_grad.new_zeros((rows.shape[0], *term.dual_grad.shape[1:]))
+        grad.index_add_(0, inverse, term.dual_grad)
+        values = multiplier.detach().index_select(0, rows)
+        projected = term.constraint.spec.treatment == "projection"
+        views.append(RowView(multiplier, rows, values, grad, projected))
+    step_optimizer(optimizer, views, commit_state)
+    for term in terms:
+        multiplier = term.constraint.multiplier
+        if term.indices is None and multiplier is not None:
+            multiplier.grad = None
+            if term.constraint.spec.treatment == "projection":
+                project_nonnegative_(multiplier.data)
