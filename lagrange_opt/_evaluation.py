@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _lagrangian as lag
-from ._problem import ConstrainedProblem, Constraint, IndexedValue, ProblemState
+from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, IndexedValue, ProblemState
 
 
 class UndoLog:
@@ -52,25 +53,31 @@ class SlackRows(NamedTuple):
 class Term(NamedTuple):
     """The part of an evaluation of one constraint that has multipliers.
 
+    The constraint's Lagrangian term is ``<weights, output>``: backward starts from
+    ``output`` with ``weights`` as its cotangent (a vector-Jacobian product), so the
+    Lagrangian's sum is never built as a graph.
+
     Attributes:
         constraint: The constraint.
-        residual: The equality whose multiplier is ``constraint.multiplier`` (``h``, ``g``
-            or ``g + s**2``), with its autograd graph; indexed: one row per batch entry.
+        output: With its autograd graph: the value as returned, whose standard form's sign
+            the weights carry, or the slack residual ``g + s**2``; indexed: one row per
+            batch entry.
+        weights: The Lagrangian's derivative with respect to ``output``: the multipliers,
+            signed, divided by the batch size if indexed.
         indices: The sample indices (``int64``) of an indexed constraint, else ``None``.
         multipliers: The multipliers read, detached: the multiplier itself if dense, a copy
             of the batch entries' rows if indexed.
-        weights: The residual's weights in the Lagrangian: the multipliers, divided by the
-            batch size if indexed. Backward takes them as the residual's cotangent.
-        dual_grad: The multipliers' gradient ascent follows: a copy of the residual's value.
+        residual: The residual ``h``, ``g`` or ``g + s**2``, detached (a copy wherever it
+            could alias a parameter): the gradient of the multipliers, per batch entry.
         slack: The slack rows read, for an indexed slack constraint.
     """
 
     constraint: Constraint
-    residual: Tensor
+    output: Tensor
+    weights: Tensor
     indices: Tensor | None
     multipliers: Tensor
-    weights: Tensor
-    dual_grad: Tensor
+    residual: Tensor
     slack: SlackRows | None
 
 
@@ -81,30 +88,30 @@ class Evaluation(NamedTuple):
         objective: The objective, with its graph.
         terms: The constraints with multipliers, in declaration order.
         penalties: The penalty of each penalised constraint, with its graph.
-        violations: Every constraint's elementwise violation, detached.
+        standards: Every constraint's spec and its value in standard form, detached (its
+            violation is computed when asked for).
         lagrangian: The Lagrangian's value, detached.
     """
 
     objective: Tensor
     terms: list[Term]
     penalties: list[Tensor]
-    violations: list[Tensor]
+    standards: list[tuple[ConstraintSpec, Tensor]]
     lagrangian: Tensor
 
     def backward(self, weights: list[Tensor] | None = None) -> None:
         """Backpropagates the Lagrangian into the primal variables' ``.grad``.
 
-        Each residual enters as a root whose cotangent is its weight (a vector-Jacobian
-        product), so the Lagrangian's sum is never built as a graph. ``weights`` replaces
-        the terms' own (multipliers read after a dual step).
+        Args:
+            weights: Replace the terms' own (multipliers read again after a dual step).
         """
         if weights is None:
             weights = [term.weights for term in self.terms]
         roots = [self.objective, *self.penalties]
         cotangents: list[Tensor | None] = [None] * len(roots)
         for term, weight in zip(self.terms, weights):
-            roots.append(term.residual)
-            cotangents.append(weight.to(term.residual.dtype))
+            roots.append(term.output)
+            cotangents.append(weight.to(term.output.dtype))
         differentiable = [i for i, root in enumerate(roots) if root.requires_grad]
         if differentiable:
             torch.autograd.backward(
@@ -114,11 +121,11 @@ class Evaluation(NamedTuple):
             # A sample's own slack steps along the gradient of that sample's term, as its
             # multiplier does, not along the batch average's.
             if term.slack is not None and term.slack.values.grad is not None:
-                term.slack.values.grad.mul_(term.residual.shape[0])
+                term.slack.values.grad.mul_(term.output.shape[0])
 
     def violation_summary(self) -> tuple[Tensor, Tensor]:
         """The maximum and the mean violation over every constraint element."""
-        violations = self.violations
+        violations = [lag.violation(standard, spec) for spec, standard in self.standards]
         if not violations:
             zero = torch.zeros((), dtype=self.objective.dtype, device=self.objective.device)
             return zero, zero
@@ -130,23 +137,26 @@ class Evaluation(NamedTuple):
         return maxima.amax(), total / count
 
 
-def term_weights(multipliers: Tensor, indices: Tensor | None) -> Tensor:
-    """A constraint's weights in the Lagrangian (see :func:`lagrangian.constraint_term`)."""
-    if indices is None:
-        return multipliers
-    return multipliers / indices.shape[0]
+def term_weights(constraint: Constraint, multipliers: Tensor, indices: Tensor | None) -> Tensor:
+    """The cotangent of a term's output (see :func:`._lagrangian.constraint_term`).
+
+    Without a slack the output is the value as returned, so the weights carry the sign of
+    the standard form; indexed terms are averaged over the batch.
+    """
+    scale = 1.0 if constraint.slack is not None else lag.standard_sign(constraint.spec)
+    if indices is not None:
+        scale /= indices.shape[0]
+    return multipliers if scale == 1.0 else multipliers * scale
 
 
 def current_weights(term: Term) -> Tensor:
-    """The term's weights with the multipliers as they are now (after a dual step).
-
-    Dense multipliers are read as views, so their weights are current already; indexed ones
-    are read as copies of the batch's rows.
-    """
+    """The term's weights with the multipliers as they are now (after a dual step)."""
     multiplier = term.constraint.multiplier
-    if term.indices is None or multiplier is None:
-        return term.weights
-    return term_weights(multiplier.detach().index_select(0, term.indices), term.indices)
+    assert multiplier is not None
+    multipliers = multiplier.detach()
+    if term.indices is not None:
+        multipliers = multipliers.index_select(0, term.indices)
+    return term_weights(term.constraint, multipliers, term.indices)
 
 
 def _describe_shape(tensor: Tensor) -> str:
@@ -233,10 +243,10 @@ def _raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term]
                 f"the multipliers of constraint '{name}' read in this step have "
                 f"{_first_non_finite(term.multipliers)}: the dual iteration diverged"
             )
-        if not bool(torch.isfinite(term.dual_grad).all()):
+        if not bool(torch.isfinite(term.residual).all()):
             raise ValueError(
                 f"the slack residual of constraint '{name}' has "
-                f"{_first_non_finite(term.dual_grad)}: the slacks diverged"
+                f"{_first_non_finite(term.residual)}: the slacks diverged"
             )
 
 
@@ -276,56 +286,72 @@ def check_state(problem: ConstrainedProblem, state: object) -> tuple[Tensor, Che
     return objective, checked
 
 
-def _dual_grad(residual: Tensor, multiplier: Tensor) -> Tensor:
-    # Always a copy: the residual may be a parameter itself, which the primal step changes.
-    return residual.detach().to(multiplier.dtype, copy=True)
+def _detached_residual(residual: Tensor, multiplier: Tensor) -> Tensor:
+    value = residual.detach()
+    if residual.is_leaf or residual._is_view() or value.dtype != multiplier.dtype:
+        # A copy: the residual may be (a view of) a parameter, which the primal step changes.
+        return value.to(multiplier.dtype, copy=True)
+    return value
 
 
-def _dense_term(constraint: Constraint, standard: Tensor, undo: UndoLog) -> Term:
+def _dense_term(constraint: Constraint, value: Tensor, undo: UndoLog) -> Term:
     multiplier = constraint.multiplier
     assert multiplier is not None
+    spec = constraint.spec
     slack = constraint.slack
     seen = constraint.slack_seen
-    if slack is not None and seen is not None and not bool(seen):
+    multipliers = multiplier.detach()
+    weights = term_weights(constraint, multipliers, None)
+    if slack is None or seen is None:
+        residual = lag.standard_form(value.detach(), spec)
+        return Term(
+            constraint, value, weights, None, multipliers,
+            _detached_residual(residual, multiplier), None,
+        )  # fmt: skip
+    standard = lag.standard_form(value, spec)
+    if not bool(seen):
         undo.save(slack.data)
         undo.save(seen)
         with torch.no_grad():
-            slack.copy_(lag.initial_slack(standard.detach(), constraint.spec.slack_margin))
+            slack.copy_(lag.initial_slack(standard.detach(), spec.slack_margin))
             seen.fill_(True)
-    residual = standard if slack is None else lag.slack_residual(standard, slack)
-    multipliers = multiplier.detach()
-    return Term(
-        constraint, residual, None, multipliers, multipliers, _dual_grad(residual, multiplier), None
-    )
+    output = lag.slack_residual(standard, slack)
+    residual = _detached_residual(output, multiplier)
+    return Term(constraint, output, weights, None, multipliers, residual, None)
 
 
-def _indexed_term(constraint: Constraint, standard: Tensor, indices: Tensor, undo: UndoLog) -> Term:
+def _indexed_term(constraint: Constraint, value: Tensor, indices: Tensor, undo: UndoLog) -> Term:
     multiplier = constraint.multiplier
     assert multiplier is not None
+    spec = constraint.spec
     # Reads first (an index out of range fails here, before anything is written).
     multipliers = multiplier.detach().index_select(0, indices)
+    weights = term_weights(constraint, multipliers, indices)
     slack = constraint.slack
     seen = constraint.slack_seen
-    slack_rows = None
-    residual = standard
-    if slack is not None and seen is not None:
-        rows, inverse = torch.unique(indices, sorted=True, return_inverse=True)
-        stored = slack.detach().index_select(0, rows)
-        seen_rows = seen.index_select(0, rows)
-        undo.save(slack.data, rows, stored)
-        undo.save(seen, rows, seen_rows)
-        first_values = torch.empty_like(stored).index_copy_(0, inverse, standard.detach())
-        initial = lag.initial_slack(first_values, constraint.spec.slack_margin)
-        seen_shape = (-1,) + (1,) * len(constraint.spec.shape)
-        values = torch.where(seen_rows.reshape(seen_shape), stored, initial).requires_grad_()
-        seen.index_fill_(0, rows, True)
-        # The table holds the point the step starts from, new rows' initial values included.
-        slack.data.index_copy_(0, rows, values.detach())
-        slack_rows = SlackRows(rows, inverse, values)
-        residual = lag.slack_residual(standard, values[inverse])
-    weights = term_weights(multipliers, indices)
-    dual_grad = _dual_grad(residual, multiplier)
-    return Term(constraint, residual, indices, multipliers, weights, dual_grad, slack_rows)
+    if slack is None or seen is None:
+        residual = lag.standard_form(value.detach(), spec)
+        return Term(
+            constraint, value, weights, indices, multipliers,
+            _detached_residual(residual, multiplier), None,
+        )  # fmt: skip
+    standard = lag.standard_form(value, spec)
+    rows, inverse = torch.unique(indices, sorted=True, return_inverse=True)
+    stored = slack.detach().index_select(0, rows)
+    seen_rows = seen.index_select(0, rows)
+    undo.save(slack.data, rows, stored)
+    undo.save(seen, rows, seen_rows)
+    first_values = torch.empty_like(stored).index_copy_(0, inverse, standard.detach())
+    initial = lag.initial_slack(first_values, spec.slack_margin)
+    seen_shape = (-1,) + (1,) * len(spec.shape)
+    slack_values = torch.where(seen_rows.reshape(seen_shape), stored, initial).requires_grad_()
+    seen.index_fill_(0, rows, True)
+    # The table holds the point the step starts from, new rows' initial values included.
+    slack.data.index_copy_(0, rows, slack_values.detach())
+    output = lag.slack_residual(standard, slack_values[inverse])
+    residual = _detached_residual(output, multiplier)
+    slack_rows = SlackRows(rows, inverse, slack_values)
+    return Term(constraint, output, weights, indices, multipliers, residual, slack_rows)
 
 
 def evaluate(
@@ -362,32 +388,36 @@ def evaluate(
                 )
     terms = []
     penalties = []
-    violations = []
+    standards = []
     value = objective.detach()
     for name, constraint, constraint_value, indices in checked:
         spec = constraint.spec
-        standard = lag.standard_form(constraint_value, spec)
-        violations.append(lag.violation(standard.detach(), spec))
         if spec.penalty_weight is not None:
+            standard = lag.standard_form(constraint_value, spec)
+            standards.append((spec, standard.detach()))
             batch_size = None if indices is None else indices.shape[0]
             penalty = lag.penalty_term(standard, spec, batch_size)
             penalties.append(penalty)
             value = value + penalty.detach()
             continue
         if indices is None:
-            term = _dense_term(constraint, standard, undo)
+            term = _dense_term(constraint, constraint_value, undo)
         else:
             if indices.device.type != "cpu":
                 # Off the CPU, reading a row out of range is a device-side assertion that
                 # ends the process; on the CPU index_select raises, caught below.
                 _check_index_range(name, constraint, indices)
             try:
-                term = _indexed_term(constraint, standard, indices, undo)
+                term = _indexed_term(constraint, constraint_value, indices, undo)
             except IndexError:
                 _check_index_range(name, constraint, indices)
                 raise
         terms.append(term)
-        value = value + (term.weights * term.dual_grad).sum().to(value.dtype)
-    if not bool(torch.isfinite(value)):
+        if constraint.slack is None:
+            standards.append((spec, term.residual))
+        else:
+            standards.append((spec, lag.standard_form(constraint_value.detach(), spec)))
+        value = value + (term.weights * term.output.detach()).sum().to(value.dtype)
+    if not math.isfinite(value.item()):
         _raise_for_bad_values(objective, checked, terms)
-    return Evaluation(objective, terms, penalties, violations, value)
+    return Evaluation(objective, terms, penalties, standards, value)

@@ -31,6 +31,11 @@ def standard_form(value: Tensor, spec: ConstraintSpec) -> Tensor:
     return value
 
 
+def standard_sign(spec: ConstraintSpec) -> float:
+    """The sign :math:`\\sigma` with ``standard_form(v) = \\sigma v``: -1 for ``>=``, else 1."""
+    return -1.0 if spec.sense == ">=" else 1.0
+
+
 def violation(standard: Tensor, spec: ConstraintSpec) -> Tensor:
     """Elementwise violation of a constraint in standard form.
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ._evaluation import Evaluation, UndoLog, current_weights, evaluate
 from ._problem import ConstrainedProblem, ProblemState
-from ._updates import dual_update, primal_update
+from ._updates import dual_update, primal_update, sgd_step_sizes
 
 Closure = Callable[[], ProblemState]
 
@@ -33,6 +33,13 @@ class StepResult(NamedTuple):
     lagrangian: Tensor
     max_violation: Tensor
     mean_violation: Tensor
+
+
+class StepSizes(NamedTuple):
+    """Each side's :func:`sgd_step_sizes` (``None``: the side uses ``optimizer.step()``)."""
+
+    primal: list[float] | None
+    dual: list[float] | None
 
 
 def _params(optimizer: torch.optim.Optimizer | None) -> list[nn.Parameter]:
@@ -209,10 +216,17 @@ class ConstrainedOptimizer(abc.ABC):
         self._clear_grads()
         evaluation.backward(weights)
 
-    def _update(self, evaluation: Evaluation, commit_state: bool) -> None:
+    def _step_sizes(self) -> StepSizes:
+        """Read once per step: a scheduler may change the learning rates between steps."""
+        dual = self.dual_optimizer
+        return StepSizes(
+            sgd_step_sizes(self.primal_optimizer), None if dual is None else sgd_step_sizes(dual)
+        )
+
+    def _update(self, evaluation: Evaluation, sizes: StepSizes, commit_state: bool) -> None:
         """Both sides' steps along the gradients of ``evaluation``, from the current point."""
-        primal_update(self.primal_optimizer, evaluation.terms, commit_state)
-        dual_update(self.dual_optimizer, evaluation.terms, commit_state)
+        primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, commit_state)
+        dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, commit_state)
 
     def _result(self, evaluation: Evaluation) -> StepResult:
         max_violation, mean_violation = evaluation.violation_summary()
@@ -270,7 +284,7 @@ class SimultaneousGDA(ConstrainedOptimizer):
 
     def step(self, closure: Closure) -> StepResult:
         evaluation = self._evaluate_and_backward(closure, UndoLog())
-        self._update(evaluation, commit_state=True)
+        self._update(evaluation, self._step_sizes(), commit_state=True)
         self._clear_grads()
         return self._result(evaluation)
 
@@ -296,9 +310,10 @@ class AlternatingGDA(ConstrainedOptimizer):
             undo.restore()
             raise
         self._clear_grads()
-        dual_update(self.dual_optimizer, evaluation.terms, commit_state=True)
+        sizes = self._step_sizes()
+        dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, commit_state=True)
         self._backward(evaluation, [current_weights(term) for term in evaluation.terms])
-        primal_update(self.primal_optimizer, evaluation.terms, commit_state=True)
+        primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, commit_state=True)
         self._clear_grads()
         return self._result(evaluation)
 
@@ -390,7 +405,8 @@ class ExtraGradient(ConstrainedOptimizer):
         dense = self._dense_parameters()
         self._save_point(dense)
         rows = self._point_rows(start)
-        self._update(start, commit_state=False)
+        sizes = self._step_sizes()
+        self._update(start, sizes, commit_state=False)
         try:
             indices = {term.constraint.spec.name: term.indices for term in start.terms}
             extrapolated = evaluate(self.problem, closure, undo, expected_indices=indices)
@@ -401,6 +417,6 @@ class ExtraGradient(ConstrainedOptimizer):
             undo.restore()
             raise
         self._restore_point(dense, rows)
-        self._update(extrapolated, commit_state=True)
+        self._update(extrapolated, sizes, commit_state=True)
         self._clear_grads()
         return self._result(start)

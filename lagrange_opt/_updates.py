@@ -81,17 +81,20 @@ def _slack_tables(terms: Sequence[Term]) -> list[tuple[nn.Parameter, SlackRows]]
 
 
 def primal_update(
-    optimizer: torch.optim.Optimizer, terms: Sequence[Term], commit_state: bool
+    optimizer: torch.optim.Optimizer,
+    sizes: list[float] | None,
+    terms: Sequence[Term],
+    commit_state: bool,
 ) -> None:
     """Descent on every primal parameter with a ``.grad``, and on the slack rows ``terms`` read.
 
     Args:
         optimizer: The primal optimizer.
+        sizes: ``sgd_step_sizes(optimizer)``.
         terms: The terms of the evaluation whose gradients are stepped along.
         commit_state: If False the optimizer's state is left as it was (extrapolation).
     """
     slacks = _slack_tables(terms)
-    sizes = sgd_step_sizes(optimizer)
     if sizes is None:
         views = [
             RowView(
@@ -115,7 +118,10 @@ def primal_update(
 
 
 def dual_update(
-    optimizer: torch.optim.Optimizer | None, terms: Sequence[Term], commit_state: bool
+    optimizer: torch.optim.Optimizer | None,
+    sizes: list[float] | None,
+    terms: Sequence[Term],
+    commit_state: bool,
 ) -> None:
     """Ascent on the multipliers ``terms`` read, along their residuals; projects those of
     projected inequalities onto ``>= 0``.
@@ -126,12 +132,12 @@ def dual_update(
 
     Args:
         optimizer: The dual optimizer (``None`` when no constraint has multipliers).
+        sizes: ``sgd_step_sizes(optimizer)``.
         terms: The terms of the evaluation whose residuals are stepped along.
         commit_state: If False the optimizer's state is left as it was (extrapolation).
     """
     if optimizer is None:
         return
-    sizes = sgd_step_sizes(optimizer)
     if sizes is None:
         _stock_dual_update(optimizer, terms, commit_state)
         return
@@ -144,11 +150,11 @@ def dual_update(
             projected = term.constraint.spec.treatment == "projection"
             indices = term.indices
             if indices is None:
-                multiplier.add_(term.dual_grad, alpha=size)
+                multiplier.add_(term.residual, alpha=size)
                 if projected:
                     project_nonnegative_(multiplier)
                 continue
-            multiplier.index_add_(0, indices, term.dual_grad * size)
+            multiplier.index_add_(0, indices, term.residual * size)
             if projected:
                 rows = project_nonnegative_(multiplier.index_select(0, indices))
                 multiplier.index_copy_(0, indices, rows)
@@ -162,11 +168,11 @@ def _stock_dual_update(
         multiplier = term.constraint.multiplier
         assert multiplier is not None
         if term.indices is None:
-            multiplier.grad = term.dual_grad
+            multiplier.grad = term.residual
             continue
         rows, inverse = torch.unique(term.indices, sorted=True, return_inverse=True)
-        grad = term.dual_grad.new_zeros((rows.shape[0], *term.dual_grad.shape[1:]))
-        grad.index_add_(0, inverse, term.dual_grad)
+        grad = term.residual.new_zeros((rows.shape[0], *term.residual.shape[1:]))
+        grad.index_add_(0, inverse, term.residual)
         values = multiplier.detach().index_select(0, rows)
         projected = term.constraint.spec.treatment == "projection"
         views.append(RowView(multiplier, rows, values, grad, projected))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -129,3 +130,80 @@ def steps_to_tolerance(
         else:
             first = None
     return None
+
+
+MIXED_SAMPLES = 64
+
+
+class Mixed(ConstrainedProblem):
+    """A model outside the problem, an indexed slack inequality, a dense projected one and
+    an equality: every kind of state the optimizers keep."""
+
+    def __init__(self, model: nn.Module, data: Tensor, targets: Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.data = data
+        self.targets = targets
+        self.add_inequality("nonnegative", ">=", num_samples=MIXED_SAMPLES)
+        self.add_inequality("weight_norm", "<=", treatment="projection")
+        self.add_equality("mean", shape=(1,))
+        self.add_inequality("bias", ">=", shape=(2,))
+
+    def forward(self, indices: Tensor) -> ProblemState:
+        predictions = self.model(self.data[indices])
+        first = predictions[:, 0]
+        weight = self.model.weight
+        return ProblemState(
+            (predictions - self.targets[indices]).square().mean(),
+            {
+                "nonnegative": IndexedValue(first, indices),
+                "weight_norm": weight.square().sum() - 1.0,
+                "mean": predictions.mean().reshape(1) - 0.1,
+                "bias": self.model.bias + 0.05,
+            },
+        )
+
+
+MIXED_BASES = ("sgd", "plain-sgd", "hooked-sgd", "adam")
+
+
+def build_mixed(
+    method: type, base: str, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[Mixed, Any]:
+    """A :class:`Mixed` problem and its optimizer. Bases: ``sgd`` (with momentum),
+    ``plain-sgd`` (no momentum: the fused update), ``hooked-sgd`` (the same with a step hook,
+    which sends it through ``optimizer.step()``) and ``adam``."""
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randn(MIXED_SAMPLES, 4, generator=generator, dtype=dtype)
+    targets = torch.randn(MIXED_SAMPLES, 2, generator=generator, dtype=dtype) - 0.5
+    torch.manual_seed(seed)
+    model = nn.Linear(4, 2)
+    problem = Mixed(model, data, targets).to(dtype)
+    primal_params = [*model.parameters(), *problem.slack_parameters()]
+    dual_params = problem.dual_parameters()
+    if base == "sgd":
+        primal = torch.optim.SGD(primal_params, lr=0.01, momentum=0.5)
+        dual = torch.optim.SGD(dual_params, lr=0.01, momentum=0.5, maximize=True)
+    elif base in ("plain-sgd", "hooked-sgd"):
+        primal = torch.optim.SGD(primal_params, lr=0.01)
+        dual = torch.optim.SGD(dual_params, lr=0.05, maximize=True)
+        if base == "hooked-sgd":
+            for optimizer in (primal, dual):
+                optimizer.register_step_pre_hook(lambda *_: None)
+    else:
+        assert base == "adam", base
+        primal = torch.optim.Adam(primal_params, lr=0.01)
+        dual = torch.optim.Adam(dual_params, lr=0.01, maximize=True)
+    return problem, method(problem, primal, dual)
+
+
+def mixed_batch(step: int) -> Tensor:
+    """16 indices drawn with replacement: most batches repeat some."""
+    generator = torch.Generator().manual_seed(1000 + step)
+    return torch.randint(MIXED_SAMPLES, (16,), generator=generator)
+
+
+def train_mixed(problem: Mixed, optimizer: Any, steps: range) -> None:
+    for step in steps:
+        indices = mixed_batch(step)
+        optimizer.step(lambda indices=indices: problem(indices))

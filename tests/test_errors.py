@@ -106,6 +106,9 @@ def _build(method: type, base: str) -> tuple[Configurable, Any]:
     if base == "adam":
         primal = torch.optim.Adam(primal_params, lr=0.1)
         dual = torch.optim.Adam(problem.dual_parameters(), lr=0.1, maximize=True)
+    elif base == "plain-sgd":
+        primal = torch.optim.SGD(primal_params, lr=0.1)
+        dual = torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True)
     else:
         primal = torch.optim.SGD(primal_params, lr=0.1, momentum=0.9)
         dual = torch.optim.SGD(problem.dual_parameters(), lr=0.1, momentum=0.9, maximize=True)
@@ -141,7 +144,7 @@ def test_bad_closure_result_is_named(case: str, make: Any, error: type, message:
         optimizer.step(problem)
 
 
-@pytest.mark.parametrize("base", ["sgd", "adam"])
+@pytest.mark.parametrize("base", ["sgd", "plain-sgd", "adam"])
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
 @pytest.mark.parametrize("warm", [False, True], ids=["first-step", "after-steps"])
 def test_a_step_that_raised_changes_nothing(method: type, base: str, warm: bool) -> None:
@@ -156,7 +159,7 @@ def test_a_step_that_raised_changes_nothing(method: type, base: str, warm: bool)
     _assert_same(before, _snapshot(problem, optimizer))
 
 
-@pytest.mark.parametrize("base", ["sgd", "adam"])
+@pytest.mark.parametrize("base", ["sgd", "plain-sgd", "adam"])
 @pytest.mark.parametrize("warm", [False, True], ids=["first-step", "after-steps"])
 def test_extra_gradient_failing_at_the_extrapolated_point_changes_nothing(
     base: str, warm: bool
@@ -181,6 +184,37 @@ def test_extra_gradient_failing_at_the_extrapolated_point_changes_nothing(
     assert problem.calls == 2
     assert torch.equal(problem.w.detach(), weights)
     _assert_same(before, _snapshot(problem, optimizer))
+
+
+DIVERGED = (
+    "read in this step have {} non-finite value(s), first inf at {}: the dual iteration diverged"
+)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "row", "message"),
+    [
+        # The batch reads rows 0, 3 and 5: row 3 is its second entry, two values wide.
+        ("rows", 3, "the multipliers of constraint 'rows' " + DIVERGED.format(2, "(1, 0)")),
+        ("pair", 1, "the multipliers of constraint 'pair' " + DIVERGED.format(1, "(1,)")),
+    ],
+)
+def test_diverged_multipliers_are_named(constraint: str, row: int, message: str) -> None:
+    problem, optimizer = _build(ExtraGradient, "plain-sgd")
+    with torch.no_grad():
+        problem.constraints[constraint].multiplier[row] = math.inf
+    before = _snapshot(problem, optimizer)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        optimizer.step(problem)
+    _assert_same(before, _snapshot(problem, optimizer))
+
+
+def test_rows_outside_the_batch_are_not_read() -> None:
+    problem, optimizer = _build(ExtraGradient, "plain-sgd")
+    with torch.no_grad():
+        problem.constraints["rows"].multiplier[1] = math.inf
+    result = optimizer.step(problem)
+    assert math.isfinite(float(result.lagrangian))
 
 
 def test_extra_gradient_needs_the_same_batch_twice() -> None:
