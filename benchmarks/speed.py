@@ -313,13 +313,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer blocks, smaller sizes")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    blocks = 3 if args.quick else 7
+    blocks = 3 if args.quick else 11
     sizes = [20_000, 200_000] if args.quick else [20_000, 200_000, 2_000_000, 20_000_000]
     cases: list[tuple[str, Callable[[], dict[str, Step]], int, int]] = [
         ("tiny", lambda: tiny_case(args.quick), 50, 200),
-        ("mlp-32", lambda: network_case(32), 10, 20),
+        ("mlp-32", lambda: network_case(32), 20, 60),
         ("mlp-784", lambda: network_case(784), 3, 5),
-        ("indexed", lambda: indexed_case(sizes), 20, 50),
+        ("indexed", lambda: indexed_case(sizes), 20, 100),
     ]
     records: list[dict[str, Any]] = []
     progress = tqdm(total=2 * len(cases), desc="cases")
