@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import _lagrangian as lag
 from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, IndexedValue, ProblemState
@@ -40,11 +40,13 @@ class SlackRows(NamedTuple):
     """The rows of an indexed slack table that one evaluation reads.
 
     Attributes:
+        table: The slack parameter.
         rows: Sorted unique rows of the batch.
         inverse: For each batch entry, its position in ``rows``.
         values: The rows' values, a leaf: after backward its gradient is the rows' gradient.
     """
 
+    table: nn.Parameter
     rows: Tensor
     inverse: Tensor
     values: Tensor
@@ -59,24 +61,26 @@ class Term(NamedTuple):
 
     Attributes:
         constraint: The constraint.
+        multiplier: Its multiplier parameter (the table, if indexed).
         output: With its autograd graph: the value as returned, whose standard form's sign
             the weights carry, or the slack residual ``g + s**2``; indexed: one row per
             batch entry.
         weights: The Lagrangian's derivative with respect to ``output``: the multipliers,
             signed, divided by the batch size if indexed.
         indices: The sample indices (``int64``) of an indexed constraint, else ``None``.
-        multipliers: The multipliers read, detached: the multiplier itself if dense, a copy
-            of the batch entries' rows if indexed.
-        residual: The residual ``h``, ``g`` or ``g + s**2``, detached (a copy wherever it
-            could alias a parameter): the gradient of the multipliers, per batch entry.
+        multipliers_read: The multipliers read, detached: the multiplier itself if dense, a
+            copy of the batch entries' rows if indexed.
+        residual: The residual ``h``, ``g`` or ``g + s**2``, detached and never sharing
+            memory with a parameter: the gradient of the multipliers, per batch entry.
         slack: The slack rows read, for an indexed slack constraint.
     """
 
     constraint: Constraint
+    multiplier: nn.Parameter
     output: Tensor
     weights: Tensor
     indices: Tensor | None
-    multipliers: Tensor
+    multipliers_read: Tensor
     residual: Tensor
     slack: SlackRows | None
 
@@ -137,13 +141,13 @@ class Evaluation(NamedTuple):
         return maxima.amax(), total / count
 
 
-def term_weights(constraint: Constraint, multipliers: Tensor, indices: Tensor | None) -> Tensor:
+def term_weights(spec: ConstraintSpec, multipliers: Tensor, indices: Tensor | None) -> Tensor:
     """The cotangent of a term's output (see :func:`._lagrangian.constraint_term`).
 
     Without a slack the output is the value as returned, so the weights carry the sign of
     the standard form; indexed terms are averaged over the batch.
     """
-    scale = 1.0 if constraint.slack is not None else lag.standard_sign(constraint.spec)
+    scale = 1.0 if spec.has_slack else lag.standard_sign(spec)
     if indices is not None:
         scale /= indices.shape[0]
     return multipliers if scale == 1.0 else multipliers * scale
@@ -151,12 +155,10 @@ def term_weights(constraint: Constraint, multipliers: Tensor, indices: Tensor | 
 
 def current_weights(term: Term) -> Tensor:
     """The term's weights with the multipliers as they are now (after a dual step)."""
-    multiplier = term.constraint.multiplier
-    assert multiplier is not None
-    multipliers = multiplier.detach()
+    multipliers = term.multiplier.detach()
     if term.indices is not None:
         multipliers = multipliers.index_select(0, term.indices)
-    return term_weights(term.constraint, multipliers, term.indices)
+    return term_weights(term.constraint.spec, multipliers, term.indices)
 
 
 def _describe_shape(tensor: Tensor) -> str:
@@ -238,10 +240,10 @@ def _raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term]
             _check_index_range(name, constraint, indices)
     for term in terms:
         name = term.constraint.spec.name
-        if not bool(torch.isfinite(term.multipliers).all()):
+        if not bool(torch.isfinite(term.multipliers_read).all()):
             raise ValueError(
                 f"the multipliers of constraint '{name}' read in this step have "
-                f"{_first_non_finite(term.multipliers)}: the dual iteration diverged"
+                f"{_first_non_finite(term.multipliers_read)}: the dual iteration diverged"
             )
         if not bool(torch.isfinite(term.residual).all()):
             raise ValueError(
@@ -271,14 +273,14 @@ def check_state(problem: ConstrainedProblem, state: object) -> tuple[Tensor, Che
     values = state.constraints
     if not isinstance(values, Mapping):
         raise TypeError(f"ProblemState.constraints must be a mapping, got {type(values).__name__}")
-    declared = problem.constraints
+    declared = problem.declared()
     unknown = [name for name in values if name not in declared]
     if unknown:
         raise ValueError(
             f"the closure returned undeclared constraint(s) {unknown}; declared: {list(declared)}"
         )
     checked = []
-    for name, constraint in problem.constraint_items():
+    for name, constraint in declared.items():
         if name not in values:
             raise ValueError(f"the closure returned no value for constraint '{name}'")
         value, indices = _unpack(name, constraint, values[name])
@@ -286,28 +288,28 @@ def check_state(problem: ConstrainedProblem, state: object) -> tuple[Tensor, Che
     return objective, checked
 
 
-def _detached_residual(residual: Tensor, multiplier: Tensor) -> Tensor:
-    value = residual.detach()
-    if residual.is_leaf or residual._is_view() or value.dtype != multiplier.dtype:
-        # A copy: the residual may be (a view of) a parameter, which the primal step changes.
-        return value.to(multiplier.dtype, copy=True)
-    return value
+def _residual(value: Tensor, spec: ConstraintSpec) -> Tensor:
+    """The standard form of a value without a slack, detached, in memory of its own."""
+    detached = value.detach()
+    if spec.sense == ">=":
+        return detached.neg()
+    if value.is_leaf or value._is_view():
+        # The value may be (a view of) a parameter, which the primal step changes.
+        return detached.clone()
+    return detached
 
 
 def _dense_term(constraint: Constraint, value: Tensor, undo: UndoLog) -> Term:
     multiplier = constraint.multiplier
     assert multiplier is not None
     spec = constraint.spec
-    slack = constraint.slack
-    seen = constraint.slack_seen
     multipliers = multiplier.detach()
-    weights = term_weights(constraint, multipliers, None)
-    if slack is None or seen is None:
-        residual = lag.standard_form(value.detach(), spec)
-        return Term(
-            constraint, value, weights, None, multipliers,
-            _detached_residual(residual, multiplier), None,
-        )  # fmt: skip
+    weights = term_weights(spec, multipliers, None)
+    if not spec.has_slack:
+        residual = _residual(value, spec)
+        return Term(constraint, multiplier, value, weights, None, multipliers, residual, None)
+    slack, seen = constraint.slack, constraint.slack_seen
+    assert slack is not None and seen is not None
     standard = lag.standard_form(value, spec)
     if not bool(seen):
         undo.save(slack.data)
@@ -316,8 +318,7 @@ def _dense_term(constraint: Constraint, value: Tensor, undo: UndoLog) -> Term:
             slack.copy_(lag.initial_slack(standard.detach(), spec.slack_margin))
             seen.fill_(True)
     output = lag.slack_residual(standard, slack)
-    residual = _detached_residual(output, multiplier)
-    return Term(constraint, output, weights, None, multipliers, residual, None)
+    return Term(constraint, multiplier, output, weights, None, multipliers, output.detach(), None)
 
 
 def _indexed_term(constraint: Constraint, value: Tensor, indices: Tensor, undo: UndoLog) -> Term:
@@ -326,15 +327,12 @@ def _indexed_term(constraint: Constraint, value: Tensor, indices: Tensor, undo: 
     spec = constraint.spec
     # Reads first (an index out of range fails here, before anything is written).
     multipliers = multiplier.detach().index_select(0, indices)
-    weights = term_weights(constraint, multipliers, indices)
-    slack = constraint.slack
-    seen = constraint.slack_seen
-    if slack is None or seen is None:
-        residual = lag.standard_form(value.detach(), spec)
-        return Term(
-            constraint, value, weights, indices, multipliers,
-            _detached_residual(residual, multiplier), None,
-        )  # fmt: skip
+    weights = term_weights(spec, multipliers, indices)
+    if not spec.has_slack:
+        residual = _residual(value, spec)
+        return Term(constraint, multiplier, value, weights, indices, multipliers, residual, None)
+    slack, seen = constraint.slack, constraint.slack_seen
+    assert slack is not None and seen is not None
     standard = lag.standard_form(value, spec)
     rows, inverse = torch.unique(indices, sorted=True, return_inverse=True)
     stored = slack.detach().index_select(0, rows)
@@ -349,9 +347,10 @@ def _indexed_term(constraint: Constraint, value: Tensor, indices: Tensor, undo: 
     # The table holds the point the step starts from, new rows' initial values included.
     slack.data.index_copy_(0, rows, slack_values.detach())
     output = lag.slack_residual(standard, slack_values[inverse])
-    residual = _detached_residual(output, multiplier)
-    slack_rows = SlackRows(rows, inverse, slack_values)
-    return Term(constraint, output, weights, indices, multipliers, residual, slack_rows)
+    slack_rows = SlackRows(slack, rows, inverse, slack_values)
+    return Term(
+        constraint, multiplier, output, weights, indices, multipliers, output.detach(), slack_rows
+    )
 
 
 def evaluate(
@@ -413,10 +412,10 @@ def evaluate(
                 _check_index_range(name, constraint, indices)
                 raise
         terms.append(term)
-        if constraint.slack is None:
-            standards.append((spec, term.residual))
-        else:
+        if spec.has_slack:
             standards.append((spec, lag.standard_form(constraint_value.detach(), spec)))
+        else:
+            standards.append((spec, term.residual))
         value = value + (term.weights * term.output.detach()).sum().to(value.dtype)
     if not math.isfinite(value.item()):
         _raise_for_bad_values(objective, checked, terms)

@@ -384,11 +384,10 @@ class ExtraGradient(ConstrainedOptimizer):
         """The indexed rows the extrapolation will move: (table, rows, values at the start)."""
         saved = []
         for term in evaluation.terms:
-            multiplier, slack = term.constraint.multiplier, term.constraint.slack
-            if term.indices is not None and multiplier is not None:
-                saved.append((multiplier.data, term.indices, term.multipliers))
-            if term.slack is not None and slack is not None:
-                saved.append((slack.data, term.slack.rows, term.slack.values.detach()))
+            if term.indices is not None:
+                saved.append((term.multiplier.data, term.indices, term.multipliers_read))
+            if term.slack is not None:
+                saved.append((term.slack.table.data, term.slack.rows, term.slack.values.detach()))
         return saved
 
     def _restore_point(

@@ -207,6 +207,9 @@ class ConstrainedProblem(nn.Module, abc.ABC):
     def __init__(self) -> None:
         super().__init__()
         self.constraints = nn.ModuleDict()
+        # The same constraints in a plain dict: the steps read it several times per call,
+        # and ModuleDict access goes through nn.Module.__getattr__.
+        self._declared: dict[str, Constraint] = {}
 
     @abc.abstractmethod
     def forward(self, *args: Any, **kwargs: Any) -> ProblemState:
@@ -319,13 +322,16 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         )
         constraint = Constraint(spec)
         self.constraints[name] = constraint
+        self._declared[name] = constraint
         return constraint
+
+    def declared(self) -> Mapping[str, Constraint]:
+        """The declared constraints by name, in declaration order."""
+        return self._declared
 
     def constraint_items(self) -> Iterator[tuple[str, Constraint]]:
         """Yields ``(name, constraint)`` in declaration order, typed."""
-        for name, module in self.constraints.items():
-            assert isinstance(module, Constraint)
-            yield name, module
+        return iter(self._declared.items())
 
     def dual_parameters(self) -> list[nn.Parameter]:
         """The multipliers: give these to the dual optimizer (with ``maximize=True``).

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import optimizer as optimizer_module
 
-from ._evaluation import SlackRows, Term
+from ._evaluation import Term
 from ._lagrangian import project_nonnegative_
 from ._rows import RowView, step_optimizer
 
@@ -71,15 +71,6 @@ def _grad_of(leaf: Tensor) -> Tensor:
     return leaf.grad
 
 
-def _slack_tables(terms: Sequence[Term]) -> list[tuple[nn.Parameter, SlackRows]]:
-    pairs = []
-    for term in terms:
-        if term.slack is not None:
-            assert term.constraint.slack is not None
-            pairs.append((term.constraint.slack, term.slack))
-    return pairs
-
-
 def primal_update(
     optimizer: torch.optim.Optimizer,
     sizes: list[float] | None,
@@ -94,14 +85,14 @@ def primal_update(
         terms: The terms of the evaluation whose gradients are stepped along.
         commit_state: If False the optimizer's state is left as it was (extrapolation).
     """
-    slacks = _slack_tables(terms)
+    slacks = [term.slack for term in terms if term.slack is not None]
     if sizes is None:
         views = [
             RowView(
-                slack, read.rows, slack.detach().index_select(0, read.rows),
+                read.table, read.rows, read.table.detach().index_select(0, read.rows),
                 _grad_of(read.values), project=False,
             )
-            for slack, read in slacks
+            for read in slacks
         ]  # fmt: skip
         step_optimizer(optimizer, views, commit_state)
         return
@@ -112,9 +103,10 @@ def primal_update(
                 torch._foreach_add_(params, [param.grad for param in params], alpha=size)
         if slacks:
             size_of = _size_of(optimizer, sizes)
-            for slack, read in slacks:
+            for read in slacks:
                 if read.values.grad is not None:
-                    slack.index_add_(0, read.rows, read.values.grad * size_of[id(slack)])
+                    size = size_of[id(read.table)]
+                    read.table.index_add_(0, read.rows, read.values.grad * size)
 
 
 def dual_update(
@@ -144,8 +136,7 @@ def dual_update(
     size_of = _size_of(optimizer, sizes)
     with torch.no_grad():
         for term in terms:
-            multiplier = term.constraint.multiplier
-            assert multiplier is not None
+            multiplier = term.multiplier
             size = size_of[id(multiplier)]
             projected = term.constraint.spec.treatment == "projection"
             indices = term.indices
@@ -154,7 +145,7 @@ def dual_update(
                 if projected:
                     project_nonnegative_(multiplier)
                 continue
-            multiplier.index_add_(0, indices, term.residual * size)
+            multiplier.index_add_(0, indices, (term.residual * size).to(multiplier.dtype))
             if projected:
                 rows = project_nonnegative_(multiplier.index_select(0, indices))
                 multiplier.index_copy_(0, indices, rows)
@@ -165,21 +156,20 @@ def _stock_dual_update(
 ) -> None:
     views = []
     for term in terms:
-        multiplier = term.constraint.multiplier
-        assert multiplier is not None
+        multiplier = term.multiplier
         if term.indices is None:
-            multiplier.grad = term.residual
+            multiplier.grad = term.residual.to(multiplier.dtype)
             continue
         rows, inverse = torch.unique(term.indices, sorted=True, return_inverse=True)
-        grad = term.residual.new_zeros((rows.shape[0], *term.residual.shape[1:]))
-        grad.index_add_(0, inverse, term.residual)
+        residual = term.residual.to(multiplier.dtype)
+        grad = residual.new_zeros((rows.shape[0], *residual.shape[1:]))
+        grad.index_add_(0, inverse, residual)
         values = multiplier.detach().index_select(0, rows)
         projected = term.constraint.spec.treatment == "projection"
         views.append(RowView(multiplier, rows, values, grad, projected))
     step_optimizer(optimizer, views, commit_state)
     for term in terms:
-        multiplier = term.constraint.multiplier
-        if term.indices is None and multiplier is not None:
-            multiplier.grad = None
+        if term.indices is None:
+            term.multiplier.grad = None
             if term.constraint.spec.treatment == "projection":
-                project_nonnegative_(multiplier.data)
+                project_nonnegative_(term.multiplier.data)
