@@ -111,16 +111,14 @@ class Evaluation(NamedTuple):
         """
         if weights is None:
             weights = [term.weights for term in self.terms]
-        roots = [self.objective, *self.penalties]
+        roots = [root for root in (self.objective, *self.penalties) if root.requires_grad]
         cotangents: list[Tensor | None] = [None] * len(roots)
         for term, weight in zip(self.terms, weights):
-            roots.append(term.output)
-            cotangents.append(weight.to(term.output.dtype))
-        differentiable = [i for i, root in enumerate(roots) if root.requires_grad]
-        if differentiable:
-            torch.autograd.backward(
-                [roots[i] for i in differentiable], [cotangents[i] for i in differentiable]
-            )
+            if term.output.requires_grad:
+                roots.append(term.output)
+                cotangents.append(weight.to(term.output.dtype))
+        if roots:
+            torch.autograd.backward(roots, cotangents)
         for term in self.terms:
             # A sample's own slack steps along the gradient of that sample's term, as its
             # multiplier does, not along the batch average's.
@@ -271,7 +269,7 @@ def check_state(problem: ConstrainedProblem, state: object) -> tuple[Tensor, Che
     if objective.ndim != 0:
         raise ValueError(f"objective must be a scalar, got shape {_describe_shape(objective)}")
     values = state.constraints
-    if not isinstance(values, Mapping):
+    if not isinstance(values, dict | Mapping):  # dict first: the ABC check is slower
         raise TypeError(f"ProblemState.constraints must be a mapping, got {type(values).__name__}")
     declared = problem.declared()
     unknown = [name for name in values if name not in declared]
@@ -374,8 +372,11 @@ def evaluate(
         expected_indices: Indices that every indexed constraint must repeat (the batch of an
             earlier evaluation within the same step).
     """
-    with torch.enable_grad():
+    if torch.is_grad_enabled():
         state = closure()
+    else:
+        with torch.enable_grad():
+            state = closure()
     objective, checked = check_state(problem, state)
     if expected_indices is not None:
         for name, _, _, indices in checked:
@@ -416,7 +417,7 @@ def evaluate(
             standards.append((spec, lag.standard_form(constraint_value.detach(), spec)))
         else:
             standards.append((spec, term.residual))
-        value = value + (term.weights * term.output.detach()).sum().to(value.dtype)
+        value = value + (term.weights * term.output.detach()).sum()
     if not math.isfinite(value.item()):
         _raise_for_bad_values(objective, checked, terms)
     return Evaluation(objective, terms, penalties, standards, value)

@@ -224,7 +224,8 @@ class ConstrainedOptimizer(abc.ABC):
         )
 
     def _update(self, evaluation: Evaluation, sizes: StepSizes, commit_state: bool) -> None:
-        """Both sides' steps along the gradients of ``evaluation``, from the current point."""
+        """Both sides' steps along the gradients of ``evaluation``, from the current point
+        (under the caller's ``torch.no_grad()``)."""
         primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, commit_state)
         dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, commit_state)
 
@@ -284,7 +285,8 @@ class SimultaneousGDA(ConstrainedOptimizer):
 
     def step(self, closure: Closure) -> StepResult:
         evaluation = self._evaluate_and_backward(closure, UndoLog())
-        self._update(evaluation, self._step_sizes(), commit_state=True)
+        with torch.no_grad():
+            self._update(evaluation, self._step_sizes(), commit_state=True)
         self._clear_grads()
         return self._result(evaluation)
 
@@ -311,9 +313,11 @@ class AlternatingGDA(ConstrainedOptimizer):
             raise
         self._clear_grads()
         sizes = self._step_sizes()
-        dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, commit_state=True)
+        with torch.no_grad():
+            dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, commit_state=True)
         self._backward(evaluation, [current_weights(term) for term in evaluation.terms])
-        primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, commit_state=True)
+        with torch.no_grad():
+            primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, commit_state=True)
         self._clear_grads()
         return self._result(evaluation)
 
@@ -376,8 +380,7 @@ class ExtraGradient(ConstrainedOptimizer):
             self._copies = [
                 torch.empty_like(param, memory_format=torch.preserve_format) for param in params
             ]
-        with torch.no_grad():
-            torch._foreach_copy_(self._copies, params)
+        torch._foreach_copy_(self._copies, params)
 
     @staticmethod
     def _point_rows(evaluation: Evaluation) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -393,29 +396,31 @@ class ExtraGradient(ConstrainedOptimizer):
     def _restore_point(
         self, params: list[Tensor], rows: list[tuple[Tensor, Tensor, Tensor]]
     ) -> None:
-        with torch.no_grad():
-            torch._foreach_copy_(params, self._copies)
-            for table, index, values in rows:
-                table.index_copy_(0, index, values)
+        torch._foreach_copy_(params, self._copies)
+        for table, index, values in rows:
+            table.index_copy_(0, index, values)
 
     def step(self, closure: Closure) -> StepResult:
         undo = UndoLog()
         start = self._evaluate_and_backward(closure, undo)
         dense = self._dense_parameters()
-        self._save_point(dense)
         rows = self._point_rows(start)
         sizes = self._step_sizes()
-        self._update(start, sizes, commit_state=False)
+        with torch.no_grad():
+            self._save_point(dense)
+            self._update(start, sizes, commit_state=False)
         try:
             indices = {term.constraint.spec.name: term.indices for term in start.terms}
             extrapolated = evaluate(self.problem, closure, undo, expected_indices=indices)
             self._backward(extrapolated)
         except BaseException:
             self._clear_grads()
-            self._restore_point(dense, rows)
+            with torch.no_grad():
+                self._restore_point(dense, rows)
             undo.restore()
             raise
-        self._restore_point(dense, rows)
-        self._update(extrapolated, sizes, commit_state=True)
+        with torch.no_grad():
+            self._restore_point(dense, rows)
+            self._update(extrapolated, sizes, commit_state=True)
         self._clear_grads()
         return self._result(start)

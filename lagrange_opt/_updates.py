@@ -79,6 +79,8 @@ def primal_update(
 ) -> None:
     """Descent on every primal parameter with a ``.grad``, and on the slack rows ``terms`` read.
 
+    Runs under the caller's ``torch.no_grad()``: a step opens it once for all its updates.
+
     Args:
         optimizer: The primal optimizer.
         sizes: ``sgd_step_sizes(optimizer)``.
@@ -96,17 +98,16 @@ def primal_update(
         ]  # fmt: skip
         step_optimizer(optimizer, views, commit_state)
         return
-    with torch.no_grad():
-        for group, size in zip(optimizer.param_groups, sizes):
-            params = [param for param in group["params"] if param.grad is not None]
-            if params:
-                torch._foreach_add_(params, [param.grad for param in params], alpha=size)
-        if slacks:
-            size_of = _size_of(optimizer, sizes)
-            for read in slacks:
-                if read.values.grad is not None:
-                    size = size_of[id(read.table)]
-                    read.table.index_add_(0, read.rows, read.values.grad * size)
+    for group, size in zip(optimizer.param_groups, sizes):
+        params = [param for param in group["params"] if param.grad is not None]
+        if params:
+            torch._foreach_add_(params, [param.grad for param in params], alpha=size)
+    if slacks:
+        size_of = _size_of(optimizer, sizes)
+        for read in slacks:
+            if read.values.grad is not None:
+                size = size_of[id(read.table)]
+                read.table.index_add_(0, read.rows, read.values.grad * size)
 
 
 def dual_update(
@@ -120,7 +121,8 @@ def dual_update(
 
     An indexed multiplier's gradient is the sum of its batch entries' residuals (a sample
     drawn twice steps twice as far), as in :func:`._lagrangian.constraint_term` times the
-    batch size: each sample's multiplier ascends on its own constraint.
+    batch size: each sample's multiplier ascends on its own constraint. Runs under the
+    caller's ``torch.no_grad()``.
 
     Args:
         optimizer: The dual optimizer (``None`` when no constraint has multipliers).
@@ -134,21 +136,20 @@ def dual_update(
         _stock_dual_update(optimizer, terms, commit_state)
         return
     size_of = _size_of(optimizer, sizes)
-    with torch.no_grad():
-        for term in terms:
-            multiplier = term.multiplier
-            size = size_of[id(multiplier)]
-            projected = term.constraint.spec.treatment == "projection"
-            indices = term.indices
-            if indices is None:
-                multiplier.add_(term.residual, alpha=size)
-                if projected:
-                    project_nonnegative_(multiplier)
-                continue
-            multiplier.index_add_(0, indices, (term.residual * size).to(multiplier.dtype))
+    for term in terms:
+        multiplier = term.multiplier
+        size = size_of[id(multiplier)]
+        projected = term.constraint.spec.treatment == "projection"
+        indices = term.indices
+        if indices is None:
+            multiplier.add_(term.residual, alpha=size)
             if projected:
-                rows = project_nonnegative_(multiplier.index_select(0, indices))
-                multiplier.index_copy_(0, indices, rows)
+                project_nonnegative_(multiplier)
+            continue
+        multiplier.index_add_(0, indices, (term.residual * size).to(multiplier.dtype))
+        if projected:
+            rows = project_nonnegative_(multiplier.index_select(0, indices))
+            multiplier.index_copy_(0, indices, rows)
 
 
 def _stock_dual_update(
