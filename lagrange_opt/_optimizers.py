@@ -138,6 +138,13 @@ class ConstrainedOptimizer(abc.ABC):
         self.problem = problem
         self.primal_optimizer = primal_optimizer
         self.dual_optimizer = dual_optimizer
+        self._indexed_tables = {
+            id(param)
+            for _, constraint in problem.constraint_items()
+            if constraint.spec.indexed
+            for param in (constraint.multiplier, constraint.slack)
+            if param is not None
+        }
 
     @abc.abstractmethod
     def step(self, closure: Closure) -> StepResult:
@@ -237,13 +244,7 @@ class ConstrainedOptimizer(abc.ABC):
 
     def _dense_parameters(self) -> list[Tensor]:
         """Parameters of both optimizers except the indexed tables (stepped by rows)."""
-        indexed = {
-            id(param)
-            for _, constraint in self.problem.constraint_items()
-            if constraint.spec.indexed
-            for param in (constraint.multiplier, constraint.slack)
-            if param is not None
-        }
+        indexed = self._indexed_tables
         params = [*_params(self.primal_optimizer), *_params(self.dual_optimizer)]
         return [param for param in params if id(param) not in indexed]
 
