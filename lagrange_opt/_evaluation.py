@@ -13,6 +13,33 @@ from . import _lagrangian as lag
 from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, IndexedValue, ProblemState
 
 
+def _find_engine() -> Callable[..., object] | None:
+    try:
+        # Private, but the thin layer that torch.autograd.backward calls once it has
+        # checked its arguments in Python, a check that costs about 30 microseconds a call
+        # (more than the backward pass of a small model; docs/performance.md). The
+        # cotangents given here are built with their roots' shapes and dtypes, and the C++
+        # engine validates them.
+        from torch.autograd.graph import _engine_run_backward
+    except ImportError:  # torch < 2.3
+        return None
+    return _engine_run_backward
+
+
+_ENGINE_RUN_BACKWARD = _find_engine()
+
+
+def _run_backward(roots: list[Tensor], cotangents: list[Tensor]) -> None:
+    """``torch.autograd.backward(roots, cotangents)``, without its argument checks."""
+    if _ENGINE_RUN_BACKWARD is None:
+        torch.autograd.backward(roots, cotangents)
+        return
+    _ENGINE_RUN_BACKWARD(
+        tuple(roots), tuple(cotangents), False, False, (),
+        allow_unreachable=True, accumulate_grad=True,
+    )  # fmt: skip
+
+
 class UndoLog:
     """Saved copies of tensors (or of some of their rows) that a failed step puts back."""
 
@@ -112,13 +139,13 @@ class Evaluation(NamedTuple):
         if weights is None:
             weights = [term.weights for term in self.terms]
         roots = [root for root in (self.objective, *self.penalties) if root.requires_grad]
-        cotangents: list[Tensor | None] = [None] * len(roots)
+        cotangents = [torch.ones_like(root) for root in roots]
         for term, weight in zip(self.terms, weights):
             if term.output.requires_grad:
                 roots.append(term.output)
                 cotangents.append(weight.to(term.output.dtype))
         if roots:
-            torch.autograd.backward(roots, cotangents)
+            _run_backward(roots, cotangents)
         for term in self.terms:
             # A sample's own slack steps along the gradient of that sample's term, as its
             # multiplier does, not along the batch average's.
