@@ -3,11 +3,14 @@
     python -m benchmarks.speed --out DIR [--quick]
 
 writes ``DIR/speed.json`` (records with ``case``, ``variant``, ``threads``, ``ms_per_step``,
-``ratio``; ``ratio`` is against the case's plain baseline) and ``DIR/speed.md``.
+``ratio``; ``ratio`` is against the case's plain baseline) and ``DIR/speed.md``. Records
+named ``ours / cooper-...`` (no ``ms_per_step``) give our time over Cooper's, for the
+targets stated against Cooper.
 
 Every case is timed at 1 and at 2 threads. The variants of a case are timed in turns, block
-by block, after a warm-up, and each gets the median over its blocks, so that a change in the
-machine's load affects them alike.
+by block, after a warm-up. ``ms_per_step`` is a variant's median block; ``ratio`` is the
+median over blocks of its time over the baseline's in the same round, so that a slow spell
+of the machine, which slows both sides of a pair alike, cancels out.
 
 - ``tiny``: the 2-D QP of the tests, float64. Baselines: the same updates written by hand
   with plain ``torch.optim.SGD`` and autograd (``hand-extragradient``,
@@ -62,8 +65,8 @@ class Timing(NamedTuple):
 
 def time_side_by_side(
     steps: dict[str, Step], warmup: int, blocks: int, steps_per_block: int
-) -> dict[str, float]:
-    """Median milliseconds per step of each variant, timed in turns, block by block."""
+) -> dict[str, list[float]]:
+    """Milliseconds per step of each variant in each block, the variants timed in turns."""
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -74,7 +77,13 @@ def time_side_by_side(
             for _ in range(steps_per_block):
                 step()
             samples[name].append((time.perf_counter() - start) * 1e3 / steps_per_block)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def paired_ratio(samples: list[float], baseline: list[float]) -> float:
+    """The median over blocks of a variant's time over the baseline's in the same round:
+    a slow spell of the machine slows both sides of a pair alike."""
+    return statistics.median(a / b for a, b in zip(samples, baseline))
 
 
 # (a) The tiny QP.
@@ -298,13 +307,21 @@ BASELINES = {
 }
 
 
-def _ratio_base(case: str, variant: str, timings: dict[str, float]) -> float:
+def _baseline(case: str, variant: str) -> str:
     if case == "tiny":
         # Each method against its own hand-written version; Cooper against extra-gradient's
         # or simultaneous GDA's as its scheme says.
-        own = "hand-simultaneous" if "simultaneous" in variant else "hand-extragradient"
-        return timings[own]
-    return timings[BASELINES[case][0]]
+        return "hand-simultaneous" if "simultaneous" in variant else "hand-extragradient"
+    return BASELINES[case][0]
+
+
+# Targets stated against Cooper: (case, ours, Cooper's), recorded as paired ratios.
+AGAINST_COOPER = [
+    ("tiny", "extragradient", "cooper-extrapolation"),
+    ("mlp-32", "simultaneous", "cooper-simultaneous"),
+    ("mlp-32", "extragradient", "cooper-extrapolation"),
+    ("mlp-784", "extragradient", "cooper-extrapolation"),
+]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -318,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cases: list[tuple[str, Callable[[], dict[str, Step]], int, int]] = [
         ("tiny", lambda: tiny_case(args.quick), 50, 200),
         ("mlp-32", lambda: network_case(32), 20, 60),
-        ("mlp-784", lambda: network_case(784), 3, 5),
+        ("mlp-784", lambda: network_case(784), 3, 8),
         ("indexed", lambda: indexed_case(sizes), 20, 100),
     ]
     records: list[dict[str, Any]] = []
@@ -326,13 +343,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for case, build, warmup, per_block in cases:
-            timings = time_side_by_side(build(), warmup, blocks, per_block)
-            for variant, ms in timings.items():
-                base = _ratio_base(case, variant, timings)
+            samples = time_side_by_side(build(), warmup, blocks, per_block)
+            for variant, times in samples.items():
+                ratio = paired_ratio(times, samples[_baseline(case, variant)])
                 records.append(
                     {"case": case, "variant": variant, "threads": threads,
-                     "ms_per_step": round(ms, 4), "ratio": round(ms / base, 3)}
+                     "ms_per_step": round(statistics.median(times), 4), "ratio": round(ratio, 3)}
                 )  # fmt: skip
+            for cooper_case, ours, cooper in AGAINST_COOPER:
+                if cooper_case == case:
+                    ratio = paired_ratio(samples[ours], samples[cooper])
+                    records.append(
+                        {"case": case, "variant": f"{ours} / {cooper}", "threads": threads,
+                         "ms_per_step": None, "ratio": round(ratio, 3)}
+                    )  # fmt: skip
             progress.update()
     progress.close()
     records += memory_records(32 if args.quick else 784)
