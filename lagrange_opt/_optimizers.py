@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any, NamedTuple
 
 import torch
@@ -381,7 +381,8 @@ class ExtraGradient(ConstrainedOptimizer):
             self._copies = [
                 torch.empty_like(param, memory_format=torch.preserve_format) for param in params
             ]
-        torch._foreach_copy_(self._copies, params)
+        if params:
+            torch._foreach_copy_(self._copies, params)
 
     @staticmethod
     def _point_rows(evaluation: Evaluation) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -395,11 +396,42 @@ class ExtraGradient(ConstrainedOptimizer):
         return saved
 
     def _restore_point(
-        self, params: list[Tensor], rows: list[tuple[Tensor, Tensor, Tensor]]
+        self,
+        params: list[Tensor],
+        rows: list[tuple[Tensor, Tensor, Tensor]],
+        skip: Container[int] = (),
     ) -> None:
-        torch._foreach_copy_(params, self._copies)
+        """Copies the saved point back, except into the parameters whose ids are in ``skip``."""
+        targets, sources = params, self._copies
+        if skip:
+            kept = [index for index, param in enumerate(params) if id(param) not in skip]
+            targets, sources = [params[i] for i in kept], [sources[i] for i in kept]
+        if targets:
+            torch._foreach_copy_(targets, sources)
         for table, index, values in rows:
             table.index_copy_(0, index, values)
+
+    def _final_update(
+        self,
+        dense: list[Tensor],
+        rows: list[tuple[Tensor, Tensor, Tensor]],
+        extrapolated: Evaluation,
+        sizes: StepSizes,
+    ) -> None:
+        """The step from the saved point along the extrapolated point's gradients."""
+        if sizes.primal is None:
+            self._restore_point(dense, rows)
+            self._update(extrapolated, sizes, commit_state=True)
+            return
+        # Plain SGD steps from the saved point straight into the parameters it moves: one
+        # pass over them instead of a copy back and an update.
+        origins = {id(param): copy for param, copy in zip(dense, self._copies)}
+        moved = {id(param) for param in _params(self.primal_optimizer) if param.grad is not None}
+        self._restore_point(dense, rows, skip=moved)
+        primal_update(
+            self.primal_optimizer, sizes.primal, extrapolated.terms, True, origins=origins
+        )
+        dual_update(self.dual_optimizer, sizes.dual, extrapolated.terms, commit_state=True)
 
     def step(self, closure: Closure) -> StepResult:
         undo = UndoLog()
@@ -421,7 +453,6 @@ class ExtraGradient(ConstrainedOptimizer):
             undo.restore()
             raise
         with torch.no_grad():
-            self._restore_point(dense, rows)
-            self._update(extrapolated, sizes, commit_state=True)
+            self._final_update(dense, rows, extrapolated, sizes)
         self._clear_grads()
         return self._result(start)

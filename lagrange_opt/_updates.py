@@ -11,7 +11,7 @@ operations: an indexed multiplier table then takes its batch entries' gradients 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -76,6 +76,7 @@ def primal_update(
     sizes: list[float] | None,
     terms: Sequence[Term],
     commit_state: bool,
+    origins: Mapping[int, Tensor] | None = None,
 ) -> None:
     """Descent on every primal parameter with a ``.grad``, and on the slack rows ``terms`` read.
 
@@ -86,6 +87,9 @@ def primal_update(
         sizes: ``sgd_step_sizes(optimizer)``.
         terms: The terms of the evaluation whose gradients are stepped along.
         commit_state: If False the optimizer's state is left as it was (extrapolation).
+        origins: With plain SGD only: for each parameter (by ``id``), the point to step from
+            instead of its current value, written straight into the parameter (extra-gradient
+            steps from its saved point without first copying it back).
     """
     slacks = [term.slack for term in terms if term.slack is not None]
     if sizes is None:
@@ -100,7 +104,10 @@ def primal_update(
         return
     for group, size in zip(optimizer.param_groups, sizes):
         params = [param for param in group["params"] if param.grad is not None]
-        if params:
+        if origins is not None:
+            for param in params:
+                torch.add(origins[id(param)], param.grad, alpha=size, out=param)
+        elif params:
             torch._foreach_add_(params, [param.grad for param in params], alpha=size)
     if slacks:
         size_of = _size_of(optimizer, sizes)
