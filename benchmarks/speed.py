@@ -295,7 +295,7 @@ def memory_records(hidden: int = 784) -> list[dict[str, Any]]:
         {"case": "memory", "variant": "primal+slack bytes", "threads": None,
          "ms_per_step": None, "ratio": None, "bytes": primal_bytes},
         {"case": "memory", "variant": "extragradient held bytes", "threads": None,
-         "ms_per_step": None, "ratio": held / primal_bytes, "bytes": held},
+         "ms_per_step": None, "ratio": round(held / primal_bytes, 3), "bytes": held},
     ]  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import has_torch_function
 
 from . import _lagrangian as lag
 from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, IndexedValue, ProblemState
@@ -31,7 +32,8 @@ _ENGINE_RUN_BACKWARD = _find_engine()
 
 def _run_backward(roots: list[Tensor], cotangents: list[Tensor]) -> None:
     """``torch.autograd.backward(roots, cotangents)``, without its argument checks."""
-    if _ENGINE_RUN_BACKWARD is None:
+    if _ENGINE_RUN_BACKWARD is None or has_torch_function(roots):
+        # A tensor subclass may override backward: the public function dispatches to it.
         torch.autograd.backward(roots, cotangents)
         return
     _ENGINE_RUN_BACKWARD(
