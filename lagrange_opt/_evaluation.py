@@ -326,41 +326,46 @@ def _residual(value: Tensor, spec: ConstraintSpec) -> Tensor:
     return detached
 
 
-def _dense_term(constraint: Constraint, value: Tensor, undo: UndoLog) -> Term:
+def _term(constraint: Constraint, value: Tensor, indices: Tensor | None, undo: UndoLog) -> Term:
     multiplier = constraint.multiplier
     assert multiplier is not None
     spec = constraint.spec
     multipliers = multiplier.detach()
-    weights = term_weights(spec, multipliers, None)
-    if not spec.has_slack:
-        residual = _residual(value, spec)
-        return Term(constraint, multiplier, value, weights, None, multipliers, residual, None)
-    slack, seen = constraint.slack, constraint.slack_seen
-    assert slack is not None and seen is not None
-    standard = lag.standard_form(value, spec)
-    if not bool(seen):
-        undo.save(slack.data)
-        undo.save(seen)
-        with torch.no_grad():
-            slack.copy_(lag.initial_slack(standard.detach(), spec.slack_margin))
-            seen.fill_(True)
-    output = lag.slack_residual(standard, slack)
-    return Term(constraint, multiplier, output, weights, None, multipliers, output.detach(), None)
-
-
-def _indexed_term(constraint: Constraint, value: Tensor, indices: Tensor, undo: UndoLog) -> Term:
-    multiplier = constraint.multiplier
-    assert multiplier is not None
-    spec = constraint.spec
-    # Reads first (an index out of range fails here, before anything is written).
-    multipliers = multiplier.detach().index_select(0, indices)
+    if indices is not None:
+        # Reads first (an index out of range fails here, before anything is written).
+        multipliers = multipliers.index_select(0, indices)
     weights = term_weights(spec, multipliers, indices)
     if not spec.has_slack:
         residual = _residual(value, spec)
         return Term(constraint, multiplier, value, weights, indices, multipliers, residual, None)
+    standard = lag.standard_form(value, spec)
+    slack_rows = None
+    if indices is None:
+        output = _dense_slack_residual(constraint, standard, undo)
+    else:
+        output, slack_rows = _indexed_slack_residual(constraint, standard, indices, undo)
+    residual = output.detach()
+    return Term(constraint, multiplier, output, weights, indices, multipliers, residual, slack_rows)
+
+
+def _dense_slack_residual(constraint: Constraint, standard: Tensor, undo: UndoLog) -> Tensor:
     slack, seen = constraint.slack, constraint.slack_seen
     assert slack is not None and seen is not None
-    standard = lag.standard_form(value, spec)
+    if not bool(seen):
+        undo.save(slack.data)
+        undo.save(seen)
+        with torch.no_grad():
+            slack.copy_(lag.initial_slack(standard.detach(), constraint.spec.slack_margin))
+            seen.fill_(True)
+    return lag.slack_residual(standard, slack)
+
+
+def _indexed_slack_residual(
+    constraint: Constraint, standard: Tensor, indices: Tensor, undo: UndoLog
+) -> tuple[Tensor, SlackRows]:
+    slack, seen = constraint.slack, constraint.slack_seen
+    assert slack is not None and seen is not None
+    spec = constraint.spec
     rows, inverse = torch.unique(indices, sorted=True, return_inverse=True)
     stored = slack.detach().index_select(0, rows)
     seen_rows = seen.index_select(0, rows)
@@ -374,10 +379,7 @@ def _indexed_term(constraint: Constraint, value: Tensor, indices: Tensor, undo: 
     # The table holds the point the step starts from, new rows' initial values included.
     slack.data.index_copy_(0, rows, slack_values.detach())
     output = lag.slack_residual(standard, slack_values[inverse])
-    slack_rows = SlackRows(slack, rows, inverse, slack_values)
-    return Term(
-        constraint, multiplier, output, weights, indices, multipliers, output.detach(), slack_rows
-    )
+    return output, SlackRows(slack, rows, inverse, slack_values)
 
 
 def evaluate(
@@ -429,18 +431,16 @@ def evaluate(
             penalties.append(penalty)
             value = value + penalty.detach()
             continue
-        if indices is None:
-            term = _dense_term(constraint, constraint_value, undo)
-        else:
-            if indices.device.type != "cpu":
-                # Off the CPU, reading a row out of range is a device-side assertion that
-                # ends the process; on the CPU index_select raises, caught below.
+        if indices is not None and indices.device.type != "cpu":
+            # Off the CPU, reading a row out of range is a device-side assertion that ends
+            # the process; on the CPU index_select raises, caught below.
+            _check_index_range(name, constraint, indices)
+        try:
+            term = _term(constraint, constraint_value, indices, undo)
+        except IndexError:
+            if indices is not None:
                 _check_index_range(name, constraint, indices)
-            try:
-                term = _indexed_term(constraint, constraint_value, indices, undo)
-            except IndexError:
-                _check_index_range(name, constraint, indices)
-                raise
+            raise
         terms.append(term)
         if spec.has_slack:
             standards.append((spec, lag.standard_form(constraint_value.detach(), spec)))
