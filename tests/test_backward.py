@@ -9,6 +9,7 @@ from torch import Tensor
 
 import lagrange_opt._evaluation as evaluation_module
 from lagrange_opt import ExtraGradient
+from lagrange_opt import _lagrangian as lag
 from lagrange_opt._evaluation import Evaluation, UndoLog, evaluate
 
 
@@ -36,9 +37,15 @@ def test_backward_is_the_gradient_of_the_lagrangian(
     state.backward()
     fast = _gradients(problem, state)
 
-    # The same Lagrangian, built as one scalar graph: f + sum <weights, output>.
+    # The Lagrangian as its definition in _lagrangian builds it, one scalar graph.
     state = evaluate(problem, lambda: problem(indices), UndoLog())
-    lagrangian = state.objective + sum((term.weights * term.output).sum() for term in state.terms)
+    pieces = []
+    for term in state.terms:
+        spec = term.constraint.spec
+        residual = term.output if spec.has_slack else lag.standard_form(term.output, spec)
+        batch_size = None if term.indices is None else term.indices.shape[0]
+        pieces.append(lag.constraint_term(term.multipliers_read, residual, batch_size))
+    lagrangian = lag.lagrangian(state.objective, pieces + state.penalties)
     problem.zero_grad()
     lagrangian.backward()
     for term in state.terms:  # a sample's slack steps along its own term, not the mean
