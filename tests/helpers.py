@@ -69,30 +69,6 @@ class MinNorm(ConstrainedProblem):
         return ProblemState(self.x.square().sum(), {"Ax=b": self.A @ self.x - self.b})
 
 
-class NonNegativeLinear(ConstrainedProblem):
-    """Least squares of a linear model whose every training prediction must be >= 0."""
-
-    def __init__(self, X: Tensor, y: Tensor, treatment: str = "slack") -> None:
-        super().__init__()
-        self.register_buffer("X", X)
-        self.register_buffer("y", y)
-        self.linear = nn.Linear(X.shape[1], 1, dtype=X.dtype)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-        self.add_inequality(
-            "nonnegative",
-            ">=",
-            num_samples=X.shape[0],
-            treatment=treatment,  # type: ignore[arg-type]
-        )
-        self.to(X.dtype)
-
-    def forward(self, indices: Tensor) -> ProblemState:
-        predictions = self.linear(self.X[indices]).squeeze(-1)
-        loss = (predictions - self.y[indices]).square().mean()
-        return ProblemState(loss, {"nonnegative": IndexedValue(predictions, indices)})
-
-
 def sgd_pair(
     problem: ConstrainedProblem,
     lr: float,

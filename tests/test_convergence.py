@@ -9,7 +9,6 @@ from helpers import (
     METHODS,
     TREATMENTS,
     MinNorm,
-    NonNegativeLinear,
     QuadraticProgram,
     sgd_pair,
     steps_to_tolerance,
@@ -17,6 +16,7 @@ from helpers import (
 from scipy.optimize import minimize
 
 from lagrange_opt import ConstrainedProblem, ExtraGradient, ProblemState
+from lagrange_opt.problems import NonNegativePredictions
 
 
 def _qp_error(problem: QuadraticProgram) -> float:
@@ -183,16 +183,15 @@ def _scipy_nonnegative_fit(X: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     return np.asarray(result.x)
 
 
-def _weights(problem: NonNegativeLinear) -> np.ndarray:
-    linear = problem.linear
-    return torch.cat([linear.weight.detach().flatten(), linear.bias.detach()]).numpy()
+def _weights(problem: NonNegativePredictions) -> np.ndarray:
+    return torch.cat([problem.weight.detach(), problem.bias.detach().reshape(1)]).numpy()
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
 def test_indexed_nonnegative_predictions_match_scipy(method: type) -> None:
     X, y = _linear_data()
     expected = _scipy_nonnegative_fit(X, y)
-    problem = NonNegativeLinear(X, y, treatment="projection")
+    problem = NonNegativePredictions(X, y, treatment="projection")
     optimizer = method(problem, *sgd_pair(problem, lr=0.1))
     indices = torch.arange(X.shape[0])
     for _ in range(8000):
@@ -204,7 +203,7 @@ def test_indexed_nonnegative_predictions_match_scipy(method: type) -> None:
 def test_indexed_slack_nonnegative_predictions_match_scipy() -> None:
     X, y = _linear_data()
     expected = _scipy_nonnegative_fit(X, y)
-    problem = NonNegativeLinear(X, y, treatment="slack")
+    problem = NonNegativePredictions(X, y, treatment="slack")
     optimizer = ExtraGradient(problem, *sgd_pair(problem, lr=0.1, slack_lr=0.002))
     indices = torch.arange(X.shape[0])
     for _ in range(20000):
@@ -218,7 +217,7 @@ def test_indexed_minibatches_with_adam_approach_the_solution() -> None:
     expected = _scipy_nonnegative_fit(X, y)
     A = np.hstack([X.numpy(), np.ones((200, 1))])
     best = float(np.mean((A @ expected - y.numpy()) ** 2))
-    problem = NonNegativeLinear(X, y, treatment="projection")
+    problem = NonNegativePredictions(X, y, treatment="projection")
     optimizer = ExtraGradient(
         problem,
         torch.optim.Adam(problem.primal_parameters(), lr=0.01),
@@ -229,7 +228,7 @@ def test_indexed_minibatches_with_adam_approach_the_solution() -> None:
         for indices in torch.randperm(200, generator=generator).split(50):
             optimizer.step(lambda indices=indices: problem(indices))
     with torch.no_grad():
-        predictions = problem.linear(problem.X).squeeze(-1)
+        predictions = problem.predict(problem.X)
         objective = float((predictions - problem.y).square().mean())
     assert float(predictions.min()) > -0.1
     # Constant-rate Adam on minibatches hovers near the solution rather than reaching it.
