@@ -429,8 +429,9 @@ class ExtraGradient(ConstrainedOptimizer):
         moved = {id(param) for param in _params(self.primal_optimizer) if param.grad is not None}
         self._restore_point(dense, rows, skip=moved)
         primal_update(
-            self.primal_optimizer, sizes.primal, extrapolated.terms, True, origins=origins
-        )
+            self.primal_optimizer, sizes.primal, extrapolated.terms, commit_state=True,
+            origins=origins,
+        )  # fmt: skip
         dual_update(self.dual_optimizer, sizes.dual, extrapolated.terms, commit_state=True)
 
     def step(self, closure: Closure) -> StepResult:
