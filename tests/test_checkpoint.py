@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 from typing import Any
 
@@ -83,3 +84,12 @@ def test_loading_another_methods_state_fails() -> None:
     _, simultaneous = build_mixed(METHODS[1], "sgd")
     with pytest.raises(ValueError, match="state_dict is from ExtraGradient, not SimultaneousGDA"):
         simultaneous.load_state_dict(extra.state_dict())
+
+
+def test_declared_constraints_are_the_registered_modules_in_order() -> None:
+    problem, _ = build_mixed(METHODS[0], "sgd")
+    declared = problem.declared()
+    assert list(declared) == ["nonnegative", "weight_norm", "mean", "bias"]
+    assert all(declared[name] is problem.constraints[name] for name in declared)
+    copied = copy.deepcopy(problem)
+    assert all(copied.declared()[name] is copied.constraints[name] for name in declared)
