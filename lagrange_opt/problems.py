@@ -39,6 +39,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ._evaluation import check_state
 from ._lagrangian import standard_form, violation
 from ._problem import ConstrainedProblem, IndexedValue, ProblemState, Treatment
 
@@ -102,9 +103,8 @@ def max_violation(problem: ConstrainedProblem, state: ProblemState) -> float:
         0.0
     """
     worst = 0.0
-    for name, constraint in problem.constraint_items():
-        entry = state.constraints[name]
-        value = entry.value if isinstance(entry, IndexedValue) else entry
+    _, checked = check_state(problem, state)
+    for _, constraint, value, _ in checked:
         standard = standard_form(value.detach(), constraint.spec)
         worst = max(worst, float(violation(standard, constraint.spec).max()))
     return worst
