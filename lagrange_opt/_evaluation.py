@@ -101,6 +101,8 @@ class Term(NamedTuple):
             copy of the batch entries' rows if indexed.
         residual: The residual ``h``, ``g`` or ``g + s**2``, detached and never sharing
             memory with a parameter: the gradient of the multipliers, per batch entry.
+        standard: The value in standard form (``h`` or ``g``, without a slack), detached
+            and in memory of its own: its violation is read after the step.
         slack: The slack rows read, for an indexed slack constraint.
     """
 
@@ -111,6 +113,7 @@ class Term(NamedTuple):
     indices: Tensor | None
     multipliers_read: Tensor
     residual: Tensor
+    standard: Tensor
     slack: SlackRows | None
 
 
@@ -315,8 +318,8 @@ def check_state(problem: ConstrainedProblem, state: object) -> tuple[Tensor, Che
     return objective, checked
 
 
-def _residual(value: Tensor, spec: ConstraintSpec) -> Tensor:
-    """The standard form of a value without a slack, detached, in memory of its own."""
+def _detached_standard(value: Tensor, spec: ConstraintSpec) -> Tensor:
+    """The standard form of a value, detached, in memory of its own."""
     detached = value.detach()
     if spec.sense == ">=":
         return detached.neg()
@@ -335,17 +338,21 @@ def _term(constraint: Constraint, value: Tensor, indices: Tensor | None, undo: U
         # Reads first (an index out of range fails here, before anything is written).
         multipliers = multipliers.index_select(0, indices)
     weights = term_weights(spec, multipliers, indices)
+    detached = _detached_standard(value, spec)
     if not spec.has_slack:
-        residual = _residual(value, spec)
-        return Term(constraint, multiplier, value, weights, indices, multipliers, residual, None)
+        return Term(
+            constraint, multiplier, value, weights, indices, multipliers, detached, detached, None
+        )
     standard = lag.standard_form(value, spec)
     slack_rows = None
     if indices is None:
         output = _dense_slack_residual(constraint, standard, undo)
     else:
         output, slack_rows = _indexed_slack_residual(constraint, standard, indices, undo)
-    residual = output.detach()
-    return Term(constraint, multiplier, output, weights, indices, multipliers, residual, slack_rows)
+    return Term(
+        constraint, multiplier, output, weights, indices, multipliers, output.detach(), detached,
+        slack_rows,
+    )  # fmt: skip
 
 
 def _dense_slack_residual(constraint: Constraint, standard: Tensor, undo: UndoLog) -> Tensor:
@@ -425,7 +432,7 @@ def evaluate(
         spec = constraint.spec
         if spec.penalty_weight is not None:
             standard = lag.standard_form(constraint_value, spec)
-            standards.append((spec, standard.detach()))
+            standards.append((spec, _detached_standard(constraint_value, spec)))
             batch_size = None if indices is None else indices.shape[0]
             penalty = lag.penalty_term(standard, spec, batch_size)
             penalties.append(penalty)
@@ -442,10 +449,7 @@ def evaluate(
                 _check_index_range(name, constraint, indices)
             raise
         terms.append(term)
-        if spec.has_slack:
-            standards.append((spec, lag.standard_form(constraint_value.detach(), spec)))
-        else:
-            standards.append((spec, term.residual))
+        standards.append((spec, term.standard))
         value = value + (term.weights * term.output.detach()).sum()
     if not math.isfinite(value.item()):
         _raise_for_bad_values(objective, checked, terms)
