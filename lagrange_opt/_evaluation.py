@@ -407,7 +407,7 @@ def evaluate(
         problem: The problem being solved.
         closure: Re-evaluates the problem on the current batch.
         undo: Collects the state this evaluation changes.
-        expected_indices: Indices that every indexed constraint must repeat (the batch of an
+        expected_indices: Indices that the constraints named must repeat (the batch of an
             earlier evaluation within the same step).
     """
     if torch.is_grad_enabled():
@@ -418,7 +418,7 @@ def evaluate(
     objective, checked = check_state(problem, state)
     if expected_indices is not None:
         for name, _, _, indices in checked:
-            previous = expected_indices[name]
+            previous = expected_indices.get(name)
             if indices is not None and previous is not None and not torch.equal(indices, previous):
                 raise ValueError(
                     f"constraint '{name}': the closure returned other indices on its second call; "
