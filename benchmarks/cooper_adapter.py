@@ -21,7 +21,8 @@ import cooper
 import torch
 from torch import Tensor
 
-from lagrange_opt import ConstrainedProblem, ConstraintSpec, IndexedValue
+from lagrange_opt import ConstrainedProblem, ConstraintSpec
+from lagrange_opt._evaluation import check_state
 from lagrange_opt._lagrangian import standard_form, violation
 
 Scheme = Literal["extrapolation", "simultaneous"]
@@ -71,22 +72,20 @@ class CooperProblem(cooper.ConstrainedMinimizationProblem):
             self._register_constraint(name, wrapped)
 
     def compute_cmp_state(self, args: tuple[Any, ...] = ()) -> cooper.CMPState:
-        state = self.problem(*args)
+        objective, checked = check_state(self.problem, self.problem(*args))
         observed = {}
-        for name, constraint in self.problem.constraint_items():
+        for name, constraint, value, indices in checked:
             spec = constraint.spec
-            entry = state.constraints[name]
             features = None
-            if isinstance(entry, IndexedValue):
+            if indices is not None:
                 size = math.prod(spec.shape)
-                offsets = torch.arange(size, device=entry.indices.device)
-                features = (entry.indices.long()[:, None] * size + offsets).reshape(-1)
-                entry = entry.value
-            standard = standard_form(entry, spec).reshape(-1)
+                offsets = torch.arange(size, device=indices.device)
+                features = (indices[:, None] * size + offsets).reshape(-1)
+            standard = standard_form(value, spec).reshape(-1)
             observed[self.wrapped[name]] = cooper.ConstraintState(
                 violation=standard, constraint_features=features
             )
-        return cooper.CMPState(loss=state.objective, observed_constraints=observed)
+        return cooper.CMPState(loss=objective, observed_constraints=observed)
 
 
 class CooperMethod:

@@ -9,7 +9,8 @@ from sklearn.datasets import load_diabetes
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lagrange_opt import ConstrainedProblem, IndexedValue, ProblemState
+from lagrange_opt import ConstrainedProblem, ProblemState
+from lagrange_opt._evaluation import check_state
 from lagrange_opt._lagrangian import standard_form
 from lagrange_opt.demo import Dataset, make_data, make_network
 from lagrange_opt.problems import max_violation
@@ -77,9 +78,7 @@ def slsqp(problem: ConstrainedProblem) -> tuple[float, float]:
         return functional_call(problem, values, ())
 
     def standard(vector: Tensor, position: int) -> Tensor:
-        name, constraint = constraint_items[position]
-        entry = call(vector).constraints[name]
-        value = entry.value if isinstance(entry, IndexedValue) else entry
+        _, constraint, value, _ = check_state(problem, call(vector))[1][position]
         return standard_form(value, constraint.spec).reshape(-1)
 
     def objective(x: np.ndarray) -> float:
