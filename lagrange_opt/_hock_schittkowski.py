@@ -43,7 +43,6 @@ class ProgramDefinition(NamedTuple):
     x_star: tuple[float, ...]
 
 
-
 def _stack(*values: Tensor) -> Tensor:
     return torch.stack(values)
 

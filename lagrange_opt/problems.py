@@ -79,7 +79,6 @@ def max_violation(problem: ConstrainedProblem, state: ProblemState) -> float:
     return worst
 
 
-
 def _declare(
     problem: ConstrainedProblem,
     name: str,
