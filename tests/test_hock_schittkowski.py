@@ -1,0 +1,99 @@
+"""The Hock-Schittkowski definitions: their published optima, their start points, and SLSQP
+from those start points (the helpers of benchmarks/verify_optima.py)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.verify_optima import (
+    SLSQP_LOCAL_MINIMA,
+    TOLERANCE,
+    max_violation,
+    objective_value,
+    solve_slsqp,
+)
+from lagrange_opt import _hock_schittkowski
+from lagrange_opt.problems import HOCK_SCHITTKOWSKI, relative_gap
+
+NAMES = list(HOCK_SCHITTKOWSKI)
+
+PROBLEMS = [
+    1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 14, 16, 18, 21, 22, 23, 24, 26, 27, 28, 30, 32, 35, 38,
+    40, 42, 43, 44, 46, 47, 48, 53, 60, 64, 65, 66, 71, 76, 78, 80, 113,
+]  # fmt: skip
+
+
+def _slsqp_cases() -> list[object]:
+    """Every problem, with the known local minima of SLSQP marked as strict xfails."""
+    cases: list[object] = []
+    for name in NAMES:
+        reason = SLSQP_LOCAL_MINIMA.get(name)
+        marks = [] if reason is None else [pytest.mark.xfail(strict=True, reason=reason)]
+        cases.append(pytest.param(name, marks=marks))
+    return cases
+
+
+def test_the_problem_set_in_order() -> None:
+    assert [f"hs{number:03d}" for number in PROBLEMS] == NAMES
+    assert all(name == definition.name for name, definition in HOCK_SCHITTKOWSKI.items())
+    # The attribute's docstring lists them all, in the same order.
+    assert re.findall(r"hs\d{3}", _attribute_docstring()) == NAMES
+
+
+def _attribute_docstring() -> str:
+    """The string literal after ``HOCK_SCHITTKOWSKI = ...`` in the module's source."""
+    source = Path(_hock_schittkowski.__file__).read_text(encoding="utf-8")
+    match = re.search(r'HOCK_SCHITTKOWSKI: .*\n"""(.*?)"""', source, re.DOTALL)
+    assert match is not None
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_x_star_is_feasible_and_optimal(name: str) -> None:
+    definition = HOCK_SCHITTKOWSKI[name]
+    assert max_violation(definition, definition.x_star) <= 1e-5
+    objective = objective_value(definition, definition.x_star)
+    assert relative_gap(objective, definition.f_star) <= 1e-6
+
+
+@pytest.mark.parametrize("name", _slsqp_cases())
+def test_slsqp_from_x0_reaches_f_star(name: str) -> None:
+    definition = HOCK_SCHITTKOWSKI[name]
+    solution = solve_slsqp(definition)
+    assert solution.violation <= TOLERANCE
+    assert relative_gap(solution.objective, definition.f_star) <= TOLERANCE, solution
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sizes_bounds_and_gradients(name: str) -> None:
+    definition = HOCK_SCHITTKOWSKI[name]
+    n = len(definition.x0)
+    assert len(definition.lower) == len(definition.upper) == len(definition.x_star) == n
+    assert all(lo <= hi for lo, hi in zip(definition.lower, definition.upper))
+    assert all(math.isfinite(v) for v in (*definition.x0, *definition.x_star))
+    assert math.isfinite(definition.f_star)
+    x = torch.tensor(definition.x0, dtype=torch.float64, requires_grad=True)
+    values = [definition.objective(x)]
+    assert values[0].shape == ()
+    for function in (definition.equalities, definition.inequalities):
+        if function is not None:
+            value = function(x)
+            assert value.dim() == 1 and value.numel() >= 1
+            assert value.dtype == torch.float64
+            values.append(value.sum())
+    # Every function is differentiable by autograd at x0.
+    for value in values:
+        (grad,) = torch.autograd.grad(value, x)
+        assert torch.isfinite(grad).all()
+
+
+def test_infeasible_start_points_are_kept_as_published() -> None:
+    # hs016's x0 = (-2, 1) lies outside -0.5 <= x1 <= 0.5; the definition keeps it.
+    definition = HOCK_SCHITTKOWSKI["hs016"]
+    assert definition.x0 == (-2.0, 1.0)
+    assert max_violation(definition, definition.x0) == pytest.approx(1.5)
