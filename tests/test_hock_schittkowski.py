@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks.verify_optima import (
-    SLSQP_LOCAL_MINIMA,
+    SLSQP_STOPS_ELSEWHERE,
     TOLERANCE,
     max_violation,
     objective_value,
@@ -29,10 +29,10 @@ PROBLEMS = [
 
 
 def _slsqp_cases() -> list[object]:
-    """Every problem, with the known local minima of SLSQP marked as strict xfails."""
+    """Every problem, with the problems where SLSQP stops elsewhere marked as strict xfails."""
     cases: list[object] = []
     for name in NAMES:
-        reason = SLSQP_LOCAL_MINIMA.get(name)
+        reason = SLSQP_STOPS_ELSEWHERE.get(name)
         marks = [] if reason is None else [pytest.mark.xfail(strict=True, reason=reason)]
         cases.append(pytest.param(name, marks=marks))
     return cases
