@@ -60,8 +60,9 @@ class Exp(nn.Module):
 def slsqp(problem: ConstrainedProblem) -> tuple[float, float]:
     """Solves a problem over all its data with scipy's SLSQP, from its initial parameters.
 
-    Gradients and Jacobians come from autograd. An indexed constraint is evaluated with
-    ``problem()``'s default indices (every sample).
+    Gradients and Jacobians come from autograd; bounds declared with ``add_bounds`` are
+    SLSQP's bounds. An indexed constraint is evaluated with ``problem()``'s default indices
+    (every sample).
 
     Returns:
         The objective and the max violation at SLSQP's answer.
@@ -107,10 +108,21 @@ def slsqp(problem: ConstrainedProblem) -> tuple[float, float]:
         scipy_constraints.append({"type": kind, "fun": fun, "jac": jac})
 
     x0 = torch.cat([params[name].detach().reshape(-1) for name in names]).numpy()
+    boxes = {id(param): bounds for param, bounds in problem.bounded_parameters()}
+    box_sides = []
+    for name in names:
+        param = params[name]
+        bounds = boxes.get(id(param))
+        lower = torch.full_like(param, -np.inf) if bounds is None else bounds.lower
+        upper = torch.full_like(param, np.inf) if bounds is None else bounds.upper
+        box_sides.append((lower.detach().reshape(-1), upper.detach().reshape(-1)))
+    lower_all = torch.cat([low for low, _ in box_sides]).numpy()
+    upper_all = torch.cat([high for _, high in box_sides]).numpy()
     solution = scipy.optimize.minimize(
         objective,
         x0,
         jac=objective_grad,
+        bounds=scipy.optimize.Bounds(lower_all, upper_all),
         constraints=scipy_constraints,
         method="SLSQP",
         options={"maxiter": 1000, "ftol": 1e-14},

@@ -6,15 +6,18 @@ rates), and call ``optimizer.step(closure)`` in a training loop. Problems with k
 solutions to try settings on are in :mod:`lagrange_opt.problems`.
 """
 
+from ._augmented import AugmentedLagrangian
 from ._defaults import DEFAULT_DUAL_LR, DEFAULT_LR, default_optimizer
+from ._extragradient import ExtraGradient
+from ._kkt import ConstraintFigures, KKTResiduals, kkt
 from ._optimizers import (
     AlternatingGDA,
     ConstrainedOptimizer,
-    ExtraGradient,
     SimultaneousGDA,
     StepResult,
 )
 from ._problem import (
+    Bounds,
     ConstrainedProblem,
     Constraint,
     ConstraintSpec,
@@ -22,23 +25,30 @@ from ._problem import (
     ProblemState,
     Treatment,
 )
+from ._stepsize import AdaptiveStep
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_DUAL_LR",
     "DEFAULT_LR",
+    "AdaptiveStep",
     "AlternatingGDA",
+    "AugmentedLagrangian",
+    "Bounds",
     "ConstrainedOptimizer",
     "ConstrainedProblem",
     "Constraint",
+    "ConstraintFigures",
     "ConstraintSpec",
     "ExtraGradient",
     "IndexedValue",
+    "KKTResiduals",
     "ProblemState",
     "SimultaneousGDA",
     "StepResult",
     "Treatment",
     "__version__",
     "default_optimizer",
+    "kkt",
 ]

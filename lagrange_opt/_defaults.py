@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ._optimizers import ExtraGradient
+from ._extragradient import ExtraGradient
 from ._problem import ConstrainedProblem
 
-DEFAULT_LR = 0.01
+DEFAULT_LR = 1.0
 """Primal learning rate of :func:`default_optimizer` (plain SGD)."""
 
-DEFAULT_DUAL_LR = 0.05
+DEFAULT_DUAL_LR = 1.0
 """Dual learning rate of :func:`default_optimizer` (plain SGD ascent)."""
 
 
@@ -43,4 +43,7 @@ def default_optimizer(
     """
     multipliers = problem.dual_parameters()
     dual = torch.optim.SGD(multipliers, lr=dual_lr, maximize=True) if multipliers else None
-    return ExtraGradient(problem, torch.optim.SGD(problem.primal_parameters(), lr=lr), dual)
+    return ExtraGradient(
+        problem, torch.optim.SGD(problem.primal_parameters(), lr=lr), dual,
+        formulation="augmented", scaling=True, step_size="adaptive",
+    )  # fmt: skip

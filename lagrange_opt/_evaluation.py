@@ -10,7 +10,9 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import has_torch_function
 
+from . import _augmented as aug
 from . import _lagrangian as lag
+from ._formulation import PLAIN, UNIT_RULE, Formulation, TermRule
 from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, IndexedValue, ProblemState
 
 
@@ -94,16 +96,22 @@ class Term(NamedTuple):
         output: With its autograd graph: the value as returned, whose standard form's sign
             the weights carry, or the slack residual ``g + s**2``; indexed: one row per
             batch entry.
-        weights: The Lagrangian's derivative with respect to ``output``: the multipliers,
-            signed, divided by the batch size if indexed.
+        weights: The (scaled) Lagrangian's derivative with respect to ``output``: the
+            multipliers (the augmented Lagrangian's estimates), signed, divided by the batch
+            size if indexed, times the objective weight.
         indices: The sample indices (``int64``) of an indexed constraint, else ``None``.
         multipliers_read: The multipliers read, detached: the multiplier itself if dense, a
             copy of the batch entries' rows if indexed.
-        residual: The residual ``h``, ``g`` or ``g + s**2``, detached and never sharing
-            memory with a parameter: the gradient of the multipliers, per batch entry.
+        residual: The gradient of the multipliers, per batch entry: the residual ``h``,
+            ``g`` or ``g + s**2`` (``max(g, -lambda / c)`` in the augmented Lagrangian)
+            times the rule's dual scale, detached, never sharing memory with a parameter.
         standard: The value in standard form (``h`` or ``g``, without a slack), detached
             and in memory of its own: its violation is read after the step.
-        slack: The slack rows read, for an indexed slack constraint.
+        slack: The slack rows read, for an indexed slack variable.
+        rule: The formulation of this term.
+        objective_weight: The weight of the Lagrangian (the objective's inverse scale).
+        projected: Whether the dual step projects the multipliers onto ``>= 0``.
+        value: The term's value in the (scaled) Lagrangian, detached.
     """
 
     constraint: Constraint
@@ -115,6 +123,10 @@ class Term(NamedTuple):
     residual: Tensor
     standard: Tensor
     slack: SlackRows | None
+    rule: TermRule
+    objective_weight: float
+    projected: bool
+    value: Tensor
 
 
 class Evaluation(NamedTuple):
@@ -126,7 +138,8 @@ class Evaluation(NamedTuple):
         penalties: The penalty of each penalised constraint, with its graph.
         standards: Every constraint's spec and its value in standard form, detached (its
             violation is computed when asked for).
-        lagrangian: The Lagrangian's value, detached.
+        lagrangian: The Lagrangian's value in the user's units, detached.
+        objective_weight: The weight of the Lagrangian in the primal gradient.
     """
 
     objective: Tensor
@@ -134,6 +147,7 @@ class Evaluation(NamedTuple):
     penalties: list[Tensor]
     standards: list[tuple[ConstraintSpec, Tensor]]
     lagrangian: Tensor
+    objective_weight: float = 1.0
 
     def backward(self, weights: list[Tensor] | None = None) -> None:
         """Backpropagates the Lagrangian into the primal variables' ``.grad``.
@@ -144,7 +158,12 @@ class Evaluation(NamedTuple):
         if weights is None:
             weights = [term.weights for term in self.terms]
         roots = [root for root in (self.objective, *self.penalties) if root.requires_grad]
-        cotangents = [torch.ones_like(root) for root in roots]
+        objective = self.objective
+        cotangents = [
+            torch.ones_like(root) if root is not objective or self.objective_weight == 1.0
+            else torch.full_like(root, self.objective_weight)
+            for root in roots
+        ]  # fmt: skip
         for term, weight in zip(self.terms, weights):
             if term.output.requires_grad:
                 roots.append(term.output)
@@ -171,16 +190,38 @@ class Evaluation(NamedTuple):
         return maxima.amax(), total / count
 
 
-def term_weights(spec: ConstraintSpec, multipliers: Tensor, indices: Tensor | None) -> Tensor:
+def term_weights(
+    spec: ConstraintSpec,
+    multipliers: Tensor,
+    indices: Tensor | None,
+    slack_output: bool,
+    objective_weight: float = 1.0,
+) -> Tensor:
     """The cotangent of a term's output (see :func:`._lagrangian.constraint_term`).
 
-    Without a slack the output is the value as returned, so the weights carry the sign of
-    the standard form; indexed terms are averaged over the batch.
+    Args:
+        spec: The constraint.
+        multipliers: Per element, the derivative of the term with respect to the
+            standard form (the multipliers, or the augmented Lagrangian's estimates).
+        indices: The batch of an indexed constraint: its terms are averaged over it.
+        slack_output: Whether the output is the slack residual (already in standard form);
+            otherwise it is the value as returned, and the weights carry the standard
+            form's sign.
+        objective_weight: The weight of the whole Lagrangian.
     """
-    scale = 1.0 if spec.has_slack else lag.standard_sign(spec)
+    scale = objective_weight if slack_output else objective_weight * lag.standard_sign(spec)
     if indices is not None:
         scale /= indices.shape[0]
     return multipliers if scale == 1.0 else multipliers * scale
+
+
+def _estimates(
+    term_standard: Tensor, multipliers: Tensor, rule: TermRule, spec: ConstraintSpec
+) -> Tensor:
+    """The derivative of a term with respect to its standard form."""
+    if rule.penalty is None:
+        return multipliers
+    return aug.augmented_weight(term_standard, multipliers, rule.penalty, spec.kind == "equality")
 
 
 def current_weights(term: Term) -> Tensor:
@@ -188,7 +229,17 @@ def current_weights(term: Term) -> Tensor:
     multipliers = term.multiplier.detach()
     if term.indices is not None:
         multipliers = multipliers.index_select(0, term.indices)
-    return term_weights(term.constraint.spec, multipliers, term.indices)
+    spec = term.constraint.spec
+    estimates = _estimates(term.standard, multipliers, term.rule, spec)
+    return term_weights(
+        spec, estimates, term.indices, _slack_variable(spec, term.rule), term.objective_weight
+    )
+
+
+def _slack_variable(spec: ConstraintSpec, rule: TermRule) -> bool:
+    """Whether the term's slack is a variable that the primal optimizer steps; in the
+    augmented Lagrangian it is minimised in closed form instead."""
+    return spec.has_slack and rule.penalty is None
 
 
 def _describe_shape(tensor: Tensor) -> str:
@@ -259,24 +310,28 @@ def _check_index_range(name: str, constraint: Constraint, indices: Tensor) -> No
 Checked = list[tuple[str, Constraint, Tensor, Tensor | None]]
 
 
+class NonFiniteError(ValueError):
+    """An objective, constraint value, multiplier or slack that is NaN or infinite."""
+
+
 def _raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term]) -> None:
     """Names the value at fault; called only once the cheap combined check has failed."""
     if not bool(torch.isfinite(objective.detach())):
-        raise ValueError(f"objective is not finite: {float(objective.detach())}")
+        raise NonFiniteError(f"objective is not finite: {float(objective.detach())}")
     for name, constraint, value, indices in checked:
         if not bool(torch.isfinite(value.detach()).all()):
-            raise ValueError(f"constraint '{name}' has {_first_non_finite(value)}")
+            raise NonFiniteError(f"constraint '{name}' has {_first_non_finite(value)}")
         if indices is not None:
             _check_index_range(name, constraint, indices)
     for term in terms:
         name = term.constraint.spec.name
         if not bool(torch.isfinite(term.multipliers_read).all()):
-            raise ValueError(
+            raise NonFiniteError(
                 f"the multipliers of constraint '{name}' read in this step have "
                 f"{_first_non_finite(term.multipliers_read)}: the dual iteration diverged"
             )
         if not bool(torch.isfinite(term.residual).all()):
-            raise ValueError(
+            raise NonFiniteError(
                 f"the slack residual of constraint '{name}' has "
                 f"{_first_non_finite(term.residual)}: the slacks diverged"
             )
@@ -329,7 +384,14 @@ def _detached_standard(value: Tensor, spec: ConstraintSpec) -> Tensor:
     return detached
 
 
-def _term(constraint: Constraint, value: Tensor, indices: Tensor | None, undo: UndoLog) -> Term:
+def _term(
+    constraint: Constraint,
+    value: Tensor,
+    indices: Tensor | None,
+    undo: UndoLog,
+    rule: TermRule,
+    objective_weight: float,
+) -> Term:
     multiplier = constraint.multiplier
     assert multiplier is not None
     spec = constraint.spec
@@ -337,22 +399,66 @@ def _term(constraint: Constraint, value: Tensor, indices: Tensor | None, undo: U
     if indices is not None:
         # Reads first (an index out of range fails here, before anything is written).
         multipliers = multipliers.index_select(0, indices)
-    weights = term_weights(spec, multipliers, indices)
     detached = _detached_standard(value, spec)
-    if not spec.has_slack:
-        return Term(
-            constraint, multiplier, value, weights, indices, multipliers, detached, detached, None
-        )
-    standard = lag.standard_form(value, spec)
     slack_rows = None
-    if indices is None:
-        output = _dense_slack_residual(constraint, standard, undo)
+    projected = spec.treatment == "projection"
+    if rule.penalty is not None:
+        equality = spec.kind == "equality"
+        projected = not equality
+        output = value
+        residual = aug.augmented_residual(detached, multipliers, rule.penalty, equality)
+        estimates = aug.augmented_weight(detached, multipliers, rule.penalty, equality)
+        weights = term_weights(spec, estimates, indices, False, objective_weight)
+        terms = aug.augmented_value(detached, multipliers, rule.penalty, equality)
+        scale = objective_weight if indices is None else objective_weight / indices.shape[0]
+        term_value = terms.sum() * scale
+        if spec.has_slack:
+            _write_closed_form_slack(constraint, detached, multipliers, rule.penalty, indices, undo)
+    elif not spec.has_slack:
+        output = value
+        residual = detached
+        weights = term_weights(spec, multipliers, indices, False, objective_weight)
+        term_value = (weights * output.detach()).sum()
     else:
-        output, slack_rows = _indexed_slack_residual(constraint, standard, indices, undo)
+        standard = lag.standard_form(value, spec)
+        if indices is None:
+            output = _dense_slack_residual(constraint, standard, undo)
+        else:
+            output, slack_rows = _indexed_slack_residual(constraint, standard, indices, undo)
+        residual = output.detach()
+        weights = term_weights(spec, multipliers, indices, True, objective_weight)
+        term_value = (weights * residual).sum()
+    if rule.dual_scale is not None:
+        residual = residual * rule.dual_scale
     return Term(
-        constraint, multiplier, output, weights, indices, multipliers, output.detach(), detached,
-        slack_rows,
+        constraint, multiplier, output, weights, indices, multipliers, residual, detached,
+        slack_rows, rule, objective_weight, projected, term_value,
     )  # fmt: skip
+
+
+def _write_closed_form_slack(
+    constraint: Constraint,
+    standard: Tensor,
+    multipliers: Tensor,
+    penalty: Tensor,
+    indices: Tensor | None,
+    undo: UndoLog,
+) -> None:
+    """Stores the slack minimised in closed form, so that it is reported as a variable."""
+    slack, seen = constraint.slack, constraint.slack_seen
+    assert slack is not None and seen is not None
+    values = aug.closed_form_slack(standard, multipliers, penalty).to(slack.dtype)
+    with torch.no_grad():
+        if indices is None:
+            undo.save(slack.data)
+            undo.save(seen)
+            slack.copy_(values)
+            seen.fill_(True)
+            return
+        undo.save(slack.data, indices)
+        undo.save(seen, indices)
+        slack.index_copy_(0, indices, values)
+        seen.index_fill_(0, indices, True)
 
 
 def _dense_slack_residual(constraint: Constraint, standard: Tensor, undo: UndoLog) -> Tensor:
@@ -394,6 +500,7 @@ def evaluate(
     closure: Callable[[], ProblemState],
     undo: UndoLog,
     expected_indices: Mapping[str, Tensor | None] | None = None,
+    formulation: Formulation = PLAIN,
 ) -> Evaluation:
     """Calls the closure, validates its result and forms every constraint's residual.
 
@@ -409,6 +516,7 @@ def evaluate(
         undo: Collects the state this evaluation changes.
         expected_indices: Indices that the constraints named must repeat (the batch of an
             earlier evaluation within the same step).
+        formulation: The objective's weight and each constraint's rule.
     """
     if torch.is_grad_enabled():
         state = closure()
@@ -427,7 +535,8 @@ def evaluate(
     terms = []
     penalties = []
     standards = []
-    value = objective.detach()
+    weight = formulation.objective_weight
+    value = objective.detach() * weight if weight != 1.0 else objective.detach()
     for name, constraint, constraint_value, indices in checked:
         spec = constraint.spec
         if spec.penalty_weight is not None:
@@ -435,6 +544,8 @@ def evaluate(
             standards.append((spec, _detached_standard(constraint_value, spec)))
             batch_size = None if indices is None else indices.shape[0]
             penalty = lag.penalty_term(standard, spec, batch_size)
+            if weight != 1.0:
+                penalty = penalty * weight
             penalties.append(penalty)
             value = value + penalty.detach()
             continue
@@ -443,14 +554,17 @@ def evaluate(
             # the process; on the CPU index_select raises, caught below.
             _check_index_range(name, constraint, indices)
         try:
-            term = _term(constraint, constraint_value, indices, undo)
+            rule = formulation.rules.get(name, UNIT_RULE)
+            term = _term(constraint, constraint_value, indices, undo, rule, weight)
         except IndexError:
             if indices is not None:
                 _check_index_range(name, constraint, indices)
             raise
         terms.append(term)
         standards.append((spec, term.standard))
-        value = value + (term.weights * term.output.detach()).sum()
+        value = value + term.value
     if not math.isfinite(value.item()):
         _raise_for_bad_values(objective, checked, terms)
-    return Evaluation(objective, terms, penalties, standards, value)
+    return Evaluation(
+        objective, terms, penalties, standards, value / weight if weight != 1.0 else value, weight
+    )

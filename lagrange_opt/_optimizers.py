@@ -3,36 +3,48 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Container
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from ._augmented import AugmentedLagrangian, check_augmented
 from ._evaluation import Evaluation, UndoLog, current_weights, evaluate
+from ._formulation_state import FormulationState
+from ._kkt import ConstraintFigures, ConstraintReport
 from ._problem import ConstrainedProblem, ProblemState
+from ._scaling import measure_scales
 from ._updates import dual_update, primal_update, sgd_step_sizes
 
 Closure = Callable[[], ProblemState]
+
+FormulationName = Literal["lagrangian", "augmented"]
 
 
 class StepResult(NamedTuple):
     """What a step returns, measured at the point the step started from.
 
-    Every field is a detached 0-dim tensor: logging it costs no host synchronisation until
-    it is converted with ``float()``.
+    The figures are detached 0-dim tensors: logging them costs no host synchronisation
+    until they are converted with ``float()``.
 
     Attributes:
         objective: The objective.
-        lagrangian: The Lagrangian.
+        lagrangian: The Lagrangian (the augmented one under that formulation), in the
+            user's units.
         max_violation: The largest violation of any constraint element in the evaluation.
         mean_violation: The mean violation over every constraint element in the evaluation.
+        constraints: Per constraint name, its :class:`ConstraintFigures` (largest violation,
+            largest absolute multiplier), computed when read.
+        evaluations: How many times the step called the closure.
     """
 
     objective: Tensor
     lagrangian: Tensor
     max_violation: Tensor
     mean_violation: Tensor
+    constraints: Mapping[str, ConstraintFigures] = {}
+    evaluations: int = 1
 
 
 class StepSizes(NamedTuple):
@@ -116,11 +128,22 @@ class ConstrainedOptimizer(abc.ABC):
     itself, once per evaluation; gradients present before a step are discarded. A step that
     raises leaves the parameters, slacks, multipliers and optimizer states as they were.
 
+    Parameters bounded with :meth:`ConstrainedProblem.add_bounds` are projected onto their
+    box after every primal update.
+
     Args:
         problem: The problem to solve.
         primal_optimizer: Optimizer over the model parameters and ``problem.slack_parameters()``.
         dual_optimizer: Optimizer over ``problem.dual_parameters()`` with ``maximize=True``;
             ``None`` if every constraint has the penalty treatment (no multipliers).
+        formulation: ``"lagrangian"`` (the Lagrangian), ``"augmented"`` (the augmented
+            Lagrangian with the default :class:`AugmentedLagrangian` settings) or an
+            :class:`AugmentedLagrangian` with settings of its own. In the augmented
+            Lagrangian a slack is minimised in closed form (it stays in the primal
+            optimizer but takes no step) and every inequality's multipliers are projected.
+        scaling: Divide the objective and each constraint by the largest entry of its
+            gradient at the first step (if above one); the first step then calls the
+            closure once more. Every figure the user sees stays in the user's units.
     """
 
     def __init__(
@@ -128,6 +151,9 @@ class ConstrainedOptimizer(abc.ABC):
         problem: ConstrainedProblem,
         primal_optimizer: torch.optim.Optimizer,
         dual_optimizer: torch.optim.Optimizer | None = None,
+        *,
+        formulation: FormulationName | AugmentedLagrangian = "lagrangian",
+        scaling: bool = False,
     ) -> None:
         if not isinstance(problem, ConstrainedProblem):
             raise TypeError(f"problem must be a ConstrainedProblem, got {type(problem).__name__}")
@@ -135,6 +161,12 @@ class ConstrainedOptimizer(abc.ABC):
         if dual_optimizer is not None:
             _check_optimizer("dual", dual_optimizer, maximize=True)
         _check_membership(problem, primal_optimizer, dual_optimizer)
+        if not isinstance(scaling, bool):
+            raise TypeError(f"scaling must be a bool, got {type(scaling).__name__}")
+        self.formulation = _check_formulation(formulation)
+        self._formulation = FormulationState(
+            problem, self.formulation, scaling, self._penalty_steps_dual()
+        )
         self.problem = problem
         self.primal_optimizer = primal_optimizer
         self.dual_optimizer = dual_optimizer
@@ -145,6 +177,11 @@ class ConstrainedOptimizer(abc.ABC):
             for param in (constraint.multiplier, constraint.slack)
             if param is not None
         }
+
+    def _penalty_steps_dual(self) -> bool:
+        """Whether the multipliers' gradient carries the penalty coefficient (the adaptive
+        step's dual metric); fixed-step methods step along the plain gradient."""
+        return False
 
     @abc.abstractmethod
     def step(self, closure: Closure) -> StepResult:
@@ -186,6 +223,7 @@ class ConstrainedOptimizer(abc.ABC):
             "method": type(self).__name__,
             "primal": self.primal_optimizer.state_dict(),
             "dual": None if self.dual_optimizer is None else self.dual_optimizer.state_dict(),
+            "formulation": self._formulation.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -194,7 +232,7 @@ class ConstrainedOptimizer(abc.ABC):
         Raises:
             ValueError: If the state comes from another method or lacks a part.
         """
-        missing = {"method", "primal", "dual"} - set(state_dict)
+        missing = {"method", "primal", "dual", "formulation"} - set(state_dict)
         if missing:
             raise ValueError(f"state_dict lacks {sorted(missing)}")
         method = state_dict["method"]
@@ -202,16 +240,34 @@ class ConstrainedOptimizer(abc.ABC):
             raise ValueError(f"state_dict is from {method}, not {type(self).__name__}")
         if (state_dict["dual"] is None) != (self.dual_optimizer is None):
             raise ValueError("state_dict and this optimizer disagree on having a dual optimizer")
+        self._formulation.load_state_dict(state_dict["formulation"])
         self.primal_optimizer.load_state_dict(state_dict["primal"])
         if self.dual_optimizer is not None:
             self.dual_optimizer.load_state_dict(state_dict["dual"])
 
     # The pieces every method is made of.
 
+    def _prepare(self, closure: Closure) -> int:
+        """Measures the scales before the first step if asked; returns the closure calls."""
+        if not self._formulation.needs_scales:
+            return 0
+        self._formulation.set_scales(
+            measure_scales(self.problem, closure, _params(self.primal_optimizer))
+        )
+        return 1
+
+    def _evaluate(
+        self,
+        closure: Closure,
+        undo: UndoLog,
+        expected_indices: Mapping[str, Tensor | None] | None = None,
+    ) -> Evaluation:
+        return evaluate(self.problem, closure, undo, expected_indices, self._formulation.current())
+
     def _evaluate_and_backward(self, closure: Closure, undo: UndoLog) -> Evaluation:
         """Evaluates at the current point and backpropagates; on failure undoes both."""
         try:
-            evaluation = evaluate(self.problem, closure, undo)
+            evaluation = self._evaluate(closure, undo)
             self._backward(evaluation)
             return evaluation
         except BaseException:
@@ -234,12 +290,23 @@ class ConstrainedOptimizer(abc.ABC):
         """Both sides' steps along the gradients of ``evaluation``, from the current point
         (under the caller's ``torch.no_grad()``)."""
         primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, commit_state)
+        self.problem.project_bounds_()
         dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, commit_state)
 
-    def _result(self, evaluation: Evaluation) -> StepResult:
+    def _result(self, evaluation: Evaluation, evaluations: int) -> StepResult:
+        """The step's result; also where the penalty-update rule sees the step."""
+        self._formulation.observe(evaluation)
         max_violation, mean_violation = evaluation.violation_summary()
+        multipliers = {
+            term.constraint.spec.name: term.multipliers_read for term in evaluation.terms
+        }
         return StepResult(
-            evaluation.objective.detach(), evaluation.lagrangian, max_violation, mean_violation
+            evaluation.objective.detach(),
+            evaluation.lagrangian,
+            max_violation,
+            mean_violation,
+            ConstraintReport(evaluation.standards, multipliers),
+            evaluations,
         )
 
     def _dense_parameters(self) -> list[Tensor]:
@@ -285,11 +352,12 @@ class SimultaneousGDA(ConstrainedOptimizer):
     """
 
     def step(self, closure: Closure) -> StepResult:
+        calls = self._prepare(closure)
         evaluation = self._evaluate_and_backward(closure, UndoLog())
         with torch.no_grad():
             self._update(evaluation, self._step_sizes(), commit_state=True)
         self._clear_grads()
-        return self._result(evaluation)
+        return self._result(evaluation, calls + 1)
 
 
 class AlternatingGDA(ConstrainedOptimizer):
@@ -306,9 +374,10 @@ class AlternatingGDA(ConstrainedOptimizer):
     """
 
     def step(self, closure: Closure) -> StepResult:
+        calls = self._prepare(closure)
         undo = UndoLog()
         try:
-            evaluation = evaluate(self.problem, closure, undo)
+            evaluation = self._evaluate(closure, undo)
         except BaseException:
             undo.restore()
             raise
@@ -319,141 +388,22 @@ class AlternatingGDA(ConstrainedOptimizer):
         self._backward(evaluation, [current_weights(term) for term in evaluation.terms])
         with torch.no_grad():
             primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, commit_state=True)
+            self.problem.project_bounds_()
         self._clear_grads()
-        return self._result(evaluation)
+        return self._result(evaluation, calls + 1)
 
 
-class ExtraGradient(ConstrainedOptimizer):
-    """Extra-gradient (Korpelevich, 1976): step to an extrapolated point, then step from the
-    original point with the gradients found at the extrapolated one.
-
-    With :math:`z = (x, s, \\lambda)` and :math:`F(z) = (\\nabla_x \\mathcal{L},
-    \\nabla_s \\mathcal{L}, -\\nabla_\\lambda \\mathcal{L})`:
-
-    .. math::
-
-        z_{k+1/2} = z_k - \\eta F(z_k), \\qquad z_{k+1} = z_k - \\eta F(z_{k+1/2})
-
-    where each plain step is the base optimizer's update. The extrapolation reads the base
-    optimizers' state (momentum, Adam's moments) without changing it, so the state advances
-    once per step, with the gradient at the extrapolated point. On bilinear games, where
-    simultaneous descent-ascent spirals outwards, extra-gradient converges.
-
-    Each step calls the closure twice on the same batch. The step holds one copy of the
-    parameters and multipliers for the duration of the step (reused from step to step).
-
-    Example:
-        >>> import torch
-        >>> from lagrange_opt import ConstrainedProblem, ExtraGradient, ProblemState
-        >>> class Problem(ConstrainedProblem):
-        ...     def __init__(self) -> None:
-        ...         super().__init__()
-        ...         self.x = torch.nn.Parameter(torch.zeros(2))
-        ...         self.add_inequality("sum", ">=")
-        ...     def forward(self) -> ProblemState:
-        ...         return ProblemState(self.x.square().sum(), {"sum": self.x.sum() - 2})
-        >>> problem = Problem()
-        >>> optimizer = ExtraGradient(
-        ...     problem,
-        ...     torch.optim.SGD(problem.primal_parameters(), lr=0.1),
-        ...     torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-        ... )
-        >>> for _ in range(500):
-        ...     result = optimizer.step(problem)
-        >>> [round(v, 3) for v in problem.x.tolist()], round(float(result.max_violation), 6)
-        ([1.0, 1.0], 0.0)
-    """
-
-    def __init__(
-        self,
-        problem: ConstrainedProblem,
-        primal_optimizer: torch.optim.Optimizer,
-        dual_optimizer: torch.optim.Optimizer | None = None,
-    ) -> None:
-        super().__init__(problem, primal_optimizer, dual_optimizer)
-        self._copies: list[Tensor] = []
-
-    def _save_point(self, params: list[Tensor]) -> None:
-        if len(self._copies) != len(params) or any(
-            copy.shape != param.shape or copy.dtype != param.dtype or copy.device != param.device
-            for copy, param in zip(self._copies, params)
-        ):
-            self._copies = [
-                torch.empty_like(param, memory_format=torch.preserve_format) for param in params
-            ]
-        if params:
-            torch._foreach_copy_(self._copies, params)
-
-    @staticmethod
-    def _point_rows(evaluation: Evaluation) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """The indexed rows the extrapolation will move: (table, rows, values at the start)."""
-        saved = []
-        for term in evaluation.terms:
-            if term.indices is not None:
-                saved.append((term.multiplier.data, term.indices, term.multipliers_read))
-            if term.slack is not None:
-                saved.append((term.slack.table.data, term.slack.rows, term.slack.values.detach()))
-        return saved
-
-    def _restore_point(
-        self,
-        params: list[Tensor],
-        rows: list[tuple[Tensor, Tensor, Tensor]],
-        skip: Container[int] = (),
-    ) -> None:
-        """Copies the saved point back, except into the parameters whose ids are in ``skip``."""
-        targets, sources = params, self._copies
-        if skip:
-            kept = [index for index, param in enumerate(params) if id(param) not in skip]
-            targets, sources = [params[i] for i in kept], [sources[i] for i in kept]
-        if targets:
-            torch._foreach_copy_(targets, sources)
-        for table, index, values in rows:
-            table.index_copy_(0, index, values)
-
-    def _final_update(
-        self,
-        dense: list[Tensor],
-        rows: list[tuple[Tensor, Tensor, Tensor]],
-        extrapolated: Evaluation,
-        sizes: StepSizes,
-    ) -> None:
-        """The step from the saved point along the extrapolated point's gradients."""
-        if sizes.primal is None:
-            self._restore_point(dense, rows)
-            self._update(extrapolated, sizes, commit_state=True)
-            return
-        # Plain SGD steps from the saved point straight into the parameters it moves: one
-        # pass over them instead of a copy back and an update.
-        origins = {id(param): copy for param, copy in zip(dense, self._copies)}
-        moved = {id(param) for param in _params(self.primal_optimizer) if param.grad is not None}
-        self._restore_point(dense, rows, skip=moved)
-        primal_update(
-            self.primal_optimizer, sizes.primal, extrapolated.terms, commit_state=True,
-            origins=origins,
-        )  # fmt: skip
-        dual_update(self.dual_optimizer, sizes.dual, extrapolated.terms, commit_state=True)
-
-    def step(self, closure: Closure) -> StepResult:
-        undo = UndoLog()
-        start = self._evaluate_and_backward(closure, undo)
-        dense = self._dense_parameters()
-        rows = self._point_rows(start)
-        sizes = self._step_sizes()
-        with torch.no_grad():
-            self._save_point(dense)
-            self._update(start, sizes, commit_state=False)
-        try:
-            indices = {term.constraint.spec.name: term.indices for term in start.terms}
-            extrapolated = evaluate(self.problem, closure, undo, expected_indices=indices)
-            self._backward(extrapolated)
-        except BaseException:
-            self._clear_grads()
-            with torch.no_grad():
-                self._restore_point(dense, rows)
-            undo.restore()
-            raise
-        with torch.no_grad():
-            self._final_update(dense, rows, extrapolated, sizes)
-        self._clear_grads()
-        return self._result(start)
+def _check_formulation(
+    formulation: FormulationName | AugmentedLagrangian,
+) -> AugmentedLagrangian | None:
+    """The augmented Lagrangian's settings, or ``None`` for the plain Lagrangian."""
+    if isinstance(formulation, AugmentedLagrangian):
+        return check_augmented(formulation)
+    if formulation == "augmented":
+        return AugmentedLagrangian()
+    if formulation == "lagrangian":
+        return None
+    raise ValueError(
+        f"invalid formulation {formulation!r}; expected 'lagrangian', 'augmented' or an "
+        "AugmentedLagrangian"
+    )

@@ -138,6 +138,61 @@ class Constraint(nn.Module):
         return ", ".join(parts)
 
 
+class Bounds(nn.Module):
+    """A box ``lower <= param <= upper`` on one parameter, kept by projection.
+
+    Attributes:
+        lower: Lower bounds, the parameter's shape, ``-inf`` where there is none.
+        upper: Upper bounds, the parameter's shape, ``inf`` where there is none.
+    """
+
+    lower: Tensor
+    upper: Tensor
+
+    def __init__(self, lower: Tensor, upper: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("lower", lower)
+        self.register_buffer("upper", upper)
+
+    def project_(self, param: Tensor) -> None:
+        """Clamps ``param`` onto the box, in place."""
+        with torch.no_grad():
+            torch.clamp(param, self.lower, self.upper, out=param)
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.lower.shape)}"
+
+
+def _bound_tensor(side: str, bound: Any, param: Tensor, fill: float) -> Tensor:
+    """A bound as a tensor of the parameter's shape, dtype and device."""
+    shape = tuple(param.shape)
+    if bound is None:
+        return torch.full(shape, fill, dtype=param.dtype, device=param.device)
+    if isinstance(bound, Tensor):
+        if bound.dtype != param.dtype:
+            raise TypeError(
+                f"the {side} bound has dtype {bound.dtype}, the parameter {param.dtype}"
+            )
+        try:
+            expanded = bound.to(param.device).expand(shape)
+        except RuntimeError:
+            raise ValueError(
+                f"the {side} bound of shape {tuple(bound.shape)} does not broadcast to the "
+                f"parameter's shape {shape}"
+            ) from None
+    elif isinstance(bound, (int, float)) and not isinstance(bound, bool):
+        expanded = torch.full(shape, float(bound), dtype=param.dtype, device=param.device)
+    else:
+        raise TypeError(
+            f"the {side} bound must be a number or a tensor, got {type(bound).__name__}"
+        )
+    if bool(torch.isnan(expanded).any()):
+        raise ValueError(f"the {side} bound has NaN")
+    if bool((expanded == -fill).any()):
+        raise ValueError(f"the {side} bound has {-fill}: it can never be met")
+    return expanded.clone()
+
+
 def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
     if isinstance(shape, int):
         shape = (shape,)
@@ -210,6 +265,10 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         # The same constraints in a plain dict: the steps read it several times per call,
         # and ModuleDict access goes through nn.Module.__getattr__.
         self._declared: dict[str, Constraint] = {}
+        self.parameter_bounds = nn.ModuleList()
+        # The bounded parameters, beside their Bounds in parameter_bounds: a plain list, so
+        # that a parameter registered elsewhere is not registered twice.
+        self._bounded: list[tuple[Tensor, Bounds]] = []
 
     @abc.abstractmethod
     def forward(self, *args: Any, **kwargs: Any) -> ProblemState:
@@ -324,6 +383,87 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         self.constraints[name] = constraint
         self._declared[name] = constraint
         return constraint
+
+    def add_bounds(
+        self,
+        param: Tensor,
+        lower: float | Tensor | None = None,
+        upper: float | Tensor | None = None,
+    ) -> Bounds:
+        """Keeps ``lower <= param <= upper`` by projection: no multiplier, exactly feasible.
+
+        The parameter is clamped onto its box now and after every primal update of every
+        method (extrapolations included), so every iterate is feasible. Use it for simple
+        bounds such as non-negative weights; a bound on a function of the parameters is a
+        constraint (:meth:`add_inequality`).
+
+        Args:
+            param: A leaf tensor that the primal optimizer updates (a model's parameter).
+            lower: A number or a tensor that broadcasts to ``param``'s shape (same dtype);
+                ``None`` or ``-inf`` where there is no lower bound.
+            upper: Likewise, ``None`` or ``inf`` where there is no upper bound.
+
+        Returns:
+            The box, whose ``lower`` and ``upper`` buffers are in this problem's state.
+
+        Raises:
+            TypeError, ValueError: On a tensor that is not a leaf, a parameter bounded twice
+                or one of this problem's multipliers or slacks, a NaN bound, a bound of
+                another dtype or shape, or a lower bound above the upper one.
+
+        Example:
+            >>> import torch
+            >>> from lagrange_opt import ConstrainedProblem, ProblemState
+            >>> class Weights(ConstrainedProblem):
+            ...     def __init__(self) -> None:
+            ...         super().__init__()
+            ...         self.w = torch.nn.Parameter(torch.tensor([-1.0, 0.5, 3.0]))
+            ...         self.add_bounds(self.w, lower=0.0, upper=2.0)
+            ...     def forward(self) -> ProblemState:
+            ...         return ProblemState(self.w.sum(), {})
+            >>> Weights().w.tolist()
+            [0.0, 0.5, 2.0]
+        """
+        if not isinstance(param, Tensor) or not param.is_leaf or not param.requires_grad:
+            raise TypeError("add_bounds takes a leaf tensor that requires grad (a parameter)")
+        if not param.dtype.is_floating_point:
+            raise TypeError(f"add_bounds takes a floating-point parameter, got {param.dtype}")
+        if any(bounded is param for bounded, _ in self._bounded):
+            raise ValueError(
+                f"the parameter of shape {tuple(param.shape)} already has bounds: give both "
+                "sides in one call"
+            )
+        for name, constraint in self.constraint_items():
+            if param is constraint.multiplier or param is constraint.slack:
+                raise ValueError(
+                    f"constraint '{name}': its multipliers and slacks cannot be bounded"
+                )
+        if lower is None and upper is None:
+            raise ValueError("add_bounds needs a lower or an upper bound")
+        low = _bound_tensor("lower", lower, param, -math.inf)
+        high = _bound_tensor("upper", upper, param, math.inf)
+        crossed = (low > high).nonzero()
+        if crossed.shape[0]:
+            position = tuple(int(i) for i in crossed[0])
+            raise ValueError(
+                f"lower bound {float(low[position])} > upper bound {float(high[position])} "
+                f"at {position}"
+            )
+        bounds = Bounds(low, high)
+        self.parameter_bounds.append(bounds)
+        self._bounded.append((param, bounds))
+        bounds.project_(param)
+        return bounds
+
+    def bounded_parameters(self) -> list[tuple[Tensor, Bounds]]:
+        """Each bounded parameter with its box, in the order declared."""
+        return self._bounded
+
+    def project_bounds_(self) -> None:
+        """Clamps every bounded parameter onto its box (the methods call it after each
+        primal update)."""
+        for param, bounds in self._bounded:
+            bounds.project_(param)
 
     def declared(self) -> Mapping[str, Constraint]:
         """The declared constraints by name, in declaration order."""

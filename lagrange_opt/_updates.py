@@ -124,7 +124,7 @@ def dual_update(
     commit_state: bool,
 ) -> None:
     """Ascent on the multipliers ``terms`` read, along their residuals; projects those of
-    projected inequalities onto ``>= 0``.
+    projected inequalities (every inequality in the augmented Lagrangian) onto ``>= 0``.
 
     An indexed multiplier's gradient is the sum of its batch entries' residuals (a sample
     drawn twice steps twice as far), as in :func:`._lagrangian.constraint_term` times the
@@ -146,7 +146,7 @@ def dual_update(
     for term in terms:
         multiplier = term.multiplier
         size = size_of[id(multiplier)]
-        projected = term.constraint.spec.treatment == "projection"
+        projected = term.projected
         indices = term.indices
         if indices is None:
             multiplier.add_(term.residual, alpha=size)
@@ -173,11 +173,10 @@ def _stock_dual_update(
         grad = residual.new_zeros((rows.shape[0], *residual.shape[1:]))
         grad.index_add_(0, inverse, residual)
         values = multiplier.detach().index_select(0, rows)
-        projected = term.constraint.spec.treatment == "projection"
-        views.append(RowView(multiplier, rows, values, grad, projected))
+        views.append(RowView(multiplier, rows, values, grad, term.projected))
     step_optimizer(optimizer, views, commit_state)
     for term in terms:
         if term.indices is None:
             term.multiplier.grad = None
-            if term.constraint.spec.treatment == "projection":
+            if term.projected:
                 project_nonnegative_(term.multiplier.data)

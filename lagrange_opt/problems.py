@@ -112,9 +112,10 @@ def _declare(
 class NonlinearProgram(ConstrainedProblem):
     """A :class:`ProgramDefinition` as a problem over the parameter ``x``, in float64.
 
-    Constraints (those the definition has): ``"equality"`` (``h(x) = 0``),
-    ``"inequality"`` (``g(x) >= 0``), ``"lower"`` (``x - lower >= 0`` where the bound is
-    finite) and ``"upper"`` (``upper - x >= 0``).
+    Constraints (those the definition has): ``"equality"`` (``h(x) = 0``) and
+    ``"inequality"`` (``g(x) >= 0``); the variable bounds are kept by projection
+    (:meth:`~lagrange_opt.ConstrainedProblem.add_bounds`), so ``x`` starts at the standard
+    start point projected onto its box.
 
     Args:
         definition: The program.
@@ -122,11 +123,6 @@ class NonlinearProgram(ConstrainedProblem):
         penalty_weight: The weight ``alpha`` of the penalty ``alpha * violation**2``,
             with ``treatment="penalty"`` only.
     """
-
-    lower: Tensor
-    upper: Tensor
-    lower_index: Tensor
-    upper_index: Tensor
 
     def __init__(
         self,
@@ -138,12 +134,6 @@ class NonlinearProgram(ConstrainedProblem):
         self.definition = definition
         x0 = torch.tensor(definition.x0, dtype=torch.float64)
         self.x = nn.Parameter(x0.clone())
-        lower = torch.tensor(definition.lower, dtype=torch.float64)
-        upper = torch.tensor(definition.upper, dtype=torch.float64)
-        self.register_buffer("lower_index", torch.isfinite(lower).nonzero().squeeze(1))
-        self.register_buffer("upper_index", torch.isfinite(upper).nonzero().squeeze(1))
-        self.register_buffer("lower", lower[self.lower_index])
-        self.register_buffer("upper", upper[self.upper_index])
         with torch.no_grad():
             if definition.equalities is not None:
                 size = definition.equalities(x0).numel()
@@ -151,10 +141,11 @@ class NonlinearProgram(ConstrainedProblem):
             if definition.inequalities is not None:
                 size = definition.inequalities(x0).numel()
                 _declare(self, "inequality", "inequality", size, treatment, penalty_weight)
-        for name, bound in (("lower", self.lower), ("upper", self.upper)):
-            if bound.numel():
-                _declare(self, name, "inequality", bound.numel(), treatment, penalty_weight)
         self.double()
+        lower = torch.tensor(definition.lower, dtype=torch.float64)
+        upper = torch.tensor(definition.upper, dtype=torch.float64)
+        if bool(torch.isfinite(lower).any() or torch.isfinite(upper).any()):
+            self.add_bounds(self.x, lower=lower, upper=upper)
 
     def forward(self) -> ProblemState:
         definition = self.definition
@@ -164,10 +155,6 @@ class NonlinearProgram(ConstrainedProblem):
             values["equality"] = definition.equalities(x)
         if definition.inequalities is not None:
             values["inequality"] = definition.inequalities(x)
-        if self.lower.numel():
-            values["lower"] = x[self.lower_index] - self.lower
-        if self.upper.numel():
-            values["upper"] = self.upper - x[self.upper_index]
         return ProblemState(definition.objective(x), values)
 
 

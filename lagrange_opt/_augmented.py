@@ -1,0 +1,178 @@
+"""The augmented Lagrangian's pieces as small pure functions of tensors.
+
+Beside :mod:`._lagrangian`: each constraint in standard form (``h = 0`` or ``g <= 0``) with
+multiplier :math:`\\lambda` and penalty coefficient :math:`c > 0` contributes
+
+.. math::
+
+    \\psi_c(h, \\mu) = \\mu h + \\frac{c}{2} h^2, \\qquad
+    \\psi_c(g, \\lambda) = \\frac{\\max(0, \\lambda + c g)^2 - \\lambda^2}{2c}
+
+(Hestenes 1969, Powell 1969, Rockafellar 1973). The inequality's term is the equality term
+of ``g + s**2 = 0`` minimised over the slack in closed form,
+:math:`s^2 = \\max(0, -g - \\lambda / c)`: the slack treatment keeps its meaning with no
+stiff slack variable to step. Every function here is finite for every finite input and every
+``c > 0``: nothing divides by ``c`` except ``lambda / c``, which only enters a ``max``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class AugmentedLagrangian(NamedTuple):
+    """The augmented Lagrangian formulation and its penalty-update rule.
+
+    Every ``window`` steps, the penalty coefficient of a constraint whose largest violation
+    over the window is above ``shrink`` times that of the window before is multiplied by
+    ``growth``, up to ``max_penalty`` (the classical rule of the method of multipliers,
+    Bertsekas 1982, Sec. 2.2). ``growth=1`` keeps ``c`` fixed.
+
+    Attributes:
+        penalty: The initial penalty coefficient ``c`` of every constraint, in the scaled
+            units when the method scales the problem.
+        growth: Factor applied to ``c`` when the violation does not shrink.
+        shrink: The factor by which the violation must shrink over one window.
+        window: Steps per window.
+        max_penalty: Upper bound of ``c``.
+    """
+
+    penalty: float = 1.0
+    growth: float = 1.0
+    shrink: float = 0.5
+    window: int = 1000
+    max_penalty: float = 1e4
+
+
+def check_augmented(config: AugmentedLagrangian) -> AugmentedLagrangian:
+    """Validates the settings, one line each, like ``torch.optim``'s constructors.
+
+    Raises:
+        ValueError: Naming the invalid setting and its value.
+    """
+    if not (math.isfinite(config.penalty) and config.penalty > 0):
+        raise ValueError(f"Invalid penalty coefficient: {config.penalty}")
+    if not (math.isfinite(config.growth) and config.growth >= 1):
+        raise ValueError(f"Invalid penalty growth factor: {config.growth}")
+    if not (0 < config.shrink < 1):
+        raise ValueError(f"Invalid violation shrink factor: {config.shrink}")
+    if isinstance(config.window, bool) or not isinstance(config.window, int) or config.window < 1:
+        raise ValueError(f"Invalid penalty update window: {config.window}")
+    if not (math.isfinite(config.max_penalty) and config.max_penalty >= config.penalty):
+        raise ValueError(f"Invalid maximum penalty: {config.max_penalty}")
+    return config
+
+
+def augmented_weight(
+    standard: Tensor, multiplier: Tensor, penalty: Tensor, equality: bool
+) -> Tensor:
+    """The term's derivative with respect to the constraint value: the multiplier estimate.
+
+    .. math::
+
+        \\frac{\\partial \\psi_c}{\\partial h} = \\mu + c h, \\qquad
+        \\frac{\\partial \\psi_c}{\\partial g} = \\max(0, \\lambda + c g)
+
+    Example:
+        >>> import torch
+        >>> c = torch.tensor(2.0)
+        >>> augmented_weight(torch.tensor([-1.0, 0.5]), torch.tensor([1.0, 1.0]), c, False)
+        tensor([0., 2.])
+    """
+    estimate = multiplier + penalty * standard
+    return estimate if equality else estimate.clamp(min=0)
+
+
+def augmented_residual(
+    standard: Tensor, multiplier: Tensor, penalty: Tensor, equality: bool
+) -> Tensor:
+    """The term's derivative with respect to the multiplier: the dual ascent direction.
+
+    .. math::
+
+        \\frac{\\partial \\psi_c}{\\partial \\mu} = h, \\qquad
+        \\frac{\\partial \\psi_c}{\\partial \\lambda} = \\max(g, -\\lambda / c) = g + s^2
+
+    With the step :math:`\\eta = c` the ascent :math:`\\lambda + \\eta \\max(g, -\\lambda/c)
+    = \\max(0, \\lambda + c g)` is the method of multipliers' update.
+
+    Example:
+        >>> import torch
+        >>> c = torch.tensor(2.0)
+        >>> augmented_residual(torch.tensor([-1.0, 0.5]), torch.tensor([1.0, 1.0]), c, False)
+        tensor([-0.5000,  0.5000])
+    """
+    if equality:
+        return standard
+    return torch.maximum(standard, multiplier.neg() / penalty)
+
+
+def augmented_value(
+    standard: Tensor, multiplier: Tensor, penalty: Tensor, equality: bool
+) -> Tensor:
+    """The term :math:`\\psi_c` elementwise, without cancellation.
+
+    .. math::
+
+        \\psi_c(g, \\lambda) = \\begin{cases} \\lambda g + \\frac{c}{2} g^2 &
+        \\lambda + c g \\ge 0 \\\\ -\\frac{\\lambda^2}{2c} & \\text{otherwise} \\end{cases}
+
+    Example:
+        >>> import torch
+        >>> c = torch.tensor(2.0)
+        >>> augmented_value(torch.tensor([-1.0, 0.5]), torch.tensor([1.0, 1.0]), c, False)
+        tensor([-0.2500,  0.7500])
+    """
+    active = multiplier * standard + 0.5 * penalty * standard.square()
+    if equality:
+        return active
+    inactive = multiplier.square().neg() / (2 * penalty)
+    return torch.where(multiplier + penalty * standard >= 0, active, inactive)
+
+
+def closed_form_slack(standard: Tensor, multiplier: Tensor, penalty: Tensor) -> Tensor:
+    """The slack that minimises the augmented term of ``g + s**2 = 0``.
+
+    .. math::
+
+        s = \\sqrt{\\max(0, -g - \\lambda / c)}
+
+    Example:
+        >>> import torch
+        >>> zero, one = torch.zeros(2), torch.tensor(1.0)
+        >>> closed_form_slack(torch.tensor([-4.0, 1.0]), zero, one)
+        tensor([2., 0.])
+    """
+    return (standard.neg() - multiplier / penalty).clamp(min=0).sqrt()
+
+
+def grown_penalty(
+    config: AugmentedLagrangian, penalty: float, previous: float, current: float
+) -> float:
+    """The penalty coefficient after one window of the update rule.
+
+    .. math::
+
+        c \\leftarrow \\min(\\gamma c, c_{\\max}) \\quad \\text{if} \\quad
+        v_\\text{window} > \\tau \\, v_\\text{previous window}
+
+    Args:
+        config: The rule's settings (``growth`` :math:`\\gamma`, ``shrink`` :math:`\\tau`).
+        penalty: The coefficient now.
+        previous: The largest violation over the previous window (``inf`` before the first).
+        current: The largest violation over the window that ends.
+
+    Example:
+        >>> rule = AugmentedLagrangian(growth=10.0)
+        >>> grown_penalty(rule, 1.0, previous=1e-3, current=0.9e-3)
+        10.0
+        >>> grown_penalty(rule, 1.0, previous=1e-3, current=1e-4)
+        1.0
+    """
+    if current == 0.0 or current <= config.shrink * previous:
+        return penalty
+    return min(penalty * config.growth, config.max_penalty)

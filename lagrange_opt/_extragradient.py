@@ -1,0 +1,383 @@
+"""Extra-gradient, with a fixed or a backtracking step size."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Container, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ._augmented import AugmentedLagrangian
+from ._evaluation import Evaluation, NonFiniteError, Term, UndoLog
+from ._optimizers import (
+    Closure,
+    ConstrainedOptimizer,
+    FormulationName,
+    StepResult,
+    StepSizes,
+    _params,
+)
+from ._problem import ConstrainedProblem
+from ._stepsize import AdaptiveStep, Trial, check_adaptive, judge_extrapolation, next_factor
+from ._updates import dual_update, primal_update
+
+Rows = list[tuple[Tensor, Tensor, Tensor]]
+
+
+class ExtraGradient(ConstrainedOptimizer):
+    """Extra-gradient (Korpelevich, 1976): step to an extrapolated point, then step from the
+    original point with the gradients found at the extrapolated one.
+
+    With :math:`z = (x, s, \\lambda)` and :math:`F(z) = (\\nabla_x \\mathcal{L},
+    \\nabla_s \\mathcal{L}, -\\nabla_\\lambda \\mathcal{L})`:
+
+    .. math::
+
+        z_{k+1/2} = z_k - \\eta F(z_k), \\qquad z_{k+1} = z_k - \\eta F(z_{k+1/2})
+
+    where each plain step is the base optimizer's update. The extrapolation reads the base
+    optimizers' state (momentum, Adam's moments) without changing it, so the state advances
+    once per step, with the gradient at the extrapolated point. On bilinear games, where
+    simultaneous descent-ascent spirals outwards, extra-gradient converges.
+
+    With ``step_size=AdaptiveStep()`` (or ``"adaptive"``) the method chooses its own step
+    (:mod:`lagrange_opt._stepsize`): every learning rate is the one it was built with times a
+    factor ``t``; an extrapolation whose operator changed too much against its move is
+    redone from the saved point with a smaller ``t`` (parameters, multipliers, slacks,
+    optimizer state and the random number generators' state put back first), and ``t``
+    grows after accepted steps. Under the augmented Lagrangian the multipliers' step is then
+    ``c`` times the primal one, so that ``t = 1`` is the method of multipliers' dual step.
+    With plain SGD the test is the one of the theory; with a stateful optimizer it acts on
+    its learning rate with the same test, a heuristic (its moments are not put in the
+    metric). The method owns the learning rates then: do not attach a scheduler.
+
+    Each step calls the closure twice on the same batch (more after a rejection; the
+    step's :attr:`StepResult.evaluations` says how many). The step holds one copy of the
+    parameters and multipliers for the duration of the step (reused from step to step),
+    and with the adaptive step one copy of their gradients.
+
+    Args:
+        problem: The problem to solve.
+        primal_optimizer: Optimizer over the parameters and slacks.
+        dual_optimizer: Optimizer over the multipliers, ``maximize=True``.
+        formulation: See :class:`ConstrainedOptimizer`.
+        scaling: See :class:`ConstrainedOptimizer`.
+        step_size: ``"fixed"`` (the optimizers' learning rates), ``"adaptive"`` (the
+            default :class:`AdaptiveStep`) or an :class:`AdaptiveStep`.
+
+    Example:
+        >>> import torch
+        >>> from lagrange_opt import ConstrainedProblem, ExtraGradient, ProblemState
+        >>> class Problem(ConstrainedProblem):
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.x = torch.nn.Parameter(torch.zeros(2))
+        ...         self.add_inequality("sum", ">=")
+        ...     def forward(self) -> ProblemState:
+        ...         return ProblemState(self.x.square().sum(), {"sum": self.x.sum() - 2})
+        >>> problem = Problem()
+        >>> optimizer = ExtraGradient(
+        ...     problem,
+        ...     torch.optim.SGD(problem.primal_parameters(), lr=0.1),
+        ...     torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
+        ... )
+        >>> for _ in range(500):
+        ...     result = optimizer.step(problem)
+        >>> [round(v, 3) for v in problem.x.tolist()], round(float(result.max_violation), 6)
+        ([1.0, 1.0], 0.0)
+    """
+
+    def __init__(
+        self,
+        problem: ConstrainedProblem,
+        primal_optimizer: torch.optim.Optimizer,
+        dual_optimizer: torch.optim.Optimizer | None = None,
+        *,
+        formulation: FormulationName | AugmentedLagrangian = "lagrangian",
+        scaling: bool = False,
+        step_size: Literal["fixed", "adaptive"] | AdaptiveStep = "fixed",
+    ) -> None:
+        self.step_size = _check_step_size(step_size)
+        super().__init__(
+            problem, primal_optimizer, dual_optimizer, formulation=formulation, scaling=scaling
+        )
+        self._copies: list[Tensor] = []
+        self._factor = 1.0 if self.step_size is None else self.step_size.initial
+        self._base_lrs = [float(group["lr"]) for group in self.param_groups]
+        self._apply_factor()
+
+    def _penalty_steps_dual(self) -> bool:
+        return self.step_size is not None
+
+    @property
+    def step_factor(self) -> float:
+        """The factor ``t`` on the learning rates (1 with a fixed step)."""
+        return self._factor
+
+    def _apply_factor(self) -> None:
+        if self.step_size is None:
+            return
+        for group, base in zip(self.param_groups, self._base_lrs):
+            group["lr"] = base * self._factor
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both optimizers' states, the formulation's and the step factor."""
+        state = super().state_dict()
+        state["step_factor"] = self._factor
+        state["base_lrs"] = list(self._base_lrs)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: If the state comes from another method or lacks a part.
+        """
+        missing = {"step_factor", "base_lrs"} - set(state_dict)
+        if missing:
+            raise ValueError(f"state_dict lacks {sorted(missing)}")
+        if len(state_dict["base_lrs"]) != len(self._base_lrs):
+            raise ValueError(
+                f"state_dict has {len(state_dict['base_lrs'])} param groups, this optimizer "
+                f"{len(self._base_lrs)}"
+            )
+        super().load_state_dict(state_dict)
+        self._factor = float(state_dict["step_factor"])
+        self._base_lrs = [float(lr) for lr in state_dict["base_lrs"]]
+
+    def _save_point(self, params: list[Tensor]) -> None:
+        if len(self._copies) != len(params) or any(
+            copy.shape != param.shape or copy.dtype != param.dtype or copy.device != param.device
+            for copy, param in zip(self._copies, params)
+        ):
+            self._copies = [
+                torch.empty_like(param, memory_format=torch.preserve_format) for param in params
+            ]
+        if params:
+            torch._foreach_copy_(self._copies, params)
+
+    @staticmethod
+    def _point_rows(evaluation: Evaluation) -> Rows:
+        """The indexed rows the extrapolation will move: (table, rows, values at the start)."""
+        saved = []
+        for term in evaluation.terms:
+            if term.indices is not None:
+                saved.append((term.multiplier.data, term.indices, term.multipliers_read))
+            if term.slack is not None:
+                saved.append((term.slack.table.data, term.slack.rows, term.slack.values.detach()))
+        return saved
+
+    def _restore_point(self, params: list[Tensor], rows: Rows, skip: Container[int] = ()) -> None:
+        """Copies the saved point back, except into the parameters whose ids are in ``skip``."""
+        targets, sources = params, self._copies
+        if skip:
+            kept = [index for index, param in enumerate(params) if id(param) not in skip]
+            targets, sources = [params[i] for i in kept], [sources[i] for i in kept]
+        if targets:
+            torch._foreach_copy_(targets, sources)
+        for table, index, values in rows:
+            table.index_copy_(0, index, values)
+
+    def _final_update(
+        self, dense: list[Tensor], rows: Rows, extrapolated: Evaluation, sizes: StepSizes
+    ) -> None:
+        """The step from the saved point along the extrapolated point's gradients."""
+        if sizes.primal is None:
+            self._restore_point(dense, rows)
+            self._update(extrapolated, sizes, commit_state=True)
+            return
+        # Plain SGD steps from the saved point straight into the parameters it moves: one
+        # pass over them instead of a copy back and an update.
+        origins = {id(param): copy for param, copy in zip(dense, self._copies)}
+        moved = {id(param) for param in _params(self.primal_optimizer) if param.grad is not None}
+        self._restore_point(dense, rows, skip=moved)
+        primal_update(
+            self.primal_optimizer, sizes.primal, extrapolated.terms, commit_state=True,
+            origins=origins,
+        )  # fmt: skip
+        self.problem.project_bounds_()
+        dual_update(self.dual_optimizer, sizes.dual, extrapolated.terms, commit_state=True)
+
+    def _judge(
+        self, dense: list[Tensor], start_grads: list[Tensor | None], start: Evaluation,
+        extrapolated: Evaluation | None,
+    ) -> Trial:  # fmt: skip
+        """Tests the extrapolation (``None``: its evaluation was not finite)."""
+        assert self.step_size is not None
+        if extrapolated is None:
+            return Trial(False, math.inf)
+        sums = _change_norms(
+            dense, self._copies, start_grads, self._dense_bases(dense), start, extrapolated
+        )
+        operator_change, point_change, point_norm = sums.tolist()
+        return judge_extrapolation(
+            self.step_size, self._factor, operator_change, point_change, point_norm
+        )
+
+    def _dense_bases(self, dense: list[Tensor]) -> list[float]:
+        """Each dense parameter's learning rate at ``t = 1``."""
+        base_of = {
+            id(param): base
+            for group, base in zip(self.param_groups, self._base_lrs)
+            for param in group["params"]
+        }
+        return [base_of[id(param)] for param in dense]
+
+    def step(self, closure: Closure) -> StepResult:
+        calls = self._prepare(closure)
+        factor = self._factor
+        undo = UndoLog()
+        start = self._evaluate_and_backward(closure, undo)
+        calls += 1
+        dense = self._dense_parameters()
+        rows = self._point_rows(start)
+        adaptive = self.step_size
+        start_grads: list[Tensor | None] = []
+        rng = None
+        with torch.no_grad():
+            self._save_point(dense)
+            if adaptive is not None:
+                start_grads = [None if p.grad is None else p.grad.clone() for p in dense]
+                rng = _rng_state()
+        indices = {term.constraint.spec.name: term.indices for term in start.terms}
+        retries = 0
+        try:
+            while True:
+                sizes = self._step_sizes()
+                with torch.no_grad():
+                    self._update(start, sizes, commit_state=False)
+                extrapolated: Evaluation | None
+                try:
+                    extrapolated = self._evaluate(closure, undo, indices)
+                    self._backward(extrapolated)
+                except NonFiniteError:
+                    if adaptive is None:
+                        raise
+                    extrapolated = None
+                calls += 1
+                if adaptive is None:
+                    break
+                trial = self._judge(dense, start_grads, start, extrapolated)
+                if trial.accepted:
+                    break
+                retries += 1
+                if retries > adaptive.max_retries:
+                    raise RuntimeError(
+                        f"the adaptive step was rejected {retries} times in one step (step "
+                        f"factor {self._factor:.3g}): the operator is not locally Lipschitz "
+                        "here, or the closure is not deterministic"
+                    )
+                self._factor = next_factor(adaptive, self._factor, trial)
+                self._apply_factor()
+                with torch.no_grad():
+                    self._restore_point(dense, rows)
+                    for param, grad in zip(dense, start_grads):
+                        param.grad = None if grad is None else grad.clone()
+                assert rng is not None
+                _set_rng_state(rng)
+        except BaseException:
+            self._clear_grads()
+            with torch.no_grad():
+                self._restore_point(dense, rows)
+            undo.restore()
+            self._factor = factor
+            self._apply_factor()
+            if rng is not None:
+                _set_rng_state(rng)
+            raise
+        assert extrapolated is not None
+        with torch.no_grad():
+            self._final_update(dense, rows, extrapolated, sizes)
+        self._clear_grads()
+        if adaptive is not None:
+            self._factor = next_factor(adaptive, self._factor, trial)
+            self._apply_factor()
+        return self._result(start, calls)
+
+
+def _check_step_size(step_size: object) -> AdaptiveStep | None:
+    if isinstance(step_size, AdaptiveStep):
+        return check_adaptive(step_size)
+    if step_size == "adaptive":
+        return AdaptiveStep()
+    if step_size == "fixed":
+        return None
+    raise ValueError(
+        f"invalid step_size {step_size!r}; expected 'fixed', 'adaptive' or an AdaptiveStep"
+    )
+
+
+def _rng_state() -> tuple[Tensor, list[Tensor] | None]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Tensor, list[Tensor] | None]) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _change_norms(
+    dense: Sequence[Tensor],
+    copies: Sequence[Tensor],
+    start_grads: Sequence[Tensor | None],
+    bases: Sequence[float],
+    start: Evaluation,
+    extrapolated: Evaluation,
+) -> Tensor:
+    """The operator's change, the point's move and the point's norm, squared, in the
+    step's metric (:mod:`._stepsize`), stacked so that one host sync reads all three.
+
+    Dense parameters (the multipliers among them) move from their copies and their gradient
+    changes; an indexed multiplier's rows move from the values read and their gradient (the
+    residual) changes; an indexed slack's rows likewise. A multiplier's entries weigh
+    ``objective_weight / dual_scale``: the scaled problem's units.
+    """
+    operator: list[Tensor] = []
+    point: list[Tensor] = []
+    norm: list[Tensor] = []
+    multipliers = {id(term.multiplier): index for index, term in enumerate(start.terms)}
+    for param, copy, grad, base in zip(dense, copies, start_grads, bases):
+        index = multipliers.get(id(param))
+        if index is not None:
+            continue  # the multipliers' gradients are the residuals, below
+        if grad is None or param.grad is None:
+            continue
+        operator.append((param.grad - grad).square().sum() * base)
+        point.append((param.detach() - copy).square().sum() / base)
+        norm.append(copy.square().sum() / base)
+    dual_bases = {id(param): base for param, base in zip(dense, bases) if id(param) in multipliers}
+    for before, after in zip(start.terms, extrapolated.terms):
+        weight = _dual_weight(before)
+        moved = before.multiplier.detach()
+        if before.indices is not None:
+            moved = moved.index_select(0, before.indices)
+            base = 1.0
+        else:
+            base = dual_bases.get(id(before.multiplier), 1.0)
+        operator.append(((after.residual - before.residual).square() * weight).sum() * base)
+        point.append(((moved - before.multipliers_read).square() * weight).sum() / base)
+        norm.append((before.multipliers_read.square() * weight).sum() / base)
+        if before.slack is not None and after.slack is not None:
+            slack = before.slack
+            rows = slack.table.detach().index_select(0, slack.rows)
+            change = _grad_or_zero(after.slack.values) - _grad_or_zero(slack.values)
+            operator.append(change.square().sum())
+            point.append((rows - slack.values.detach()).square().sum())
+            norm.append(slack.values.detach().square().sum())
+    if not operator:
+        return torch.zeros(3, dtype=torch.float64)
+    return torch.stack([torch.stack(part).double().sum() for part in (operator, point, norm)])
+
+
+def _dual_weight(term: Term) -> Tensor | float:
+    scale = term.rule.dual_scale
+    return term.objective_weight if scale is None else term.objective_weight / scale
+
+
+def _grad_or_zero(values: Tensor) -> Tensor:
+    return torch.zeros_like(values) if values.grad is None else values.grad

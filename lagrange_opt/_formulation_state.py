@@ -1,0 +1,146 @@
+"""The method's side of the formulation: scales and penalty coefficients, and their rules."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import _lagrangian as lag
+from ._augmented import AugmentedLagrangian, grown_penalty
+from ._evaluation import Evaluation
+from ._formulation import PLAIN, Formulation, Scales, TermRule
+from ._problem import ConstrainedProblem
+
+
+class FormulationState:
+    """Holds the scales measured at the first step and each constraint's penalty
+    coefficient, and builds each evaluation's :class:`Formulation` from them.
+
+    Args:
+        problem: The problem.
+        augmented: The augmented Lagrangian's settings, or ``None`` for the plain Lagrangian.
+        scaling: Whether to scale the objective and the constraints at the first step.
+        penalty_steps_dual: Whether the multipliers' gradient is multiplied by the penalty
+            coefficient (the adaptive method's dual metric: a dual step of ``c`` times the
+            primal step, the method of multipliers' step at unit size).
+    """
+
+    def __init__(
+        self,
+        problem: ConstrainedProblem,
+        augmented: AugmentedLagrangian | None,
+        scaling: bool,
+        penalty_steps_dual: bool,
+    ) -> None:
+        self.augmented = augmented
+        self.scaling = scaling
+        self.penalty_steps_dual = penalty_steps_dual and augmented is not None
+        self.names = [
+            name
+            for name, constraint in problem.constraint_items()
+            if constraint.multiplier is not None
+        ]
+        initial = 1.0 if augmented is None else augmented.penalty
+        self.penalties: dict[str, float] = dict.fromkeys(self.names, initial)
+        self.scales: Scales | None = None
+        self._window_max: dict[str, Tensor] = {}
+        self._previous: dict[str, float] = dict.fromkeys(self.names, math.inf)
+        self._steps = 0
+        self._cached: Formulation | None = None if augmented is not None or scaling else PLAIN
+
+    @property
+    def needs_scales(self) -> bool:
+        """Whether the scales are still to be measured."""
+        return self.scaling and self.scales is None
+
+    def set_scales(self, scales: Scales) -> None:
+        """Stores the scales measured at the first step."""
+        self.scales = scales
+        self._cached = None
+
+    def current(self) -> Formulation:
+        """The formulation of the next evaluation."""
+        if self._cached is None:
+            self._cached = self._build()
+        return self._cached
+
+    def _build(self) -> Formulation:
+        objective_scale = 1.0 if self.scales is None else self.scales.objective
+        rules = {}
+        for name in self.names:
+            # A 0-dim tensor when unscaled or indexed: it takes the values' dtype in products.
+            ratio = torch.tensor(objective_scale)
+            if self.scales is not None:
+                ratio = objective_scale / self.scales.constraints[name].square()
+            penalty = None
+            dual_scale = None if self.scales is None else ratio
+            if self.augmented is not None:
+                penalty = ratio * self.penalties[name]
+                if self.penalty_steps_dual:
+                    dual_scale = penalty
+            rules[name] = TermRule(penalty, dual_scale)
+        return Formulation(1.0 / objective_scale, rules)
+
+    def observe(self, evaluation: Evaluation) -> None:
+        """Applies the penalty-update rule with one step's violations (a host sync once per
+        window, none in between)."""
+        augmented = self.augmented
+        if augmented is None or augmented.growth == 1.0:
+            return
+        for term in evaluation.terms:
+            name = term.constraint.spec.name
+            largest = lag.violation(term.standard, term.constraint.spec).amax()
+            previous = self._window_max.get(name)
+            self._window_max[name] = (
+                largest if previous is None else torch.maximum(previous, largest)
+            )
+        self._steps += 1
+        if self._steps % augmented.window:
+            return
+        for name, worst_tensor in self._window_max.items():
+            worst = float(worst_tensor)
+            penalty = grown_penalty(augmented, self.penalties[name], self._previous[name], worst)
+            if penalty != self.penalties[name]:
+                self.penalties[name] = penalty
+                self._cached = None
+            self._previous[name] = worst
+        self._window_max.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scales, penalties and the update rule's window, to resume exactly."""
+        scales = None
+        if self.scales is not None:
+            constraints = {name: scale.clone() for name, scale in self.scales.constraints.items()}
+            scales = {"objective": self.scales.objective, "constraints": constraints}
+        return {
+            "scales": scales,
+            "penalties": dict(self.penalties),
+            "previous_violations": dict(self._previous),
+            "window_max": {name: worst.clone() for name, worst in self._window_max.items()},
+            "steps": self._steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s result.
+
+        Raises:
+            ValueError: If the state names other constraints than this problem's.
+        """
+        if set(state["penalties"]) != set(self.names):
+            raise ValueError(
+                f"the formulation state is for constraints {sorted(state['penalties'])}, "
+                f"this problem has {sorted(self.names)}"
+            )
+        scales = state["scales"]
+        self.scales = None if scales is None else Scales(
+            float(scales["objective"]),
+            {name: scale.clone() for name, scale in scales["constraints"].items()},
+        )  # fmt: skip
+        self.penalties = dict(state["penalties"])
+        self._previous = dict(state["previous_violations"])
+        self._window_max = {name: worst.clone() for name, worst in state["window_max"].items()}
+        self._steps = int(state["steps"])
+        self._cached = None if self.augmented is not None or self.scaling else PLAIN

@@ -1,0 +1,168 @@
+"""KKT diagnostics: per-constraint figures of a step, and the residuals of a point.
+
+At a solution of :math:`\\min f(x)` s.t. :math:`h(x) = 0`, :math:`g(x) \\le 0`,
+:math:`l \\le x \\le u`, with the Lagrangian
+:math:`\\mathcal{L} = f + \\langle \\mu, h \\rangle + \\langle \\lambda, g \\rangle`:
+
+.. math::
+
+    \\underbrace{\\lVert x - P_{[l,u]}(x - \\nabla_x \\mathcal{L}) \\rVert_\\infty}_{
+    \\text{stationarity}} = 0, \\quad
+    \\underbrace{\\max(|h|, g^+)}_{\\text{primal feasibility}} = 0, \\quad
+    \\underbrace{\\max(-\\lambda)^+}_{\\text{dual feasibility}} = 0, \\quad
+    \\underbrace{\\max |\\lambda g|}_{\\text{complementarity}} = 0
+
+(the projected gradient's form of stationarity holds the bounds' multipliers implicitly).
+Everything is in the user's units, whatever scaling the method applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import _lagrangian as lag
+from ._evaluation import check_state
+from ._problem import ConstrainedProblem, ConstraintSpec, ProblemState
+
+
+class ConstraintFigures(NamedTuple):
+    """One constraint's figures in a step, as detached 0-dim tensors.
+
+    Attributes:
+        max_violation: Its largest violation in the step's evaluation.
+        multiplier_norm: The largest absolute multiplier read (``None`` without multipliers).
+    """
+
+    max_violation: Tensor
+    multiplier_norm: Tensor | None
+
+
+class ConstraintReport(Mapping[str, ConstraintFigures]):
+    """Per-constraint figures of a step, computed when read: a step pays for none."""
+
+    def __init__(
+        self,
+        standards: Sequence[tuple[ConstraintSpec, Tensor]],
+        multipliers: Mapping[str, Tensor],
+    ) -> None:
+        self._standards = {spec.name: (spec, standard) for spec, standard in standards}
+        self._multipliers = multipliers
+
+    def __getitem__(self, name: str) -> ConstraintFigures:
+        spec, standard = self._standards[name]
+        multipliers = self._multipliers.get(name)
+        return ConstraintFigures(
+            lag.violation(standard, spec).amax(),
+            None if multipliers is None else multipliers.abs().amax(),
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._standards)
+
+    def __len__(self) -> int:
+        return len(self._standards)
+
+    def __repr__(self) -> str:
+        return f"ConstraintReport({list(self._standards)})"
+
+
+class KKTResiduals(NamedTuple):
+    """The KKT residuals of a point, in the user's units (see :func:`kkt`).
+
+    Attributes:
+        stationarity: :math:`\\lVert x - P(x - \\nabla_x \\mathcal{L}) \\rVert_\\infty`.
+        primal_feasibility: The largest constraint violation.
+        dual_feasibility: The largest negative part of an inequality multiplier.
+        complementarity: The largest :math:`|\\lambda_i g_i|` of an inequality.
+    """
+
+    stationarity: float
+    primal_feasibility: float
+    dual_feasibility: float
+    complementarity: float
+
+    def converged(self, tol: float = 1e-6) -> bool:
+        """The stopping test: every residual at or below ``tol``.
+
+        Example:
+            >>> KKTResiduals(1e-7, 0.0, 0.0, 2e-7).converged(1e-6)
+            True
+        """
+        return max(self) <= tol
+
+
+def kkt(
+    problem: ConstrainedProblem,
+    closure: Callable[[], ProblemState] | None = None,
+    params: Sequence[Tensor] | None = None,
+) -> KKTResiduals:
+    """The KKT residuals at the current parameters and multipliers.
+
+    Indexed constraints follow the Lagrangian's convention (terms averaged over the
+    batch), so evaluate every sample, or a large batch, for a meaningful figure.
+    Constraints under the penalty treatment count in primal feasibility, and their penalty
+    in the Lagrangian; slacks are left out of stationarity (``g + s**2 = 0`` and
+    complementarity cover them).
+
+    Args:
+        problem: The problem.
+        closure: Evaluates it; ``problem()`` if ``None``.
+        params: The primal parameters; the problem's own (slacks excluded) if ``None``.
+
+    Example:
+        >>> import torch
+        >>> from lagrange_opt import ConstrainedProblem, ProblemState, kkt
+        >>> class Problem(ConstrainedProblem):
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.x = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+        ...         self.add_inequality("sum", ">=", treatment="projection")
+        ...     def forward(self) -> ProblemState:
+        ...         return ProblemState(self.x.square().sum(), {"sum": self.x.sum() - 2})
+        >>> problem = Problem()
+        >>> with torch.no_grad():
+        ...     _ = problem.constraints["sum"].multiplier.fill_(2.0)
+        >>> kkt(problem).converged(1e-9)
+        True
+    """
+    if params is None:
+        slacks = {id(slack) for slack in problem.slack_parameters()}
+        params = [p for p in problem.primal_parameters() if id(p) not in slacks]
+    params = [param for param in params if param.requires_grad]
+    with torch.enable_grad():
+        state = closure() if closure is not None else problem()
+        objective, checked = check_state(problem, state)
+        lagrangian = objective
+        primal = dual = complementarity = 0.0
+        for _, constraint, value, indices in checked:
+            spec = constraint.spec
+            standard = lag.standard_form(value, spec)
+            batch = None if indices is None else indices.shape[0]
+            primal = max(primal, float(lag.violation(standard.detach(), spec).amax()))
+            if constraint.multiplier is None:
+                lagrangian = lagrangian + lag.penalty_term(standard, spec, batch)
+                continue
+            multipliers = constraint.multiplier.detach()
+            if indices is not None:
+                multipliers = multipliers.index_select(0, indices.long())
+            lagrangian = lagrangian + lag.constraint_term(multipliers, standard, batch)
+            if spec.kind == "inequality":
+                dual = max(dual, float(multipliers.neg().clamp(min=0).amax()))
+                products = (multipliers * standard.detach()).abs()
+                complementarity = max(complementarity, float(products.amax()))
+        grads = torch.autograd.grad(lagrangian, params, allow_unused=True) if params else []
+    boxes = {id(param): bounds for param, bounds in problem.bounded_parameters()}
+    stationarity = 0.0
+    for param, grad in zip(params, grads):
+        if grad is None:
+            continue
+        bounds = boxes.get(id(param))
+        if bounds is not None:
+            moved = torch.clamp(param.detach() - grad, bounds.lower, bounds.upper)
+            grad = param.detach() - moved
+        stationarity = max(stationarity, float(grad.abs().amax()))
+    return KKTResiduals(stationarity, primal, dual, complementarity)

@@ -1,0 +1,72 @@
+"""Gradient-based scaling of the objective and the constraints, measured once.
+
+As in IPOPT (Wachter and Biegler 2006, Sec. 3.8) and ALGENCAN, each function is divided by
+the largest entry of its gradient at the first point, if that is above one:
+
+.. math::
+
+    s_f = \\max(1, \\lVert \\nabla f(x_0) \\rVert_\\infty), \\qquad
+    s_{g_i} = \\max(1, \\lVert \\nabla g_i(x_0) \\rVert_\\infty)
+
+so that a first step of unit size moves no variable by more than its unit. A dense
+constraint gets one scale per element (up to :data:`MAX_ROWS` elements, each a backward
+pass; a larger one gets the largest of its first :data:`MAX_ROWS` as one scale); an indexed
+constraint one scale, the largest over its first rows in the batch (its rows are samples of
+one kind).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ._evaluation import check_state
+from ._formulation import Scales
+from ._problem import ConstrainedProblem, ProblemState
+
+MAX_ROWS = 64
+"""Constraint elements whose gradients are measured one by one."""
+
+
+def _grad_inf_norm(output: Tensor, params: Sequence[Tensor]) -> float:
+    """``max(1, ||d output / d params||_inf)``."""
+    if not output.requires_grad:
+        return 1.0
+    grads = torch.autograd.grad(output, params, retain_graph=True, allow_unused=True)
+    largest = max((float(grad.abs().max()) for grad in grads if grad is not None), default=0.0)
+    if not largest < float("inf"):
+        raise ValueError(f"the gradient at the first point is not finite: {largest}")
+    return max(1.0, largest)
+
+
+def measure_scales(
+    problem: ConstrainedProblem, closure: Callable[[], ProblemState], params: Sequence[Tensor]
+) -> Scales:
+    """Calls the closure once and measures every scale from its gradients.
+
+    Args:
+        problem: The problem.
+        closure: Evaluates it (the first step's batch).
+        params: The primal parameters the gradients are taken with respect to.
+
+    Raises:
+        ValueError: If a gradient at the first point is not finite.
+    """
+    params = [param for param in params if param.requires_grad]
+    with torch.enable_grad():
+        objective, checked = check_state(problem, closure())
+        objective_scale = _grad_inf_norm(objective, params)
+        scales = {}
+        for name, constraint, value, indices in checked:
+            if constraint.multiplier is None:
+                continue
+            flat = value.reshape(-1)
+            rows = [_grad_inf_norm(flat[i], params) for i in range(min(MAX_ROWS, flat.numel()))]
+            if indices is None and flat.numel() <= MAX_ROWS:
+                scale = torch.tensor(rows, dtype=value.dtype).reshape(value.shape)
+            else:
+                scale = torch.tensor(max(rows, default=1.0), dtype=value.dtype)
+            scales[name] = scale.to(value.device)
+    return Scales(objective_scale, scales)

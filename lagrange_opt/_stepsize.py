@@ -1,0 +1,137 @@
+"""Step-size control for extra-gradient: backtracking on a local Lipschitz estimate.
+
+With :math:`z = (x, \\lambda)`, the operator :math:`F` and step sizes :math:`t \\beta_i` per
+element (:math:`\\beta_i` the learning rates the method was built with, :math:`t` the
+factor this module controls), the extrapolation :math:`\\bar z = z - t \\beta F(z)` is
+accepted when
+
+.. math::
+
+    t \\, \\lVert F(\\bar z) - F(z) \\rVert_{\\beta} \\le \\delta \\,
+    \\lVert \\bar z - z \\rVert_{\\beta^{-1}}, \\qquad
+    \\lVert v \\rVert_{\\beta}^2 = \\sum_i \\beta_i \\omega_i v_i^2, \\quad
+    \\lVert v \\rVert_{\\beta^{-1}}^2 = \\sum_i \\omega_i v_i^2 / \\beta_i
+
+(Khobotov 1987; Iusem and Svaiter 1997), that is when :math:`t L \\le \\delta` for the
+local estimate :math:`L = \\lVert F(\\bar z) - F(z) \\rVert_\\beta / \\lVert \\bar z - z
+\\rVert_{\\beta^{-1}}`; :math:`\\omega_i` weighs the multipliers by the scaling's units. A
+rejected extrapolation is redone from :math:`z` with a smaller :math:`t`; after an accepted
+step :math:`t` grows again, never past what the estimate allows:
+
+.. math::
+
+    t \\leftarrow \\min(\\gamma t, \\; \\sigma \\delta / L) \\text{ (accepted)}, \\qquad
+    t \\leftarrow \\min(\\rho t, \\; \\sigma \\delta / L) \\text{ (rejected)}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+
+class AdaptiveStep(NamedTuple):
+    """Settings of the backtracking step size.
+
+    Attributes:
+        initial: The initial factor ``t`` on the optimizers' learning rates.
+        delta: The acceptance threshold :math:`\\delta < 1` on ``t * L``.
+        safety: The fraction :math:`\\sigma` of :math:`\\delta / L` that the next factor
+            may take, so that the next extrapolation is likely accepted.
+        growth: Growth factor :math:`\\gamma` after an accepted step.
+        shrink: Shrink factor :math:`\\rho` after a rejected extrapolation.
+        max_retries: Rejections allowed in one step before it raises.
+        noise: An extrapolation whose move is below ``noise`` times the point's norm is
+            accepted: it is rounding error, and shrinking it would not help.
+    """
+
+    initial: float = 1.0
+    delta: float = 0.9
+    safety: float = 0.9
+    growth: float = 2.0
+    shrink: float = 0.5
+    max_retries: int = 50
+    noise: float = 1e-13
+
+
+def check_adaptive(config: AdaptiveStep) -> AdaptiveStep:
+    """Validates the settings, one line each.
+
+    Raises:
+        ValueError: Naming the invalid setting and its value.
+    """
+    if not (math.isfinite(config.initial) and config.initial > 0):
+        raise ValueError(f"Invalid initial step factor: {config.initial}")
+    if not (0 < config.delta < 1):
+        raise ValueError(f"Invalid acceptance threshold delta: {config.delta}")
+    if not (0 < config.safety <= 1):
+        raise ValueError(f"Invalid safety factor: {config.safety}")
+    if not (math.isfinite(config.growth) and config.growth >= 1):
+        raise ValueError(f"Invalid step growth factor: {config.growth}")
+    if not (0 < config.shrink < 1):
+        raise ValueError(f"Invalid step shrink factor: {config.shrink}")
+    retries = config.max_retries
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"Invalid max_retries: {retries}")
+    if not (0 <= config.noise < 1):
+        raise ValueError(f"Invalid noise level: {config.noise}")
+    return config
+
+
+class Trial(NamedTuple):
+    """The outcome of testing one extrapolation.
+
+    Attributes:
+        accepted: Whether the extrapolation passes the test.
+        lipschitz: The local estimate :math:`L` (0 if the operator did not change).
+    """
+
+    accepted: bool
+    lipschitz: float
+
+
+def judge_extrapolation(
+    config: AdaptiveStep,
+    factor: float,
+    operator_change: float,
+    point_change: float,
+    point_norm: float,
+) -> Trial:
+    """Tests an extrapolation taken with the step factor ``factor``.
+
+    Args:
+        config: The settings.
+        factor: The factor ``t`` the extrapolation was taken with.
+        operator_change: :math:`\\lVert F(\\bar z) - F(z) \\rVert_\\beta^2`.
+        point_change: :math:`\\lVert \\bar z - z \\rVert_{\\beta^{-1}}^2`.
+        point_norm: :math:`\\lVert z \\rVert_{\\beta^{-1}}^2`, for the noise level.
+
+    Example:
+        >>> judge_extrapolation(AdaptiveStep(), 1.0, operator_change=4.0, point_change=1.0,
+        ...                    point_norm=1.0)
+        Trial(accepted=False, lipschitz=2.0)
+    """
+    if not (math.isfinite(operator_change) and math.isfinite(point_change)):
+        return Trial(False, math.inf)
+    if point_change == 0.0:
+        return Trial(True, 0.0)
+    lipschitz = math.sqrt(operator_change / point_change)
+    if factor * lipschitz <= config.delta:
+        return Trial(True, lipschitz)
+    noise_floor = config.noise**2 * (point_norm + 1.0)
+    return Trial(point_change <= noise_floor, lipschitz)
+
+
+def next_factor(config: AdaptiveStep, factor: float, trial: Trial) -> float:
+    """The factor for the next extrapolation, after ``trial``.
+
+    Example:
+        >>> next_factor(AdaptiveStep(), 1.0, Trial(True, 0.5))
+        1.62
+        >>> next_factor(AdaptiveStep(), 1.0, Trial(False, math.inf))
+        0.5
+    """
+    change = config.growth if trial.accepted else config.shrink
+    if trial.lipschitz == 0.0 or not math.isfinite(trial.lipschitz):
+        return factor * change
+    return min(factor * change, config.safety * config.delta / trial.lipschitz)
