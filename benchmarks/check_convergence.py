@@ -3,7 +3,12 @@
     python -m benchmarks.check_convergence DIR
 
 Every applicable (problem, method) pair has exactly one record with the documented keys and
-types, the table names every problem, and every problem has a non-empty figure.
+types, the table names every problem, and every problem has a non-empty figure. The keys
+added with the KKT stop: ``evaluations_per_step`` (``>= 1``; null for SLSQP, and for a run
+that diverged on its first step), ``kkt`` (four finite non-negative residuals for
+lagrange_opt's methods, or null where the final point gives none; always null for Cooper and
+SLSQP), ``gap_to_bound`` (only on a problem with a lower bound, null elsewhere; negative only
+for an infeasible fit) and ``fraction_violated`` (in ``[0, 1]``; the network only).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .convergence import BENCHMARKS, METHODS, applies
+from .convergence import BENCHMARKS, METHODS, NETWORK_PROBLEMS, applies, reports_kkt
 
 KEYS = {
     "problem": (str,),
@@ -26,9 +31,18 @@ KEYS = {
     "max_violation": (float, type(None)),
     "steps_1e4": (int, type(None)),
     "steps_1e6": (int, type(None)),
+    "evaluations_per_step": (float, int, type(None)),
     "seconds": (float, int),
     "solved": (bool, type(None)),
+    "kkt": (dict, type(None)),
+    "gap_to_bound": (float, type(None)),
+    "fraction_violated": (float, type(None)),
 }
+
+KKT_KEYS = ("stationarity", "primal_feasibility", "dual_feasibility", "complementarity")
+
+SIGNED = ("objective", "f_star", "gap_to_bound")
+"""The numbers that may be negative."""
 
 
 def problems_in(entry: dict[str, Any]) -> list[str]:
@@ -46,17 +60,51 @@ def problems_in(entry: dict[str, Any]) -> list[str]:
         elif (
             isinstance(value, (int, float))
             and not isinstance(value, bool)
-            and (not math.isfinite(value) or (key not in ("objective", "f_star") and value < 0))
+            and (not math.isfinite(value) or (key not in SIGNED and value < 0))
         ):
             errors.append(f"{label}: {key} = {value}")
     if errors:
         return errors
+    errors += _new_keys_problems(label, entry)
     if entry["f_star"] is None and entry["solved"] is not None:
         errors.append(f"{label}: solved without a known f*")
     if entry["solved"] and entry["method"] != "slsqp" and entry["steps_1e6"] is None:
         errors.append(f"{label}: solved but steps_1e6 is null")
     if entry["steps_1e4"] is None and entry["steps_1e6"] is not None:
         errors.append(f"{label}: reached 1e-6 but not 1e-4")
+    return errors
+
+
+def _new_keys_problems(label: str, entry: dict[str, Any]) -> list[str]:
+    """What is wrong with the evaluations, KKT and lower-bound keys of a well-typed record."""
+    errors = []
+    method = entry["method"]
+    per_step = entry["evaluations_per_step"]
+    if method == "slsqp" and per_step is not None:
+        errors.append(f"{label}: evaluations_per_step for SLSQP")
+    if per_step is not None and per_step < 1:
+        errors.append(f"{label}: evaluations_per_step = {per_step} < 1")
+    residuals = entry["kkt"]
+    if residuals is not None:
+        if not reports_kkt(method):
+            errors.append(f"{label}: kkt residuals for a method that is not lagrange_opt's")
+        elif sorted(residuals) != sorted(KKT_KEYS):
+            errors.append(f"{label}: kkt keys {sorted(residuals)}, expected {sorted(KKT_KEYS)}")
+        else:
+            for key, value in residuals.items():
+                if isinstance(value, bool) or not isinstance(value, (float, int)):
+                    errors.append(f"{label}: kkt {key} has type {type(value).__name__}")
+                elif not (math.isfinite(value) and value >= 0):
+                    errors.append(f"{label}: kkt {key} = {value}")
+    fraction = entry["fraction_violated"]
+    if fraction is not None and not 0 <= fraction <= 1:
+        errors.append(f"{label}: fraction_violated = {fraction}")
+    network = entry["problem"] in NETWORK_PROBLEMS
+    for key in ("gap_to_bound", "fraction_violated"):
+        if not network and entry[key] is not None:
+            errors.append(f"{label}: {key} on a problem without a lower bound")
+        if network and entry[key] is None and entry["objective"] is not None:
+            errors.append(f"{label}: {key} is null")
     return errors
 
 

@@ -7,11 +7,34 @@ writes ``DIR/convergence.json`` (one record per problem and method), ``DIR/conve
 
 A run's ``steps_1e4`` (``steps_1e6``) is the first step count after which both the relative
 gap (absolute where f* = 0) and the max violation stay at or below 1e-4 (1e-6) until the end
-of the run; ``solved`` says whether ``steps_1e6`` exists. Both are measured at the start point
-of every step and once after the last step. A full-batch run ends before its budget once its
-objective and max violation have stayed at one value (to 1e-15, relative) for 1,000 steps:
-the iterates are at a fixed point and the rest of the run would repeat it. Learning rates
-are per problem, the same for every method; Cooper takes them too.
+of the run; ``solved`` says whether the final point has a relative gap and a max violation
+at or below 1e-6. Both are measured at the start point of every step and once after the
+last step. ``evaluations_per_step`` is the number of closure calls (problem evaluations) over
+the number of steps: 2 for extra-gradient, more where the adaptive step rejected an
+extrapolation, one more in all on the first step of a scaled method; Cooper's counts are its
+own calls to ``compute_cmp_state``. ``kkt`` holds the final point's KKT residuals
+(:func:`lagrange_opt.kkt`, on all the data) for lagrange_opt's methods. On the network
+problem, where no optimum is known, ``gap_to_bound`` is the final training MSE minus a lower
+bound of every feasible fit's (the MSE of ``max(target, 0)``, which no fit with non-negative
+outputs can beat), and ``fraction_violated`` the fraction of training outputs below -1e-3.
+
+When a full-batch run ends before its budget:
+
+- **Solved**: once the point has met the solved criterion (relative gap and max violation
+  <= 1e-6) at the start of 1,000 consecutive steps, the KKT residuals of the current point
+  are computed; if every one is <= 1e-6 the run ends, otherwise it goes on and they are
+  computed again after 1,000 more consecutive solved steps (a run that leaves the solved
+  set starts counting again). For Cooper the residuals are those of its multipliers.
+- **Stalled**: its objective and max violation have stayed at one value (to 1e-15,
+  relative) for 1,000 steps: the iterates are at a fixed point and the rest of the run
+  would repeat it.
+- **Diverged**: the objective or a constraint is not finite (the trace ends with NaN).
+
+Minibatch runs (the network) take their whole budget unless they diverge. Learning rates
+are per problem, the same for every fixed-step method; Cooper takes them too. The
+``default-*`` methods take none: they run :func:`lagrange_opt.default_optimizer` as a user
+would, and ``default-adam-projection`` the same configuration with Adam (lr 1e-3) as the
+primal optimizer.
 """
 
 from __future__ import annotations
@@ -33,15 +56,17 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lagrange_opt import (
-    DEFAULT_DUAL_LR,
-    DEFAULT_LR,
     AlternatingGDA,
     ConstrainedOptimizer,
     ConstrainedProblem,
     ExtraGradient,
+    KKTResiduals,
     SimultaneousGDA,
     Treatment,
+    default_optimizer,
+    kkt,
 )
+from lagrange_opt.demo import NEGATIVE_TOLERANCE
 from lagrange_opt.problems import (
     HOCK_SCHITTKOWSKI,
     NonlinearProgram,
@@ -53,21 +78,56 @@ from lagrange_opt.problems import (
 )
 
 from . import references
-from .cooper_adapter import CooperMethod
+from .cooper_adapter import CooperMethod, Scheme
 
 TOLERANCES = {"steps_1e4": 1e-4, "steps_1e6": 1e-6}
+
+SOLVED_TOLERANCE = 1e-6
+"""The solved criterion's tolerance on the relative gap, the max violation and (to end a
+run) the KKT residuals."""
 
 Args = tuple[Any, ...]
 
 STALL_WINDOW = 1_000
+"""Steps at one fixed point after which a full-batch run ends."""
+
+SOLVED_WINDOW = 1_000
+"""Consecutive solved steps after which a full-batch run checks the KKT residuals."""
+
+HS_LR = 0.01
+HS_DUAL_LR = 0.05
+"""The Hock-Schittkowski problems' fixed learning rates (primal and slacks, dual): those the
+benchmark chose for plain SGD (docs/benchmarks.md). They are no longer the package defaults,
+which now belong to :func:`lagrange_opt.default_optimizer`'s adaptive step."""
 
 
 class Trace(NamedTuple):
-    """A run's objective and max violation at the start of every step and at the end."""
+    """A run's objective and max violation at the start of every step and at the end.
+
+    Attributes:
+        objective: The objective at the start of every step, then at the end.
+        max_violation: The max violation at the same points.
+        seconds: Wall-clock time of the steps.
+        evaluations_per_step: Closure calls over steps taken (``None``: no step taken).
+        kkt: The final point's KKT residuals (lagrange_opt's methods only).
+        fraction_violated: The fraction of training outputs below ``-1e-3`` at the end
+            (the network only).
+    """
 
     objective: np.ndarray
     max_violation: np.ndarray
     seconds: float
+    evaluations_per_step: float | None = None
+    kkt: KKTResiduals | None = None
+    fraction_violated: float | None = None
+
+
+class Final(NamedTuple):
+    """A run's figures on all the data at its end."""
+
+    objective: float
+    max_violation: float
+    fraction_violated: float | None = None
 
 
 class Benchmark(NamedTuple):
@@ -77,13 +137,14 @@ class Benchmark(NamedTuple):
         name: The problem's name in the table.
         build: Builds a fresh problem for a treatment and penalty weight.
         f_star: The optimal value, ``None`` if unknown.
-        lr: Primal learning rate (plain SGD), for every method.
+        lr: Primal learning rate (plain SGD), for every fixed-step method.
         dual_lr: Dual learning rate (plain SGD ascent).
         slack_lr: The slacks' learning rate (slack treatment only).
         steps: Step budget; ``quick_steps`` with ``--quick``.
         quick_steps: Step budget of a quick run.
         batches: The closure arguments of step ``k`` (a minibatch), for a budget.
-        final: The objective and max violation on all the data, after the run.
+        final: The objective, max violation and fraction of violated outputs on all the
+            data, after the run.
         reference: SLSQP's objective and max violation, or ``None`` where it does not apply.
         reparametrised: Builds the problem with a positive output map (``exp``,
             ``softplus``), for the methods that need no constraint.
@@ -91,6 +152,9 @@ class Benchmark(NamedTuple):
             constraint's terms over the batch where Cooper sums them, so Cooper's multipliers
             are lagrange_opt's divided by the batch size, and Cooper gets the equivalent
             dual learning rate ``dual_lr / batch_size``.
+        lower_bound: A lower bound of every feasible point's objective, where no optimum is
+            known.
+        full_args: The closure arguments that evaluate all the data (for the KKT residuals).
     """
 
     name: str
@@ -102,10 +166,12 @@ class Benchmark(NamedTuple):
     steps: int
     quick_steps: int
     batches: Callable[[int], Sequence[Args]] | None = None
-    final: Callable[[ConstrainedProblem], tuple[float, float]] | None = None
+    final: Callable[[ConstrainedProblem], Final] | None = None
     reference: Callable[[], tuple[float, float]] | None = None
     reparametrised: Callable[[str], ConstrainedProblem] | None = None
     batch_size: int | None = None
+    lower_bound: float | None = None
+    full_args: Args = ()
 
 
 def _no_batches(steps: int) -> Sequence[Args]:
@@ -118,11 +184,11 @@ def _hock_schittkowski(name: str, quick: bool) -> Benchmark:
         name=name,
         build=lambda treatment, weight: NonlinearProgram(definition, treatment, weight),
         f_star=definition.f_star,
-        lr=DEFAULT_LR,
-        dual_lr=DEFAULT_DUAL_LR,
-        slack_lr=DEFAULT_LR,
+        lr=HS_LR,
+        dual_lr=HS_DUAL_LR,
+        slack_lr=HS_LR,
         steps=50_000,
-        quick_steps=500,
+        quick_steps=200,
         reference=lambda: references.slsqp(NonlinearProgram(definition, "projection")),
     )
 
@@ -138,15 +204,21 @@ def _nnls(quick: bool) -> Benchmark:
         dual_lr=0.05,
         slack_lr=0.001,
         steps=50_000,
-        quick_steps=1_000,
+        quick_steps=300,
         reference=lambda: references.slsqp(NonNegativeLeastSquares(X, y, "projection")),
     )
 
 
+@functools.cache
+def _per_sample_reference() -> tuple[float, float]:
+    X, y = references.per_sample_data()
+    return references.slsqp(NonNegativePredictions(X, y, "projection"))
+
+
 def _per_sample(quick: bool) -> Benchmark:
     X, y = references.per_sample_data()
-    # f* is SLSQP's optimum: computed once, it also serves as the reference run.
-    reference = references.slsqp(NonNegativePredictions(X, y, "projection"))
+    # f* is SLSQP's optimum: computed once per process, it also serves as the reference run.
+    reference = _per_sample_reference()
     return Benchmark(
         name="nonnegative-linear",
         build=lambda treatment, weight: NonNegativePredictions(X, y, treatment, weight),
@@ -156,9 +228,21 @@ def _per_sample(quick: bool) -> Benchmark:
         dual_lr=0.05 * X.shape[0],
         slack_lr=0.05,
         steps=50_000,
-        quick_steps=1_000,
+        quick_steps=300,
         reference=lambda: reference,
     )
+
+
+def network_lower_bound(targets: Tensor) -> float:
+    """The MSE of predicting ``max(target, 0)``: no fit whose every output is ``>= 0`` has a
+    lower MSE, since each output's squared error is smallest at the target clipped to
+    ``[0, inf)``.
+
+    Example:
+        >>> network_lower_bound(torch.tensor([[1.0, -2.0], [0.5, -1.0]]))
+        1.25
+    """
+    return float((targets.clamp(min=0) - targets).square().mean())
 
 
 def _network(quick: bool) -> Benchmark:
@@ -184,12 +268,16 @@ def _network(quick: bool) -> Benchmark:
                 chosen.append((data.inputs[indices], data.targets[indices], indices))
         return chosen[:steps]
 
-    def final(problem: ConstrainedProblem) -> tuple[float, float]:
+    def final(problem: ConstrainedProblem) -> Final:
         assert isinstance(problem, PositiveOutputs)
         with torch.no_grad():
             predictions = problem.network(data.inputs)
             loss = nn.functional.mse_loss(predictions, data.targets)
-        return float(loss), float((-predictions).clamp(min=0).max())
+        return Final(
+            float(loss),
+            float((-predictions).clamp(min=0).max()),
+            float((predictions < -NEGATIVE_TOLERANCE).double().mean()),
+        )
 
     return Benchmark(
         name="positive-outputs",
@@ -200,10 +288,12 @@ def _network(quick: bool) -> Benchmark:
         slack_lr=0.005,
         batch_size=batch_size,
         steps=600,
-        quick_steps=50,
+        quick_steps=30,
         batches=batches,
         final=final,
         reparametrised=reparametrised,
+        lower_bound=network_lower_bound(data.targets),
+        full_args=(data.inputs, data.targets, torch.arange(num_samples)),
     )
 
 
@@ -219,6 +309,9 @@ BENCHMARKS: dict[str, Callable[[bool], Benchmark]] = {
 # Methods. Each runs one benchmark for a number of steps and returns its trace.
 
 Runner = Callable[[Benchmark, int], Trace | None]
+
+Step = Callable[[Args], tuple[Tensor, Tensor, int]]
+"""One step on a batch: the objective and max violation at its start, and its closure calls."""
 
 
 def _sgd_pair(
@@ -239,41 +332,101 @@ def _sgd_pair(
     return primal, dual
 
 
+def _solved(objective: float, violation: float, f_star: float) -> bool:
+    gap = relative_gap(objective, f_star)
+    return gap <= SOLVED_TOLERANCE and violation <= SOLVED_TOLERANCE
+
+
+def _diverged(error: Exception) -> bool:
+    """Whether a step's exception says the method diverged: a non-finite objective or
+    constraint (``ValueError``), or an adaptive step that found no acceptable step size."""
+    if isinstance(error, RuntimeError):
+        return "adaptive step was rejected" in str(error)
+    return isinstance(error, ValueError)
+
+
 def _run(
     problem: ConstrainedProblem,
-    step: Callable[[Args], tuple[Tensor, Tensor]],
+    step: Step,
     benchmark: Benchmark,
     steps: int,
+    residuals: Callable[[], KKTResiduals] | None = None,
+    report_kkt: bool = True,
 ) -> Trace:
+    """Runs ``step`` over the budget's batches, with the stopping rules of the module
+    docstring; ``residuals`` gives the current point's KKT residuals (recorded in the trace
+    if ``report_kkt``)."""
     batches = (benchmark.batches or _no_batches)(steps)
+    full_batch = benchmark.batches is None
+    watch = full_batch and benchmark.f_star is not None and residuals is not None
     objectives: list[Tensor] = []
     violations: list[Tensor] = []
+    evaluations = taken = 0
+    streak, next_check = 0, SOLVED_WINDOW
     start = time.perf_counter()
-    try:
-        for count, args in enumerate(batches, start=1):
-            objective, violation = step(args)
-            objectives.append(objective)
-            violations.append(violation)
-            if (
-                benchmark.batches is None
-                and count % STALL_WINDOW == 0
-                and _stalled(objectives, violations)
-            ):
-                break
-    except ValueError:
-        # A non-finite objective or constraint: the method diverged; the trace ends here.
-        objectives.append(torch.tensor(math.nan))
-        violations.append(torch.tensor(math.nan))
+    for count, args in enumerate(batches, start=1):
+        try:
+            objective, violation, calls = step(args)
+        except (ValueError, RuntimeError) as error:
+            if not _diverged(error):
+                raise
+            # The method diverged; the trace ends here.
+            objectives.append(torch.tensor(math.nan))
+            violations.append(torch.tensor(math.nan))
+            break
+        objectives.append(objective)
+        violations.append(violation)
+        evaluations += calls
+        taken += 1
+        objective_value, violation_value = float(objective), float(violation)
+        if not (math.isfinite(objective_value) and math.isfinite(violation_value)):
+            break
+        if watch:
+            assert benchmark.f_star is not None and residuals is not None
+            if _solved(objective_value, violation_value, benchmark.f_star):
+                streak += 1
+            else:
+                streak, next_check = 0, SOLVED_WINDOW
+            if streak >= next_check:
+                if _converged(residuals):
+                    break
+                next_check += SOLVED_WINDOW
+        if full_batch and count % STALL_WINDOW == 0 and _stalled(objectives, violations):
+            break
     seconds = time.perf_counter() - start
     if benchmark.final is not None:
         final = benchmark.final(problem)
     else:
         with torch.no_grad():
-            state = problem()
-            final = float(state.objective), max_violation(problem, state)
-    objective = torch.stack([o.double() for o in objectives]).numpy()
-    violation = torch.stack([v.double() for v in violations]).numpy()
-    return Trace(np.append(objective, final[0]), np.append(violation, final[1]), seconds)
+            state = problem(*benchmark.full_args)
+            final = Final(float(state.objective), max_violation(problem, state))
+    objective_trace = torch.stack([o.double() for o in objectives]).numpy()
+    violation_trace = torch.stack([v.double() for v in violations]).numpy()
+    residual = None
+    if report_kkt and residuals is not None and math.isfinite(final.objective):
+        residual = _finite_residuals(residuals)
+    return Trace(
+        np.append(objective_trace, final.objective),
+        np.append(violation_trace, final.max_violation),
+        seconds,
+        evaluations / taken if taken else None,
+        residual,
+        final.fraction_violated,
+    )
+
+
+def _finite_residuals(residuals: Callable[[], KKTResiduals]) -> KKTResiduals | None:
+    """The residuals, or ``None`` where the point gives no finite ones."""
+    try:
+        values = residuals()
+    except ValueError:
+        return None
+    return values if all(math.isfinite(value) for value in values) else None
+
+
+def _converged(residuals: Callable[[], KKTResiduals]) -> bool:
+    values = _finite_residuals(residuals)
+    return values is not None and values.converged(SOLVED_TOLERANCE)
 
 
 def _stalled(objectives: list[Tensor], violations: list[Tensor]) -> bool:
@@ -290,21 +443,64 @@ def _stalled(objectives: list[Tensor], violations: list[Tensor]) -> bool:
 def _run_method(
     problem: ConstrainedProblem, optimizer: ConstrainedOptimizer, benchmark: Benchmark, steps: int
 ) -> Trace:
-    def step(args: Args) -> tuple[Tensor, Tensor]:
+    def step(args: Args) -> tuple[Tensor, Tensor, int]:
         result = optimizer.step(lambda: problem(*args))
-        return result.objective, result.max_violation
+        return result.objective, result.max_violation, result.evaluations
 
-    return _run(problem, step, benchmark, steps)
+    def residuals() -> KKTResiduals:
+        return kkt(problem, lambda: problem(*benchmark.full_args))
+
+    return _run(problem, step, benchmark, steps, residuals)
 
 
 def lagrange_method(method: type[ConstrainedOptimizer], treatment: Treatment) -> Runner:
-    """A lagrange_opt method with one inequality treatment."""
+    """A lagrange_opt method with one inequality treatment, at the benchmark's rates."""
 
     def run(benchmark: Benchmark, steps: int) -> Trace:
         problem = benchmark.build(treatment, None)
         return _run_method(
             problem, method(problem, *_sgd_pair(problem, benchmark)), benchmark, steps
         )
+
+    return run
+
+
+def augmented_method(treatment: Treatment) -> Runner:
+    """Extra-gradient on the augmented Lagrangian (default settings: penalty 1, fixed),
+    fixed steps at the benchmark's rates."""
+
+    def run(benchmark: Benchmark, steps: int) -> Trace:
+        problem = benchmark.build(treatment, None)
+        optimizer = ExtraGradient(problem, *_sgd_pair(problem, benchmark), formulation="augmented")
+        return _run_method(problem, optimizer, benchmark, steps)
+
+    return run
+
+
+def default_method(treatment: Treatment) -> Runner:
+    """:func:`lagrange_opt.default_optimizer` as a user would call it: no per-problem
+    setting at all."""
+
+    def run(benchmark: Benchmark, steps: int) -> Trace:
+        problem = benchmark.build(treatment, None)
+        return _run_method(problem, default_optimizer(problem), benchmark, steps)
+
+    return run
+
+
+def default_adam_method(treatment: Treatment) -> Runner:
+    """The default configuration (augmented Lagrangian, scaling, adaptive extra-gradient
+    step, SGD lr 1 on the multipliers) with Adam at lr 1e-3 as the primal optimizer."""
+
+    def run(benchmark: Benchmark, steps: int) -> Trace:
+        problem = benchmark.build(treatment, None)
+        multipliers = problem.dual_parameters()
+        dual = torch.optim.SGD(multipliers, lr=1.0, maximize=True) if multipliers else None
+        optimizer = ExtraGradient(
+            problem, torch.optim.Adam(problem.primal_parameters(), lr=1e-3), dual,
+            formulation="augmented", scaling=True, step_size="adaptive",
+        )  # fmt: skip
+        return _run_method(problem, optimizer, benchmark, steps)
 
     return run
 
@@ -335,19 +531,24 @@ def reparametrised_method(output: str) -> Runner:
     return run
 
 
-def cooper_method(scheme: str) -> Runner:
-    """Cooper 1.0.1's extrapolation or simultaneous optimizer, projected multipliers."""
+def cooper_method(scheme: Scheme) -> Runner:
+    """Cooper 1.0.1: its extrapolation or simultaneous optimizer on the Lagrangian, or its
+    augmented Lagrangian (penalty coefficient 1, alternating primal-dual updates), with
+    projected multipliers (:mod:`benchmarks.cooper_adapter`)."""
 
     def run(benchmark: Benchmark, steps: int) -> Trace:
         problem = benchmark.build("projection", None)
-        dual_lr = benchmark.dual_lr / (benchmark.batch_size or 1)
-        method = CooperMethod(problem, scheme, benchmark.lr, dual_lr)  # type: ignore[arg-type]
+        scale = benchmark.batch_size or 1
+        method = CooperMethod(problem, scheme, benchmark.lr, benchmark.dual_lr / scale)
 
-        def step(args: Args) -> tuple[Tensor, Tensor]:
+        def step(args: Args) -> tuple[Tensor, Tensor, int]:
             result = method.step(*args)
-            return result.objective, result.max_violation
+            return result.objective, result.max_violation, result.evaluations
 
-        return _run(problem, step, benchmark, steps)
+        def residuals() -> KKTResiduals:
+            return method.kkt(benchmark.full_args, scale)
+
+        return _run(problem, step, benchmark, steps, residuals, report_kkt=False)
 
     return run
 
@@ -363,6 +564,11 @@ def slsqp_method(benchmark: Benchmark, steps: int) -> Trace | None:
 
 
 METHODS: dict[str, Runner] = {
+    "default-projection": default_method("projection"),
+    "default-slack": default_method("slack"),
+    "default-adam-projection": default_adam_method("projection"),
+    "augmented-projection": augmented_method("projection"),
+    "augmented-slack": augmented_method("slack"),
     "extragradient-slack": lagrange_method(ExtraGradient, "slack"),
     "extragradient-projection": lagrange_method(ExtraGradient, "projection"),
     "simultaneous-slack": lagrange_method(SimultaneousGDA, "slack"),
@@ -374,8 +580,17 @@ METHODS: dict[str, Runner] = {
     "softplus": reparametrised_method("softplus"),
     "cooper-extrapolation": cooper_method("extrapolation"),
     "cooper-simultaneous": cooper_method("simultaneous"),
+    "cooper-augmented": cooper_method("augmented"),
     "slsqp": slsqp_method,
 }
+
+EXTERNAL_METHODS = ("cooper-extrapolation", "cooper-simultaneous", "cooper-augmented", "slsqp")
+"""The methods that are not lagrange_opt's: their records have no KKT residuals."""
+
+
+def reports_kkt(method: str) -> bool:
+    """Whether a method's records carry the final KKT residuals (lagrange_opt's methods)."""
+    return method not in EXTERNAL_METHODS
 
 
 # Measurement, records and output.
@@ -400,8 +615,14 @@ def steps_to(gap: np.ndarray | None, violation: np.ndarray, tolerance: float) ->
     return 0 if bad.size == 0 else int(bad[-1]) + 1
 
 
-def record(problem: str, method: str, trace: Trace, f_star: float | None) -> dict[str, Any]:
-    """The JSON record of one run."""
+def record(
+    problem: str,
+    method: str,
+    trace: Trace,
+    f_star: float | None,
+    lower_bound: float | None = None,
+) -> dict[str, Any]:
+    """The JSON record of one run (``lower_bound``: the problem's, where it has one)."""
     gap = gaps(trace, f_star)
     objective = float(trace.objective[-1])
     violation = float(trace.max_violation[-1])
@@ -414,6 +635,10 @@ def record(problem: str, method: str, trace: Trace, f_star: float | None) -> dic
     solved = None
     if rel_gap is not None:
         solved = bool(math.isfinite(rel_gap) and rel_gap <= 1e-6 and violation <= 1e-6)
+    per_step = trace.evaluations_per_step if iterative else None
+    gap_to_bound = None
+    if lower_bound is not None and math.isfinite(objective):
+        gap_to_bound = objective - lower_bound
     return {
         "problem": problem,
         "method": method,
@@ -422,8 +647,12 @@ def record(problem: str, method: str, trace: Trace, f_star: float | None) -> dic
         "rel_gap": None if rel_gap is None else _finite_or_none(rel_gap),
         "max_violation": _finite_or_none(violation),
         **steps,
+        "evaluations_per_step": None if per_step is None else round(float(per_step), 4),
         "seconds": round(trace.seconds, 3),
         "solved": solved,
+        "kkt": None if trace.kkt is None else {k: float(v) for k, v in trace.kkt._asdict().items()},
+        "gap_to_bound": gap_to_bound,
+        "fraction_violated": trace.fraction_violated,
     }
 
 
@@ -443,17 +672,28 @@ def applies(problem: str, method: str) -> bool:
     return True
 
 
-def _job(job: tuple[str, str, bool]) -> tuple[str, str, Trace | None, float | None]:
+class JobResult(NamedTuple):
+    """One run's outcome, with what its record and figure need from the benchmark."""
+
+    problem: str
+    method: str
+    trace: Trace | None
+    f_star: float | None
+    lower_bound: float | None
+
+
+def _job(job: tuple[str, str, bool]) -> JobResult:
     problem, method, quick = job
     torch.set_num_threads(1)
     benchmark = BENCHMARKS[problem](quick)
     steps = benchmark.quick_steps if quick else benchmark.steps
-    return problem, method, METHODS[method](benchmark, steps), benchmark.f_star
+    trace = METHODS[method](benchmark, steps)
+    return JobResult(problem, method, trace, benchmark.f_star, benchmark.lower_bound)
 
 
 def run_all(
     problems: Sequence[str], methods: Sequence[str], quick: bool, workers: int
-) -> Iterator[tuple[str, str, Trace | None, float | None]]:
+) -> Iterator[JobResult]:
     """Runs every (problem, method) pair on ``workers`` processes, yielding as they finish."""
     jobs = [
         (problem, method, quick)
@@ -475,32 +715,90 @@ def _cell(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def markdown(records: Sequence[dict[str, Any]]) -> str:
-    """The table of records, and the count of solved problems per method."""
-    columns = [
-        "problem", "method", "objective", "f_star", "rel_gap", "max_violation",
-        "steps_1e4", "steps_1e6", "seconds", "solved",
-    ]  # fmt: skip
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+COLUMNS = [
+    ("problem", "problem"), ("method", "method"), ("objective", "objective"),
+    ("f_star", "f_star"), ("rel_gap", "rel_gap"), ("max_violation", "max_violation"),
+    ("steps_1e4", "steps_1e4"), ("steps_1e6", "steps_1e6"),
+    ("evals/step", "evaluations_per_step"), ("kkt (max)", "kkt"),
+    ("gap_to_bound", "gap_to_bound"), ("fraction_violated", "fraction_violated"),
+    ("seconds", "seconds"), ("solved", "solved"),
+]  # fmt: skip
+"""The table's columns: header, record key."""
+
+
+def _row_cell(entry: dict[str, Any], key: str) -> str:
+    value = entry[key]
+    if key == "kkt" and value is not None:
+        value = max(value.values())
+    return _cell(value, 7 if key in ("objective", "f_star") else 3)
+
+
+def summary(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method: problems solved of those with a known f*, the median and worst
+    ``steps_1e6`` over the solved ones, and the mean evaluations per step over its runs."""
+    methods: dict[str, list[dict[str, Any]]] = {}
     for entry in records:
+        methods.setdefault(entry["method"], []).append(entry)
+    rows = []
+    for method, entries in methods.items():
+        known = [entry for entry in entries if entry["solved"] is not None]
+        solved = [entry for entry in known if entry["solved"]]
+        steps = [entry["steps_1e6"] for entry in solved if entry["steps_1e6"] is not None]
+        per_step = [
+            entry["evaluations_per_step"]
+            for entry in entries
+            if entry["evaluations_per_step"] is not None
+        ]
+        rows.append(
+            {
+                "method": method,
+                "solved": len(solved),
+                "known": len(known),
+                "median_steps_1e6": float(np.median(steps)) if steps else None,
+                "worst_steps_1e6": max(steps) if steps else None,
+                "mean_evaluations_per_step": float(np.mean(per_step)) if per_step else None,
+            }
+        )
+    return rows
+
+
+def markdown(records: Sequence[dict[str, Any]]) -> str:
+    """The table of records, and per method the count of solved problems with the median
+    and worst steps to 1e-6 and the mean evaluations per step."""
+    lines = [
+        "| " + " | ".join(header for header, _ in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for entry in records:
+        lines.append("| " + " | ".join(_row_cell(entry, key) for _, key in COLUMNS) + " |")
+    lines += [
+        "",
+        "| method | solved (rel_gap and max_violation <= 1e-6) | median steps_1e6 "
+        "| worst steps_1e6 | mean evals/step |",
+        "|---|---|---|---|---|",
+    ]
+    for row in summary(records):
+        solved = f"{row['solved']} / {row['known']}" if row["known"] else "-"
         cells = [
-            _cell(entry[column], 7 if column in ("objective", "f_star") else 3)
-            for column in columns
+            row["method"],
+            solved,
+            _cell(row["median_steps_1e6"], 6),
+            _cell(row["worst_steps_1e6"]),
+            _cell(row["mean_evaluations_per_step"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    solved: dict[str, list[int]] = {}
-    for entry in records:
-        if entry["solved"] is not None:
-            counts = solved.setdefault(entry["method"], [0, 0])
-            counts[0] += int(entry["solved"])
-            counts[1] += 1
-    lines += ["", "| method | solved (rel_gap and max_violation <= 1e-6) |", "|---|---|"]
-    lines += [f"| {method} | {done} / {total} |" for method, (done, total) in solved.items()]
     return "\n".join(lines) + "\n"
 
 
-def figure(problem: str, traces: dict[str, Trace], f_star: float | None, path: Path) -> None:
-    """Relative gap (objective where f* is unknown) and max violation against the step."""
+def figure(
+    problem: str,
+    traces: dict[str, Trace],
+    f_star: float | None,
+    path: Path,
+    lower_bound: float | None = None,
+) -> None:
+    """Relative gap (objective where f* is unknown, with its lower bound if known) and max
+    violation against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -509,6 +807,7 @@ def figure(problem: str, traces: dict[str, Trace], f_star: float | None, path: P
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     floor, ceiling = 1e-16, 1e4
     colors = plt.get_cmap("tab20").colors
+    styles = ("-", "--", ":")
     for index, (method, trace) in enumerate(traces.items()):
         if trace.objective.size < 2:
             continue
@@ -518,9 +817,15 @@ def figure(problem: str, traces: dict[str, Trace], f_star: float | None, path: P
         gap = gaps(trace, f_star)
         first = trace.objective if gap is None else np.clip(gap, floor, ceiling)
         violation = np.clip(trace.max_violation, floor, ceiling)
-        style = {"color": colors[index % len(colors)], "linewidth": 1}
+        style = {
+            "color": colors[index % len(colors)],
+            "linestyle": styles[(index // len(colors)) % len(styles)],
+            "linewidth": 1,
+        }
         left.plot(steps[::stride], first[::stride], label=method, **style)
         right.plot(steps[::stride], violation[::stride], **style)
+    if f_star is None and lower_bound is not None:
+        left.axhline(lower_bound, color="black", linewidth=1, linestyle=":", label="lower bound")
     left.set_title("relative gap" if f_star else ("absolute gap" if f_star == 0 else "objective"))
     right.set_title("max violation")
     for axes in (left, right) if f_star is not None else (right,):
@@ -529,7 +834,7 @@ def figure(problem: str, traces: dict[str, Trace], f_star: float | None, path: P
     for axes in (left, right):
         axes.set_xlabel("step")
         axes.grid(True, which="major", alpha=0.3)
-    left.legend(fontsize=7, ncol=2)
+    left.legend(fontsize=6, ncol=2)
     fig.suptitle(problem)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -550,19 +855,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     records = []
     traces: dict[str, dict[str, Trace]] = {problem: {} for problem in args.problems}
     f_stars: dict[str, float | None] = {}
-    for problem, method, trace, f_star in run_all(
-        args.problems, args.methods, args.quick, args.workers
-    ):
-        f_stars[problem] = f_star
-        if trace is None:
+    lower_bounds: dict[str, float | None] = {}
+    for result in run_all(args.problems, args.methods, args.quick, args.workers):
+        f_stars[result.problem] = result.f_star
+        lower_bounds[result.problem] = result.lower_bound
+        if result.trace is None:
             continue
-        traces[problem][method] = trace
-        records.append(record(problem, method, trace, f_star))
+        traces[result.problem][result.method] = result.trace
+        records.append(
+            record(result.problem, result.method, result.trace, result.f_star, result.lower_bound)
+        )
 
     (args.out / "convergence.json").write_text(json.dumps(records, indent=1) + "\n")
     (args.out / "convergence.md").write_text(markdown(records))
     for problem in args.problems:
-        figure(problem, traces[problem], f_stars.get(problem), args.out / f"{problem}.png")
+        figure(
+            problem, traces[problem], f_stars.get(problem), args.out / f"{problem}.png",
+            lower_bounds.get(problem),
+        )  # fmt: skip
     print(markdown(records))
 
 
