@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from benchmarks.check_convergence import problems_in
-from benchmarks.convergence import Trace, applies, record, steps_to
+from benchmarks.convergence import METHODS, Trace, applies, markdown, record, steps_to
 from benchmarks.cooper_adapter import CooperMethod
+from lagrange_opt import KKTResiduals
 from lagrange_opt.problems import HOCK_SCHITTKOWSKI, NonlinearProgram, relative_gap
 
 
@@ -22,7 +23,8 @@ def test_steps_to_counts_steps_until_it_stays_within_tolerance() -> None:
 
 
 def test_record_has_the_documented_keys_and_passes_the_checker() -> None:
-    trace = Trace(np.array([3.0, 1.5, 1.0 + 1e-8]), np.array([0.5, 0.0, 0.0]), 0.25)
+    residuals = KKTResiduals(1e-9, 0.0, 0.0, 2e-10)
+    trace = Trace(np.array([3.0, 1.5, 1.0 + 1e-8]), np.array([0.5, 0.0, 0.0]), 0.25, 2.5, residuals)
     entry = record("p", "extragradient-projection", trace, 1.0)
     assert entry == {
         "problem": "p",
@@ -33,8 +35,17 @@ def test_record_has_the_documented_keys_and_passes_the_checker() -> None:
         "max_violation": 0.0,
         "steps_1e4": 2,
         "steps_1e6": 2,
+        "evaluations_per_step": 2.5,
         "seconds": 0.25,
         "solved": True,
+        "kkt": {
+            "stationarity": 1e-9,
+            "primal_feasibility": 0.0,
+            "dual_feasibility": 0.0,
+            "complementarity": 2e-10,
+        },
+        "gap_to_bound": None,
+        "fraction_violated": None,
     }
     assert problems_in(entry) == []
     assert problems_in({**entry, "steps_1e4": None}) == [
@@ -48,18 +59,106 @@ def test_record_has_the_documented_keys_and_passes_the_checker() -> None:
     assert problems_in(diverged) == []
 
 
+def test_checker_validates_the_new_keys() -> None:
+    trace = Trace(np.array([2.0, 1.0]), np.array([0.0, 0.0]), 0.1, 2.0, KKTResiduals(0, 0, 0, 0))
+    entry = record("hs035", "default-projection", trace, 1.0)
+    assert problems_in(entry) == []
+    assert problems_in({**entry, "evaluations_per_step": 0.5}) == [
+        "hs035/default-projection: evaluations_per_step = 0.5 < 1"
+    ]
+    assert problems_in({**entry, "kkt": {"stationarity": 0.0}}) != []
+    assert problems_in({**entry, "kkt": {**entry["kkt"], "complementarity": -1.0}}) != []
+    assert problems_in({**entry, "method": "cooper-augmented"}) == [
+        "hs035/cooper-augmented: kkt residuals for a method that is not lagrange_opt's"
+    ]
+    assert problems_in({**entry, "gap_to_bound": 0.5}) == [
+        "hs035/default-projection: gap_to_bound on a problem without a lower bound"
+    ]
+    slsqp = record("hs035", "slsqp", Trace(np.array([1.0]), np.array([0.0]), 0.1), 1.0)
+    assert slsqp["evaluations_per_step"] is None and slsqp["kkt"] is None
+    assert problems_in(slsqp) == []
+    assert problems_in({**slsqp, "evaluations_per_step": 1.0}) != []
+
+
+def test_network_records_and_checker() -> None:
+    trace = Trace(np.array([0.5, 0.3]), np.array([0.2, 0.1]), 0.1, 2.0, None, 0.25)
+    entry = record("positive-outputs", "penalty-1", trace, None, lower_bound=0.35)
+    # An infeasible fit can beat the bound: the gap is then negative.
+    assert entry["gap_to_bound"] == pytest.approx(-0.05)
+    assert entry["fraction_violated"] == 0.25
+    assert problems_in(entry) == []
+    assert problems_in({**entry, "fraction_violated": 1.5}) == [
+        "positive-outputs/penalty-1: fraction_violated = 1.5"
+    ]
+    assert problems_in({**entry, "gap_to_bound": None}) == [
+        "positive-outputs/penalty-1: gap_to_bound is null"
+    ]
+
+
+def test_markdown_summary_has_steps_and_evaluations() -> None:
+    def run(steps_to_solve: int, per_step: float, solved: bool = True) -> Trace:
+        objective = np.array([2.0] * steps_to_solve + [1.0 if solved else 2.0])
+        return Trace(objective, np.zeros(objective.size), 0.1, per_step)
+
+    records = [
+        record("a", "m", run(10, 2.0), 1.0),
+        record("b", "m", run(30, 3.0), 1.0),
+        record("c", "m", run(20, 2.5), 1.0),
+        record("d", "m", run(5, 2.5, solved=False), 1.0),
+    ]
+    table = markdown(records)
+    assert "| problem | method |" in table and "| evals/step |" in table
+    assert "| m | 3 / 4 | 20 | 30 | 2.5 |" in table
+
+
 def test_applicability() -> None:
     assert applies("positive-outputs", "exp") and not applies("hs071", "exp")
     assert applies("hs071", "slsqp") and not applies("positive-outputs", "slsqp")
     assert applies("hs071", "cooper-extrapolation")
+    for method in ("default-projection", "default-slack", "default-adam-projection",
+                   "augmented-projection", "augmented-slack", "cooper-augmented"):  # fmt: skip
+        assert method in METHODS
+        assert applies("hs071", method) and applies("positive-outputs", method)
 
 
-@pytest.mark.parametrize("scheme", ["extrapolation", "simultaneous"])
+@pytest.mark.parametrize("scheme", ["extrapolation", "simultaneous", "augmented"])
 def test_cooper_adapter_solves_hs035(scheme: str) -> None:
     definition = HOCK_SCHITTKOWSKI["hs035"]
     problem = NonlinearProgram(definition, "projection")
     method = CooperMethod(problem, scheme, lr=0.01, dual_lr=0.1)  # type: ignore[arg-type]
     for _ in range(3000):
         result = method.step()
+    assert result.evaluations == (1 if scheme == "simultaneous" else 2)
     assert relative_gap(float(result.objective), definition.f_star) <= 1e-6
     assert float(result.max_violation) <= 1e-6
+    # Cooper's multipliers, copied into the problem's, satisfy the KKT conditions.
+    assert method.kkt().converged(1e-6)
+
+
+@pytest.mark.parametrize("scheme", ["extrapolation", "simultaneous", "augmented"])
+def test_cooper_adapter_keeps_the_bounds(scheme: str) -> None:
+    # hs004 has bounds only (no multiplier: Cooper's unconstrained optimizer); hs021 has
+    # bounds and a constraint. Both optima lie on the boundary of the box.
+    for name in ("hs004", "hs021"):
+        definition = HOCK_SCHITTKOWSKI[name]
+        problem = NonlinearProgram(definition, "projection")
+        method = CooperMethod(problem, scheme, lr=0.01, dual_lr=0.1)  # type: ignore[arg-type]
+        for _ in range(500):
+            result = method.step()
+            for param, bounds in problem.bounded_parameters():
+                assert bool(((param >= bounds.lower) & (param <= bounds.upper)).all())
+        assert relative_gap(float(result.objective), definition.f_star) <= 1e-6
+
+
+def test_cooper_augmented_uses_coopers_augmented_lagrangian() -> None:
+    import cooper
+
+    problem = NonlinearProgram(HOCK_SCHITTKOWSKI["hs071"], "projection")
+    method = CooperMethod(problem, "augmented", lr=0.01, dual_lr=0.05)
+    assert isinstance(method.optimizer, cooper.optim.AlternatingPrimalDualOptimizer)
+    for constraint in method.cmp.wrapped.values():
+        assert isinstance(constraint.formulation, cooper.formulations.AugmentedLagrangian)
+        assert constraint.penalty_coefficient is not None
+        assert float(constraint.penalty_coefficient.value) == 1.0
+    with pytest.raises(ValueError, match="invalid scheme"):
+        CooperMethod(problem, "nope", lr=0.01, dual_lr=0.05)  # type: ignore[arg-type]
