@@ -97,6 +97,36 @@ def test_converged_is_the_largest_residual_against_the_tolerance() -> None:
     assert not KKTResiduals(float("nan"), 0.0, 0.0, 0.0).converged(1.0)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: _kkt.py KKTResiduals.converged computes max(self) <= tol: Python's max() "
+    "drops a NaN that is not the first residual, so a NaN residual passes the stopping test",
+)
+@pytest.mark.parametrize("position", [1, 2, 3])
+def test_a_nan_residual_is_never_converged(position: int) -> None:
+    residuals = [0.0] * 4
+    residuals[position] = float("nan")
+    assert not KKTResiduals(*residuals).converged(1.0)
+
+
+class NaNConstraint(QuadraticProgram):
+    def forward(self) -> ProblemState:
+        state = super().forward()
+        return ProblemState(state.objective, {"sum": state.constraints["sum"] * float("nan")})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: _kkt.py kkt() folds each residual with max(x, float(...)); max() keeps the "
+    "first argument when the second is NaN, so a NaN constraint value (and the NaN gradient "
+    "it gives) reports 0 residuals and converged() is True",
+)
+def test_kkt_at_a_point_with_a_nan_constraint_is_not_converged() -> None:
+    problem = NaNConstraint("projection")
+    _set(problem, QuadraticProgram.solution, QuadraticProgram.multiplier)
+    assert not kkt(problem).converged(1.0)
+
+
 def test_equality_residuals() -> None:
     generator = torch.Generator().manual_seed(0)
     A = torch.randn(2, 4, generator=generator, dtype=F64)
