@@ -42,10 +42,10 @@ class AugmentedLagrangian(NamedTuple):
     """
 
     penalty: float = 1.0
-    growth: float = 1.0
-    shrink: float = 0.5
-    window: int = 1000
-    max_penalty: float = 1e4
+    growth: float = 10.0
+    shrink: float = 0.9
+    window: int = 500
+    max_penalty: float = 100.0
 
 
 def check_augmented(config: AugmentedLagrangian) -> AugmentedLagrangian:
@@ -168,7 +168,7 @@ def grown_penalty(
 
     Example:
         >>> rule = AugmentedLagrangian(growth=10.0)
-        >>> grown_penalty(rule, 1.0, previous=1e-3, current=0.9e-3)
+        >>> grown_penalty(rule, 1.0, previous=1e-3, current=0.95e-3)
         10.0
         >>> grown_penalty(rule, 1.0, previous=1e-3, current=1e-4)
         1.0

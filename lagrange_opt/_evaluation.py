@@ -100,8 +100,8 @@ class Term(NamedTuple):
             multipliers (the augmented Lagrangian's estimates), signed, divided by the batch
             size if indexed, times the objective weight.
         indices: The sample indices (``int64``) of an indexed constraint, else ``None``.
-        multipliers_read: The multipliers read, detached: the multiplier itself if dense, a
-            copy of the batch entries' rows if indexed.
+        multipliers_read: A copy of the multipliers read, detached: the whole multiplier
+            if dense, the batch entries' rows if indexed.
         residual: The gradient of the multipliers, per batch entry: the residual ``h``,
             ``g`` or ``g + s**2`` (``max(g, -lambda / c)`` in the augmented Lagrangian)
             times the rule's dual scale, detached, never sharing memory with a parameter.
@@ -395,10 +395,13 @@ def _term(
     multiplier = constraint.multiplier
     assert multiplier is not None
     spec = constraint.spec
-    multipliers = multiplier.detach()
     if indices is not None:
         # Reads first (an index out of range fails here, before anything is written).
-        multipliers = multipliers.index_select(0, indices)
+        multipliers = multiplier.detach().index_select(0, indices)
+    else:
+        # A copy: the dual step updates the parameter in place, and the step's figures
+        # and the adaptive step's test read the multipliers the evaluation used.
+        multipliers = multiplier.detach().clone()
     detached = _detached_standard(value, spec)
     slack_rows = None
     projected = spec.treatment == "projection"

@@ -225,15 +225,22 @@ class ExtraGradient(ConstrainedOptimizer):
         }
         return [base_of[id(param)] for param in dense]
 
-    def step(self, closure: Closure) -> StepResult:
-        calls = self._prepare(closure)
+    def _step(self, closure: Closure, calls: int) -> StepResult:
         factor = self._factor
+        adaptive = self.step_size
+        # The adaptive step restores the RNG: before a retry, to its state after the start
+        # evaluation (every try sees the same draws); on failure, to its state before.
+        rng_before = None if adaptive is None else _rng_state()
         undo = UndoLog()
-        start = self._evaluate_and_backward(closure, undo)
+        try:
+            start = self._evaluate_and_backward(closure, undo)
+        except BaseException:
+            if rng_before is not None:
+                _set_rng_state(rng_before)
+            raise
         calls += 1
         dense = self._dense_parameters()
         rows = self._point_rows(start)
-        adaptive = self.step_size
         start_grads: list[Tensor | None] = []
         rng = None
         with torch.no_grad():
@@ -284,8 +291,8 @@ class ExtraGradient(ConstrainedOptimizer):
             undo.restore()
             self._factor = factor
             self._apply_factor()
-            if rng is not None:
-                _set_rng_state(rng)
+            if rng_before is not None:
+                _set_rng_state(rng_before)
             raise
         assert extrapolated is not None
         with torch.no_grad():

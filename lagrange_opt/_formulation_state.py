@@ -56,8 +56,8 @@ class FormulationState:
         """Whether the scales are still to be measured."""
         return self.scaling and self.scales is None
 
-    def set_scales(self, scales: Scales) -> None:
-        """Stores the scales measured at the first step."""
+    def set_scales(self, scales: Scales | None) -> None:
+        """Stores the scales measured at the first step (``None``: forgets them)."""
         self.scales = scales
         self._cached = None
 

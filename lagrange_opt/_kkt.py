@@ -18,6 +18,7 @@ Everything is in the user's units, whatever scaling the method applies.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from . import _lagrangian as lag
 from ._evaluation import check_state
-from ._problem import ConstrainedProblem, ConstraintSpec, ProblemState
+from ._problem import ConstrainedProblem, ConstraintSpec, IndexedValue, ProblemState
 
 
 class ConstraintFigures(NamedTuple):
@@ -92,7 +93,7 @@ class KKTResiduals(NamedTuple):
             >>> KKTResiduals(1e-7, 0.0, 0.0, 2e-7).converged(1e-6)
             True
         """
-        return max(self) <= tol
+        return all(residual <= tol for residual in self)
 
 
 def kkt(
@@ -165,4 +166,15 @@ def kkt(
             moved = torch.clamp(param.detach() - grad, bounds.lower, bounds.upper)
             grad = param.detach() - moved
         stationarity = max(stationarity, float(grad.abs().amax()))
-    return KKTResiduals(stationarity, primal, dual, complementarity)
+    residuals = (stationarity, primal, dual, complementarity)
+    # max() drops a NaN that comes second: a point with NaN anywhere is as far as can be.
+    if not all(math.isfinite(r) for r in residuals) or not _all_finite(state, grads):
+        return KKTResiduals(math.inf, math.inf, math.inf, math.inf)
+    return KKTResiduals(*residuals)
+
+
+def _all_finite(state: ProblemState, grads: Sequence[Tensor | None]) -> bool:
+    tensors = [state.objective.detach(), *(g for g in grads if g is not None)]
+    for value in state.constraints.values():
+        tensors.append((value.value if isinstance(value, IndexedValue) else value).detach())
+    return all(bool(torch.isfinite(t).all()) for t in tensors)

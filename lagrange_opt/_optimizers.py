@@ -183,7 +183,6 @@ class ConstrainedOptimizer(abc.ABC):
         step's dual metric); fixed-step methods step along the plain gradient."""
         return False
 
-    @abc.abstractmethod
     def step(self, closure: Closure) -> StepResult:
         """Takes one step.
 
@@ -194,6 +193,21 @@ class ConstrainedOptimizer(abc.ABC):
         Returns:
             The objective, Lagrangian and violations at the point the step started from.
         """
+        measured = self._formulation.needs_scales
+        if measured:
+            self._formulation.set_scales(
+                measure_scales(self.problem, closure, _params(self.primal_optimizer))
+            )
+        try:
+            return self._step(closure, int(measured))
+        except BaseException:
+            if measured:
+                self._formulation.set_scales(None)
+            raise
+
+    @abc.abstractmethod
+    def _step(self, closure: Closure, calls: int) -> StepResult:
+        """The method's step, after the scales are known; ``calls`` closure calls made."""
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -246,15 +260,6 @@ class ConstrainedOptimizer(abc.ABC):
             self.dual_optimizer.load_state_dict(state_dict["dual"])
 
     # The pieces every method is made of.
-
-    def _prepare(self, closure: Closure) -> int:
-        """Measures the scales before the first step if asked; returns the closure calls."""
-        if not self._formulation.needs_scales:
-            return 0
-        self._formulation.set_scales(
-            measure_scales(self.problem, closure, _params(self.primal_optimizer))
-        )
-        return 1
 
     def _evaluate(
         self,
@@ -351,8 +356,7 @@ class SimultaneousGDA(ConstrainedOptimizer):
         [1.0, 1.0]
     """
 
-    def step(self, closure: Closure) -> StepResult:
-        calls = self._prepare(closure)
+    def _step(self, closure: Closure, calls: int) -> StepResult:
         evaluation = self._evaluate_and_backward(closure, UndoLog())
         with torch.no_grad():
             self._update(evaluation, self._step_sizes(), commit_state=True)
@@ -373,8 +377,7 @@ class AlternatingGDA(ConstrainedOptimizer):
     updated multipliers at the cost of one evaluation and one backward pass.
     """
 
-    def step(self, closure: Closure) -> StepResult:
-        calls = self._prepare(closure)
+    def _step(self, closure: Closure, calls: int) -> StepResult:
         undo = UndoLog()
         try:
             evaluation = self._evaluate(closure, undo)

@@ -174,7 +174,7 @@ def _bound_tensor(side: str, bound: Any, param: Tensor, fill: float) -> Tensor:
                 f"the {side} bound has dtype {bound.dtype}, the parameter {param.dtype}"
             )
         try:
-            expanded = bound.to(param.device).expand(shape)
+            expanded = bound.detach().to(param.device).expand(shape)
         except RuntimeError:
             raise ValueError(
                 f"the {side} bound of shape {tuple(bound.shape)} does not broadcast to the "

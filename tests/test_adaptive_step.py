@@ -175,13 +175,6 @@ class OnlyDualMoves(ConstrainedProblem):
         return ProblemState(self.x.square(), {"h": self.x - 1})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _extragradient.py _change_norms measures a dense multiplier's move as "
-    "before.multiplier - before.multipliers_read, but multipliers_read is the parameter itself "
-    "(_evaluation.py _term: multiplier.detach(), shared memory), so the move is always 0: "
-    "the extrapolation test ignores the multipliers and accepts t L > delta",
-)
 def test_the_extrapolation_test_counts_the_multipliers_move() -> None:
     problem = OnlyDualMoves()
     optimizer = ExtraGradient(

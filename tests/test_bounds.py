@@ -342,12 +342,6 @@ def test_a_deep_copy_projects_its_own_parameter() -> None:
     assert problem.x.tolist() == [-7.0, -7.0, -7.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _problem.py _bound_tensor stores expanded.clone() without detach(): a bound "
-    "given as a tensor that requires grad becomes a buffer with autograd history "
-    "(deepcopy of the problem fails, the graph is kept alive)",
-)
 def test_a_bound_that_requires_grad_is_stored_detached() -> None:
     problem = Declarations()
     lower = nn.Parameter(torch.full((3,), -1.0))

@@ -97,11 +97,6 @@ def test_converged_is_the_largest_residual_against_the_tolerance() -> None:
     assert not KKTResiduals(float("nan"), 0.0, 0.0, 0.0).converged(1.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _kkt.py KKTResiduals.converged computes max(self) <= tol: Python's max() "
-    "drops a NaN that is not the first residual, so a NaN residual passes the stopping test",
-)
 @pytest.mark.parametrize("position", [1, 2, 3])
 def test_a_nan_residual_is_never_converged(position: int) -> None:
     residuals = [0.0] * 4
@@ -115,12 +110,6 @@ class NaNConstraint(QuadraticProgram):
         return ProblemState(state.objective, {"sum": state.constraints["sum"] * float("nan")})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _kkt.py kkt() folds each residual with max(x, float(...)); max() keeps the "
-    "first argument when the second is NaN, so a NaN constraint value (and the NaN gradient "
-    "it gives) reports 0 residuals and converged() is True",
-)
 def test_kkt_at_a_point_with_a_nan_constraint_is_not_converged() -> None:
     problem = NaNConstraint("projection")
     _set(problem, QuadraticProgram.solution, QuadraticProgram.multiplier)
@@ -324,13 +313,6 @@ def test_indexed_multiplier_norm_is_the_rows_read(method: str) -> None:
     assert norm is not None and float(norm) == 0.375
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _optimizers.py _result passes term.multipliers_read, which for a dense "
-    "constraint is multiplier.detach() (_evaluation.py _term) sharing memory with the "
-    "parameter; ConstraintReport computes |multiplier|.amax() lazily, so it reports the "
-    "multiplier after the step (and after any later step), not the one read",
-)
 @pytest.mark.parametrize("method", STEP_METHODS)
 def test_dense_multiplier_norm_is_the_multipliers_read(method: str) -> None:
     problem = Several()
