@@ -20,7 +20,14 @@ from ._optimizers import (
     _params,
 )
 from ._problem import ConstrainedProblem
-from ._stepsize import AdaptiveStep, Trial, check_adaptive, judge_extrapolation, next_factor
+from ._stepsize import (
+    AdaptiveStep,
+    Trial,
+    check_adaptive,
+    dual_factor,
+    judge_extrapolation,
+    next_factor,
+)
 from ._updates import dual_update, primal_update
 
 Rows = list[tuple[Tensor, Tensor, Tensor]]
@@ -119,8 +126,10 @@ class ExtraGradient(ConstrainedOptimizer):
     def _apply_factor(self) -> None:
         if self.step_size is None:
             return
-        for group, base in zip(self.param_groups, self._base_lrs):
-            group["lr"] = base * self._factor
+        primal_groups = len(self.primal_optimizer.param_groups)
+        dual = dual_factor(self.step_size, self._factor)
+        for index, (group, base) in enumerate(zip(self.param_groups, self._base_lrs)):
+            group["lr"] = base * (self._factor if index < primal_groups else dual)
 
     def state_dict(self) -> dict[str, Any]:
         """Both optimizers' states, the formulation's and the step factor."""
@@ -211,9 +220,14 @@ class ExtraGradient(ConstrainedOptimizer):
         sums = _change_norms(
             dense, self._copies, start_grads, self._dense_bases(dense), start, extrapolated
         )
-        operator_change, point_change, point_norm = sums.tolist()
+        primal_operator, dual_operator, primal_point, dual_point, point_norm = sums.tolist()
+        weight = dual_factor(self.step_size, self._factor) / self._factor
         return judge_extrapolation(
-            self.step_size, self._factor, operator_change, point_change, point_norm
+            self.step_size,
+            self._factor,
+            primal_operator + weight * dual_operator,
+            primal_point + dual_point / weight,
+            point_norm,
         )
 
     def _dense_bases(self, dense: list[Tensor]) -> list[float]:
@@ -336,8 +350,9 @@ def _change_norms(
     start: Evaluation,
     extrapolated: Evaluation,
 ) -> Tensor:
-    """The operator's change, the point's move and the point's norm, squared, in the
-    step's metric (:mod:`._stepsize`), stacked so that one host sync reads all three.
+    """The operator's change and the point's move, squared, in the step's metric
+    (:mod:`._stepsize`), for the primal variables and for the multipliers, and the point's
+    norm: five sums stacked so that one host sync reads them all.
 
     Dense parameters (the multipliers among them) move from their copies and their gradient
     changes; an indexed multiplier's rows move from the values read and their gradient (the
@@ -346,6 +361,8 @@ def _change_norms(
     """
     operator: list[Tensor] = []
     point: list[Tensor] = []
+    dual_operator: list[Tensor] = []
+    dual_point: list[Tensor] = []
     norm: list[Tensor] = []
     multipliers = {id(term.multiplier): index for index, term in enumerate(start.terms)}
     for param, copy, grad, base in zip(dense, copies, start_grads, bases):
@@ -366,8 +383,8 @@ def _change_norms(
             base = 1.0
         else:
             base = dual_bases.get(id(before.multiplier), 1.0)
-        operator.append(((after.residual - before.residual).square() * weight).sum() * base)
-        point.append(((moved - before.multipliers_read).square() * weight).sum() / base)
+        dual_operator.append(((after.residual - before.residual).square() * weight).sum() * base)
+        dual_point.append(((moved - before.multipliers_read).square() * weight).sum() / base)
         norm.append((before.multipliers_read.square() * weight).sum() / base)
         if before.slack is not None and after.slack is not None:
             slack = before.slack
@@ -376,9 +393,9 @@ def _change_norms(
             operator.append(change.square().sum())
             point.append((rows - slack.values.detach()).square().sum())
             norm.append(slack.values.detach().square().sum())
-    if not operator:
-        return torch.zeros(3, dtype=torch.float64)
-    return torch.stack([torch.stack(part).double().sum() for part in (operator, point, norm)])
+    parts = (operator, dual_operator, point, dual_point, norm)
+    zero = torch.zeros((), dtype=torch.float64)
+    return torch.stack([torch.stack(part).double().sum() if part else zero for part in parts])
 
 
 def _dual_weight(term: Term) -> Tensor | float:

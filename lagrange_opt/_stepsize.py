@@ -14,7 +14,9 @@ accepted when
 
 (Khobotov 1987; Iusem and Svaiter 1997), that is when :math:`t L \\le \\delta` for the
 local estimate :math:`L = \\lVert F(\\bar z) - F(z) \\rVert_\\beta / \\lVert \\bar z - z
-\\rVert_{\\beta^{-1}}`; :math:`\\omega_i` weighs the multipliers by the scaling's units. A
+\\rVert_{\\beta^{-1}}`; :math:`\\omega_i` weighs the multipliers by the scaling's units.
+The multipliers' factor is capped (:func:`dual_factor`), which enters the metric as a
+relative weight :math:`s = t_\\lambda / t` on their :math:`\\beta_i`. A
 rejected extrapolation is redone from :math:`z` with a smaller :math:`t`; after an accepted
 step :math:`t` grows again, never past what the estimate allows:
 
@@ -43,6 +45,13 @@ class AdaptiveStep(NamedTuple):
         max_retries: Rejections allowed in one step before it raises.
         noise: An extrapolation whose move is below ``noise`` times the point's norm is
             accepted: it is rounding error, and shrinking it would not help.
+        max_dual_factor: The multipliers' factor is ``min(t, max_dual_factor)``. In the
+            augmented Lagrangian's metric an inactive constraint's multiplier block has
+            Lipschitz constant 1 (it decays as :math:`\\lambda \\leftarrow (1 - t + t^2)
+            \\lambda` under extra-gradient, fastest at ``t = 1/2``): with one factor for
+            both sides, it holds ``t`` below 1 however flat the objective, or, where its
+            weight in the metric is small, lets ``t`` pass 1, and the extrapolation then
+            projects it to zero, where its gradient vanishes: it stops moving.
     """
 
     initial: float = 1.0
@@ -52,6 +61,7 @@ class AdaptiveStep(NamedTuple):
     shrink: float = 0.5
     max_retries: int = 50
     noise: float = 1e-13
+    max_dual_factor: float = 0.5
 
 
 def check_adaptive(config: AdaptiveStep) -> AdaptiveStep:
@@ -75,7 +85,19 @@ def check_adaptive(config: AdaptiveStep) -> AdaptiveStep:
         raise ValueError(f"Invalid max_retries: {retries}")
     if not (0 <= config.noise < 1):
         raise ValueError(f"Invalid noise level: {config.noise}")
+    if not (math.isfinite(config.max_dual_factor) and config.max_dual_factor > 0):
+        raise ValueError(f"Invalid max_dual_factor: {config.max_dual_factor}")
     return config
+
+
+def dual_factor(config: AdaptiveStep, factor: float) -> float:
+    """The multipliers' step factor for the primal factor ``factor``.
+
+    Example:
+        >>> dual_factor(AdaptiveStep(), 4.0), dual_factor(AdaptiveStep(), 0.25)
+        (0.5, 0.25)
+    """
+    return min(factor, config.max_dual_factor)
 
 
 class Trial(NamedTuple):

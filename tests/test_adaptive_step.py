@@ -150,7 +150,8 @@ def test_the_learning_rates_follow_the_step_factor() -> None:
         optimizer.step(problem)
         factors.append(optimizer.step_factor)
         assert primal.param_groups[0]["lr"] == 0.5 * optimizer.step_factor
-        assert dual.param_groups[0]["lr"] == 2.0 * optimizer.step_factor
+        # The multipliers' factor is capped at AdaptiveStep.max_dual_factor (0.5).
+        assert dual.param_groups[0]["lr"] == 2.0 * min(optimizer.step_factor, 0.5)
     assert len(set(factors)) > 1  # the factor moved
     fixed = ExtraGradient(problem, primal, dual, step_size="fixed")
     assert fixed.step_factor == 1.0
@@ -177,11 +178,12 @@ class OnlyDualMoves(ConstrainedProblem):
 
 def test_the_extrapolation_test_counts_the_multipliers_move() -> None:
     problem = OnlyDualMoves()
+    # No cap on the multipliers' factor: both sides step with t, as in the docstring.
     optimizer = ExtraGradient(
         problem,
         torch.optim.SGD(problem.primal_parameters(), lr=1.0),
         torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
-        step_size="adaptive",
+        step_size=AdaptiveStep(max_dual_factor=100.0),
     )
     result = optimizer.step(problem)
     assert result.evaluations == 3
@@ -452,3 +454,53 @@ def test_resume_is_bitwise_identical(build: Callable[[Quartic], ExtraGradient]) 
     assert resumed.step_factor == optimizer.step_factor
     assert [g["lr"] for g in resumed.param_groups] == [g["lr"] for g in optimizer.param_groups]
     _assert_same(resumed.state_dict(), optimizer.state_dict())
+
+
+class InactiveWithMultiplier(ConstrainedProblem):
+    """min 1e-3 (x - 3)^2 s.t. x <= 10, from x = 0 with the multiplier at 5: the constraint
+    is inactive, so the multiplier must decay to 0, while the flat objective lets the
+    step factor grow far past 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = nn.Parameter(torch.zeros((), dtype=F64))
+        self.add_inequality("cap", "<=", treatment="projection")
+        self.to(F64)
+        with torch.no_grad():
+            self.constraints["cap"].multiplier.fill_(5.0)
+
+    def forward(self) -> ProblemState:
+        return ProblemState(1e-3 * (self.x - 3).square(), {"cap": self.x - 10})
+
+
+def test_the_capped_dual_factor_lets_the_primal_step_grow() -> None:
+    problem = InactiveWithMultiplier()
+    optimizer = ExtraGradient(
+        problem,
+        torch.optim.SGD(problem.primal_parameters(), lr=1.0),
+        torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
+        formulation="augmented",
+        step_size="adaptive",
+    )
+    for _ in range(300):
+        optimizer.step(problem)
+    assert optimizer.step_factor > 100.0
+    assert float(problem.constraints["cap"].multiplier.detach()) < 1e-30
+    assert abs(float(problem.x.detach()) - 3.0) < 1e-6
+
+
+def test_without_the_cap_the_multipliers_hold_the_step_below_one() -> None:
+    # In the augmented Lagrangian's metric an inactive multiplier's block has Lipschitz
+    # constant 1: with one factor for both sides, the flat objective cannot get t past it.
+    problem = InactiveWithMultiplier()
+    optimizer = ExtraGradient(
+        problem,
+        torch.optim.SGD(problem.primal_parameters(), lr=1.0),
+        torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
+        formulation="augmented",
+        step_size=AdaptiveStep(max_dual_factor=100.0),
+    )
+    for _ in range(300):
+        optimizer.step(problem)
+    assert optimizer.step_factor < 1.0
+    assert abs(float(problem.x.detach()) - 3.0) > 1e-2
