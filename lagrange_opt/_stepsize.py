@@ -52,6 +52,8 @@ class AdaptiveStep(NamedTuple):
             both sides, it holds ``t`` below 1 however flat the objective, or, where its
             weight in the metric is small, lets ``t`` pass 1, and the extrapolation then
             projects it to zero, where its gradient vanishes: it stops moving.
+        max_factor: Upper bound of ``t``: where the operator does not change (a linear
+            objective, or a point held at its bounds) ``t`` would otherwise double forever.
     """
 
     initial: float = 1.0
@@ -62,6 +64,7 @@ class AdaptiveStep(NamedTuple):
     max_retries: int = 50
     noise: float = 1e-13
     max_dual_factor: float = 0.5
+    max_factor: float = 1e6
 
 
 def check_adaptive(config: AdaptiveStep) -> AdaptiveStep:
@@ -87,6 +90,8 @@ def check_adaptive(config: AdaptiveStep) -> AdaptiveStep:
         raise ValueError(f"Invalid noise level: {config.noise}")
     if not (math.isfinite(config.max_dual_factor) and config.max_dual_factor > 0):
         raise ValueError(f"Invalid max_dual_factor: {config.max_dual_factor}")
+    if not (math.isfinite(config.max_factor) and config.max_factor >= config.initial):
+        raise ValueError(f"Invalid max_factor: {config.max_factor}")
     return config
 
 
@@ -154,6 +159,7 @@ def next_factor(config: AdaptiveStep, factor: float, trial: Trial) -> float:
         0.5
     """
     change = config.growth if trial.accepted else config.shrink
+    proposed = min(factor * change, config.max_factor)
     if trial.lipschitz == 0.0 or not math.isfinite(trial.lipschitz):
-        return factor * change
-    return min(factor * change, config.safety * config.delta / trial.lipschitz)
+        return proposed
+    return min(proposed, config.safety * config.delta / trial.lipschitz)

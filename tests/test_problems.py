@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from helpers import QuadraticProgram
 
 from benchmarks.references import diabetes, nnls_objective, per_sample_data, slsqp
-from lagrange_opt import DEFAULT_DUAL_LR, DEFAULT_LR, SimultaneousGDA, default_optimizer
+from lagrange_opt import DEFAULT_LR, SimultaneousGDA, Treatment, default_optimizer, kkt
 from lagrange_opt.problems import (
     HOCK_SCHITTKOWSKI,
     NonlinearProgram,
@@ -18,21 +16,20 @@ from lagrange_opt.problems import (
     relative_gap,
 )
 
-# Steps within which the default configuration (extra-gradient, projection, SGD at
-# DEFAULT_LR / DEFAULT_DUAL_LR) brings each problem to rel_gap <= 1e-6 and max violation
-# <= 1e-6 and keeps it there: the benchmark's steps_1e6 with a margin. hs044 is missing:
-# see docs/benchmarks.md.
+# Steps within which default_optimizer brings each problem to rel_gap <= 1e-6 and max
+# violation <= 1e-6 and keeps it there, with either inequality treatment: the benchmark's
+# steps_1e6 with a margin (a fast subset; CI's benchmark run has the rest, docs/benchmarks.md).
 DEFAULT_SOLVES = {
-    "hs006": 2_500,
-    "hs007": 3_000,
-    "hs021": 30_000,
-    "hs028": 3_200,
-    "hs035": 1_000,
-    "hs043": 700,
-    "hs048": 5_000,
-    "hs065": 1_200,
-    "hs071": 4_000,
-    "hs076": 3_000,
+    "hs006": 300,
+    "hs016": 150,
+    "hs021": 100,
+    "hs024": 250,
+    "hs035": 200,
+    "hs044": 300,
+    "hs071": 300,
+    "hs076": 150,
+    "hs078": 150,
+    "hs113": 1_500,
 }
 
 
@@ -81,24 +78,26 @@ def test_per_sample_reference_is_active() -> None:
     assert objective > float((predictions - y).square().mean())
 
 
+@pytest.mark.parametrize("treatment", ["projection", "slack"])
 @pytest.mark.parametrize("name", list(DEFAULT_SOLVES))
-def test_default_configuration_solves(name: str) -> None:
+def test_default_configuration_solves(name: str, treatment: Treatment) -> None:
     definition = HOCK_SCHITTKOWSKI[name]
-    problem = NonlinearProgram(definition, "projection")
+    problem = NonlinearProgram(definition, treatment)
     optimizer = default_optimizer(problem)
-    assert optimizer.primal_optimizer.param_groups[0]["lr"] == DEFAULT_LR
-    assert optimizer.dual_optimizer is not None
-    assert optimizer.dual_optimizer.param_groups[0]["lr"] == DEFAULT_DUAL_LR
+    assert optimizer.primal_optimizer.param_groups[0]["lr"] == DEFAULT_LR * optimizer.step_factor
     budget = DEFAULT_SOLVES[name]
-    worst_gap = worst_violation = math.inf
+    evaluations = 0
     for step in range(budget + 200):
         result = optimizer.step(problem)
+        evaluations += result.evaluations
         if step >= budget:
             # From the budget on, every iterate stays within 1e-6.
-            worst_gap = relative_gap(float(result.objective), definition.f_star)
-            worst_violation = float(result.max_violation)
-            assert worst_gap <= 1e-6, f"step {step}: rel_gap {worst_gap:.3g}"
-            assert worst_violation <= 1e-6, f"step {step}: violation {worst_violation:.3g}"
+            gap = relative_gap(float(result.objective), definition.f_star)
+            violation = float(result.max_violation)
+            assert gap <= 1e-6, f"step {step}: rel_gap {gap:.3g}"
+            assert violation <= 1e-6, f"step {step}: violation {violation:.3g}"
+    assert kkt(problem).converged(1e-6)
+    assert evaluations / (budget + 200) <= 2.6
 
 
 @pytest.mark.parametrize("alpha", [1.0, 10.0])
