@@ -682,21 +682,28 @@ class JobResult(NamedTuple):
     lower_bound: float | None
 
 
-def _job(job: tuple[str, str, bool]) -> JobResult:
-    problem, method, quick = job
+def _job(job: tuple[str, str, bool, int | None]) -> JobResult:
+    problem, method, quick, max_steps = job
     torch.set_num_threads(1)
     benchmark = BENCHMARKS[problem](quick)
     steps = benchmark.quick_steps if quick else benchmark.steps
+    if max_steps is not None and benchmark.batches is None:
+        steps = min(steps, max_steps)
     trace = METHODS[method](benchmark, steps)
     return JobResult(problem, method, trace, benchmark.f_star, benchmark.lower_bound)
 
 
 def run_all(
-    problems: Sequence[str], methods: Sequence[str], quick: bool, workers: int
+    problems: Sequence[str],
+    methods: Sequence[str],
+    quick: bool,
+    workers: int,
+    max_steps: int | None = None,
 ) -> Iterator[JobResult]:
-    """Runs every (problem, method) pair on ``workers`` processes, yielding as they finish."""
+    """Runs every (problem, method) pair on ``workers`` processes, yielding as they finish;
+    ``max_steps`` caps the budget of every full-batch problem."""
     jobs = [
-        (problem, method, quick)
+        (problem, method, quick, max_steps)
         for problem in problems
         for method in methods
         if applies(problem, method)
@@ -849,6 +856,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--problems", nargs="+", choices=suite_names, default=suite_names)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="cap on every full-batch problem's budget"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -856,7 +866,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     traces: dict[str, dict[str, Trace]] = {problem: {} for problem in args.problems}
     f_stars: dict[str, float | None] = {}
     lower_bounds: dict[str, float | None] = {}
-    for result in run_all(args.problems, args.methods, args.quick, args.workers):
+    for result in run_all(args.problems, args.methods, args.quick, args.workers, args.max_steps):
         f_stars[result.problem] = result.f_star
         lower_bounds[result.problem] = result.lower_bound
         if result.trace is None:
