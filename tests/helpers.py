@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -183,3 +184,26 @@ def train_mixed(problem: Mixed, optimizer: Any, steps: range) -> None:
     for step in steps:
         indices = mixed_batch(step)
         optimizer.step(lambda indices=indices: problem(indices))
+
+
+def assert_bitwise_equal(left: Any, right: Any) -> None:
+    """Nested dicts, lists and tuples of tensors and plain values are equal, bitwise."""
+    if isinstance(left, Tensor):
+        assert isinstance(right, Tensor)
+        assert left.dtype == right.dtype and left.shape == right.shape
+        assert torch.equal(left, right), "tensors differ"
+    elif isinstance(left, dict):
+        assert left.keys() == right.keys()
+        for key in left:
+            assert_bitwise_equal(left[key], right[key])
+    elif isinstance(left, (list, tuple)):
+        assert len(left) == len(right)
+        for a, b in zip(left, right):
+            assert_bitwise_equal(a, b)
+    else:
+        assert left == right
+
+
+def snapshot(problem: nn.Module, optimizer: Any) -> dict[str, Any]:
+    """A deep copy of the problem's and the optimizer's state dicts."""
+    return copy.deepcopy({"problem": problem.state_dict(), "optimizer": optimizer.state_dict()})

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-from torch import Tensor, nn
+from helpers import assert_bitwise_equal
+from torch import nn
 
 from lagrange_opt import (
     AdaptiveStep,
@@ -288,22 +289,6 @@ def _state(problem: ConstrainedProblem, optimizer: ExtraGradient) -> dict[str, A
     )
 
 
-def _assert_same(left: Any, right: Any) -> None:
-    if isinstance(left, Tensor):
-        assert isinstance(right, Tensor) and left.dtype == right.dtype
-        assert torch.equal(left, right)
-    elif isinstance(left, dict):
-        assert left.keys() == right.keys()
-        for key in left:
-            _assert_same(left[key], right[key])
-    elif isinstance(left, (list, tuple)):
-        assert len(left) == len(right)
-        for a, b in zip(left, right):
-            _assert_same(a, b)
-    else:
-        assert left == right
-
-
 @pytest.mark.parametrize("formulation", ["lagrangian", "augmented"])
 @pytest.mark.parametrize("base", ["sgd", "momentum", "adam"])
 def test_a_closure_failing_in_a_retry_changes_nothing(base: str, formulation: str) -> None:
@@ -334,14 +319,14 @@ def test_a_closure_failing_in_a_retry_changes_nothing(base: str, formulation: st
     with pytest.raises(RuntimeError, match=r"^closure failed$"):
         optimizer.step(problem)
     assert len(problem.draws) == 3
-    _assert_same(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, _state(problem, optimizer))
 
     # And the next step is the one the dry run took, bitwise.
     problem.fail_on = None
     problem.draws.clear()
     assert optimizer.step(problem).evaluations == calls
-    _assert_same(dry_problem.state_dict(), problem.state_dict())
-    _assert_same(dry.state_dict(), optimizer.state_dict())
+    assert_bitwise_equal(dry_problem.state_dict(), problem.state_dict())
+    assert_bitwise_equal(dry.state_dict(), optimizer.state_dict())
     assert dry.step_factor == optimizer.step_factor
 
 
@@ -364,7 +349,7 @@ def test_too_many_retries_raise_and_change_nothing() -> None:
     after = _state(problem, optimizer)
     # The scales measured before the step are kept (a measurement, not a step's change).
     before["optimizer"]["formulation"]["scales"] = after["optimizer"]["formulation"]["scales"]
-    _assert_same(before, after)
+    assert_bitwise_equal(before, after)
     assert optimizer.step_factor == 1.0
 
 
@@ -455,7 +440,7 @@ def test_resume_is_bitwise_identical(build: Callable[[Quartic], ExtraGradient]) 
         )
     assert resumed.step_factor == optimizer.step_factor
     assert [g["lr"] for g in resumed.param_groups] == [g["lr"] for g in optimizer.param_groups]
-    _assert_same(resumed.state_dict(), optimizer.state_dict())
+    assert_bitwise_equal(resumed.state_dict(), optimizer.state_dict())
 
 
 class InactiveWithMultiplier(ConstrainedProblem):

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import METHODS, MIXED_SAMPLES, build_mixed, train_mixed
-from torch import Tensor
+from helpers import METHODS, MIXED_SAMPLES, assert_bitwise_equal, build_mixed, train_mixed
 
 
 def _roundtrip(obj: Any) -> Any:
@@ -17,23 +16,6 @@ def _roundtrip(obj: Any) -> Any:
     torch.save(obj, buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=True)
-
-
-def _assert_bitwise_equal(left: Any, right: Any) -> None:
-    if isinstance(left, Tensor):
-        assert isinstance(right, Tensor)
-        assert left.dtype == right.dtype and left.shape == right.shape
-        assert torch.equal(left, right), "tensors differ"
-    elif isinstance(left, dict):
-        assert left.keys() == right.keys()
-        for key in left:
-            _assert_bitwise_equal(left[key], right[key])
-    elif isinstance(left, (list, tuple)):
-        assert len(left) == len(right)
-        for a, b in zip(left, right):
-            _assert_bitwise_equal(a, b)
-    else:
-        assert left == right
 
 
 @pytest.mark.parametrize("base", ["sgd", "plain-sgd", "adam"])
@@ -51,8 +33,8 @@ def test_resume_is_bitwise_identical(method: type, base: str) -> None:
     resumed.load_state_dict(saved["optimizer"])
     train_mixed(resumed_problem, resumed, range(100, 200))
 
-    _assert_bitwise_equal(straight_problem.state_dict(), resumed_problem.state_dict())
-    _assert_bitwise_equal(straight.state_dict(), resumed.state_dict())
+    assert_bitwise_equal(straight_problem.state_dict(), resumed_problem.state_dict())
+    assert_bitwise_equal(straight.state_dict(), resumed.state_dict())
 
 
 def test_problem_state_dict_holds_multipliers_and_slacks() -> None:

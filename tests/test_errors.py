@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Callable
@@ -10,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import METHODS, QuadraticProgram
+from helpers import METHODS, QuadraticProgram, assert_bitwise_equal, snapshot
 from torch import Tensor, nn
 
 from lagrange_opt import ConstrainedProblem, ExtraGradient, IndexedValue, ProblemState
@@ -115,25 +114,6 @@ def _build(method: type, base: str) -> tuple[Configurable, Any]:
     return problem, method(problem, primal, dual)
 
 
-def _snapshot(problem: Configurable, optimizer: Any) -> dict[str, Any]:
-    return copy.deepcopy({"problem": problem.state_dict(), "optimizer": optimizer.state_dict()})
-
-
-def _assert_same(left: Any, right: Any) -> None:
-    if isinstance(left, Tensor):
-        assert torch.equal(left, right)
-    elif isinstance(left, dict):
-        assert left.keys() == right.keys()
-        for key in left:
-            _assert_same(left[key], right[key])
-    elif isinstance(left, list):
-        assert len(left) == len(right)
-        for a, b in zip(left, right):
-            _assert_same(a, b)
-    else:
-        assert left == right
-
-
 @pytest.mark.parametrize(
     ("case", "make", "error", "message"), BAD_STATES, ids=[c[0] for c in BAD_STATES]
 )
@@ -152,11 +132,11 @@ def test_a_step_that_raised_changes_nothing(method: type, base: str, warm: bool)
     if warm:
         for _ in range(3):
             optimizer.step(problem)
-    before = _snapshot(problem, optimizer)
+    before = snapshot(problem, optimizer)
     problem.make = _with(pair=torch.tensor([math.nan, 0.0]))
     with pytest.raises(ValueError, match=r"^constraint 'pair'"):
         optimizer.step(problem)
-    _assert_same(before, _snapshot(problem, optimizer))
+    assert_bitwise_equal(before, snapshot(problem, optimizer))
 
 
 @pytest.mark.parametrize("base", ["sgd", "plain-sgd", "adam"])
@@ -168,7 +148,7 @@ def test_extra_gradient_failing_at_the_extrapolated_point_changes_nothing(
     if warm:
         for _ in range(3):
             optimizer.step(problem)
-    before = _snapshot(problem, optimizer)
+    before = snapshot(problem, optimizer)
     weights = problem.w.detach().clone()
 
     def nan_on_second_call(p: Configurable) -> ProblemState:
@@ -183,7 +163,7 @@ def test_extra_gradient_failing_at_the_extrapolated_point_changes_nothing(
         optimizer.step(problem)
     assert problem.calls == 2
     assert torch.equal(problem.w.detach(), weights)
-    _assert_same(before, _snapshot(problem, optimizer))
+    assert_bitwise_equal(before, snapshot(problem, optimizer))
 
 
 DIVERGED = (
@@ -203,10 +183,10 @@ def test_diverged_multipliers_are_named(constraint: str, row: int, message: str)
     problem, optimizer = _build(ExtraGradient, "plain-sgd")
     with torch.no_grad():
         problem.constraints[constraint].multiplier[row] = math.inf
-    before = _snapshot(problem, optimizer)
+    before = snapshot(problem, optimizer)
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         optimizer.step(problem)
-    _assert_same(before, _snapshot(problem, optimizer))
+    assert_bitwise_equal(before, snapshot(problem, optimizer))
 
 
 def test_rows_outside_the_batch_are_not_read() -> None:
@@ -230,14 +210,14 @@ def test_extra_gradient_needs_the_same_batch_twice() -> None:
         )
 
     problem.make = other_batch
-    before = _snapshot(problem, optimizer)
+    before = snapshot(problem, optimizer)
     with pytest.raises(
         ValueError,
         match=r"^constraint 'rows': the closure returned other indices on its second call; "
         r"both evaluations of one step must use the same batch$",
     ):
         optimizer.step(problem)
-    _assert_same(before, _snapshot(problem, optimizer))
+    assert_bitwise_equal(before, snapshot(problem, optimizer))
 
 
 def _optimizers(problem: ConstrainedProblem, **overrides: Any) -> tuple[Any, Any]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
 import torch
-from helpers import MinNorm, QuadraticProgram, sgd_pair
-from torch import Tensor, nn
+from helpers import MinNorm, QuadraticProgram, assert_bitwise_equal, sgd_pair, snapshot
+from torch import nn
 
 from lagrange_opt import (
     AlternatingGDA,
@@ -324,31 +323,12 @@ def test_dense_multiplier_norm_is_the_multipliers_read(method: str) -> None:
     }  # fmt: skip
 
 
-def _snapshot(problem: ConstrainedProblem, optimizer: Any) -> dict[str, Any]:
-    return copy.deepcopy({"problem": problem.state_dict(), "optimizer": optimizer.state_dict()})
-
-
-def _assert_same(left: Any, right: Any) -> None:
-    if isinstance(left, Tensor):
-        assert torch.equal(left, right)
-    elif isinstance(left, dict):
-        assert left.keys() == right.keys()
-        for key in left:
-            _assert_same(left[key], right[key])
-    elif isinstance(left, (list, tuple)):
-        assert len(left) == len(right)
-        for a, b in zip(left, right):
-            _assert_same(a, b)
-    else:
-        assert left == right
-
-
 @pytest.mark.parametrize("method", STEP_METHODS)
 def test_reading_the_figures_changes_nothing(method: str) -> None:
     problem = Several()
     optimizer = _optimizer(method, problem)
     result = optimizer.step(problem)
-    before = _snapshot(problem, optimizer)
+    before = snapshot(problem, optimizer)
     grads = [param.grad for param in problem.parameters()]
     first = {name: result.constraints[name] for name in result.constraints}
     second = {name: result.constraints[name] for name in result.constraints}
@@ -356,7 +336,7 @@ def test_reading_the_figures_changes_nothing(method: str) -> None:
         assert torch.equal(first[name].max_violation, second[name].max_violation)
         if first[name].multiplier_norm is not None:
             assert torch.equal(first[name].multiplier_norm, second[name].multiplier_norm)
-    _assert_same(before, _snapshot(problem, optimizer))
+    assert_bitwise_equal(before, snapshot(problem, optimizer))
     assert [param.grad for param in problem.parameters()] == grads == [None] * len(grads)
     assert repr(result.constraints) == f"ConstraintReport({NAMES})"
 
