@@ -1,13 +1,16 @@
 """Train PyTorch models under equality and inequality constraints.
 
 Declare the constraints on a :class:`ConstrainedProblem`, pick a saddle-point method
-(:func:`default_optimizer` builds :class:`ExtraGradient` with the benchmarked learning
-rates), and call ``optimizer.step(closure)`` in a training loop. Problems with known
-solutions to try settings on are in :mod:`lagrange_opt.problems`.
+(:func:`default_optimizer` builds one that needs no tuning: :class:`ExtraGradient` on the
+augmented Lagrangian with a backtracking step and scaling), and call
+``optimizer.step(closure)`` in a training loop; :func:`kkt` says how far a point is from a
+solution. Problems with known solutions to try settings on are in
+:mod:`lagrange_opt.problems`.
 """
 
 from ._augmented import AugmentedLagrangian
 from ._defaults import DEFAULT_DUAL_LR, DEFAULT_LR, default_optimizer
+from ._evaluation import NonFiniteError
 from ._extragradient import ExtraGradient
 from ._kkt import ConstraintFigures, KKTResiduals, kkt
 from ._optimizers import (
@@ -44,6 +47,7 @@ __all__ = [
     "ExtraGradient",
     "IndexedValue",
     "KKTResiduals",
+    "NonFiniteError",
     "ProblemState",
     "SimultaneousGDA",
     "StepResult",

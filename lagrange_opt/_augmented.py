@@ -68,7 +68,7 @@ def check_augmented(config: AugmentedLagrangian) -> AugmentedLagrangian:
 
 
 def augmented_weight(
-    standard: Tensor, multiplier: Tensor, penalty: Tensor, equality: bool
+    standard: Tensor, multiplier: Tensor, penalty: Tensor | float, equality: bool
 ) -> Tensor:
     """The term's derivative with respect to the constraint value: the multiplier estimate.
 
@@ -88,7 +88,7 @@ def augmented_weight(
 
 
 def augmented_residual(
-    standard: Tensor, multiplier: Tensor, penalty: Tensor, equality: bool
+    standard: Tensor, multiplier: Tensor, penalty: Tensor | float, equality: bool
 ) -> Tensor:
     """The term's derivative with respect to the multiplier: the dual ascent direction.
 
@@ -112,7 +112,7 @@ def augmented_residual(
 
 
 def augmented_value(
-    standard: Tensor, multiplier: Tensor, penalty: Tensor, equality: bool
+    standard: Tensor, multiplier: Tensor, penalty: Tensor | float, equality: bool
 ) -> Tensor:
     """The term :math:`\\psi_c` elementwise, without cancellation.
 
@@ -134,7 +134,7 @@ def augmented_value(
     return torch.where(multiplier + penalty * standard >= 0, active, inactive)
 
 
-def closed_form_slack(standard: Tensor, multiplier: Tensor, penalty: Tensor) -> Tensor:
+def closed_form_slack(standard: Tensor, multiplier: Tensor, penalty: Tensor | float) -> Tensor:
     """The slack that minimises the augmented term of ``g + s**2 = 0``.
 
     .. math::

@@ -8,38 +8,45 @@ from ._extragradient import ExtraGradient
 from ._problem import ConstrainedProblem
 
 DEFAULT_LR = 1.0
-"""Primal learning rate of :func:`default_optimizer` (plain SGD)."""
+"""Primal learning rate of :func:`default_optimizer` (plain SGD) at step factor 1."""
 
 DEFAULT_DUAL_LR = 1.0
-"""Dual learning rate of :func:`default_optimizer` (plain SGD ascent)."""
+"""Dual learning rate of :func:`default_optimizer` (plain SGD ascent) at step factor 1."""
 
 
 def default_optimizer(
     problem: ConstrainedProblem, lr: float = DEFAULT_LR, dual_lr: float = DEFAULT_DUAL_LR
 ) -> ExtraGradient:
-    """Extra-gradient with plain SGD on both sides: the configuration that the convergence
-    benchmark found to solve the most Hock-Schittkowski problems to 1e-6.
+    """The configuration that needs no tuning: extra-gradient on the augmented Lagrangian,
+    with a backtracking step, gradient-based scaling at the first step and the
+    penalty-update rule (docs/core.md; docs/benchmarks.md has what it solves).
+
+    With :math:`z = (x, \\lambda)`, the operator :math:`F` of the scaled augmented
+    Lagrangian and a step factor :math:`t` that the backtracking chooses each step:
 
     .. math::
 
-        z_{k+1/2} = z_k - \\eta F(z_k), \\qquad z_{k+1} = z_k - \\eta F(z_{k+1/2}),
-        \\qquad \\eta = \\operatorname{diag}(\\eta_x, \\eta_\\lambda)
+        z_{k+1/2} = P(z_k - t D F(z_k)), \\qquad z_{k+1} = P(z_k - t D F(z_{k+1/2})),
+        \\qquad D = \\operatorname{diag}(\\eta_x, \\eta_\\lambda c \\min(1, 1/(2t)))
+
+    where :math:`P` projects the bounded parameters onto their boxes and inequality
+    multipliers onto :math:`\\ge 0`.
 
     Args:
-        problem: The problem; its primal parameters (slacks included) get ``lr``, its
-            multipliers ``dual_lr``.
-        lr: Primal learning rate.
-        dual_lr: Dual learning rate.
+        problem: The problem; its primal parameters (slacks included; under the augmented
+            Lagrangian they take no step) get ``lr``, its multipliers ``dual_lr``.
+        lr: Primal learning rate at step factor 1 (plain SGD).
+        dual_lr: Dual learning rate at step factor 1, before the penalty coefficient.
 
     Example:
         >>> from lagrange_opt import default_optimizer
         >>> from lagrange_opt.problems import HOCK_SCHITTKOWSKI, NonlinearProgram
-        >>> problem = NonlinearProgram(HOCK_SCHITTKOWSKI["hs006"], treatment="projection")
+        >>> problem = NonlinearProgram(HOCK_SCHITTKOWSKI["hs071"], treatment="slack")
         >>> optimizer = default_optimizer(problem)
-        >>> for _ in range(3000):
+        >>> for _ in range(500):
         ...     result = optimizer.step(problem)
         >>> [round(v, 4) for v in problem.x.tolist()]
-        [1.0, 1.0]
+        [1.0, 4.743, 3.8211, 1.3794]
     """
     multipliers = problem.dual_parameters()
     dual = torch.optim.SGD(multipliers, lr=dual_lr, maximize=True) if multipliers else None

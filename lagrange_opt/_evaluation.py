@@ -331,9 +331,14 @@ def _raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term]
                 f"{_first_non_finite(term.multipliers_read)}: the dual iteration diverged"
             )
         if not bool(torch.isfinite(term.residual).all()):
+            if term.slack is not None or _slack_variable(term.constraint.spec, term.rule):
+                raise NonFiniteError(
+                    f"the slack residual of constraint '{name}' has "
+                    f"{_first_non_finite(term.residual)}: the slacks diverged"
+                )
             raise NonFiniteError(
-                f"the slack residual of constraint '{name}' has "
-                f"{_first_non_finite(term.residual)}: the slacks diverged"
+                f"the multipliers' gradient of constraint '{name}' has "
+                f"{_first_non_finite(term.residual)}"
             )
 
 
@@ -414,7 +419,9 @@ def _term(
         weights = term_weights(spec, estimates, indices, False, objective_weight)
         terms = aug.augmented_value(detached, multipliers, rule.penalty, equality)
         scale = objective_weight if indices is None else objective_weight / indices.shape[0]
-        term_value = terms.sum() * scale
+        # An inactive inequality's term does not depend on its value: the value's own sum,
+        # times 0, carries a NaN or an infinity into the one finiteness check.
+        term_value = terms.sum() * scale + detached.sum() * 0
         if spec.has_slack:
             _write_closed_form_slack(constraint, detached, multipliers, rule.penalty, indices, undo)
     elif not spec.has_slack:
@@ -443,7 +450,7 @@ def _write_closed_form_slack(
     constraint: Constraint,
     standard: Tensor,
     multipliers: Tensor,
-    penalty: Tensor,
+    penalty: Tensor | float,
     indices: Tensor | None,
     undo: UndoLog,
 ) -> None:

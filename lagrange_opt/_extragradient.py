@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -54,8 +54,9 @@ class ExtraGradient(ConstrainedOptimizer):
     factor ``t``; an extrapolation whose operator changed too much against its move is
     redone from the saved point with a smaller ``t`` (parameters, multipliers, slacks,
     optimizer state and the random number generators' state put back first), and ``t``
-    grows after accepted steps. Under the augmented Lagrangian the multipliers' step is then
-    ``c`` times the primal one, so that ``t = 1`` is the method of multipliers' dual step.
+    grows after accepted steps. Under the augmented Lagrangian the multipliers step ``c``
+    times ``min(t, 1/2)`` (:attr:`AdaptiveStep.max_dual_factor`): at factor 1 it would be
+    the method of multipliers' dual step.
     With plain SGD the test is the one of the theory; with a stateful optimizer it acts on
     its learning rate with the same test, a heuristic (its moments are not put in the
     metric). The method owns the learning rates then: do not attach a scheduler.
@@ -106,17 +107,18 @@ class ExtraGradient(ConstrainedOptimizer):
         scaling: bool = False,
         step_size: Literal["fixed", "adaptive"] | AdaptiveStep = "fixed",
     ) -> None:
-        self.step_size = _check_step_size(step_size)
+        self.adaptive: AdaptiveStep | None = _check_step_size(step_size)
+        """The adaptive step's settings, ``None`` with a fixed step."""
         super().__init__(
             problem, primal_optimizer, dual_optimizer, formulation=formulation, scaling=scaling
         )
         self._copies: list[Tensor] = []
-        self._factor = 1.0 if self.step_size is None else self.step_size.initial
+        self._factor = 1.0 if self.adaptive is None else self.adaptive.initial
         self._base_lrs = [float(group["lr"]) for group in self.param_groups]
         self._apply_factor()
 
     def _penalty_steps_dual(self) -> bool:
-        return self.step_size is not None
+        return self.adaptive is not None
 
     @property
     def step_factor(self) -> float:
@@ -124,10 +126,10 @@ class ExtraGradient(ConstrainedOptimizer):
         return self._factor
 
     def _apply_factor(self) -> None:
-        if self.step_size is None:
+        if self.adaptive is None:
             return
         primal_groups = len(self.primal_optimizer.param_groups)
-        dual = dual_factor(self.step_size, self._factor)
+        dual = dual_factor(self.adaptive, self._factor)
         for index, (group, base) in enumerate(zip(self.param_groups, self._base_lrs)):
             group["lr"] = base * (self._factor if index < primal_groups else dual)
 
@@ -135,6 +137,7 @@ class ExtraGradient(ConstrainedOptimizer):
         """Both optimizers' states, the formulation's and the step factor."""
         state = super().state_dict()
         state["step_factor"] = self._factor
+        state["adaptive"] = self.adaptive is not None
         state["base_lrs"] = list(self._base_lrs)
         return state
 
@@ -147,6 +150,10 @@ class ExtraGradient(ConstrainedOptimizer):
         missing = {"step_factor", "base_lrs"} - set(state_dict)
         if missing:
             raise ValueError(f"state_dict lacks {sorted(missing)}")
+        if state_dict.get("adaptive") != (self.adaptive is not None):
+            saved = "an adaptive" if state_dict.get("adaptive") else "a fixed"
+            mine = "adaptive" if self.adaptive is not None else "fixed"
+            raise ValueError(f"state_dict is from {saved} step; this optimizer's step is {mine}")
         if len(state_dict["base_lrs"]) != len(self._base_lrs):
             raise ValueError(
                 f"state_dict has {len(state_dict['base_lrs'])} param groups, this optimizer "
@@ -214,34 +221,31 @@ class ExtraGradient(ConstrainedOptimizer):
         extrapolated: Evaluation | None,
     ) -> Trial:  # fmt: skip
         """Tests the extrapolation (``None``: its evaluation was not finite)."""
-        assert self.step_size is not None
+        assert self.adaptive is not None
         if extrapolated is None:
             return Trial(False, math.inf)
-        sums = _change_norms(
-            dense, self._copies, start_grads, self._dense_bases(dense), start, extrapolated
-        )
+        sums = _change_norms(dense, self._copies, start_grads, self._bases(), start, extrapolated)
         primal_operator, dual_operator, primal_point, dual_point, point_norm = sums.tolist()
-        weight = dual_factor(self.step_size, self._factor) / self._factor
+        weight = dual_factor(self.adaptive, self._factor) / self._factor
         return judge_extrapolation(
-            self.step_size,
+            self.adaptive,
             self._factor,
             primal_operator + weight * dual_operator,
             primal_point + dual_point / weight,
             point_norm,
         )
 
-    def _dense_bases(self, dense: list[Tensor]) -> list[float]:
-        """Each dense parameter's learning rate at ``t = 1``."""
-        base_of = {
+    def _bases(self) -> dict[int, float]:
+        """Each parameter's learning rate at ``t = 1``, by ``id`` (indexed tables too)."""
+        return {
             id(param): base
             for group, base in zip(self.param_groups, self._base_lrs)
             for param in group["params"]
         }
-        return [base_of[id(param)] for param in dense]
 
     def _step(self, closure: Closure, calls: int) -> StepResult:
         factor = self._factor
-        adaptive = self.step_size
+        adaptive = self.adaptive
         # The adaptive step restores the RNG: before a retry, to its state after the start
         # evaluation (every try sees the same draws); on failure, to its state before.
         rng_before = None if adaptive is None else _rng_state()
@@ -264,6 +268,7 @@ class ExtraGradient(ConstrainedOptimizer):
                 rng = _rng_state()
         indices = {term.constraint.spec.name: term.indices for term in start.terms}
         retries = 0
+        cause: NonFiniteError | None = None
         try:
             while True:
                 sizes = self._step_sizes()
@@ -273,10 +278,11 @@ class ExtraGradient(ConstrainedOptimizer):
                 try:
                     extrapolated = self._evaluate(closure, undo, indices)
                     self._backward(extrapolated)
-                except NonFiniteError:
+                except NonFiniteError as error:
                     if adaptive is None:
                         raise
                     extrapolated = None
+                    cause = error
                 calls += 1
                 if adaptive is None:
                     break
@@ -289,7 +295,7 @@ class ExtraGradient(ConstrainedOptimizer):
                         f"the adaptive step was rejected {retries} times in one step (step "
                         f"factor {self._factor:.3g}): the operator is not locally Lipschitz "
                         "here, or the closure is not deterministic"
-                    )
+                    ) from cause
                 self._factor = next_factor(adaptive, self._factor, trial)
                 self._apply_factor()
                 with torch.no_grad():
@@ -346,7 +352,7 @@ def _change_norms(
     dense: Sequence[Tensor],
     copies: Sequence[Tensor],
     start_grads: Sequence[Tensor | None],
-    bases: Sequence[float],
+    bases: Mapping[int, float],
     start: Evaluation,
     extrapolated: Evaluation,
 ) -> Tensor:
@@ -365,24 +371,21 @@ def _change_norms(
     dual_point: list[Tensor] = []
     norm: list[Tensor] = []
     multipliers = {id(term.multiplier): index for index, term in enumerate(start.terms)}
-    for param, copy, grad, base in zip(dense, copies, start_grads, bases):
-        index = multipliers.get(id(param))
-        if index is not None:
+    for param, copy, grad in zip(dense, copies, start_grads):
+        if id(param) in multipliers:
             continue  # the multipliers' gradients are the residuals, below
         if grad is None or param.grad is None:
             continue
+        base = bases[id(param)]
         operator.append((param.grad - grad).square().sum() * base)
         point.append((param.detach() - copy).square().sum() / base)
         norm.append(copy.square().sum() / base)
-    dual_bases = {id(param): base for param, base in zip(dense, bases) if id(param) in multipliers}
     for before, after in zip(start.terms, extrapolated.terms):
         weight = _dual_weight(before)
         moved = before.multiplier.detach()
         if before.indices is not None:
             moved = moved.index_select(0, before.indices)
-            base = 1.0
-        else:
-            base = dual_bases.get(id(before.multiplier), 1.0)
+        base = bases[id(before.multiplier)]
         dual_operator.append(((after.residual - before.residual).square() * weight).sum() * base)
         dual_point.append(((moved - before.multipliers_read).square() * weight).sum() / base)
         norm.append((before.multipliers_read.square() * weight).sum() / base)
@@ -390,11 +393,13 @@ def _change_norms(
             slack = before.slack
             rows = slack.table.detach().index_select(0, slack.rows)
             change = _grad_or_zero(after.slack.values) - _grad_or_zero(slack.values)
-            operator.append(change.square().sum())
-            point.append((rows - slack.values.detach()).square().sum())
-            norm.append(slack.values.detach().square().sum())
+            slack_base = bases[id(slack.table)]
+            operator.append(change.square().sum() * slack_base)
+            point.append((rows - slack.values.detach()).square().sum() / slack_base)
+            norm.append(slack.values.detach().square().sum() / slack_base)
     parts = (operator, dual_operator, point, dual_point, norm)
-    zero = torch.zeros((), dtype=torch.float64)
+    device = next((part[0].device for part in parts if part), None)
+    zero = torch.zeros((), dtype=torch.float64, device=device)
     return torch.stack([torch.stack(part).double().sum() if part else zero for part in parts])
 
 

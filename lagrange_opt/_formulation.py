@@ -42,14 +42,14 @@ class TermRule(NamedTuple):
     """How one constraint enters the Lagrangian in one evaluation.
 
     Attributes:
-        penalty: The augmented Lagrangian's coefficient in the user's units (a scalar
-            tensor, or one per element), or ``None`` for the plain Lagrangian.
-        dual_scale: Factor on the multipliers' gradient (a scalar tensor, or one per
-            element), or ``None`` for none.
+        penalty: The augmented Lagrangian's coefficient in the user's units (a number, or
+            a tensor with one per element), or ``None`` for the plain Lagrangian.
+        dual_scale: Factor on the multipliers' gradient (a number, or a tensor with one
+            per element), or ``None`` for none.
     """
 
-    penalty: Tensor | None
-    dual_scale: Tensor | None
+    penalty: Tensor | float | None
+    dual_scale: Tensor | float | None
 
 
 class Formulation(NamedTuple):

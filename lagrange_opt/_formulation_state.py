@@ -24,8 +24,8 @@ class FormulationState:
         augmented: The augmented Lagrangian's settings, or ``None`` for the plain Lagrangian.
         scaling: Whether to scale the objective and the constraints at the first step.
         penalty_steps_dual: Whether the multipliers' gradient is multiplied by the penalty
-            coefficient (the adaptive method's dual metric: a dual step of ``c`` times the
-            primal step, the method of multipliers' step at unit size).
+            coefficient (the adaptive method's dual metric: the multipliers step ``c``
+            times their step factor, the method of multipliers' step at factor 1).
     """
 
     def __init__(
@@ -49,7 +49,11 @@ class FormulationState:
         self._window_max: dict[str, Tensor] = {}
         self._previous: dict[str, float] = dict.fromkeys(self.names, math.inf)
         self._steps = 0
-        self._cached: Formulation | None = None if augmented is not None or scaling else PLAIN
+        self._cached: Formulation | None = self._fixed()
+
+    def _fixed(self) -> Formulation | None:
+        """The formulation if it never changes (the plain Lagrangian, unscaled), else None."""
+        return None if self.augmented is not None or self.scaling else PLAIN
 
     @property
     def needs_scales(self) -> bool:
@@ -71,8 +75,8 @@ class FormulationState:
         objective_scale = 1.0 if self.scales is None else self.scales.objective
         rules = {}
         for name in self.names:
-            # A 0-dim tensor when unscaled or indexed: it takes the values' dtype in products.
-            ratio = torch.tensor(objective_scale)
+            # A number when unscaled: it takes the values' dtype and device in products.
+            ratio: Tensor | float = objective_scale
             if self.scales is not None:
                 ratio = objective_scale / self.scales.constraints[name].square()
             penalty = None
@@ -135,6 +139,13 @@ class FormulationState:
                 f"this problem has {sorted(self.names)}"
             )
         scales = state["scales"]
+        if scales is not None and not self.scaling:
+            raise ValueError("the formulation state has scales, but this method does not scale")
+        if scales is not None and set(scales["constraints"]) != set(self.names):
+            raise ValueError(
+                f"the scales are for constraints {sorted(scales['constraints'])}, this problem "
+                f"has {sorted(self.names)}"
+            )
         self.scales = None if scales is None else Scales(
             float(scales["objective"]),
             {name: scale.clone() for name, scale in scales["constraints"].items()},
@@ -143,4 +154,4 @@ class FormulationState:
         self._previous = dict(state["previous_violations"])
         self._window_max = {name: worst.clone() for name, worst in state["window_max"].items()}
         self._steps = int(state["steps"])
-        self._cached = None if self.augmented is not None or self.scaling else PLAIN
+        self._cached = self._fixed()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._evaluation import check_state
+from ._evaluation import NonFiniteError, check_state
 from ._formulation import Scales
 from ._problem import ConstrainedProblem, ProblemState
 
@@ -30,14 +30,19 @@ MAX_ROWS = 64
 """Constraint elements whose gradients are measured one by one."""
 
 
-def _grad_inf_norm(output: Tensor, params: Sequence[Tensor]) -> float:
+def _grad_inf_norm(label: str, output: Tensor, params: Sequence[Tensor]) -> float:
     """``max(1, ||d output / d params||_inf)``."""
+    if not bool(torch.isfinite(output.detach())):
+        raise NonFiniteError(f"{label} is not finite at the first point: {float(output)}")
     if not output.requires_grad:
         return 1.0
     grads = torch.autograd.grad(output, params, retain_graph=True, allow_unused=True)
-    largest = max((float(grad.abs().max()) for grad in grads if grad is not None), default=0.0)
+    largest = max(
+        (float(grad.abs().amax()) for grad in grads if grad is not None and grad.numel()),
+        default=0.0,
+    )
     if not largest < float("inf"):
-        raise ValueError(f"the gradient at the first point is not finite: {largest}")
+        raise NonFiniteError(f"the gradient of {label} at the first point is not finite")
     return max(1.0, largest)
 
 
@@ -52,18 +57,22 @@ def measure_scales(
         params: The primal parameters the gradients are taken with respect to.
 
     Raises:
-        ValueError: If a gradient at the first point is not finite.
+        NonFiniteError: If a value or a gradient at the first point is not finite, naming
+            the objective or the constraint element.
     """
     params = [param for param in params if param.requires_grad]
     with torch.enable_grad():
         objective, checked = check_state(problem, closure())
-        objective_scale = _grad_inf_norm(objective, params)
+        objective_scale = _grad_inf_norm("the objective", objective, params)
         scales = {}
         for name, constraint, value, indices in checked:
             if constraint.multiplier is None:
                 continue
             flat = value.reshape(-1)
-            rows = [_grad_inf_norm(flat[i], params) for i in range(min(MAX_ROWS, flat.numel()))]
+            rows = [
+                _grad_inf_norm(f"constraint '{name}' (element {i})", flat[i], params)
+                for i in range(min(MAX_ROWS, flat.numel()))
+            ]
             if indices is None and flat.numel() <= MAX_ROWS:
                 scale = torch.tensor(rows, dtype=value.dtype).reshape(value.shape)
             else:

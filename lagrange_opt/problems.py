@@ -4,9 +4,9 @@ Every problem is a :class:`~lagrange_opt.ConstrainedProblem` whose constructor t
 inequality treatment (``"slack"``, ``"projection"`` or ``"penalty"``; under ``"penalty"``
 the equalities are penalised too), so that one definition serves every method.
 
-- :data:`HOCK_SCHITTKOWSKI`: eleven problems of Hock and Schittkowski, *Test Examples for
+- :data:`HOCK_SCHITTKOWSKI`: 41 problems of Hock and Schittkowski, *Test Examples for
   Nonlinear Programming Codes* (1981), from their standard start points, with their
-  variable bounds written as inequality constraints. Build one with
+  variable bounds kept by projection (``add_bounds``). Build one with
   :class:`NonlinearProgram`.
 - :class:`NonNegativeLeastSquares`: least squares with non-negative coefficients (the
   reference is ``scipy.optimize.nnls``).

@@ -393,7 +393,7 @@ def test_invalid_step_size_is_named(step_size: Any) -> None:
 def test_valid_edge_settings_are_accepted() -> None:
     edge = AdaptiveStep(initial=1e-9, delta=0.999, safety=1.0, growth=1.0, shrink=0.999,
                         max_retries=0, noise=0.0)  # fmt: skip
-    assert _default_like(Stiff(), edge).step_size is edge
+    assert _default_like(Stiff(), edge).adaptive is edge
 
 
 def _roundtrip(obj: Any) -> Any:

@@ -21,6 +21,7 @@ from lagrange_opt import (
     AugmentedLagrangian,
     ConstrainedProblem,
     ExtraGradient,
+    NonFiniteError,
     ProblemState,
     SimultaneousGDA,
     default_optimizer,
@@ -421,3 +422,68 @@ def test_penalty_is_fixed_without_growth() -> None:
     for _ in range(30):
         optimizer.step(problem)
     assert optimizer.state_dict()["formulation"]["penalties"] == {"impossible": 1.0}
+
+
+class Fragile(ConstrainedProblem):
+    """min ||x||^2 s.t. x1 <= 10 (inactive) and x2 >= -10 (inactive): a NaN or an infinity
+    in an inactive inequality leaves its augmented term finite (-lam^2 / 2c)."""
+
+    def __init__(self, bad: float | None, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.x = nn.Parameter(torch.tensor([1.0, 2.0]))
+        self.add_inequality("cap", "<=", treatment="projection")
+        self.add_inequality("floor", ">=")
+        self.to(dtype)
+        self.bad = bad
+
+    def forward(self) -> ProblemState:
+        cap = self.x[0] - 10
+        if self.bad is not None:
+            cap = cap + self.bad
+        return ProblemState(self.x.square().sum(), {"cap": cap, "floor": self.x[1] + 10})
+
+
+@pytest.mark.parametrize("bad", [math.nan, -math.inf, math.inf])
+def test_a_non_finite_inequality_is_caught_in_the_augmented_lagrangian(bad: float) -> None:
+    problem = Fragile(bad)
+    optimizer = SimultaneousGDA(problem, *sgd_pair(problem, 0.1), formulation="augmented")
+    before = [p.detach().clone() for p in problem.parameters()]
+    with pytest.raises(NonFiniteError, match=r"^constraint 'cap' has 1 non-finite value"):
+        optimizer.step(problem)
+    assert all(torch.equal(a, b) for a, b in zip(before, problem.parameters()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_augmented_lagrangian_keeps_the_problem_dtype(dtype: torch.dtype) -> None:
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if dtype == torch.float32 else torch.float32)
+    try:
+        problem = Fragile(None, dtype)
+        optimizer = default_optimizer(problem)
+        result = optimizer.step(problem)
+    finally:
+        torch.set_default_dtype(default)
+    assert result.lagrangian.dtype == dtype
+    assert all(p.dtype == dtype for p in problem.parameters())
+
+
+def test_a_state_from_another_configuration_is_refused() -> None:
+    problem = Fragile(None)
+    adaptive = default_optimizer(problem)
+    adaptive.step(problem)
+    fixed = ExtraGradient(problem, *sgd_pair(problem, 0.1), formulation="augmented")
+    with pytest.raises(
+        ValueError, match=r"^state_dict is from an adaptive step; this optimizer's step is fixed$"
+    ):
+        fixed.load_state_dict(adaptive.state_dict())
+    unscaled = ExtraGradient(
+        problem,
+        torch.optim.SGD(problem.primal_parameters(), lr=1.0),
+        torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
+        formulation="augmented",
+        step_size="adaptive",
+    )
+    with pytest.raises(
+        ValueError, match=r"^the formulation state has scales, but this method does not scale$"
+    ):
+        unscaled.load_state_dict(adaptive.state_dict())

@@ -45,6 +45,7 @@ class Boxed(ConstrainedProblem):
         self.x = nn.Parameter(torch.full((3,), 0.5, dtype=F64))
         self.register_buffer("a", torch.tensor([2.0, -1.0, 0.5], dtype=F64))
         self.add_inequality("cap", "<=", treatment="projection")
+        self.to(F64)  # the multiplier too: float32 rounding would stop it short of 0.6
         if bounded:
             self.add_bounds(self.x, 0.0, 1.0)
         self.inside: list[bool] = []
