@@ -256,7 +256,7 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         ...     def forward(self) -> ProblemState:
         ...         return ProblemState(self.x.square().sum(), {"sum": self.x.sum() - 2})
         >>> AboveTwo().constraints["sum"]
-        Constraint(value >= 0, shape=(), treatment='slack')
+        Constraint(value >= 0, shape=(), treatment='projection')
     """
 
     def __init__(self) -> None:
@@ -311,7 +311,7 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         *,
         shape: tuple[int, ...] | int = (),
         num_samples: int | None = None,
-        treatment: Treatment = "slack",
+        treatment: Treatment = "projection",
         slack_margin: float = 1e-2,
         penalty_weight: float | None = None,
     ) -> Constraint:
@@ -320,13 +320,17 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         The sense has no default: ``">="`` means the returned value must be non-negative,
         ``"<="`` that it must be non-positive.
 
-        With ``treatment="slack"`` (the default) the inequality becomes the equality
-        ``g + s**2 = 0`` (``g`` being the value written as ``g <= 0``) with a learnable slack
-        ``s`` that the primal optimizer updates. The slack is set on first observation so that
-        ``s**2 = max(-g, slack_margin)``: at ``s = 0`` its gradient vanishes and it would never
-        move. With ``treatment="projection"`` the multiplier is projected onto ``>= 0`` after
-        each dual step. With ``treatment="penalty"`` there is no multiplier: the objective
-        gains ``penalty_weight * max(g, 0)**2``, which only encourages feasibility.
+        With ``treatment="projection"`` (the default: under the augmented Lagrangian it is
+        the same iteration as the slack, and with fixed steps on the plain Lagrangian it
+        solves more of the benchmark, docs/benchmarks.md) the multiplier is projected onto
+        ``>= 0`` after each dual step. With ``treatment="slack"`` the inequality becomes the
+        equality ``g + s**2 = 0`` (``g`` being the value written as ``g <= 0``) with a slack
+        ``s``: under the plain Lagrangian a learnable one that the primal optimizer updates,
+        set on first observation so that ``s**2 = max(-g, slack_margin)`` (at ``s = 0`` its
+        gradient vanishes and it would never move); under the augmented Lagrangian it is
+        minimised in closed form. With ``treatment="penalty"`` there is no multiplier: the
+        objective gains ``penalty_weight * max(g, 0)**2``, which only encourages
+        feasibility.
 
         Args:
             name: Unique name; :meth:`forward` returns the value under this key.

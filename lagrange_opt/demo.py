@@ -101,7 +101,7 @@ def train_constrained(
     own learning rate), plain SGD ascent on the per-sample multipliers."""
     start = time.perf_counter()
     network = make_network()
-    problem = PositiveOutputs(network, num_samples=data.inputs.shape[0])
+    problem = PositiveOutputs(network, num_samples=data.inputs.shape[0], treatment="slack")
     groups: list[dict[str, Any]] = [
         {"params": network.parameters()},
         {"params": problem.slack_parameters(), "lr": slack_lr},

@@ -127,7 +127,7 @@ class NonlinearProgram(ConstrainedProblem):
     def __init__(
         self,
         definition: ProgramDefinition,
-        treatment: Treatment = "slack",
+        treatment: Treatment = "projection",
         penalty_weight: float | None = None,
     ) -> None:
         super().__init__()
@@ -175,7 +175,7 @@ class NonNegativeLeastSquares(ConstrainedProblem):
         self,
         X: Tensor,
         y: Tensor,
-        treatment: Treatment = "slack",
+        treatment: Treatment = "projection",
         penalty_weight: float | None = None,
     ) -> None:
         super().__init__()
@@ -210,7 +210,7 @@ class NonNegativePredictions(ConstrainedProblem):
         self,
         X: Tensor,
         y: Tensor,
-        treatment: Treatment = "slack",
+        treatment: Treatment = "projection",
         penalty_weight: float | None = None,
     ) -> None:
         super().__init__()
@@ -254,7 +254,7 @@ class PositiveOutputs(ConstrainedProblem):
         self,
         network: nn.Module,
         num_samples: int,
-        treatment: Treatment = "slack",
+        treatment: Treatment = "projection",
         penalty_weight: float | None = None,
         output_shape: tuple[int, ...] = (2,),
     ) -> None:

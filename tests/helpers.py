@@ -121,10 +121,10 @@ class Mixed(ConstrainedProblem):
         self.model = model
         self.data = data
         self.targets = targets
-        self.add_inequality("nonnegative", ">=", num_samples=MIXED_SAMPLES)
+        self.add_inequality("nonnegative", ">=", num_samples=MIXED_SAMPLES, treatment="slack")
         self.add_inequality("weight_norm", "<=", treatment="projection")
         self.add_equality("mean", shape=(1,))
-        self.add_inequality("bias", ">=", shape=(2,))
+        self.add_inequality("bias", ">=", shape=(2,), treatment="slack")
 
     def forward(self, indices: Tensor) -> ProblemState:
         predictions = self.model(self.data[indices])

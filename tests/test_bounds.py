@@ -241,7 +241,7 @@ class Declarations(ConstrainedProblem):
     def __init__(self) -> None:
         super().__init__()
         self.x = nn.Parameter(torch.zeros(2, 3))
-        self.add_inequality("c", ">=")
+        self.add_inequality("c", ">=", treatment="slack")
         self.add_equality("e", shape=(2,))
 
     def forward(self) -> ProblemState:

@@ -71,7 +71,7 @@ class ActiveThenInactive(ConstrainedProblem):
         super().__init__()
         self.x = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
         self.sense = sense
-        self.add_inequality("bound", sense)  # type: ignore[arg-type]
+        self.add_inequality("bound", sense, treatment="slack")  # type: ignore[arg-type]
         self.double()
 
     def forward(self) -> ProblemState:
@@ -129,7 +129,7 @@ def test_upper_bound_active_at_optimum() -> None:
         def __init__(self) -> None:
             super().__init__()
             self.x = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
-            self.add_inequality("upper", "<=")
+            self.add_inequality("upper", "<=", treatment="slack")
             self.double()
 
         def forward(self) -> ProblemState:

@@ -23,7 +23,7 @@ class Configurable(ConstrainedProblem):
     def __init__(self) -> None:
         super().__init__()
         self.w = nn.Parameter(torch.ones(3))
-        self.add_inequality("rows", ">=", num_samples=NUM_SAMPLES, shape=(2,))
+        self.add_inequality("rows", ">=", num_samples=NUM_SAMPLES, shape=(2,), treatment="slack")
         self.add_equality("pair", shape=(2,))
         self.add_inequality("cap", "<=", treatment="projection")
         self.make: Callable[[Configurable], Any] = Configurable.valid
@@ -340,7 +340,7 @@ class Declarations(ConstrainedProblem):
         (lambda p: p.add_inequality("c", ">=", treatment="penalty"), "constraint 'c': treatment='penalty' needs a penalty_weight, got None"),
         (lambda p: p.add_equality("c", treatment="penalty", penalty_weight=-1.0), "constraint 'c': invalid penalty_weight: -1.0"),
         (lambda p: p.add_equality("c", treatment="penalty", penalty_weight=math.inf), "constraint 'c': invalid penalty_weight: inf"),
-        (lambda p: p.add_inequality("c", ">=", penalty_weight=10.0), "constraint 'c': penalty_weight is only for treatment='penalty', not 'slack'"),
+        (lambda p: p.add_inequality("c", ">=", penalty_weight=10.0), "constraint 'c': penalty_weight is only for treatment='penalty', not 'projection'"),
         (lambda p: p.add_inequality("c", ">=", slack_margin=0.0), "constraint 'c': invalid slack_margin: 0.0"),
         (lambda p: p.add_equality("c", shape=(2, 0)), "constraint 'c': invalid shape (2, 0)"),
         (lambda p: p.add_equality("c", num_samples=0), "constraint 'c': invalid num_samples: 0"),

@@ -217,7 +217,9 @@ class Several(ConstrainedProblem):
     def __init__(self) -> None:
         super().__init__()
         self.x = nn.Parameter(torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=F64))
-        self.add_inequality("vec", ">=", shape=(3,))  # x[:3] >= (1, -2, 0): 0.5 short
+        self.add_inequality(
+            "vec", ">=", shape=(3,), treatment="slack"
+        )  # x[:3] >= (1, -2, 0): 0.5 short
         self.add_equality("eq", shape=(2,))  # x[1:3] = (0, 1.5): violations 1, 0.5
         self.add_inequality("pen", "<=", treatment="penalty", penalty_weight=3.0)
         self.add_inequality("rows", "<=", num_samples=4, treatment="projection")

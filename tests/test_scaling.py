@@ -155,7 +155,7 @@ class Measured(ConstrainedProblem):
         self.objective_factor = objective_factor
         self.A = torch.tensor([[5.0, 1.0, 0.0], [0.5, -0.25, 0.0], [0.0, 0.0, -200.0]], dtype=F64)
         self.rows = torch.tensor([[1.0, 2.0, 3.0], [-30.0, 0.0, 0.0], [0.0, 4.0, 0.0]], dtype=F64)
-        self.add_inequality("dense", "<=", shape=(3,))
+        self.add_inequality("dense", "<=", shape=(3,), treatment="slack")
         self.add_inequality("indexed", ">=", num_samples=5, treatment="projection")
         self.add_equality("scalar")
         self.add_inequality("penalised", "<=", treatment="penalty", penalty_weight=1e6)
