@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import assert_bitwise_equal
+from helpers import assert_bitwise_equal, sgd_pair
 from torch import nn
 
 from lagrange_opt import (
@@ -102,8 +102,7 @@ def _default_like(problem: ConstrainedProblem, step_size: Any) -> ExtraGradient:
     """default_optimizer's configuration with the step size given."""
     return ExtraGradient(
         problem,
-        torch.optim.SGD(problem.primal_parameters(), lr=1.0),
-        torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
+        *sgd_pair(problem, 1.0),
         formulation="augmented",
         scaling=True,
         step_size=step_size,
@@ -182,8 +181,7 @@ def test_the_extrapolation_test_counts_the_multipliers_move() -> None:
     # No cap on the multipliers' factor: both sides step with t, as in the docstring.
     optimizer = ExtraGradient(
         problem,
-        torch.optim.SGD(problem.primal_parameters(), lr=1.0),
-        torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
+        *sgd_pair(problem, 1.0),
         step_size=AdaptiveStep(max_dual_factor=100.0),
     )
     result = optimizer.step(problem)
@@ -334,8 +332,7 @@ def test_too_many_retries_raise_and_change_nothing() -> None:
     problem = Stiff(treatment="slack")
     optimizer = ExtraGradient(
         problem,
-        torch.optim.SGD(problem.primal_parameters(), lr=1.0),
-        torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
+        *sgd_pair(problem, 1.0),
         scaling=True,
         step_size=AdaptiveStep(max_retries=0),
     )
@@ -464,8 +461,7 @@ def test_the_capped_dual_factor_lets_the_primal_step_grow() -> None:
     problem = InactiveWithMultiplier()
     optimizer = ExtraGradient(
         problem,
-        torch.optim.SGD(problem.primal_parameters(), lr=1.0),
-        torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
+        *sgd_pair(problem, 1.0),
         formulation="augmented",
         step_size="adaptive",
     )
@@ -482,8 +478,7 @@ def test_without_the_cap_the_multipliers_hold_the_step_below_one() -> None:
     problem = InactiveWithMultiplier()
     optimizer = ExtraGradient(
         problem,
-        torch.optim.SGD(problem.primal_parameters(), lr=1.0),
-        torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
+        *sgd_pair(problem, 1.0),
         formulation="augmented",
         step_size=AdaptiveStep(max_dual_factor=100.0),
     )
