@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Container, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -245,83 +245,104 @@ class ExtraGradient(ConstrainedOptimizer):
 
     def _step(self, closure: Closure, calls: int) -> StepResult:
         factor = self._factor
-        adaptive = self.adaptive
         # The adaptive step restores the RNG: before a retry, to its state after the start
         # evaluation (every try sees the same draws); on failure, to its state before.
-        rng_before = None if adaptive is None else _rng_state()
+        rng_before = None if self.adaptive is None else _rng_state()
         undo = UndoLog()
         try:
             start = self._evaluate_and_backward(closure, undo)
-        except BaseException:
-            if rng_before is not None:
-                _set_rng_state(rng_before)
-            raise
-        calls += 1
-        dense = self._dense_parameters()
-        rows = self._point_rows(start)
-        start_grads: list[Tensor | None] = []
-        rng = None
-        with torch.no_grad():
-            self._save_point(dense)
-            if adaptive is not None:
-                start_grads = [None if p.grad is None else p.grad.clone() for p in dense]
-                rng = _rng_state()
-        indices = {term.constraint.spec.name: term.indices for term in start.terms}
-        retries = 0
-        cause: NonFiniteError | None = None
-        try:
-            while True:
-                sizes = self._step_sizes()
-                with torch.no_grad():
-                    self._update(start, sizes, commit_state=False)
-                extrapolated: Evaluation | None
-                try:
-                    extrapolated = self._evaluate(closure, undo, indices)
-                    self._backward(extrapolated)
-                except NonFiniteError as error:
-                    if adaptive is None:
-                        raise
-                    extrapolated = None
-                    cause = error
-                calls += 1
-                if adaptive is None:
-                    break
-                trial = self._judge(dense, start_grads, start, extrapolated)
-                if trial.accepted:
-                    break
-                retries += 1
-                if retries > adaptive.max_retries:
-                    raise RuntimeError(
-                        f"the adaptive step was rejected {retries} times in one step (step "
-                        f"factor {self._factor:.3g}): the operator is not locally Lipschitz "
-                        "here, or the closure is not deterministic"
-                    ) from cause
-                self._factor = next_factor(adaptive, self._factor, trial)
-                self._apply_factor()
+            dense = self._dense_parameters()
+            rows = self._point_rows(start)
+            with torch.no_grad():
+                self._save_point(dense)
+            try:
+                accepted = self._extrapolate(closure, undo, start, dense, rows)
+            except BaseException:
+                self._clear_grads()
                 with torch.no_grad():
                     self._restore_point(dense, rows)
-                    for param, grad in zip(dense, start_grads):
-                        param.grad = None if grad is None else grad.clone()
-                assert rng is not None
-                _set_rng_state(rng)
+                undo.restore()
+                raise
         except BaseException:
-            self._clear_grads()
-            with torch.no_grad():
-                self._restore_point(dense, rows)
-            undo.restore()
             self._factor = factor
             self._apply_factor()
             if rng_before is not None:
                 _set_rng_state(rng_before)
             raise
-        assert extrapolated is not None
         with torch.no_grad():
-            self._final_update(dense, rows, extrapolated, sizes)
+            self._final_update(dense, rows, accepted.evaluation, accepted.sizes)
         self._clear_grads()
+        if self.adaptive is not None:
+            self._factor = next_factor(self.adaptive, self._factor, accepted.trial)
+            self._apply_factor()
+        return self._result(start, calls + 1 + accepted.calls)
+
+    def _extrapolate(
+        self, closure: Closure, undo: UndoLog, start: Evaluation, dense: list[Tensor],
+        rows: Rows,
+    ) -> Extrapolation:  # fmt: skip
+        """Steps to the extrapolated point and evaluates it there; with the adaptive step,
+        retries from the saved point with a smaller factor until the test accepts it. On
+        failure the caller puts the point back."""
+        adaptive = self.adaptive
+        indices = {term.constraint.spec.name: term.indices for term in start.terms}
+        start_grads: list[Tensor | None] = []
+        rng = None
         if adaptive is not None:
+            start_grads = [None if p.grad is None else p.grad.clone() for p in dense]
+            rng = _rng_state()
+        cause: NonFiniteError | None = None
+        calls = 0
+        while True:
+            sizes = self._step_sizes()
+            with torch.no_grad():
+                self._update(start, sizes, commit_state=False)
+            extrapolated: Evaluation | None
+            try:
+                extrapolated = self._evaluate(closure, undo, indices)
+                self._backward(extrapolated)
+            except NonFiniteError as error:
+                if adaptive is None:
+                    raise
+                extrapolated, cause = None, error
+            calls += 1
+            if adaptive is None:
+                assert extrapolated is not None
+                return Extrapolation(extrapolated, sizes, Trial(True, 0.0), calls)
+            trial = self._judge(dense, start_grads, start, extrapolated)
+            if trial.accepted:
+                assert extrapolated is not None
+                return Extrapolation(extrapolated, sizes, trial, calls)
+            if calls > adaptive.max_retries:
+                raise RuntimeError(
+                    f"the adaptive step was rejected {calls} times in one step (step "
+                    f"factor {self._factor:.3g}): the operator is not locally Lipschitz "
+                    "here, or the closure is not deterministic"
+                ) from cause
             self._factor = next_factor(adaptive, self._factor, trial)
             self._apply_factor()
-        return self._result(start, calls)
+            with torch.no_grad():
+                self._restore_point(dense, rows)
+                for param, grad in zip(dense, start_grads):
+                    param.grad = None if grad is None else grad.clone()
+            assert rng is not None
+            _set_rng_state(rng)
+
+
+class Extrapolation(NamedTuple):
+    """The accepted extrapolation of a step.
+
+    Attributes:
+        evaluation: The evaluation at the extrapolated point, backpropagated.
+        sizes: The step sizes it was taken with (the final update takes them too).
+        trial: The test that accepted it (with a fixed step, accepted unseen).
+        calls: Closure calls made to get it.
+    """
+
+    evaluation: Evaluation
+    sizes: StepSizes
+    trial: Trial
+    calls: int
 
 
 def _check_step_size(step_size: object) -> AdaptiveStep | None:
