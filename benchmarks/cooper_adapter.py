@@ -39,8 +39,8 @@ import torch
 from torch import Tensor
 
 from lagrange_opt import ConstrainedProblem, ConstraintSpec, KKTResiduals, kkt
-from lagrange_opt._evaluation import check_state
 from lagrange_opt._lagrangian import standard_form, violation
+from lagrange_opt._validation import check_state
 
 Scheme = Literal["extrapolation", "simultaneous", "augmented"]
 

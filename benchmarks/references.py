@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lagrange_opt import ConstrainedProblem, ProblemState
-from lagrange_opt._evaluation import check_state
 from lagrange_opt._lagrangian import standard_form
+from lagrange_opt._validation import check_state
 from lagrange_opt.demo import Dataset, make_data, make_network
 from lagrange_opt.problems import max_violation
 

@@ -10,7 +10,6 @@ solution. Problems with known solutions to try settings on are in
 
 from ._augmented import AugmentedLagrangian
 from ._defaults import DEFAULT_DUAL_LR, DEFAULT_LR, default_optimizer
-from ._evaluation import NonFiniteError
 from ._extragradient import ExtraGradient
 from ._kkt import ConstraintFigures, KKTResiduals, kkt
 from ._optimizers import (
@@ -29,6 +28,7 @@ from ._problem import (
     Treatment,
 )
 from ._stepsize import AdaptiveStep
+from ._validation import NonFiniteError
 
 __version__ = "0.1.0"
 

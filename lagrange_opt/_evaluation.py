@@ -1,4 +1,5 @@
-"""One evaluation of a problem: validate what the closure returned and build the Lagrangian."""
+"""One evaluation of a problem: the closure called and validated (:mod:`._validation`), each
+constraint's term of the (augmented) Lagrangian formed, and the undo log of what it changed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from torch.overrides import has_torch_function
 from . import _augmented as aug
 from . import _lagrangian as lag
 from ._formulation import PLAIN, UNIT_RULE, Formulation, TermRule
-from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, IndexedValue, ProblemState
+from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, ProblemState
+from ._validation import (
+    Checked,
+    NonFiniteError,
+    check_index_range,
+    check_state,
+    first_non_finite,
+)
 
 
 def _find_engine() -> Callable[..., object] | None:
@@ -242,140 +250,32 @@ def _slack_variable(spec: ConstraintSpec, rule: TermRule) -> bool:
     return spec.has_slack and rule.penalty is None
 
 
-def _describe_shape(tensor: Tensor) -> str:
-    return str(tuple(tensor.shape))
-
-
-def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, Tensor | None]:
-    spec = constraint.spec
-    if spec.num_samples is not None:
-        if not isinstance(entry, IndexedValue):
-            raise ValueError(
-                f"constraint '{name}' is indexed (num_samples={spec.num_samples}) but was "
-                f"evaluated without indices: return IndexedValue(value, indices)"
-            )
-        value, indices = entry
-        if not isinstance(value, Tensor) or not isinstance(indices, Tensor):
-            raise TypeError(f"constraint '{name}': IndexedValue must hold two tensors")
-        if (
-            indices.dtype.is_floating_point
-            or indices.dtype.is_complex
-            or indices.dtype == torch.bool
-        ):
-            raise TypeError(
-                f"constraint '{name}': indices must be an integer tensor, got {indices.dtype}"
-            )
-        if indices.ndim != 1:
-            raise ValueError(
-                f"constraint '{name}': indices must be 1-D, got shape {_describe_shape(indices)}"
-            )
-        expected = (indices.shape[0], *spec.shape)
-        if tuple(value.shape) != expected:
-            raise ValueError(
-                f"constraint '{name}': value has shape {_describe_shape(value)}, expected "
-                f"{expected} ({indices.shape[0]} indices, declared shape {spec.shape})"
-            )
-        return value, indices.long()
-    if isinstance(entry, IndexedValue):
-        raise ValueError(
-            f"constraint '{name}' is not indexed: return its value as a tensor, not IndexedValue"
-        )
-    if not isinstance(entry, Tensor):
-        raise TypeError(f"constraint '{name}': value must be a tensor, got {type(entry).__name__}")
-    if tuple(entry.shape) != spec.shape:
-        raise ValueError(
-            f"constraint '{name}': value has shape {_describe_shape(entry)}, "
-            f"declared shape {spec.shape}"
-        )
-    return entry, None
-
-
-def _first_non_finite(tensor: Tensor) -> str:
-    bad = (~torch.isfinite(tensor.detach())).nonzero()
-    position = tuple(int(i) for i in bad[0])
-    first = float(tensor.detach()[position])
-    return f"{bad.shape[0]} non-finite value(s), first {first} at {position}"
-
-
-def _check_index_range(name: str, constraint: Constraint, indices: Tensor) -> None:
-    num_samples = constraint.spec.table_shape[0]
-    outside = (indices < 0) | (indices >= num_samples)
-    if bool(outside.any()):
-        bad = indices[outside]
-        raise IndexError(
-            f"constraint '{name}': index {int(bad[0])} out of range for num_samples={num_samples}"
-        )
-
-
-Checked = list[tuple[str, Constraint, Tensor, Tensor | None]]
-
-
-class NonFiniteError(ValueError):
-    """An objective, constraint value, multiplier or slack that is NaN or infinite."""
-
-
 def _raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term]) -> None:
     """Names the value at fault; called only once the cheap combined check has failed."""
     if not bool(torch.isfinite(objective.detach())):
         raise NonFiniteError(f"objective is not finite: {float(objective.detach())}")
     for name, constraint, value, indices in checked:
         if not bool(torch.isfinite(value.detach()).all()):
-            raise NonFiniteError(f"constraint '{name}' has {_first_non_finite(value)}")
+            raise NonFiniteError(f"constraint '{name}' has {first_non_finite(value)}")
         if indices is not None:
-            _check_index_range(name, constraint, indices)
+            check_index_range(name, constraint, indices)
     for term in terms:
         name = term.constraint.spec.name
         if not bool(torch.isfinite(term.multipliers_read).all()):
             raise NonFiniteError(
                 f"the multipliers of constraint '{name}' read in this step have "
-                f"{_first_non_finite(term.multipliers_read)}: the dual iteration diverged"
+                f"{first_non_finite(term.multipliers_read)}: the dual iteration diverged"
             )
         if not bool(torch.isfinite(term.residual).all()):
             if term.slack is not None or _slack_variable(term.constraint.spec, term.rule):
                 raise NonFiniteError(
                     f"the slack residual of constraint '{name}' has "
-                    f"{_first_non_finite(term.residual)}: the slacks diverged"
+                    f"{first_non_finite(term.residual)}: the slacks diverged"
                 )
             raise NonFiniteError(
                 f"the multipliers' gradient of constraint '{name}' has "
-                f"{_first_non_finite(term.residual)}"
+                f"{first_non_finite(term.residual)}"
             )
-
-
-def check_state(problem: ConstrainedProblem, state: object) -> tuple[Tensor, Checked]:
-    """Validates the structure of what a closure returned against the declarations.
-
-    The values themselves (finite, indices in range) are checked by :func:`evaluate`.
-
-    Returns:
-        The objective and, per constraint in declaration order, its value and indices.
-
-    Raises:
-        TypeError, ValueError: naming the constraint and what is wrong.
-    """
-    if not isinstance(state, ProblemState):
-        raise TypeError(f"the closure must return a ProblemState, got {type(state).__name__}")
-    objective = state.objective
-    if not isinstance(objective, Tensor):
-        raise TypeError(f"objective must be a tensor, got {type(objective).__name__}")
-    if objective.ndim != 0:
-        raise ValueError(f"objective must be a scalar, got shape {_describe_shape(objective)}")
-    values = state.constraints
-    if not isinstance(values, dict | Mapping):  # dict first: the ABC check is slower
-        raise TypeError(f"ProblemState.constraints must be a mapping, got {type(values).__name__}")
-    declared = problem.declared()
-    unknown = [name for name in values if name not in declared]
-    if unknown:
-        raise ValueError(
-            f"the closure returned undeclared constraint(s) {unknown}; declared: {list(declared)}"
-        )
-    checked = []
-    for name, constraint in declared.items():
-        if name not in values:
-            raise ValueError(f"the closure returned no value for constraint '{name}'")
-        value, indices = _unpack(name, constraint, values[name])
-        checked.append((name, constraint, value, indices))
-    return objective, checked
 
 
 def _detached_standard(value: Tensor, spec: ConstraintSpec) -> Tensor:
@@ -562,13 +462,13 @@ def evaluate(
         if indices is not None and indices.device.type != "cpu":
             # Off the CPU, reading a row out of range is a device-side assertion that ends
             # the process; on the CPU index_select raises, caught below.
-            _check_index_range(name, constraint, indices)
+            check_index_range(name, constraint, indices)
         try:
             rule = formulation.rules.get(name, UNIT_RULE)
             term = _term(constraint, constraint_value, indices, undo, rule, weight)
         except IndexError:
             if indices is not None:
-                _check_index_range(name, constraint, indices)
+                check_index_range(name, constraint, indices)
             raise
         terms.append(term)
         standards.append((spec, term.standard))

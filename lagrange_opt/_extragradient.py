@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ._augmented import AugmentedLagrangian
-from ._evaluation import Evaluation, NonFiniteError, Term, UndoLog
+from ._evaluation import Evaluation, Term, UndoLog
 from ._optimizers import (
     Closure,
     ConstrainedOptimizer,
@@ -29,6 +29,7 @@ from ._stepsize import (
     next_factor,
 )
 from ._updates import dual_update, primal_update
+from ._validation import NonFiniteError
 
 Rows = list[tuple[Tensor, Tensor, Tensor]]
 

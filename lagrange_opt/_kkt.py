@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from . import _lagrangian as lag
-from ._evaluation import check_state
 from ._problem import ConstrainedProblem, ConstraintSpec, IndexedValue, ProblemState
+from ._validation import check_state
 
 
 class ConstraintFigures(NamedTuple):

@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._evaluation import NonFiniteError, check_state
 from ._formulation import Scales
 from ._problem import ConstrainedProblem, ProblemState
+from ._validation import NonFiniteError, check_state
 
 MAX_ROWS = 64
 """Constraint elements whose gradients are measured one by one."""

@@ -35,10 +35,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._evaluation import check_state
 from ._hock_schittkowski import HOCK_SCHITTKOWSKI, ProgramDefinition
 from ._lagrangian import standard_form, violation
 from ._problem import ConstrainedProblem, IndexedValue, ProblemState, Treatment
+from ._validation import check_state
 
 __all__ = [
     "HOCK_SCHITTKOWSKI",
