@@ -315,7 +315,7 @@ def _term(
         projected = not equality
         output = value
         residual = aug.augmented_residual(detached, multipliers, rule.penalty, equality)
-        estimates = aug.augmented_weight(detached, multipliers, rule.penalty, equality)
+        estimates = _estimates(detached, multipliers, rule, spec)
         weights = term_weights(spec, estimates, indices, False, objective_weight)
         terms = aug.augmented_value(detached, multipliers, rule.penalty, equality)
         scale = objective_weight if indices is None else objective_weight / indices.shape[0]

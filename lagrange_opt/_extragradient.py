@@ -392,37 +392,56 @@ def _change_norms(
     dual_operator: list[Tensor] = []
     dual_point: list[Tensor] = []
     norm: list[Tensor] = []
-    multipliers = {id(term.multiplier): index for index, term in enumerate(start.terms)}
+    multipliers = {id(term.multiplier) for term in start.terms}
     for param, copy, grad in zip(dense, copies, start_grads):
         if id(param) in multipliers:
             continue  # the multipliers' gradients are the residuals, below
         if grad is None or param.grad is None:
             continue
-        base = bases[id(param)]
-        operator.append((param.grad - grad).square().sum() * base)
-        point.append((param.detach() - copy).square().sum() / base)
-        norm.append(copy.square().sum() / base)
+        _accumulate(
+            (operator, point, norm), param.grad - grad, param.detach() - copy, copy,
+            bases[id(param)],
+        )  # fmt: skip
     for before, after in zip(start.terms, extrapolated.terms):
-        weight = _dual_weight(before)
         moved = before.multiplier.detach()
         if before.indices is not None:
             moved = moved.index_select(0, before.indices)
-        base = bases[id(before.multiplier)]
-        dual_operator.append(((after.residual - before.residual).square() * weight).sum() * base)
-        dual_point.append(((moved - before.multipliers_read).square() * weight).sum() / base)
-        norm.append((before.multipliers_read.square() * weight).sum() / base)
+        _accumulate(
+            (dual_operator, dual_point, norm), after.residual - before.residual,
+            moved - before.multipliers_read, before.multipliers_read,
+            bases[id(before.multiplier)], _dual_weight(before),
+        )  # fmt: skip
         if before.slack is not None and after.slack is not None:
             slack = before.slack
             rows = slack.table.detach().index_select(0, slack.rows)
-            change = _grad_or_zero(after.slack.values) - _grad_or_zero(slack.values)
-            slack_base = bases[id(slack.table)]
-            operator.append(change.square().sum() * slack_base)
-            point.append((rows - slack.values.detach()).square().sum() / slack_base)
-            norm.append(slack.values.detach().square().sum() / slack_base)
+            _accumulate(
+                (operator, point, norm),
+                _grad_or_zero(after.slack.values) - _grad_or_zero(slack.values),
+                rows - slack.values.detach(), slack.values.detach(), bases[id(slack.table)],
+            )  # fmt: skip
     parts = (operator, dual_operator, point, dual_point, norm)
     device = next((part[0].device for part in parts if part), None)
     zero = torch.zeros((), dtype=torch.float64, device=device)
     return torch.stack([torch.stack(part).double().sum() if part else zero for part in parts])
+
+
+def _accumulate(
+    sums: tuple[list[Tensor], list[Tensor], list[Tensor]],
+    change: Tensor,
+    move: Tensor,
+    start: Tensor,
+    base: float,
+    weight: Tensor | float | None = None,
+) -> None:
+    """Appends one block's squared operator change, move and start norm in the metric of
+    its base learning rate (and, for multipliers, of the scaling's weight)."""
+    operator, point, norm = sums
+    squares = [change.square(), move.square(), start.square()]
+    if weight is not None:
+        squares = [square * weight for square in squares]
+    operator.append(squares[0].sum() * base)
+    point.append(squares[1].sum() / base)
+    norm.append(squares[2].sum() / base)
 
 
 def _dual_weight(term: Term) -> Tensor | float:
