@@ -4,7 +4,7 @@ constraint's term of the (augmented) Lagrangian formed, and the undo log of what
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -148,6 +148,10 @@ class Evaluation(NamedTuple):
             violation is computed when asked for).
         lagrangian: The Lagrangian's value in the user's units, detached.
         objective_weight: The weight of the Lagrangian in the primal gradient.
+        values: What the closure returned, validated: per constraint its name, the
+            constraint, its value and its indices (the detailed finiteness check reads it).
+        total: The (scaled) Lagrangian's value, detached: finite only if every value,
+            multiplier and residual that entered it is (:func:`check_finite`).
     """
 
     objective: Tensor
@@ -155,7 +159,9 @@ class Evaluation(NamedTuple):
     penalties: list[Tensor]
     standards: list[tuple[ConstraintSpec, Tensor]]
     lagrangian: Tensor
-    objective_weight: float = 1.0
+    objective_weight: float
+    values: Checked
+    total: Tensor
 
     def backward(self, weights: list[Tensor] | None = None) -> None:
         """Backpropagates the Lagrangian into the primal variables' ``.grad``.
@@ -411,6 +417,7 @@ def evaluate(
     undo: UndoLog,
     expected_indices: Mapping[str, Tensor | None] | None = None,
     formulation: Formulation = PLAIN,
+    check_values: bool = True,
 ) -> Evaluation:
     """Calls the closure, validates its result and forms every constraint's residual.
 
@@ -427,6 +434,8 @@ def evaluate(
         expected_indices: Indices that the constraints named must repeat (the batch of an
             earlier evaluation within the same step).
         formulation: The objective's weight and each constraint's rule.
+        check_values: Check the values now (one host synchronisation); ``False`` leaves it
+            to a :func:`check_finite` after backward, which checks the gradients too.
     """
     if torch.is_grad_enabled():
         state = closure()
@@ -473,8 +482,62 @@ def evaluate(
         terms.append(term)
         standards.append((spec, term.standard))
         value = value + term.value
-    if not math.isfinite(value.item()):
-        _raise_for_bad_values(objective, checked, terms)
-    return Evaluation(
-        objective, terms, penalties, standards, value / weight if weight != 1.0 else value, weight
-    )
+    evaluation = Evaluation(
+        objective, terms, penalties, standards, value / weight if weight != 1.0 else value,
+        weight, checked, value,
+    )  # fmt: skip
+    if check_values:
+        check_finite(evaluation)
+    return evaluation
+
+
+def _slack_gradients(evaluation: Evaluation) -> list[Tensor]:
+    return [
+        term.slack.values.grad
+        for term in evaluation.terms
+        if term.slack is not None and term.slack.values.grad is not None
+    ]
+
+
+def check_finite(
+    evaluation: Evaluation,
+    params: Sequence[Tensor] = (),
+    describe: Callable[[Tensor], str] | None = None,
+) -> None:
+    """Raises :class:`NonFiniteError` if a value of the evaluation, or a gradient that its
+    backward pass left on ``params`` or on the slack rows, is NaN or infinite.
+
+    One host synchronisation: each gradient's sum, times 0, joins the Lagrangian's value
+    (a sum that overflows sends the check to the detailed one, which lets finite
+    gradients pass). A finite value can have an infinite gradient (``sqrt`` at 0, an
+    overflow of ``multiplier * value`` in backward): checked before any update commits it.
+
+    Args:
+        evaluation: The evaluation, backpropagated if gradients are to be checked.
+        params: The parameters whose ``.grad`` the update will read.
+        describe: Names a parameter in the error message.
+    """
+    grads = [param.grad for param in params if param.grad is not None]
+    grads += _slack_gradients(evaluation)
+    total = evaluation.total
+    if grads:
+        total = total + torch.stack([grad.sum() for grad in grads]).sum() * 0
+    if math.isfinite(total.item()):
+        return
+    _raise_for_bad_values(evaluation.objective, evaluation.values, evaluation.terms)
+    for param in params:
+        if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+            name = (
+                f"parameter of shape {tuple(param.shape)}" if describe is None else describe(param)
+            )
+            raise NonFiniteError(
+                f"the gradient of {name} has {first_non_finite(param.grad)}: a finite value "
+                "with an infinite derivative (sqrt or log at 0?) or an overflow in backward"
+            )
+    for term in evaluation.terms:
+        grad = None if term.slack is None else term.slack.values.grad
+        if grad is not None and not bool(torch.isfinite(grad).all()):
+            raise NonFiniteError(
+                f"the gradient of the slacks of constraint '{term.constraint.spec.name}' has "
+                f"{first_non_finite(grad)}"
+            )

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._augmented import AugmentedLagrangian
-from ._evaluation import Evaluation, Term, UndoLog
+from ._evaluation import Evaluation, Term
 from ._optimizers import (
     Closure,
     ConstrainedOptimizer,
     FormulationName,
-    StepResult,
+    Outcome,
     StepSizes,
     _params,
 )
 from ._problem import ConstrainedProblem
+from ._rollback import Buffers, Rollback, SavedPoint, evaluation_rows, rng_state, set_rng_state
 from ._stepsize import (
     AdaptiveStep,
     Trial,
@@ -30,8 +31,6 @@ from ._stepsize import (
 )
 from ._updates import dual_update, primal_update
 from ._validation import NonFiniteError
-
-Rows = list[tuple[Tensor, Tensor, Tensor]]
 
 
 class ExtraGradient(ConstrainedOptimizer):
@@ -67,6 +66,14 @@ class ExtraGradient(ConstrainedOptimizer):
     parameters and multipliers for the duration of the step (reused from step to step),
     and with the adaptive step one copy of their gradients.
 
+    With ``same_randomness=True`` every evaluation of a step sees the random numbers the
+    first one drew (the generators' state is put back before each: the same dropout
+    masks), and the running statistics of the problem's normalisation layers keep the
+    first evaluation's update only: a step then updates them once, at the point it starts
+    from, as a plain training step does. Otherwise each evaluation draws anew and updates
+    them (after a rejected try of the adaptive step, the retry draws what the rejected
+    one drew).
+
     Args:
         problem: The problem to solve.
         primal_optimizer: Optimizer over the parameters and slacks.
@@ -75,6 +82,8 @@ class ExtraGradient(ConstrainedOptimizer):
         scaling: See :class:`ConstrainedOptimizer`.
         step_size: ``"fixed"`` (the optimizers' learning rates), ``"adaptive"`` (the
             default :class:`AdaptiveStep`) or an :class:`AdaptiveStep`.
+        same_randomness: Make every evaluation of a step draw the same random numbers and
+            update the running statistics once per step.
 
     Example:
         >>> import torch
@@ -107,13 +116,16 @@ class ExtraGradient(ConstrainedOptimizer):
         formulation: FormulationName | AugmentedLagrangian = "lagrangian",
         scaling: bool = False,
         step_size: Literal["fixed", "adaptive"] | AdaptiveStep = "fixed",
+        same_randomness: bool = False,
     ) -> None:
         self.adaptive: AdaptiveStep | None = _check_step_size(step_size)
         """The adaptive step's settings, ``None`` with a fixed step."""
+        if not isinstance(same_randomness, bool):
+            raise TypeError(f"same_randomness must be a bool, got {type(same_randomness).__name__}")
         super().__init__(
             problem, primal_optimizer, dual_optimizer, formulation=formulation, scaling=scaling
         )
-        self._copies: list[Tensor] = []
+        self.same_randomness = same_randomness
         self._factor = 1.0 if self.adaptive is None else self.adaptive.initial
         self._base_lrs = [float(group["lr"]) for group in self.param_groups]
         self._apply_factor()
@@ -164,68 +176,37 @@ class ExtraGradient(ConstrainedOptimizer):
         self._factor = float(state_dict["step_factor"])
         self._base_lrs = [float(lr) for lr in state_dict["base_lrs"]]
 
-    def _save_point(self, params: list[Tensor]) -> None:
-        if len(self._copies) != len(params) or any(
-            copy.shape != param.shape or copy.dtype != param.dtype or copy.device != param.device
-            for copy, param in zip(self._copies, params)
-        ):
-            self._copies = [
-                torch.empty_like(param, memory_format=torch.preserve_format) for param in params
-            ]
-        if params:
-            torch._foreach_copy_(self._copies, params)
-
-    @staticmethod
-    def _point_rows(evaluation: Evaluation) -> Rows:
-        """The indexed rows the extrapolation will move: (table, rows, values at the start)."""
-        saved = []
-        for term in evaluation.terms:
-            if term.indices is not None:
-                saved.append((term.multiplier.data, term.indices, term.multipliers_read))
-            if term.slack is not None:
-                saved.append((term.slack.table.data, term.slack.rows, term.slack.values.detach()))
-        return saved
-
-    def _restore_point(self, params: list[Tensor], rows: Rows, skip: Container[int] = ()) -> None:
-        """Copies the saved point back, except into the parameters whose ids are in ``skip``."""
-        targets, sources = params, self._copies
-        if skip:
-            kept = [index for index, param in enumerate(params) if id(param) not in skip]
-            targets, sources = [params[i] for i in kept], [sources[i] for i in kept]
-        if targets:
-            torch._foreach_copy_(targets, sources)
-        for table, index, values in rows:
-            table.index_copy_(0, index, values)
-
     def _final_update(
-        self, dense: list[Tensor], rows: Rows, extrapolated: Evaluation, sizes: StepSizes
+        self, rollback: Rollback, point: SavedPoint, extrapolated: Evaluation, sizes: StepSizes
     ) -> None:
         """The step from the saved point along the extrapolated point's gradients."""
         if sizes.primal is None:
-            self._restore_point(dense, rows)
-            self._update(extrapolated, sizes, commit_state=True)
+            point.restore()
+            self._update(extrapolated, sizes, rollback)
             return
         # Plain SGD steps from the saved point straight into the parameters it moves: one
         # pass over them instead of a copy back and an update.
-        origins = {id(param): copy for param, copy in zip(dense, self._copies)}
+        origins = point.origins()
         moved = {id(param) for param in _params(self.primal_optimizer) if param.grad is not None}
-        self._restore_point(dense, rows, skip=moved)
+        point.restore(skip=moved)
         primal_update(
             self.primal_optimizer, sizes.primal, extrapolated.terms, commit_state=True,
             origins=origins,
         )  # fmt: skip
         self.problem.project_bounds_()
-        dual_update(self.dual_optimizer, sizes.dual, extrapolated.terms, commit_state=True)
+        rollback.keep(dual_update(self.dual_optimizer, sizes.dual, extrapolated.terms, True))
 
     def _judge(
-        self, dense: list[Tensor], start_grads: list[Tensor | None], start: Evaluation,
+        self, point: SavedPoint, start_grads: list[Tensor | None], start: Evaluation,
         extrapolated: Evaluation | None,
     ) -> Trial:  # fmt: skip
         """Tests the extrapolation (``None``: its evaluation was not finite)."""
         assert self.adaptive is not None
         if extrapolated is None:
             return Trial(False, math.inf)
-        sums = _change_norms(dense, self._copies, start_grads, self._bases(), start, extrapolated)
+        sums = _change_norms(
+            point.params, point.copies, start_grads, self._bases(), start, extrapolated
+        )
         primal_operator, dual_operator, primal_point, dual_point, point_norm = sums.tolist()
         weight = dual_factor(self.adaptive, self._factor) / self._factor
         return judge_extrapolation(
@@ -244,73 +225,63 @@ class ExtraGradient(ConstrainedOptimizer):
             for param in group["params"]
         }
 
-    def _step(self, closure: Closure, calls: int) -> StepResult:
+    def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
         factor = self._factor
-        # The adaptive step restores the RNG: before a retry, to its state after the start
-        # evaluation (every try sees the same draws); on failure, to its state before.
-        rng_before = None if self.adaptive is None else _rng_state()
-        undo = UndoLog()
         try:
-            start = self._evaluate_and_backward(closure, undo)
-            dense = self._dense_parameters()
-            rows = self._point_rows(start)
+            start = self._evaluate_and_backward(closure, rollback.undo)
+            result = self._result(start, calls + 1)
+            point = rollback.save_point(self._dense_parameters(), evaluation_rows(start))
+            accepted = self._extrapolate(closure, rollback, start, point)
             with torch.no_grad():
-                self._save_point(dense)
-            try:
-                accepted = self._extrapolate(closure, undo, start, dense, rows)
-            except BaseException:
-                self._clear_grads()
-                with torch.no_grad():
-                    self._restore_point(dense, rows)
-                undo.restore()
-                raise
+                self._final_update(rollback, point, accepted.evaluation, accepted.sizes)
         except BaseException:
             self._factor = factor
             self._apply_factor()
-            if rng_before is not None:
-                _set_rng_state(rng_before)
             raise
-        with torch.no_grad():
-            self._final_update(dense, rows, accepted.evaluation, accepted.sizes)
         self._clear_grads()
         if self.adaptive is not None:
             self._factor = next_factor(self.adaptive, self._factor, accepted.trial)
             self._apply_factor()
-        return self._result(start, calls + 1 + accepted.calls)
+        return Outcome(result._replace(evaluations=result.evaluations + accepted.calls), start)
 
     def _extrapolate(
-        self, closure: Closure, undo: UndoLog, start: Evaluation, dense: list[Tensor],
-        rows: Rows,
-    ) -> Extrapolation:  # fmt: skip
+        self, closure: Closure, rollback: Rollback, start: Evaluation, point: SavedPoint
+    ) -> Extrapolation:
         """Steps to the extrapolated point and evaluates it there; with the adaptive step,
         retries from the saved point with a smaller factor until the test accepts it. On
-        failure the caller puts the point back."""
+        failure the step's rollback puts the point back."""
         adaptive = self.adaptive
         indices = {term.constraint.spec.name: term.indices for term in start.terms}
         start_grads: list[Tensor | None] = []
-        rng = None
         if adaptive is not None:
-            start_grads = [None if p.grad is None else p.grad.clone() for p in dense]
-            rng = _rng_state()
+            start_grads = [None if p.grad is None else p.grad.clone() for p in point.params]
+        # Every try draws what the first one drew (or, with same_randomness, the start).
+        rng = rollback.rng if self.same_randomness else rng_state()
+        statistics = Buffers(self._statistics) if self.same_randomness else None
         cause: NonFiniteError | None = None
         calls = 0
         while True:
             sizes = self._step_sizes()
             with torch.no_grad():
-                self._update(start, sizes, commit_state=False)
+                self._update(start, sizes, None)
+            if calls or self.same_randomness:
+                set_rng_state(rng)
             extrapolated: Evaluation | None
             try:
-                extrapolated = self._evaluate(closure, undo, indices)
+                extrapolated = self._evaluate(closure, rollback.undo, indices)
                 self._backward(extrapolated)
             except NonFiniteError as error:
                 if adaptive is None:
                     raise
                 extrapolated, cause = None, error
+            finally:
+                if statistics is not None:
+                    statistics.restore()
             calls += 1
             if adaptive is None:
                 assert extrapolated is not None
                 return Extrapolation(extrapolated, sizes, Trial(True, 0.0), calls)
-            trial = self._judge(dense, start_grads, start, extrapolated)
+            trial = self._judge(point, start_grads, start, extrapolated)
             if trial.accepted:
                 assert extrapolated is not None
                 return Extrapolation(extrapolated, sizes, trial, calls)
@@ -322,12 +293,10 @@ class ExtraGradient(ConstrainedOptimizer):
                 ) from cause
             self._factor = next_factor(adaptive, self._factor, trial)
             self._apply_factor()
+            point.restore()
             with torch.no_grad():
-                self._restore_point(dense, rows)
-                for param, grad in zip(dense, start_grads):
+                for param, grad in zip(point.params, start_grads):
                     param.grad = None if grad is None else grad.clone()
-            assert rng is not None
-            _set_rng_state(rng)
 
 
 class Extrapolation(NamedTuple):
@@ -356,18 +325,6 @@ def _check_step_size(step_size: object) -> AdaptiveStep | None:
     raise ValueError(
         f"invalid step_size {step_size!r}; expected 'fixed', 'adaptive' or an AdaptiveStep"
     )
-
-
-def _rng_state() -> tuple[Tensor, list[Tensor] | None]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(state: tuple[Tensor, list[Tensor] | None]) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
 
 
 def _change_norms(

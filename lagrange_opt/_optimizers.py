@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import abc
+import copy
+import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
@@ -10,10 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from ._augmented import AugmentedLagrangian, check_augmented
-from ._evaluation import Evaluation, UndoLog, current_weights, evaluate
+from ._evaluation import Evaluation, UndoLog, check_finite, current_weights, evaluate
 from ._formulation_state import FormulationState
 from ._kkt import ConstraintFigures, ConstraintReport
 from ._problem import ConstrainedProblem, ProblemState
+from ._rollback import Rollback, SavedPoint, evaluation_rows, running_statistics
+from ._rows import ELEMENTWISE_OPTIMIZERS
 from ._scaling import measure_scales
 from ._updates import dual_update, primal_update, sgd_step_sizes
 
@@ -60,17 +65,37 @@ def _params(optimizer: torch.optim.Optimizer | None) -> list[nn.Parameter]:
     return [param for group in optimizer.param_groups for param in group["params"]]
 
 
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's ``step`` cannot be called without a closure (LBFGS)."""
+    closure = inspect.signature(type(optimizer).step).parameters.get("closure")
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
 def _check_optimizer(label: str, optimizer: object, maximize: bool) -> None:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             f"the {label} optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
+    if _needs_closure(optimizer):
+        raise TypeError(
+            f"the {label} optimizer {type(optimizer).__name__} needs a closure in step(): the "
+            "methods evaluate the problem themselves and step along the gradients they found; "
+            "use an optimizer whose step() takes no closure (SGD, Adam, ...)"
+        )
     for index, group in enumerate(optimizer.param_groups):
         learning_rate = float(group.get("lr", 0.0))
-        if not learning_rate > 0.0:
+        # 0 is a valid start of a warm-up schedule.
+        if not (math.isfinite(learning_rate) and learning_rate >= 0.0):
             raise ValueError(
                 f"Invalid learning rate in the {label} optimizer (param group {index}): "
                 f"{learning_rate}"
+            )
+        weight_decay = float(group.get("weight_decay", 0.0))
+        if maximize and weight_decay != 0.0:
+            raise ValueError(
+                f"Invalid weight decay in the dual optimizer (param group {index}): "
+                f"{weight_decay}; it pulls the multipliers towards 0, so the iteration "
+                "converges to a biased, infeasible point: build it with weight_decay=0"
             )
         if bool(group.get("maximize", False)) != maximize:
             expected = "maximize: build it with maximize=True" if maximize else "minimize"
@@ -119,6 +144,30 @@ def _check_membership(
             )
 
 
+def _check_row_optimizers(
+    problem: ConstrainedProblem,
+    primal_optimizer: torch.optim.Optimizer,
+    dual_optimizer: torch.optim.Optimizer | None,
+) -> None:
+    """An indexed table is stepped by rows: its optimizer's state must be elementwise."""
+    for name, constraint in problem.constraint_items():
+        if not constraint.spec.indexed:
+            continue
+        for label, optimizer, table in (
+            ("dual", dual_optimizer, constraint.multiplier),
+            ("primal", primal_optimizer, constraint.slack),
+        ):
+            if table is None or optimizer is None:
+                continue
+            if not isinstance(optimizer, ELEMENTWISE_OPTIMIZERS):
+                known = ", ".join(cls.__name__ for cls in ELEMENTWISE_OPTIMIZERS)
+                raise TypeError(
+                    f"constraint '{name}' is indexed: the {label} optimizer steps only the "
+                    f"batch's rows of its table, which needs elementwise state, and "
+                    f"{type(optimizer).__name__} is not known to keep it; use one of {known}"
+                )
+
+
 class ConstrainedOptimizer(abc.ABC):
     """Common interface of the saddle-point methods.
 
@@ -161,6 +210,7 @@ class ConstrainedOptimizer(abc.ABC):
         if dual_optimizer is not None:
             _check_optimizer("dual", dual_optimizer, maximize=True)
         _check_membership(problem, primal_optimizer, dual_optimizer)
+        _check_row_optimizers(problem, primal_optimizer, dual_optimizer)
         if not isinstance(scaling, bool):
             raise TypeError(f"scaling must be a bool, got {type(scaling).__name__}")
         self.formulation = _check_formulation(formulation)
@@ -177,6 +227,10 @@ class ConstrainedOptimizer(abc.ABC):
             for param in (constraint.multiplier, constraint.slack)
             if param is not None
         }
+        self._declared = list(problem.declared())
+        self._statistics = running_statistics(problem)
+        self._point = SavedPoint()
+        self._names = {id(param): name for name, param in problem.named_parameters()}
 
     def _penalty_steps_dual(self) -> bool:
         """Whether the multipliers' gradient carries the penalty coefficient (the adaptive
@@ -186,28 +240,55 @@ class ConstrainedOptimizer(abc.ABC):
     def step(self, closure: Closure) -> StepResult:
         """Takes one step.
 
+        A step that raises, in any phase, leaves every parameter, slack and multiplier,
+        both optimizers' states, the running statistics of the problem's normalisation
+        layers and the random number generators as they were (the gradients are cleared).
+
         Args:
             closure: Re-evaluates the problem on the current batch and returns its
                 :class:`ProblemState`, e.g. ``lambda: problem(inputs, targets, indices)``.
 
         Returns:
             The objective, Lagrangian and violations at the point the step started from.
+
+        Raises:
+            NonFiniteError: If a value, multiplier or gradient is NaN or infinite, naming it.
+            ValueError, TypeError: If the closure's result does not match the declarations.
         """
+        self._check_declarations()
+        rollback = Rollback(self._point, self._statistics)
         measured = self._formulation.needs_scales
-        if measured:
-            self._formulation.set_scales(
-                measure_scales(self.problem, closure, _params(self.primal_optimizer))
-            )
         try:
-            return self._step(closure, int(measured))
+            if measured:
+                self._formulation.set_scales(
+                    measure_scales(self.problem, closure, _params(self.primal_optimizer))
+                )
+            result = self._step(closure, int(measured), rollback)
         except BaseException:
+            self._clear_grads()
+            rollback.restore()
             if measured:
                 self._formulation.set_scales(None)
             raise
+        self._formulation.observe(result.evaluation)
+        return result.result
+
+    def _check_declarations(self) -> None:
+        declared = self.problem.declared()
+        if len(declared) != len(self._declared):
+            late = [name for name in declared if name not in self._declared]
+            raise RuntimeError(
+                f"constraint(s) {late} were declared after this optimizer was built, so no "
+                "optimizer steps their multipliers: build the optimizers and the method again "
+                "(over problem.dual_parameters() and problem.slack_parameters())"
+            )
 
     @abc.abstractmethod
-    def _step(self, closure: Closure, calls: int) -> StepResult:
-        """The method's step, after the scales are known; ``calls`` closure calls made."""
+    def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
+        """The method's step, after the scales are known; ``calls`` closure calls made.
+
+        Whatever it changes before raising, ``rollback`` (or the method itself) puts back.
+        """
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -254,6 +335,15 @@ class ConstrainedOptimizer(abc.ABC):
             raise ValueError(f"state_dict is from {method}, not {type(self).__name__}")
         if (state_dict["dual"] is None) != (self.dual_optimizer is None):
             raise ValueError("state_dict and this optimizer disagree on having a dual optimizer")
+        # All or nothing: a part that fails to load puts back the parts loaded before it.
+        backup = copy.deepcopy(self.state_dict())
+        try:
+            self._load_parts(state_dict)
+        except BaseException:
+            self._load_parts(backup)
+            raise
+
+    def _load_parts(self, state_dict: dict[str, Any]) -> None:
         self._formulation.load_state_dict(state_dict["formulation"])
         self.primal_optimizer.load_state_dict(state_dict["primal"])
         if self.dual_optimizer is not None:
@@ -267,22 +357,36 @@ class ConstrainedOptimizer(abc.ABC):
         undo: UndoLog,
         expected_indices: Mapping[str, Tensor | None] | None = None,
     ) -> Evaluation:
-        return evaluate(self.problem, closure, undo, expected_indices, self._formulation.current())
+        """Evaluates without checking the values: :meth:`_backward` checks them."""
+        return evaluate(
+            self.problem, closure, undo, expected_indices, self._formulation.current(),
+            check_values=False,
+        )  # fmt: skip
 
     def _evaluate_and_backward(self, closure: Closure, undo: UndoLog) -> Evaluation:
-        """Evaluates at the current point and backpropagates; on failure undoes both."""
-        try:
-            evaluation = self._evaluate(closure, undo)
-            self._backward(evaluation)
-            return evaluation
-        except BaseException:
-            self._clear_grads()
-            undo.restore()
-            raise
+        """Evaluates at the current point and backpropagates, both checked."""
+        evaluation = self._evaluate(closure, undo)
+        self._backward(evaluation)
+        return evaluation
 
     def _backward(self, evaluation: Evaluation, weights: list[Tensor] | None = None) -> None:
+        """Backpropagates, then checks the values and the gradients (one host sync)."""
         self._clear_grads()
         evaluation.backward(weights)
+        check_finite(evaluation, _params(self.primal_optimizer), self._describe)
+
+    def _describe(self, param: Tensor) -> str:
+        name = self._names.get(id(param))
+        if name is not None:
+            return f"parameter '{name}'"
+        for index, group in enumerate(self.primal_optimizer.param_groups):
+            for position, member in enumerate(group["params"]):
+                if member is param:
+                    return (
+                        f"parameter {position} of the primal optimizer's param group {index} "
+                        f"(shape {tuple(param.shape)})"
+                    )
+        return f"a parameter of shape {tuple(param.shape)}"
 
     def _step_sizes(self) -> StepSizes:
         """Read once per step: a scheduler may change the learning rates between steps."""
@@ -291,16 +395,34 @@ class ConstrainedOptimizer(abc.ABC):
             sgd_step_sizes(self.primal_optimizer), None if dual is None else sgd_step_sizes(dual)
         )
 
-    def _update(self, evaluation: Evaluation, sizes: StepSizes, commit_state: bool) -> None:
+    def _update(self, evaluation: Evaluation, sizes: StepSizes, rollback: Rollback | None) -> None:
         """Both sides' steps along the gradients of ``evaluation``, from the current point
-        (under the caller's ``torch.no_grad()``)."""
-        primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, commit_state)
+        (under the caller's ``torch.no_grad()``). With a ``rollback`` the optimizers' states
+        advance and it keeps what puts them back; without, they are left as they were (an
+        extrapolation)."""
+        commit = rollback is not None
+        undo = primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, commit)
+        if rollback is not None:
+            rollback.keep(undo)
         self.problem.project_bounds_()
-        dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, commit_state)
+        undo = dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, commit)
+        if rollback is not None:
+            rollback.keep(undo)
+
+    def _save_point(
+        self, rollback: Rollback, evaluation: Evaluation, primal: bool, dual: bool
+    ) -> None:
+        """Saves, before the updates along ``evaluation``, each side's point whose update
+        may raise after it moved something (the rows the evaluation read are copies
+        already)."""
+        params: list[Tensor] = []
+        for side, optimizer in ((primal, self.primal_optimizer), (dual, self.dual_optimizer)):
+            if side:
+                params += [p for p in _params(optimizer) if id(p) not in self._indexed_tables]
+        rollback.save_point(params, evaluation_rows(evaluation, multipliers=dual))
 
     def _result(self, evaluation: Evaluation, evaluations: int) -> StepResult:
-        """The step's result; also where the penalty-update rule sees the step."""
-        self._formulation.observe(evaluation)
+        """The step's result, built before anything is updated."""
         max_violation, mean_violation = evaluation.violation_summary()
         multipliers = {
             term.constraint.spec.name: term.multipliers_read for term in evaluation.terms
@@ -319,6 +441,14 @@ class ConstrainedOptimizer(abc.ABC):
         indexed = self._indexed_tables
         params = [*_params(self.primal_optimizer), *_params(self.dual_optimizer)]
         return [param for param in params if id(param) not in indexed]
+
+
+class Outcome(NamedTuple):
+    """What a method's step hands back: the result, and the evaluation at the point the
+    step started from (the penalty-update rule observes it once the step succeeded)."""
+
+    result: StepResult
+    evaluation: Evaluation
 
 
 class SimultaneousGDA(ConstrainedOptimizer):
@@ -356,12 +486,17 @@ class SimultaneousGDA(ConstrainedOptimizer):
         [1.0, 1.0]
     """
 
-    def _step(self, closure: Closure, calls: int) -> StepResult:
-        evaluation = self._evaluate_and_backward(closure, UndoLog())
+    def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
+        evaluation = self._evaluate_and_backward(closure, rollback.undo)
+        result = self._result(evaluation, calls + 1)
+        sizes = self._step_sizes()
+        # A stock optimizer.step() is user code and may raise half-way; the direct SGD
+        # update cannot, once the gradients passed their check.
+        self._save_point(rollback, evaluation, sizes.primal is None, sizes.dual is None)
         with torch.no_grad():
-            self._update(evaluation, self._step_sizes(), commit_state=True)
+            self._update(evaluation, sizes, rollback)
         self._clear_grads()
-        return self._result(evaluation, calls + 1)
+        return Outcome(result, evaluation)
 
 
 class AlternatingGDA(ConstrainedOptimizer):
@@ -377,23 +512,24 @@ class AlternatingGDA(ConstrainedOptimizer):
     updated multipliers at the cost of one evaluation and one backward pass.
     """
 
-    def _step(self, closure: Closure, calls: int) -> StepResult:
-        undo = UndoLog()
-        try:
-            evaluation = self._evaluate(closure, undo)
-        except BaseException:
-            undo.restore()
-            raise
+    def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
+        evaluation = self._evaluate(closure, rollback.undo)
+        result = self._result(evaluation, calls + 1)
         self._clear_grads()
         sizes = self._step_sizes()
+        # The dual step comes before the check of the values (done with the gradients,
+        # after backward): the saved point lets a failed check undo it.
+        self._save_point(rollback, evaluation, sizes.primal is None, dual=True)
         with torch.no_grad():
-            dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, commit_state=True)
+            rollback.keep(dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, True))
         self._backward(evaluation, [current_weights(term) for term in evaluation.terms])
         with torch.no_grad():
-            primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, commit_state=True)
+            rollback.keep(
+                primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, True)
+            )
             self.problem.project_bounds_()
         self._clear_grads()
-        return self._result(evaluation, calls + 1)
+        return Outcome(result, evaluation)
 
 
 def _check_formulation(

@@ -6,10 +6,10 @@ stock optimizer would update whole at every step. Instead, for the duration of o
 their gradient and their rows of the optimizer's state; afterwards the rows are written
 back. The optimizer never sees the rest of the table, so a step costs O(batch).
 
-This works for optimizers whose state is elementwise (SGD, Adam, AdamW, Adamax, NAdam,
-RAdam, RMSprop, Adagrad): their per-parameter scalars (Adam's step count) are then shared by
-the rows, which gives the "lazy" variant of the method. State the optimizer creates on its
-first step starts at zero for the rows not yet seen.
+This works for optimizers whose state is elementwise (:data:`ELEMENTWISE_OPTIMIZERS`):
+their per-parameter scalars (Adam's step count) are then shared by the rows, which gives
+the "lazy" variant of the method. State the optimizer creates on its first step starts at
+zero for the rows not yet seen.
 """
 
 from __future__ import annotations
@@ -21,6 +21,21 @@ import torch
 from torch import Tensor, nn
 
 from ._lagrangian import project_nonnegative_
+
+ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.Adadelta,
+    torch.optim.Rprop,
+)
+"""The optimizers whose state has one entry per parameter entry (plus scalars): a table's
+rows can be stepped alone. Others (Adafactor's factored moments) cannot."""
 
 
 class RowView(NamedTuple):
@@ -59,25 +74,24 @@ def _gather_state(state: State, rows: Tensor, table_shape: torch.Size) -> State:
     }
 
 
+def _check_row_state(name: str, row_state: State, row_shape: torch.Size) -> None:
+    for key, value in row_state.items():
+        if isinstance(value, Tensor) and value.ndim != 0 and value.shape != row_shape:
+            raise TypeError(
+                f"{name} keeps state '{key}' of shape {tuple(value.shape)} for rows of shape "
+                f"{tuple(row_shape)}: indexed constraints need an optimizer with elementwise "
+                "state, such as SGD or Adam"
+            )
+
+
 def _scatter_state(
-    name: str,
-    table_state: State,
-    row_state: State,
-    rows: Tensor,
-    table_shape: torch.Size,
-    row_shape: torch.Size,
+    table_state: State, row_state: State, rows: Tensor, table_shape: torch.Size
 ) -> State:
     merged = dict(table_state)
     for key, value in row_state.items():
         if not isinstance(value, Tensor) or value.ndim == 0:
             merged[key] = value
             continue
-        if value.shape != row_shape:
-            raise TypeError(
-                f"{name} keeps state '{key}' of shape {tuple(value.shape)} for rows of shape "
-                f"{tuple(row_shape)}: indexed constraints need an optimizer with elementwise "
-                "state, such as SGD or Adam"
-            )
         table = merged.get(key)
         if table is None:
             table = value.new_zeros(table_shape)
@@ -86,10 +100,49 @@ def _scatter_state(
     return merged
 
 
+class StateUndo:
+    """What puts an optimizer's state back as it was before one committed step.
+
+    The step worked on copies of the dense parameters' states: the originals are kept. A
+    table's state was written in the batch's rows only: the rows' old values are kept.
+    """
+
+    def __init__(self, state: dict[Any, State]) -> None:
+        self._state = state
+        self._params: list[tuple[Tensor, State | None]] = []
+        self._tables: list[tuple[Tensor, State, Tensor, State]] = []
+
+    def keep_param(self, param: Tensor, original: State | None) -> None:
+        self._params.append((param, original))
+
+    def keep_rows(self, table: Tensor, table_state: State, rows: Tensor, before: State) -> None:
+        self._tables.append((table, table_state, rows, before))
+
+    def restore(self) -> None:
+        state = self._state
+        for param, original in reversed(self._params):
+            state.pop(param, None)
+            if original is not None:
+                state[param] = original
+        for table, table_state, rows, before in reversed(self._tables):
+            with torch.no_grad():
+                for key, value in before.items():
+                    full = table_state.get(key)
+                    if isinstance(value, Tensor) and value.ndim != 0 and isinstance(full, Tensor):
+                        full.index_copy_(0, rows, value)
+            state.pop(table, None)
+            if table_state:
+                state[table] = table_state
+
+
 def step_optimizer(
     optimizer: torch.optim.Optimizer, views: Sequence[RowView], commit_state: bool
-) -> None:
+) -> StateUndo | None:
     """Calls ``optimizer.step()`` with each viewed table reduced to its rows.
+
+    The step works on copies of the states it changes: if it raises (an optimizer hook, a
+    state that is not elementwise), the parameters' states, the tables and their states
+    are as they were; the caller puts back the dense parameters it moved.
 
     Args:
         optimizer: A stock optimizer whose parameters' ``.grad`` are set, except the viewed
@@ -97,12 +150,15 @@ def step_optimizer(
         views: The tables to step row by row.
         commit_state: If False, the optimizer's state is left as it was: the step moves the
             parameters only (used for extrapolation).
+
+    Returns:
+        With ``commit_state``, what puts the optimizer's state back (a later phase of the
+        step may fail); else ``None``.
     """
     state = optimizer.state
-    name = type(optimizer).__name__
     swapped: list[tuple[RowView, Tensor, State]] = []
     kept: list[tuple[Tensor, State | None]] = []
-    stepped = False
+    row_states: list[State] | None = None
     try:
         for view in views:
             table = view.table
@@ -113,38 +169,47 @@ def step_optimizer(
             swapped.append((view, full, table_state))
             if table_state:
                 state[table] = _gather_state(table_state, view.rows, full.shape)
-        if not commit_state:
-            viewed = {id(view.table) for view in views}
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    if param.grad is None or id(param) in viewed:
-                        continue
-                    original = state.pop(param, None)
-                    kept.append((param, original))
-                    if original:
-                        state[param] = _copy_state(original)
+        viewed = {id(view.table) for view in views}
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is None or id(param) in viewed:
+                    continue
+                original = state.pop(param, None)
+                kept.append((param, original))
+                if original:
+                    state[param] = _copy_state(original)
         optimizer.step()
-        stepped = True
+        stepped = [state.get(view.table) or {} for view in views]
+        for view, row_state in zip(views, stepped):
+            _check_row_state(type(optimizer).__name__, row_state, view.values.shape)
+        row_states = stepped
     finally:
+        committed = commit_state and row_states is not None
+        undo = StateUndo(state) if committed else None
         for param, original in kept:
+            if undo is not None:
+                undo.keep_param(param, original)
+                continue
             state.pop(param, None)
             if original is not None:
                 state[param] = original
-        for view, full, table_state in swapped:
+        for index, (view, full, table_state) in enumerate(swapped):
             table = view.table
             values = table.data
-            row_state: State = state.pop(table, None) or {}
+            state.pop(table, None)
             table.data = full
             table.grad = None
             if table_state:
                 state[table] = table_state
-            if not stepped:
+            if row_states is None:
                 continue
             if view.project:
                 project_nonnegative_(values)
             with torch.no_grad():
                 full.index_copy_(0, view.rows, values)
-            if commit_state and row_state:
-                state[table] = _scatter_state(
-                    name, table_state, row_state, view.rows, full.shape, values.shape
+            if undo is not None and row_states[index]:
+                undo.keep_rows(
+                    table, table_state, view.rows, _gather_state(table_state, view.rows, full.shape)
                 )
+                state[table] = _scatter_state(table_state, row_states[index], view.rows, full.shape)
+    return undo

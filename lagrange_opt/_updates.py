@@ -19,7 +19,7 @@ from torch.optim import optimizer as optimizer_module
 
 from ._evaluation import Term
 from ._lagrangian import project_nonnegative_
-from ._rows import RowView, step_optimizer
+from ._rows import RowView, StateUndo, step_optimizer
 
 
 def sgd_step_sizes(optimizer: torch.optim.Optimizer) -> list[float] | None:
@@ -33,10 +33,15 @@ def sgd_step_sizes(optimizer: torch.optim.Optimizer) -> list[float] | None:
 
     Returns:
         The sizes, one per group, if ``optimizer`` is a ``torch.optim.SGD`` with no momentum,
-        no weight decay, a float learning rate and no step hooks (whose calls the direct
-        update would skip); else ``None``: use ``optimizer.step()``.
+        no weight decay, a float learning rate, no step hooks and no wrapper around its
+        ``step()`` (whose calls the direct update would skip); else ``None``: use
+        ``optimizer.step()``.
     """
     if type(optimizer) is not torch.optim.SGD:
+        return None
+    if "step" in vars(optimizer):
+        # The instance's step() was wrapped, by a learning-rate scheduler (which records
+        # that it was called) or by the user: it must run.
         return None
     if (
         optimizer._optimizer_step_pre_hooks
@@ -77,7 +82,7 @@ def primal_update(
     terms: Sequence[Term],
     commit_state: bool,
     origins: Mapping[int, Tensor] | None = None,
-) -> None:
+) -> StateUndo | None:
     """Descent on every primal parameter with a ``.grad``, and on the slack rows ``terms`` read.
 
     Runs under the caller's ``torch.no_grad()``: a step opens it once for all its updates.
@@ -87,6 +92,9 @@ def primal_update(
         sizes: ``sgd_step_sizes(optimizer)``.
         terms: The terms of the evaluation whose gradients are stepped along.
         commit_state: If False the optimizer's state is left as it was (extrapolation).
+
+    Returns:
+        What puts the optimizer's state back, if a stock ``optimizer.step()`` committed it.
         origins: With plain SGD only: for each parameter (by ``id``), the point to step from
             instead of its current value, written straight into the parameter (extra-gradient
             steps from its saved point without first copying it back).
@@ -100,8 +108,7 @@ def primal_update(
             )
             for read in slacks
         ]  # fmt: skip
-        step_optimizer(optimizer, views, commit_state)
-        return
+        return step_optimizer(optimizer, views, commit_state)
     for group, size in zip(optimizer.param_groups, sizes):
         params = [param for param in group["params"] if param.grad is not None]
         if origins is not None:
@@ -115,6 +122,7 @@ def primal_update(
             if read.values.grad is not None:
                 size = size_of[id(read.table)]
                 read.table.index_add_(0, read.rows, read.values.grad * size)
+    return None
 
 
 def dual_update(
@@ -122,7 +130,7 @@ def dual_update(
     sizes: list[float] | None,
     terms: Sequence[Term],
     commit_state: bool,
-) -> None:
+) -> StateUndo | None:
     """Ascent on the multipliers ``terms`` read, along their residuals; projects those of
     projected inequalities (every inequality in the augmented Lagrangian) onto ``>= 0``.
 
@@ -136,12 +144,14 @@ def dual_update(
         sizes: ``sgd_step_sizes(optimizer)``.
         terms: The terms of the evaluation whose residuals are stepped along.
         commit_state: If False the optimizer's state is left as it was (extrapolation).
+
+    Returns:
+        What puts the optimizer's state back, if a stock ``optimizer.step()`` committed it.
     """
     if optimizer is None:
-        return
+        return None
     if sizes is None:
-        _stock_dual_update(optimizer, terms, commit_state)
-        return
+        return _stock_dual_update(optimizer, terms, commit_state)
     size_of = _size_of(optimizer, sizes)
     for term in terms:
         multiplier = term.multiplier
@@ -157,11 +167,12 @@ def dual_update(
         if projected:
             rows = project_nonnegative_(multiplier.index_select(0, indices))
             multiplier.index_copy_(0, indices, rows)
+    return None
 
 
 def _stock_dual_update(
     optimizer: torch.optim.Optimizer, terms: Sequence[Term], commit_state: bool
-) -> None:
+) -> StateUndo | None:
     views = []
     for term in terms:
         multiplier = term.multiplier
@@ -174,9 +185,13 @@ def _stock_dual_update(
         grad.index_add_(0, inverse, residual)
         values = multiplier.detach().index_select(0, rows)
         views.append(RowView(multiplier, rows, values, grad, term.projected))
-    step_optimizer(optimizer, views, commit_state)
+    try:
+        undo = step_optimizer(optimizer, views, commit_state)
+    finally:
+        for term in terms:
+            if term.indices is None:
+                term.multiplier.grad = None
     for term in terms:
-        if term.indices is None:
-            term.multiplier.grad = None
-            if term.projected:
-                project_nonnegative_(term.multiplier.data)
+        if term.indices is None and term.projected:
+            project_nonnegative_(term.multiplier.data)
+    return undo

@@ -1,0 +1,169 @@
+"""What a step may change, saved at its start and put back if any phase of it raises.
+
+A step changes the parameters, multipliers and slacks (dense ones whole, indexed tables
+in the batch's rows), the optimizers' states, the running statistics of normalisation
+layers and the random number generators. :class:`Rollback` holds what puts each back:
+
+- the random number generators' states and the normalisation layers' running statistics,
+  copied when the step starts (both are small);
+- the undo log of the evaluations (slacks set on first observation);
+- a :class:`SavedPoint` of the parameters and rows, taken before the first update (the
+  extra-gradient method steps from it anyway; the other methods take it only where user
+  code, a stock optimizer's ``step()``, runs in the update);
+- what puts the optimizers' states back after a committed stock ``optimizer.step()``
+  (:class:`._rows.StateUndo`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._evaluation import Evaluation, UndoLog
+from ._rows import StateUndo
+
+Rows = list[tuple[Tensor, Tensor, Tensor]]
+"""Indexed rows: (table, row indices, their values)."""
+
+RngState = tuple[Tensor, list[Tensor] | None]
+
+NORMALIZATION_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+"""Layers whose forward pass updates buffers (their running statistics)."""
+
+
+def rng_state() -> RngState:
+    """The CPU generator's state and, once CUDA is in use, every CUDA device's."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def set_rng_state(state: RngState) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def running_statistics(module: nn.Module) -> list[Tensor]:
+    """The buffers that the forward passes of ``module``'s normalisation layers update."""
+    return [
+        buffer
+        for layer in module.modules()
+        if isinstance(layer, NORMALIZATION_LAYERS)
+        for buffer in layer.buffers(recurse=False)
+    ]
+
+
+class Buffers:
+    """A copy of some buffers, to put back."""
+
+    def __init__(self, buffers: Sequence[Tensor]) -> None:
+        self._saved = [(buffer, buffer.clone()) for buffer in buffers]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for buffer, saved in self._saved:
+                buffer.copy_(saved)
+
+
+class SavedPoint:
+    """A copy of the dense parameters and of the indexed rows a step reads.
+
+    The copies' memory is reused from step to step.
+    """
+
+    def __init__(self) -> None:
+        self.params: list[Tensor] = []
+        self.copies: list[Tensor] = []
+        self.rows: Rows = []
+
+    def save(self, params: list[Tensor], rows: Rows) -> None:
+        """Copies ``params``; ``rows`` already hold copies of their values."""
+        copies = self.copies
+        if len(copies) != len(params) or any(
+            copy.shape != param.shape or copy.dtype != param.dtype or copy.device != param.device
+            for copy, param in zip(copies, params)
+        ):
+            self.copies = [
+                torch.empty_like(param, memory_format=torch.preserve_format) for param in params
+            ]
+        with torch.no_grad():
+            if params:
+                torch._foreach_copy_(self.copies, params)
+        self.params = params
+        self.rows = rows
+
+    def restore(self, skip: Container[int] = ()) -> None:
+        """Copies the saved point back, except into the parameters whose ids are in ``skip``."""
+        targets, sources = self.params, self.copies
+        if skip:
+            kept = [index for index, param in enumerate(targets) if id(param) not in skip]
+            targets, sources = [targets[i] for i in kept], [sources[i] for i in kept]
+        with torch.no_grad():
+            if targets:
+                torch._foreach_copy_(targets, sources)
+            for table, index, values in self.rows:
+                table.index_copy_(0, index, values)
+
+    def origins(self) -> dict[int, Tensor]:
+        """Each saved parameter's copy, by the parameter's ``id``."""
+        return {id(param): copy for param, copy in zip(self.params, self.copies)}
+
+
+def evaluation_rows(evaluation: Evaluation, multipliers: bool = True) -> Rows:
+    """The indexed rows an update along ``evaluation`` moves, with their values read."""
+    rows: Rows = []
+    for term in evaluation.terms:
+        if multipliers and term.indices is not None:
+            rows.append((term.multiplier.data, term.indices, term.multipliers_read))
+        if term.slack is not None:
+            rows.append((term.slack.table.data, term.slack.rows, term.slack.values.detach()))
+    return rows
+
+
+class Rollback:
+    """Everything one step may change, put back by :meth:`restore`.
+
+    Args:
+        point: The optimizer's reusable :class:`SavedPoint`.
+        statistics: The running statistics the closure may update.
+    """
+
+    def __init__(self, point: SavedPoint, statistics: Sequence[Tensor]) -> None:
+        self.undo = UndoLog()
+        self.rng = rng_state()
+        self.statistics = Buffers(statistics)
+        self._point = point
+        self._saved = False
+        self._states: list[StateUndo] = []
+
+    def keep(self, undo: StateUndo | None) -> None:
+        """Remembers what puts an optimizer's state back after a committed step."""
+        if undo is not None:
+            self._states.append(undo)
+
+    def save_point(self, params: list[Tensor], rows: Rows) -> SavedPoint:
+        """Saves the parameters and rows before the step's first update."""
+        self._point.save(params, rows)
+        self._saved = True
+        return self._point
+
+    def restore(self) -> None:
+        """Puts everything back as it was when the step started."""
+        for undo in reversed(self._states):
+            undo.restore()
+        if self._saved:
+            self._point.restore()
+        self.undo.restore()
+        self.statistics.restore()
+        set_rng_state(self.rng)
