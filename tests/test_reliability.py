@@ -1,0 +1,569 @@
+"""Failures after the closure returned, and inputs refused when a method is built (issue 10).
+
+Every test here failed before its fix: a step that raised in a later phase left something
+changed, a non-finite gradient was stepped along, or a misbuilt optimizer was accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from helpers import (
+    METHODS,
+    QuadraticProgram,
+    assert_bitwise_equal,
+    build_mixed,
+    mixed_batch,
+    snapshot,
+    train_mixed,
+)
+from torch import Tensor, nn
+
+from lagrange_opt import (
+    AlternatingGDA,
+    ConstrainedProblem,
+    ExtraGradient,
+    IndexedValue,
+    NonFiniteError,
+    ProblemState,
+    SimultaneousGDA,
+    default_optimizer,
+)
+from lagrange_opt._rows import RowView, step_optimizer
+
+
+def _pair(problem: ConstrainedProblem, lr: float = 0.1, dual_lr: float = 0.1) -> tuple[Any, Any]:
+    return (
+        torch.optim.SGD(problem.primal_parameters(), lr=lr),
+        torch.optim.SGD(problem.dual_parameters(), lr=dual_lr, maximize=True),
+    )
+
+
+def _state(problem: nn.Module, optimizer: Any) -> dict[str, Any]:
+    """Everything a failed step must leave as it was, the random generator included."""
+    return {**snapshot(problem, optimizer), "rng": torch.get_rng_state()}
+
+
+class Indexed(ConstrainedProblem):
+    """Two indexed constraints on one parameter vector: a row each per sample."""
+
+    def __init__(self, treatment: str = "projection") -> None:
+        super().__init__()
+        self.x = nn.Parameter(torch.zeros(4))
+        self.add_inequality("low", ">=", num_samples=4, treatment=treatment)  # type: ignore[arg-type]
+        self.add_inequality("high", "<=", num_samples=4, treatment=treatment)  # type: ignore[arg-type]
+
+    def forward(self, indices: Tensor) -> ProblemState:
+        x = self.x[indices]
+        return ProblemState(
+            (self.x - 2).square().sum(),
+            {"low": IndexedValue(x - 0.5, indices), "high": IndexedValue(x - 1.0, indices)},
+        )
+
+
+# 1. Optimizers whose state is not elementwise, and the row stepping's own failures.
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Adafactor"), reason="torch without Adafactor")
+def test_a_dual_optimizer_without_elementwise_state_is_refused_for_indexed_tables() -> None:
+    problem = Indexed()
+    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.1)
+    dual = torch.optim.Adafactor(problem.dual_parameters(), lr=0.1, maximize=True)
+    with pytest.raises(
+        TypeError,
+        match=r"^constraint 'low' is indexed: the dual optimizer steps only the batch's rows of "
+        r"its table, which needs elementwise state, and Adafactor is not known to keep it; "
+        r"use one of SGD, Adam, ",
+    ):
+        ExtraGradient(problem, primal, dual)
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Adafactor"), reason="torch without Adafactor")
+def test_a_primal_optimizer_without_elementwise_state_is_refused_for_indexed_slacks() -> None:
+    problem = Indexed(treatment="slack")
+    primal = torch.optim.Adafactor(problem.primal_parameters(), lr=0.1)
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True)
+    with pytest.raises(TypeError, match=r"^constraint 'low' is indexed: the primal optimizer"):
+        SimultaneousGDA(problem, primal, dual)
+
+
+class RowSum(torch.optim.Optimizer):
+    """Keeps one number per parameter (not per entry): not elementwise."""
+
+    def __init__(self, params: Any) -> None:
+        super().__init__(params, {"lr": 0.1})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state[param]
+                state["total"] = param.grad.sum().reshape(1) + state.get("total", 0)
+                param.add_(param.grad, alpha=-group["lr"])
+
+
+def test_row_stepping_leaves_every_table_whole_when_a_state_is_not_elementwise() -> None:
+    tables = [nn.Parameter(torch.arange(10.0).reshape(5, 2) + k) for k in range(2)]
+    originals = [table.detach().clone() for table in tables]
+    optimizer = RowSum(tables)
+    rows = torch.tensor([1, 3])
+    views = [
+        RowView(table, rows, table.detach()[rows].clone(), torch.ones(2, 2), project=False)
+        for table in tables
+    ]
+    with pytest.raises(TypeError, match=r"^RowSum keeps state 'total' of shape \(1,\) for rows"):
+        step_optimizer(optimizer, views, commit_state=True)
+    for table, original in zip(tables, originals):
+        assert table.data.shape == (5, 2)
+        assert torch.equal(table.data, original)
+        assert table.grad is None
+    assert not optimizer.state
+
+
+# 2. A finite value whose gradient is not finite.
+
+
+class Root(ConstrainedProblem):
+    """sqrt(x0) >= 0.5 at x = 0: a finite value with an infinite derivative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = nn.Parameter(torch.zeros(2))
+        self.add_inequality("root", ">=")
+        self.add_equality("sum")
+
+    def forward(self) -> ProblemState:
+        return ProblemState(
+            (self.x - 1).square().sum(),
+            {"root": self.x[0].sqrt() - 0.5, "sum": 10 * self.x.sum()},
+        )
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_an_infinite_gradient_raises_naming_the_parameter_and_changes_nothing(
+    method: type,
+) -> None:
+    problem = Root()
+    optimizer = method(problem, *_pair(problem))
+    before = _state(problem, optimizer)
+    with pytest.raises(
+        NonFiniteError,
+        match=r"^the gradient of parameter 'x' has 1 non-finite value\(s\), first (-?inf|nan) at \(0,\)",
+    ):
+        optimizer.step(problem)
+    assert_bitwise_equal(before, _state(problem, optimizer))
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_an_overflow_in_backward_raises_and_changes_nothing(method: type) -> None:
+    problem = Root()
+    problem.x.data.fill_(1.0)
+    problem.x.data[1] = -1.0  # the sum is 0: its term, multiplier * 0, is finite
+    with torch.no_grad():
+        problem.constraints["sum"].multiplier.fill_(3e38)
+    optimizer = method(problem, *_pair(problem))
+    before = _state(problem, optimizer)
+    with pytest.raises(NonFiniteError, match=r"^the gradient of parameter 'x' has 2 non-finite"):
+        optimizer.step(problem)
+    assert_bitwise_equal(before, _state(problem, optimizer))
+
+
+# 3. A constraint declared after the method was built.
+
+
+class Growing(QuadraticProgram):
+    def forward(self) -> ProblemState:
+        state = super().forward()
+        values = dict(state.constraints)
+        if "late" in self.constraints:
+            values["late"] = self.x[0] - 0.25
+        return ProblemState(state.objective, values)
+
+
+@pytest.mark.parametrize("base", ["sgd", "adam"])
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_a_constraint_declared_after_the_method_is_built_raises_and_nothing_moves(
+    method: type, base: str
+) -> None:
+    problem = Growing()
+    if base == "adam":
+        primal: Any = torch.optim.Adam(problem.primal_parameters(), lr=0.1)
+        dual: Any = torch.optim.Adam(problem.dual_parameters(), lr=0.1, maximize=True)
+    else:
+        primal, dual = _pair(problem)
+    optimizer = method(problem, primal, dual)
+    optimizer.step(problem)
+    problem.add_inequality("late", "<=")
+    before = _state(problem, optimizer)
+    with pytest.raises(
+        RuntimeError,
+        match=re.escape(
+            "constraint(s) ['late'] were declared after this optimizer was built, so no "
+            "optimizer steps their multipliers: build the optimizers and the method again"
+        ),
+    ):
+        optimizer.step(problem)
+    assert_bitwise_equal(before, _state(problem, optimizer))
+
+
+# 5. Weight decay on the multipliers.
+
+
+@pytest.mark.parametrize(
+    ("dual", "decay"),
+    [
+        (lambda params: torch.optim.SGD(params, lr=0.1, weight_decay=0.1, maximize=True), 0.1),
+        (lambda params: torch.optim.AdamW(params, lr=0.1, maximize=True), 0.01),
+    ],
+    ids=["sgd", "adamw-default"],
+)
+def test_dual_weight_decay_is_refused(dual: Any, decay: float) -> None:
+    problem = QuadraticProgram()
+    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.1, weight_decay=0.1)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"Invalid weight decay in the dual optimizer (param group 0): {decay}; it pulls "
+            "the multipliers towards 0, so the iteration converges to a biased, infeasible "
+            "point: build it with weight_decay=0"
+        ),
+    ):
+        ExtraGradient(problem, primal, dual(problem.dual_parameters()))
+
+
+# 7 and 8. Failures after the closure returned: in backward, in an optimizer's step.
+
+
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, value: Tensor) -> Tensor:
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        raise RuntimeError("backward failed")
+
+
+class Bomb(QuadraticProgram):
+    """The QP whose constraint's backward raises once armed."""
+
+    armed = False
+
+    def forward(self) -> ProblemState:
+        state = super().forward()
+        value = state.constraints["sum"]
+        assert isinstance(value, Tensor)
+        if self.armed:
+            value = _FailingBackward.apply(value)
+        return ProblemState(state.objective, {"sum": value})
+
+
+@pytest.mark.parametrize("treatment", ["slack", "projection"])
+@pytest.mark.parametrize("warm", [False, True], ids=["first-step", "after-steps"])
+@pytest.mark.parametrize("base", ["plain-sgd", "adam"])
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_a_backward_that_raises_changes_nothing(
+    method: type, base: str, warm: bool, treatment: str
+) -> None:
+    problem = Bomb(treatment=treatment)
+    if base == "adam":
+        primal: Any = torch.optim.Adam(problem.primal_parameters(), lr=0.1)
+        dual: Any = torch.optim.Adam(problem.dual_parameters(), lr=0.1, maximize=True)
+    else:
+        primal, dual = _pair(problem)
+    optimizer = method(problem, primal, dual)
+    for _ in range(3 if warm else 0):
+        optimizer.step(problem)
+    problem.armed = True
+    before = _state(problem, optimizer)
+    with pytest.raises(RuntimeError, match=r"^backward failed$"):
+        optimizer.step(problem)
+    assert_bitwise_equal(before, _state(problem, optimizer))
+
+
+class FailingSGD(torch.optim.SGD):
+    """SGD that raises after its update on the armed call: parameters and momentum changed."""
+
+    fail_on_call: int | None = None
+
+    def step(self, closure: Any = None) -> Any:
+        result = super().step(closure)
+        if self.fail_on_call is not None:
+            self.fail_on_call -= 1
+            if self.fail_on_call == 0:
+                raise RuntimeError("step failed")
+        return result
+
+
+class Countdown:
+    """A step hook that raises on its n-th call."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+
+    def __call__(self, *_: Any) -> None:
+        self.calls -= 1
+        if self.calls == 0:
+            raise RuntimeError("hook failed")
+
+
+def _arm(optimizer: torch.optim.Optimizer, failure: str, call: int) -> str:
+    """Makes the optimizer's ``call``-th step of the next method step fail; the message."""
+    if failure == "step":
+        assert isinstance(optimizer, FailingSGD)
+        optimizer.fail_on_call = call
+        return "^step failed$"
+    if failure == "pre-hook":
+        optimizer.register_step_pre_hook(Countdown(call))
+    else:
+        optimizer.register_step_post_hook(Countdown(call))
+    return "^hook failed$"
+
+
+def _mixed_with_failing_sgd(method: type) -> tuple[Any, Any]:
+    problem, _ = build_mixed(method, "plain-sgd")
+    primal = FailingSGD(
+        [*problem.model.parameters(), *problem.slack_parameters()], lr=0.01, momentum=0.5
+    )
+    dual = FailingSGD(problem.dual_parameters(), lr=0.05, momentum=0.5, maximize=True)
+    return problem, method(problem, primal, dual)
+
+
+# ExtraGradient steps each optimizer twice: to the extrapolated point, then for good.
+OPTIMIZER_CALLS = [(method, 1) for method in METHODS] + [(ExtraGradient, 2)]
+
+
+@pytest.mark.parametrize("failure", ["step", "pre-hook", "post-hook"])
+@pytest.mark.parametrize("side", ["primal", "dual"])
+@pytest.mark.parametrize(
+    ("method", "call"), OPTIMIZER_CALLS, ids=[f"{m.__name__}-call{c}" for m, c in OPTIMIZER_CALLS]
+)
+def test_an_optimizer_step_that_raises_changes_nothing(
+    method: type, call: int, side: str, failure: str
+) -> None:
+    problem, optimizer = _mixed_with_failing_sgd(method)
+    train_mixed(problem, optimizer, range(3))
+    failing = optimizer.primal_optimizer if side == "primal" else optimizer.dual_optimizer
+    message = _arm(failing, failure, call)
+    before = _state(problem, optimizer)
+    with pytest.raises(RuntimeError, match=message):
+        train_mixed(problem, optimizer, range(3, 4))
+    assert_bitwise_equal(before, _state(problem, optimizer))
+
+
+def test_an_optimizer_that_needs_a_closure_is_refused() -> None:
+    problem = QuadraticProgram()
+    primal = torch.optim.LBFGS(problem.primal_parameters())
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True)
+    with pytest.raises(
+        TypeError, match=r"^the primal optimizer LBFGS needs a closure in step\(\): the methods"
+    ):
+        ExtraGradient(problem, primal, dual)
+
+
+# 9. Running statistics and randomness.
+
+
+class Normalised(ConstrainedProblem):
+    """A network with batch normalisation and dropout; records the dropout masks drawn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 1)
+        )
+        self.data = torch.randn(16, 3)
+        self.add_inequality("positive", ">=", num_samples=16)
+        self.masks: list[Tensor] = []
+        self.fail_on_call: int | None = None
+        self.calls = 0
+
+    def forward(self) -> ProblemState:
+        self.calls += 1
+        hidden = self.net[1](self.net[0](self.data))
+        dropped = self.net[2](hidden)
+        self.masks.append(dropped == 0)
+        pred = self.net[3](dropped).squeeze(-1)
+        objective = (pred - 1).square().mean()
+        if self.calls == self.fail_on_call:
+            objective = objective * math.nan
+        return ProblemState(objective, {"positive": IndexedValue(pred, torch.arange(16))})
+
+
+def _normalised_method(same_randomness: bool, adaptive: bool = False) -> tuple[Normalised, Any]:
+    problem = Normalised()
+    optimizer = ExtraGradient(
+        problem, *_pair(problem, lr=0.01),
+        step_size="adaptive" if adaptive else "fixed", same_randomness=same_randomness,
+    )  # fmt: skip
+    return problem, optimizer
+
+
+@pytest.mark.parametrize("failing_call", [1, 2], ids=["start", "extrapolated"])
+def test_a_failed_step_puts_back_running_statistics_and_the_generator(failing_call: int) -> None:
+    problem, optimizer = _normalised_method(same_randomness=False)
+    optimizer.step(problem)
+    problem.fail_on_call = problem.calls + failing_call
+    before = _state(problem, optimizer)
+    with pytest.raises(NonFiniteError, match=r"^objective is not finite: nan$"):
+        optimizer.step(problem)
+    assert_bitwise_equal(before, _state(problem, optimizer))
+
+
+def test_same_randomness_gives_every_evaluation_the_same_draws_and_one_statistics_update() -> None:
+    problem, optimizer = _normalised_method(same_randomness=True)
+    norm = problem.net[1]
+    for step in range(3):
+        reference = Normalised()
+        reference.load_state_dict(problem.state_dict())
+        rng = torch.get_rng_state()
+        reference()  # one forward at the point the step starts from
+        after_one_forward = torch.get_rng_state()
+        torch.set_rng_state(rng)
+        problem.masks.clear()
+        optimizer.step(problem)
+        first, second = problem.masks
+        assert torch.equal(first, second)
+        assert int(norm.num_batches_tracked) == step + 1
+        assert torch.equal(norm.running_mean, reference.net[1].running_mean)
+        assert torch.equal(norm.running_var, reference.net[1].running_var)
+        assert torch.equal(torch.get_rng_state(), after_one_forward)
+
+
+def test_without_same_randomness_each_evaluation_draws_and_updates_the_statistics() -> None:
+    problem, optimizer = _normalised_method(same_randomness=False)
+    optimizer.step(problem)
+    first, second = problem.masks
+    assert not torch.equal(first, second)
+    assert int(problem.net[1].num_batches_tracked) == 2
+
+
+def test_same_randomness_holds_over_the_adaptive_steps_retries() -> None:
+    problem, optimizer = _normalised_method(same_randomness=True, adaptive=True)
+    for _ in range(5):
+        problem.masks.clear()
+        result = optimizer.step(problem)
+        assert len(problem.masks) == result.evaluations
+        assert all(torch.equal(problem.masks[0], mask) for mask in problem.masks)
+    assert int(problem.net[1].num_batches_tracked) == 5
+
+
+def test_same_randomness_must_be_a_bool() -> None:
+    problem = QuadraticProgram()
+    with pytest.raises(TypeError, match=r"^same_randomness must be a bool, got int$"):
+        ExtraGradient(problem, *_pair(problem), same_randomness=1)  # type: ignore[arg-type]
+
+
+# 10. load_state_dict is all or nothing.
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_a_state_dict_whose_dual_part_is_bad_loads_nothing(method: type) -> None:
+    problem, optimizer = build_mixed(method, "adam")
+    train_mixed(problem, optimizer, range(3))
+    saved = optimizer.state_dict()
+    fresh_problem, fresh = build_mixed(method, "adam", seed=1)
+    train_mixed(fresh_problem, fresh, range(2))
+    before = snapshot(fresh_problem, fresh)
+    saved["dual"]["param_groups"] = saved["dual"]["param_groups"] * 2
+    with pytest.raises(ValueError, match="different number of parameter groups"):
+        fresh.load_state_dict(saved)
+    assert_bitwise_equal(before, snapshot(fresh_problem, fresh))
+
+
+# 13. Learning rates.
+
+
+@pytest.mark.parametrize("side", ["primal", "dual"])
+@pytest.mark.parametrize("lr", [-1.0, math.inf, math.nan])
+def test_invalid_learning_rates_are_refused(side: str, lr: float) -> None:
+    problem = QuadraticProgram()
+    optimizers = dict(zip(("primal", "dual"), _pair(problem)))
+    optimizers[side].param_groups[0]["lr"] = lr  # torch refuses some at construction
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"Invalid learning rate in the {side} optimizer (param group 0): {lr}"),
+    ):
+        ExtraGradient(problem, optimizers["primal"], optimizers["dual"])
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_a_zero_learning_rate_warm_up_start_is_accepted(method: type) -> None:
+    problem = QuadraticProgram(treatment="projection")
+    primal, dual = _pair(problem, lr=0.0, dual_lr=0.0)
+    optimizer = method(problem, primal, dual)
+    optimizer.step(problem)
+    assert problem.x.tolist() == [0.0, 0.0]
+    for group in (*primal.param_groups, *dual.param_groups):
+        group["lr"] = 0.1
+    for _ in range(500):
+        optimizer.step(problem)
+    assert problem.x.tolist() == pytest.approx(QuadraticProgram.solution, abs=1e-4)
+
+
+# 14. Learning-rate schedulers over the direct SGD update.
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_a_scheduler_over_plain_sgd_gives_no_warning_and_schedules(method: type) -> None:
+    problem, optimizer = build_mixed(method, "plain-sgd")
+    schedulers = [
+        torch.optim.lr_scheduler.StepLR(side, step_size=2, gamma=0.5)
+        for side in (optimizer.primal_optimizer, optimizer.dual_optimizer)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in range(4):
+            optimizer.step(lambda step=step: problem(mixed_batch(step)))
+            for scheduler in schedulers:
+                scheduler.step()
+    assert optimizer.primal_optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / 4)
+
+
+def test_the_scheduled_direct_update_equals_the_plain_one() -> None:
+    """The wrapped step() takes the stock path; its iterates are the direct update's (up
+    to the order in which repeated indices' residuals are summed)."""
+    runs = []
+    for scheduled in (False, True):
+        problem, optimizer = build_mixed(ExtraGradient, "plain-sgd")
+        if scheduled:
+            for side in (optimizer.primal_optimizer, optimizer.dual_optimizer):
+                torch.optim.lr_scheduler.LambdaLR(side, lambda _: 1.0)
+        train_mixed(problem, optimizer, range(5))
+        runs.append(problem.state_dict())
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-7)
+
+
+# The default method: the same guarantees.
+
+
+def test_the_default_method_rolls_back_a_failed_extrapolation() -> None:
+    problem = Bomb()
+    optimizer = default_optimizer(problem)
+    for _ in range(3):
+        optimizer.step(problem)
+    problem.armed = True
+    before = {**_state(problem, optimizer), "factor": optimizer.step_factor}
+    with pytest.raises(RuntimeError, match=r"^backward failed$"):
+        optimizer.step(problem)
+    assert_bitwise_equal(before, {**_state(problem, optimizer), "factor": optimizer.step_factor})
+
+
+def test_alternating_keeps_its_dual_step_only_when_the_step_succeeds() -> None:
+    problem = Bomb(treatment="projection")
+    optimizer = AlternatingGDA(problem, *_pair(problem))
+    optimizer.step(problem)
+    multiplier = problem.constraints["sum"].multiplier.detach().clone()
+    problem.armed = True
+    with pytest.raises(RuntimeError):
+        optimizer.step(problem)
+    assert torch.equal(problem.constraints["sum"].multiplier.detach(), multiplier)
+    problem.armed = False
+    optimizer.step(problem)
+    assert not torch.equal(problem.constraints["sum"].multiplier.detach(), multiplier)
