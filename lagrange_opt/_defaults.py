@@ -30,7 +30,10 @@ def default_optimizer(
         \\qquad D = \\operatorname{diag}(\\eta_x, \\eta_\\lambda c \\min(1, 1/(2t)))
 
     where :math:`P` projects the bounded parameters onto their boxes and inequality
-    multipliers onto :math:`\\ge 0`.
+    multipliers onto :math:`\\ge 0`. Every evaluation of a step draws the same random
+    numbers (dropout masks) and the running statistics of normalisation layers are updated
+    once per step (``same_randomness=True``): the backtracking test then compares the
+    operator at two points, not two draws.
 
     Args:
         problem: The problem; its primal parameters (slacks included; under the augmented
@@ -52,5 +55,5 @@ def default_optimizer(
     dual = torch.optim.SGD(multipliers, lr=dual_lr, maximize=True) if multipliers else None
     return ExtraGradient(
         problem, torch.optim.SGD(problem.primal_parameters(), lr=lr), dual,
-        formulation="augmented", scaling=True, step_size="adaptive",
+        formulation="augmented", scaling=True, step_size="adaptive", same_randomness=True,
     )  # fmt: skip

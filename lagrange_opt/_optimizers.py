@@ -263,6 +263,9 @@ class ConstrainedOptimizer(abc.ABC):
                 self._formulation.set_scales(
                     measure_scales(self.problem, closure, _params(self.primal_optimizer))
                 )
+                # The measuring call leaves no trace: the step's first evaluation sees the
+                # same random numbers and statistics.
+                rollback.rewind()
             result = self._step(closure, int(measured), rollback)
         except BaseException:
             self._clear_grads()

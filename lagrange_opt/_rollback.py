@@ -158,6 +158,11 @@ class Rollback:
         self._saved = True
         return self._point
 
+    def rewind(self) -> None:
+        """Puts the random number generators and the running statistics back."""
+        self.statistics.restore()
+        set_rng_state(self.rng)
+
     def restore(self) -> None:
         """Puts everything back as it was when the step started."""
         for undo in reversed(self._states):
@@ -165,5 +170,4 @@ class Rollback:
         if self._saved:
             self._point.restore()
         self.undo.restore()
-        self.statistics.restore()
-        set_rng_state(self.rng)
+        self.rewind()

@@ -567,3 +567,16 @@ def test_alternating_keeps_its_dual_step_only_when_the_step_succeeds() -> None:
     problem.armed = False
     optimizer.step(problem)
     assert not torch.equal(problem.constraints["sum"].multiplier.detach(), multiplier)
+
+
+def test_the_defaults_first_step_measures_scales_without_a_trace() -> None:
+    """The scaling's extra call draws what the step's evaluations draw and leaves the
+    running statistics as one plain forward pass would."""
+    problem = Normalised()
+    optimizer = default_optimizer(problem)
+    for step in range(3):
+        problem.masks.clear()
+        result = optimizer.step(problem)
+        assert len(problem.masks) == result.evaluations
+        assert all(torch.equal(problem.masks[0], mask) for mask in problem.masks)
+        assert int(problem.net[1].num_batches_tracked) == step + 1
