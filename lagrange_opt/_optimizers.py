@@ -494,8 +494,10 @@ class SimultaneousGDA(ConstrainedOptimizer):
         result = self._result(evaluation, calls + 1)
         sizes = self._step_sizes()
         # A stock optimizer.step() is user code and may raise half-way; the direct SGD
-        # update cannot, once the gradients passed their check.
-        self._save_point(rollback, evaluation, sizes.primal is None, sizes.dual is None)
+        # update cannot, once the gradients passed their check. The primal side moves
+        # first: a dual step that raises must find it saved too.
+        stock_dual = sizes.dual is None
+        self._save_point(rollback, evaluation, sizes.primal is None or stock_dual, stock_dual)
         with torch.no_grad():
             self._update(evaluation, sizes, rollback)
         self._clear_grads()

@@ -580,3 +580,18 @@ def test_the_defaults_first_step_measures_scales_without_a_trace() -> None:
         assert len(problem.masks) == result.evaluations
         assert all(torch.equal(problem.masks[0], mask) for mask in problem.masks)
         assert int(problem.net[1].num_batches_tracked) == step + 1
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_a_dual_step_that_raises_after_the_direct_primal_update_changes_nothing(
+    method: type,
+) -> None:
+    """The primal side (plain SGD, updated directly) moves before the dual side's stock
+    step() raises: the primal move is undone too."""
+    problem, optimizer = build_mixed(method, "plain-sgd")
+    train_mixed(problem, optimizer, range(3))
+    optimizer.dual_optimizer.register_step_pre_hook(Countdown(1))
+    before = _state(problem, optimizer)
+    with pytest.raises(RuntimeError, match=r"^hook failed$"):
+        train_mixed(problem, optimizer, range(3, 4))
+    assert_bitwise_equal(before, _state(problem, optimizer))
