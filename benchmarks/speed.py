@@ -274,7 +274,7 @@ def indexed_case(sizes: Sequence[int], batch_size: int = 512) -> dict[str, Step]
 
 def held_bytes(optimizer: ExtraGradient) -> int:
     """Bytes of the tensors the method keeps between steps (the base optimizers excluded)."""
-    return sum(copy.numel() * copy.element_size() for copy in optimizer._copies)
+    return sum(copy.numel() * copy.element_size() for copy in optimizer._point.copies)
 
 
 def memory_records(hidden: int = 784) -> list[dict[str, Any]]:

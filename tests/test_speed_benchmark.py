@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.speed import AGAINST_COOPER, paired_ratio, time_side_by_side, tiny_case
+from benchmarks.speed import (
+    AGAINST_COOPER,
+    memory_records,
+    paired_ratio,
+    time_side_by_side,
+    tiny_case,
+)
 
 
 def test_paired_ratio_is_the_median_of_per_round_ratios() -> None:
@@ -25,3 +31,12 @@ def test_tiny_case_times_every_variant() -> None:
     for case, ours, cooper in AGAINST_COOPER:
         if case == "tiny":
             assert ours in samples and cooper in samples
+
+
+def test_memory_records_count_the_saved_point() -> None:
+    primal, held = memory_records(hidden=32)
+    # One copy of the network's parameters (784-32-32-2: 26,242 floats), not of the
+    # indexed slack table, whose batch rows are saved instead.
+    assert held["bytes"] == 26_242 * 4
+    assert primal["bytes"] == held["bytes"] + 10_240 * 2 * 4
+    assert held["ratio"] == pytest.approx(held["bytes"] / primal["bytes"], abs=1e-3)
