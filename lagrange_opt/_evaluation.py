@@ -466,7 +466,9 @@ def evaluate(
             if weight != 1.0:
                 penalty = penalty * weight
             penalties.append(penalty)
-            value = value + penalty.detach()
+            # A satisfied inequality's penalty is 0 even for an infinite value: the value's
+            # own sum, times 0, carries it into the finiteness check.
+            value = value + penalty.detach() + constraint_value.detach().sum() * 0
             continue
         if indices is not None and indices.device.type != "cpu":
             # Off the CPU, reading a row out of range is a device-side assertion that ends
@@ -491,14 +493,6 @@ def evaluate(
     return evaluation
 
 
-def _slack_gradients(evaluation: Evaluation) -> list[Tensor]:
-    return [
-        term.slack.values.grad
-        for term in evaluation.terms
-        if term.slack is not None and term.slack.values.grad is not None
-    ]
-
-
 def check_finite(
     evaluation: Evaluation,
     params: Sequence[Tensor] = (),
@@ -507,21 +501,24 @@ def check_finite(
     """Raises :class:`NonFiniteError` if a value of the evaluation, or a gradient that its
     backward pass left on ``params`` or on the slack rows, is NaN or infinite.
 
-    One host synchronisation: each gradient's sum, times 0, joins the Lagrangian's value
-    (a sum that overflows sends the check to the detailed one, which lets finite
-    gradients pass). A finite value can have an infinite gradient (``sqrt`` at 0, an
-    overflow of ``multiplier * value`` in backward): checked before any update commits it.
+    One host synchronisation: each gradient's sum joins the Lagrangian's value (a sum that
+    overflows sends the check to the detailed one, which lets finite gradients pass). A
+    finite value can have an infinite gradient (``sqrt`` at 0, an overflow of
+    ``multiplier * value`` in backward): checked before any update commits it.
 
     Args:
         evaluation: The evaluation, backpropagated if gradients are to be checked.
         params: The parameters whose ``.grad`` the update will read.
         describe: Names a parameter in the error message.
     """
-    grads = [param.grad for param in params if param.grad is not None]
-    grads += _slack_gradients(evaluation)
-    total = evaluation.total
-    if grads:
-        total = total + torch.stack([grad.sum() for grad in grads]).sum() * 0
+    # The sums join the value itself: finite sums add a finite number, and it saves the
+    # two operations of a product by 0 per check.
+    sums = [evaluation.total]
+    sums += [grad.sum() for param in params if (grad := param.grad) is not None]
+    for term in evaluation.terms:
+        if term.slack is not None and (grad := term.slack.values.grad) is not None:
+            sums.append(grad.sum())
+    total = torch.stack(sums).sum() if len(sums) > 1 else sums[0]
     if math.isfinite(total.item()):
         return
     _raise_for_bad_values(evaluation.objective, evaluation.values, evaluation.terms)

@@ -418,6 +418,8 @@ class ConstrainedOptimizer(abc.ABC):
         """Saves, before the updates along ``evaluation``, each side's point whose update
         may raise after it moved something (the rows the evaluation read are copies
         already)."""
+        if not (primal or dual):
+            return
         params: list[Tensor] = []
         for side, optimizer in ((primal, self.primal_optimizer), (dual, self.dual_optimizer)):
             if side:
