@@ -11,14 +11,8 @@ from torch import Tensor
 
 from ._augmented import AugmentedLagrangian
 from ._evaluation import Evaluation, Term
-from ._optimizers import (
-    Closure,
-    ConstrainedOptimizer,
-    FormulationName,
-    Outcome,
-    StepSizes,
-    _params,
-)
+from ._method_checks import FormulationName, params_of
+from ._optimizers import Closure, ConstrainedOptimizer, Outcome, StepSizes
 from ._problem import ConstrainedProblem
 from ._rollback import Buffers, Rollback, SavedPoint, evaluation_rows, rng_state, set_rng_state
 from ._stepsize import (
@@ -187,7 +181,7 @@ class ExtraGradient(ConstrainedOptimizer):
         # Plain SGD steps from the saved point straight into the parameters it moves: one
         # pass over them instead of a copy back and an update.
         origins = point.origins()
-        moved = {id(param) for param in _params(self.primal_optimizer) if param.grad is not None}
+        moved = {id(param) for param in params_of(self.primal_optimizer) if param.grad is not None}
         point.restore(skip=moved)
         primal_update(
             self.primal_optimizer, sizes.primal, extrapolated.terms, commit_state=True,

@@ -4,27 +4,30 @@ from __future__ import annotations
 
 import abc
 import copy
-import inspect
-import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._augmented import AugmentedLagrangian, check_augmented
+from ._augmented import AugmentedLagrangian
 from ._evaluation import Evaluation, UndoLog, check_finite, current_weights, evaluate
 from ._formulation_state import FormulationState
 from ._kkt import ConstraintFigures, ConstraintReport
+from ._method_checks import (
+    FormulationName,
+    check_formulation,
+    check_membership,
+    check_optimizer,
+    check_row_optimizers,
+    params_of,
+)
 from ._problem import ConstrainedProblem, ProblemState
 from ._rollback import Rollback, SavedPoint, evaluation_rows, running_statistics
-from ._rows import ELEMENTWISE_OPTIMIZERS
 from ._scaling import measure_scales
 from ._updates import dual_update, primal_update, sgd_step_sizes
 
 Closure = Callable[[], ProblemState]
-
-FormulationName = Literal["lagrangian", "augmented"]
 
 
 class StepResult(NamedTuple):
@@ -57,115 +60,6 @@ class StepSizes(NamedTuple):
 
     primal: list[float] | None
     dual: list[float] | None
-
-
-def _params(optimizer: torch.optim.Optimizer | None) -> list[nn.Parameter]:
-    if optimizer is None:
-        return []
-    return [param for group in optimizer.param_groups for param in group["params"]]
-
-
-def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the optimizer's ``step`` cannot be called without a closure (LBFGS)."""
-    closure = inspect.signature(type(optimizer).step).parameters.get("closure")
-    return closure is not None and closure.default is inspect.Parameter.empty
-
-
-def _check_optimizer(label: str, optimizer: object, maximize: bool) -> None:
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"the {label} optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-        )
-    if _needs_closure(optimizer):
-        raise TypeError(
-            f"the {label} optimizer {type(optimizer).__name__} needs a closure in step(): the "
-            "methods evaluate the problem themselves and step along the gradients they found; "
-            "use an optimizer whose step() takes no closure (SGD, Adam, ...)"
-        )
-    for index, group in enumerate(optimizer.param_groups):
-        learning_rate = float(group.get("lr", 0.0))
-        # 0 is a valid start of a warm-up schedule.
-        if not (math.isfinite(learning_rate) and learning_rate >= 0.0):
-            raise ValueError(
-                f"Invalid learning rate in the {label} optimizer (param group {index}): "
-                f"{learning_rate}"
-            )
-        weight_decay = float(group.get("weight_decay", 0.0))
-        if maximize and weight_decay != 0.0:
-            raise ValueError(
-                f"Invalid weight decay in the dual optimizer (param group {index}): "
-                f"{weight_decay}; it pulls the multipliers towards 0, so the iteration "
-                "converges to a biased, infeasible point: build it with weight_decay=0"
-            )
-        if bool(group.get("maximize", False)) != maximize:
-            expected = "maximize: build it with maximize=True" if maximize else "minimize"
-            raise ValueError(
-                f"the {label} optimizer must {expected} (param group {index} has "
-                f"maximize={group.get('maximize', False)})"
-            )
-
-
-def _check_membership(
-    problem: ConstrainedProblem,
-    primal_optimizer: torch.optim.Optimizer,
-    dual_optimizer: torch.optim.Optimizer | None,
-) -> None:
-    primal = {id(param) for param in _params(primal_optimizer)}
-    dual = {id(param) for param in _params(dual_optimizer)}
-    for name, constraint in problem.constraint_items():
-        if constraint.multiplier is None:
-            continue
-        if dual_optimizer is None:
-            raise ValueError(
-                f"constraint '{name}' has multipliers but no dual optimizer was given: "
-                "build one over problem.dual_parameters() with maximize=True"
-            )
-        if id(constraint.multiplier) not in dual:
-            raise ValueError(
-                f"the multiplier of constraint '{name}' is not in the dual optimizer: "
-                "build it over problem.dual_parameters()"
-            )
-        if id(constraint.multiplier) in primal:
-            raise ValueError(
-                f"the multiplier of constraint '{name}' is in the primal optimizer: "
-                "multipliers take ascent steps in the dual optimizer only"
-            )
-        if constraint.slack is not None and id(constraint.slack) not in primal:
-            raise ValueError(
-                f"the slack of constraint '{name}' is not in the primal optimizer: "
-                "add problem.slack_parameters() to it"
-            )
-    multipliers = {id(param) for param in problem.dual_parameters()}
-    for param in _params(dual_optimizer):
-        if id(param) not in multipliers:
-            raise ValueError(
-                f"the dual optimizer holds a tensor of shape {tuple(param.shape)} that is not a "
-                "multiplier of this problem"
-            )
-
-
-def _check_row_optimizers(
-    problem: ConstrainedProblem,
-    primal_optimizer: torch.optim.Optimizer,
-    dual_optimizer: torch.optim.Optimizer | None,
-) -> None:
-    """An indexed table is stepped by rows: its optimizer's state must be elementwise."""
-    for name, constraint in problem.constraint_items():
-        if not constraint.spec.indexed:
-            continue
-        for label, optimizer, table in (
-            ("dual", dual_optimizer, constraint.multiplier),
-            ("primal", primal_optimizer, constraint.slack),
-        ):
-            if table is None or optimizer is None:
-                continue
-            if not isinstance(optimizer, ELEMENTWISE_OPTIMIZERS):
-                known = ", ".join(cls.__name__ for cls in ELEMENTWISE_OPTIMIZERS)
-                raise TypeError(
-                    f"constraint '{name}' is indexed: the {label} optimizer steps only the "
-                    f"batch's rows of its table, which needs elementwise state, and "
-                    f"{type(optimizer).__name__} is not known to keep it; use one of {known}"
-                )
 
 
 class ConstrainedOptimizer(abc.ABC):
@@ -206,14 +100,14 @@ class ConstrainedOptimizer(abc.ABC):
     ) -> None:
         if not isinstance(problem, ConstrainedProblem):
             raise TypeError(f"problem must be a ConstrainedProblem, got {type(problem).__name__}")
-        _check_optimizer("primal", primal_optimizer, maximize=False)
+        check_optimizer("primal", primal_optimizer, maximize=False)
         if dual_optimizer is not None:
-            _check_optimizer("dual", dual_optimizer, maximize=True)
-        _check_membership(problem, primal_optimizer, dual_optimizer)
-        _check_row_optimizers(problem, primal_optimizer, dual_optimizer)
+            check_optimizer("dual", dual_optimizer, maximize=True)
+        check_membership(problem, primal_optimizer, dual_optimizer)
+        check_row_optimizers(problem, primal_optimizer, dual_optimizer)
         if not isinstance(scaling, bool):
             raise TypeError(f"scaling must be a bool, got {type(scaling).__name__}")
-        self.formulation = _check_formulation(formulation)
+        self.formulation = check_formulation(formulation)
         self._formulation = FormulationState(
             problem, self.formulation, scaling, self._penalty_steps_dual()
         )
@@ -261,7 +155,7 @@ class ConstrainedOptimizer(abc.ABC):
         try:
             if measured:
                 self._formulation.set_scales(
-                    measure_scales(self.problem, closure, _params(self.primal_optimizer))
+                    measure_scales(self.problem, closure, params_of(self.primal_optimizer))
                 )
                 # The measuring call leaves no trace: the step's first evaluation sees the
                 # same random numbers and statistics.
@@ -376,7 +270,7 @@ class ConstrainedOptimizer(abc.ABC):
         """Backpropagates, then checks the values and the gradients (one host sync)."""
         self._clear_grads()
         evaluation.backward(weights)
-        check_finite(evaluation, _params(self.primal_optimizer), self._describe)
+        check_finite(evaluation, params_of(self.primal_optimizer), self._describe)
 
     def _describe(self, param: Tensor) -> str:
         name = self._names.get(id(param))
@@ -423,7 +317,7 @@ class ConstrainedOptimizer(abc.ABC):
         params: list[Tensor] = []
         for side, optimizer in ((primal, self.primal_optimizer), (dual, self.dual_optimizer)):
             if side:
-                params += [p for p in _params(optimizer) if id(p) not in self._indexed_tables]
+                params += [p for p in params_of(optimizer) if id(p) not in self._indexed_tables]
         rollback.save_point(params, evaluation_rows(evaluation, multipliers=dual))
 
     def _result(self, evaluation: Evaluation, evaluations: int) -> StepResult:
@@ -444,7 +338,7 @@ class ConstrainedOptimizer(abc.ABC):
     def _dense_parameters(self) -> list[Tensor]:
         """Parameters of both optimizers except the indexed tables (stepped by rows)."""
         indexed = self._indexed_tables
-        params = [*_params(self.primal_optimizer), *_params(self.dual_optimizer)]
+        params = [*params_of(self.primal_optimizer), *params_of(self.dual_optimizer)]
         return [param for param in params if id(param) not in indexed]
 
 
@@ -537,19 +431,3 @@ class AlternatingGDA(ConstrainedOptimizer):
             self.problem.project_bounds_()
         self._clear_grads()
         return Outcome(result, evaluation)
-
-
-def _check_formulation(
-    formulation: FormulationName | AugmentedLagrangian,
-) -> AugmentedLagrangian | None:
-    """The augmented Lagrangian's settings, or ``None`` for the plain Lagrangian."""
-    if isinstance(formulation, AugmentedLagrangian):
-        return check_augmented(formulation)
-    if formulation == "augmented":
-        return AugmentedLagrangian()
-    if formulation == "lagrangian":
-        return None
-    raise ValueError(
-        f"invalid formulation {formulation!r}; expected 'lagrangian', 'augmented' or an "
-        "AugmentedLagrangian"
-    )

@@ -1,0 +1,143 @@
+"""Checks of what a method is built with: its optimizers, which parameters each holds, the
+formulation. Each raises a message that names the optimizer, the param group or the
+constraint at fault."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ._augmented import AugmentedLagrangian, check_augmented
+from ._problem import ConstrainedProblem
+from ._rows import ELEMENTWISE_OPTIMIZERS
+
+FormulationName = Literal["lagrangian", "augmented"]
+
+
+def params_of(optimizer: torch.optim.Optimizer | None) -> list[nn.Parameter]:
+    if optimizer is None:
+        return []
+    return [param for group in optimizer.param_groups for param in group["params"]]
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's ``step`` cannot be called without a closure (LBFGS)."""
+    closure = inspect.signature(type(optimizer).step).parameters.get("closure")
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
+def check_optimizer(label: str, optimizer: object, maximize: bool) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"the {label} optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    if _needs_closure(optimizer):
+        raise TypeError(
+            f"the {label} optimizer {type(optimizer).__name__} needs a closure in step(): the "
+            "methods evaluate the problem themselves and step along the gradients they found; "
+            "use an optimizer whose step() takes no closure (SGD, Adam, ...)"
+        )
+    for index, group in enumerate(optimizer.param_groups):
+        learning_rate = float(group.get("lr", 0.0))
+        # 0 is a valid start of a warm-up schedule.
+        if not (math.isfinite(learning_rate) and learning_rate >= 0.0):
+            raise ValueError(
+                f"Invalid learning rate in the {label} optimizer (param group {index}): "
+                f"{learning_rate}"
+            )
+        weight_decay = float(group.get("weight_decay", 0.0))
+        if maximize and weight_decay != 0.0:
+            raise ValueError(
+                f"Invalid weight decay in the dual optimizer (param group {index}): "
+                f"{weight_decay}; it pulls the multipliers towards 0, so the iteration "
+                "converges to a biased, infeasible point: build it with weight_decay=0"
+            )
+        if bool(group.get("maximize", False)) != maximize:
+            expected = "maximize: build it with maximize=True" if maximize else "minimize"
+            raise ValueError(
+                f"the {label} optimizer must {expected} (param group {index} has "
+                f"maximize={group.get('maximize', False)})"
+            )
+
+
+def check_membership(
+    problem: ConstrainedProblem,
+    primal_optimizer: torch.optim.Optimizer,
+    dual_optimizer: torch.optim.Optimizer | None,
+) -> None:
+    primal = {id(param) for param in params_of(primal_optimizer)}
+    dual = {id(param) for param in params_of(dual_optimizer)}
+    for name, constraint in problem.constraint_items():
+        if constraint.multiplier is None:
+            continue
+        if dual_optimizer is None:
+            raise ValueError(
+                f"constraint '{name}' has multipliers but no dual optimizer was given: "
+                "build one over problem.dual_parameters() with maximize=True"
+            )
+        if id(constraint.multiplier) not in dual:
+            raise ValueError(
+                f"the multiplier of constraint '{name}' is not in the dual optimizer: "
+                "build it over problem.dual_parameters()"
+            )
+        if id(constraint.multiplier) in primal:
+            raise ValueError(
+                f"the multiplier of constraint '{name}' is in the primal optimizer: "
+                "multipliers take ascent steps in the dual optimizer only"
+            )
+        if constraint.slack is not None and id(constraint.slack) not in primal:
+            raise ValueError(
+                f"the slack of constraint '{name}' is not in the primal optimizer: "
+                "add problem.slack_parameters() to it"
+            )
+    multipliers = {id(param) for param in problem.dual_parameters()}
+    for param in params_of(dual_optimizer):
+        if id(param) not in multipliers:
+            raise ValueError(
+                f"the dual optimizer holds a tensor of shape {tuple(param.shape)} that is not a "
+                "multiplier of this problem"
+            )
+
+
+def check_row_optimizers(
+    problem: ConstrainedProblem,
+    primal_optimizer: torch.optim.Optimizer,
+    dual_optimizer: torch.optim.Optimizer | None,
+) -> None:
+    """An indexed table is stepped by rows: its optimizer's state must be elementwise."""
+    for name, constraint in problem.constraint_items():
+        if not constraint.spec.indexed:
+            continue
+        for label, optimizer, table in (
+            ("dual", dual_optimizer, constraint.multiplier),
+            ("primal", primal_optimizer, constraint.slack),
+        ):
+            if table is None or optimizer is None:
+                continue
+            if not isinstance(optimizer, ELEMENTWISE_OPTIMIZERS):
+                known = ", ".join(cls.__name__ for cls in ELEMENTWISE_OPTIMIZERS)
+                raise TypeError(
+                    f"constraint '{name}' is indexed: the {label} optimizer steps only the "
+                    f"batch's rows of its table, which needs elementwise state, and "
+                    f"{type(optimizer).__name__} is not known to keep it; use one of {known}"
+                )
+
+
+def check_formulation(
+    formulation: FormulationName | AugmentedLagrangian,
+) -> AugmentedLagrangian | None:
+    """The augmented Lagrangian's settings, or ``None`` for the plain Lagrangian."""
+    if isinstance(formulation, AugmentedLagrangian):
+        return check_augmented(formulation)
+    if formulation == "augmented":
+        return AugmentedLagrangian()
+    if formulation == "lagrangian":
+        return None
+    raise ValueError(
+        f"invalid formulation {formulation!r}; expected 'lagrangian', 'augmented' or an "
+        "AugmentedLagrangian"
+    )
