@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -200,6 +201,8 @@ def assert_bitwise_equal(left: Any, right: Any) -> None:
         assert len(left) == len(right)
         for a, b in zip(left, right):
             assert_bitwise_equal(a, b)
+    elif isinstance(left, float) and isinstance(right, float):
+        assert struct.pack("<d", left) == struct.pack("<d", right), (left, right)
     else:
         assert left == right
 

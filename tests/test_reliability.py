@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,7 +32,6 @@ from lagrange_opt import (
     IndexedValue,
     NonFiniteError,
     ProblemState,
-    SimultaneousGDA,
     default_optimizer,
 )
 from lagrange_opt._rows import RowView, step_optimizer
@@ -66,30 +66,79 @@ class Indexed(ConstrainedProblem):
         )
 
 
-# 1. Optimizers whose state is not elementwise, and the row stepping's own failures.
+# Inputs refused when a method is built (items 1, 5, 13), as data: a row builds the
+# optimizers of a problem; the method must raise the error, with the message, and change
+# nothing.
 
 
-@pytest.mark.skipif(not hasattr(torch.optim, "Adafactor"), reason="torch without Adafactor")
-def test_a_dual_optimizer_without_elementwise_state_is_refused_for_indexed_tables() -> None:
-    problem = Indexed()
-    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.1)
-    dual = torch.optim.Adafactor(problem.dual_parameters(), lr=0.1, maximize=True)
-    with pytest.raises(
-        TypeError,
-        match=r"^constraint 'low' is indexed: the dual optimizer steps only the batch's rows of "
-        r"its table, which needs elementwise state, and Adafactor is not known to keep it; "
-        r"use one of SGD, Adam, ",
-    ):
-        ExtraGradient(problem, primal, dual)
+def _sgd(params: Any, lr: float = 0.1, **options: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, **options)
 
 
-@pytest.mark.skipif(not hasattr(torch.optim, "Adafactor"), reason="torch without Adafactor")
-def test_a_primal_optimizer_without_elementwise_state_is_refused_for_indexed_slacks() -> None:
-    problem = Indexed(treatment="slack")
-    primal = torch.optim.Adafactor(problem.primal_parameters(), lr=0.1)
-    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True)
-    with pytest.raises(TypeError, match=r"^constraint 'low' is indexed: the primal optimizer"):
-        SimultaneousGDA(problem, primal, dual)
+def _with_lr(optimizer: torch.optim.Optimizer, lr: float) -> torch.optim.Optimizer:
+    optimizer.param_groups[0]["lr"] = lr  # torch refuses some at construction
+    return optimizer
+
+
+Build = Callable[[ConstrainedProblem], tuple[Any, Any]]
+
+BAD_BUILDS: list[tuple[str, Callable[[], ConstrainedProblem], Build, type[Exception], str]] = [
+    *(
+        (f"{side} lr {lr}", QuadraticProgram,
+         lambda p, side=side, lr=lr: (
+             _with_lr(_sgd(p.primal_parameters()), lr) if side == "primal" else _sgd(p.primal_parameters()),
+             _with_lr(_sgd(p.dual_parameters(), maximize=True), lr) if side == "dual"
+             else _sgd(p.dual_parameters(), maximize=True),
+         ),
+         ValueError, re.escape(f"Invalid learning rate in the {side} optimizer (param group 0): {lr}"))
+        for side in ("primal", "dual") for lr in (-1.0, math.inf, math.nan)
+    ),
+    ("dual sgd weight decay", QuadraticProgram,
+     lambda p: (_sgd(p.primal_parameters(), weight_decay=0.1),
+                _sgd(p.dual_parameters(), weight_decay=0.1, maximize=True)),
+     ValueError, re.escape(
+         "Invalid weight decay in the dual optimizer (param group 0): 0.1; it pulls the "
+         "multipliers towards 0, so the iteration converges to a biased, infeasible point: "
+         "build it with weight_decay=0")),
+    ("dual adamw default decay", QuadraticProgram,
+     lambda p: (_sgd(p.primal_parameters()),
+                torch.optim.AdamW(p.dual_parameters(), lr=0.1, maximize=True)),
+     ValueError, re.escape("Invalid weight decay in the dual optimizer (param group 0): 0.01;")),
+    ("lbfgs", QuadraticProgram,
+     lambda p: (torch.optim.LBFGS(p.primal_parameters()), _sgd(p.dual_parameters(), maximize=True)),
+     TypeError, re.escape("the primal optimizer LBFGS needs a closure in step(): the methods")),
+    ("adafactor on indexed multipliers", Indexed,
+     lambda p: (_sgd(p.primal_parameters()),
+                torch.optim.Adafactor(p.dual_parameters(), lr=0.1, maximize=True)),
+     TypeError, re.escape(
+         "constraint 'low' is indexed: the dual optimizer steps only the batch's rows of its "
+         "table, which needs elementwise state, and Adafactor is not known to keep it; use "
+         "one of SGD, Adam, AdamW, Adamax, NAdam, RAdam, RMSprop, Adagrad, Adadelta, Rprop")),
+    ("adafactor on indexed slacks", lambda: Indexed(treatment="slack"),
+     lambda p: (torch.optim.Adafactor(p.primal_parameters(), lr=0.1),
+                _sgd(p.dual_parameters(), maximize=True)),
+     TypeError, re.escape("constraint 'low' is indexed: the primal optimizer steps only")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "make_problem", "build", "error", "pattern"),
+    BAD_BUILDS,
+    ids=[r[0] for r in BAD_BUILDS],
+)
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_a_bad_build_is_refused_and_changes_nothing(
+    method: type, case: str, make_problem: Any, build: Build, error: type, pattern: str
+) -> None:
+    problem = make_problem()
+    primal, dual = build(problem)
+    before = {**snapshot(problem, primal), "dual": dual.state_dict()}
+    with pytest.raises(error, match=f"^{pattern}"):
+        method(problem, primal, dual)
+    assert_bitwise_equal(before, {**snapshot(problem, primal), "dual": dual.state_dict()})
+
+
+# 1. The row stepping's own failures.
 
 
 class RowSum(torch.optim.Optimizer):
@@ -209,31 +258,6 @@ def test_a_constraint_declared_after_the_method_is_built_raises_and_nothing_move
     ):
         optimizer.step(problem)
     assert_bitwise_equal(before, _state(problem, optimizer))
-
-
-# 5. Weight decay on the multipliers.
-
-
-@pytest.mark.parametrize(
-    ("dual", "decay"),
-    [
-        (lambda params: torch.optim.SGD(params, lr=0.1, weight_decay=0.1, maximize=True), 0.1),
-        (lambda params: torch.optim.AdamW(params, lr=0.1, maximize=True), 0.01),
-    ],
-    ids=["sgd", "adamw-default"],
-)
-def test_dual_weight_decay_is_refused(dual: Any, decay: float) -> None:
-    problem = QuadraticProgram()
-    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.1, weight_decay=0.1)
-    with pytest.raises(
-        ValueError,
-        match=re.escape(
-            f"Invalid weight decay in the dual optimizer (param group 0): {decay}; it pulls "
-            "the multipliers towards 0, so the iteration converges to a biased, infeasible "
-            "point: build it with weight_decay=0"
-        ),
-    ):
-        ExtraGradient(problem, primal, dual(problem.dual_parameters()))
 
 
 # 7 and 8. Failures after the closure returned: in backward, in an optimizer's step.
@@ -356,16 +380,6 @@ def test_an_optimizer_step_that_raises_changes_nothing(
     assert_bitwise_equal(before, _state(problem, optimizer))
 
 
-def test_an_optimizer_that_needs_a_closure_is_refused() -> None:
-    problem = QuadraticProgram()
-    primal = torch.optim.LBFGS(problem.primal_parameters())
-    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True)
-    with pytest.raises(
-        TypeError, match=r"^the primal optimizer LBFGS needs a closure in step\(\): the methods"
-    ):
-        ExtraGradient(problem, primal, dual)
-
-
 # 9. Running statistics and randomness.
 
 
@@ -477,20 +491,7 @@ def test_a_state_dict_whose_dual_part_is_bad_loads_nothing(method: type) -> None
     assert_bitwise_equal(before, snapshot(fresh_problem, fresh))
 
 
-# 13. Learning rates.
-
-
-@pytest.mark.parametrize("side", ["primal", "dual"])
-@pytest.mark.parametrize("lr", [-1.0, math.inf, math.nan])
-def test_invalid_learning_rates_are_refused(side: str, lr: float) -> None:
-    problem = QuadraticProgram()
-    optimizers = dict(zip(("primal", "dual"), _pair(problem)))
-    optimizers[side].param_groups[0]["lr"] = lr  # torch refuses some at construction
-    with pytest.raises(
-        ValueError,
-        match=re.escape(f"Invalid learning rate in the {side} optimizer (param group 0): {lr}"),
-    ):
-        ExtraGradient(problem, optimizers["primal"], optimizers["dual"])
+# 13. A zero learning rate (the refused ones are in BAD_BUILDS).
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
