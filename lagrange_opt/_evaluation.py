@@ -497,6 +497,7 @@ def check_finite(
     evaluation: Evaluation,
     params: Sequence[Tensor] = (),
     describe: Callable[[Tensor], str] | None = None,
+    slacks: bool = True,
 ) -> None:
     """Raises :class:`NonFiniteError` if a value of the evaluation, or a gradient that its
     backward pass left on ``params`` or on the slack rows, is NaN or infinite.
@@ -510,12 +511,13 @@ def check_finite(
         evaluation: The evaluation, backpropagated if gradients are to be checked.
         params: The parameters whose ``.grad`` the update will read.
         describe: Names a parameter in the error message.
+        slacks: Whether to check the gradients of the indexed slack rows too.
     """
     # The sums join the value itself: finite sums add a finite number, and it saves the
     # two operations of a product by 0 per check.
     sums = [evaluation.total]
     sums += [grad.sum() for param in params if (grad := param.grad) is not None]
-    for term in evaluation.terms:
+    for term in evaluation.terms if slacks else ():
         if term.slack is not None and (grad := term.slack.values.grad) is not None:
             sums.append(grad.sum())
     total = torch.stack(sums).sum() if len(sums) > 1 else sums[0]
@@ -531,7 +533,7 @@ def check_finite(
                 f"the gradient of {name} has {first_non_finite(param.grad)}: a finite value "
                 "with an infinite derivative (sqrt or log at 0?) or an overflow in backward"
             )
-    for term in evaluation.terms:
+    for term in evaluation.terms if slacks else ():
         grad = None if term.slack is None else term.slack.values.grad
         if grad is not None and not bool(torch.isfinite(grad).all()):
             raise NonFiniteError(

@@ -24,7 +24,7 @@ from ._stepsize import (
     next_factor,
 )
 from ._updates import dual_update, primal_update
-from ._validation import NonFiniteError
+from ._validation import NonFiniteError, first_non_finite
 
 
 class ExtraGradient(ConstrainedOptimizer):
@@ -190,6 +190,19 @@ class ExtraGradient(ConstrainedOptimizer):
         self.problem.project_bounds_()
         rollback.keep(dual_update(self.dual_optimizer, sizes.dual, extrapolated.terms, True))
 
+    def _blame_start_gradient(self, point: SavedPoint, error: NonFiniteError) -> None:
+        """Names the parameter whose gradient at the start (not checked with a fixed step)
+        moved it to a non-finite extrapolated point, where ``error`` was found."""
+        for param, copy in zip(point.params, point.copies):
+            move = param.detach() - copy
+            if not bool(torch.isfinite(move).all()):
+                raise NonFiniteError(
+                    f"the gradient of {self._describe(param)} has {first_non_finite(move)} "
+                    "times the learning rate at the point the step started from: a finite "
+                    "value with an infinite derivative (sqrt or log at 0?) or an overflow in "
+                    "backward"
+                ) from error
+
     def _judge(
         self, point: SavedPoint, start_grads: list[Tensor | None], start: Evaluation,
         extrapolated: Evaluation | None,
@@ -222,7 +235,12 @@ class ExtraGradient(ConstrainedOptimizer):
     def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
         factor = self._factor
         try:
-            start = self._evaluate_and_backward(closure, rollback.undo)
+            # With a fixed step the start's gradients only move the point to the
+            # extrapolated one, whose gradients are checked before the update commits:
+            # the start needs its values checked only.
+            start = self._evaluate_and_backward(
+                closure, rollback.undo, check_grads=self.adaptive is not None
+            )
             result = self._result(start, calls + 1)
             point = rollback.save_point(self._dense_parameters(), evaluation_rows(start))
             accepted = self._extrapolate(closure, rollback, start, point)
@@ -266,6 +284,7 @@ class ExtraGradient(ConstrainedOptimizer):
                 self._backward(extrapolated)
             except NonFiniteError as error:
                 if adaptive is None:
+                    self._blame_start_gradient(point, error)
                     raise
                 extrapolated, cause = None, error
             finally:

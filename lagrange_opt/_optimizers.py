@@ -260,17 +260,26 @@ class ConstrainedOptimizer(abc.ABC):
             check_values=False,
         )  # fmt: skip
 
-    def _evaluate_and_backward(self, closure: Closure, undo: UndoLog) -> Evaluation:
+    def _evaluate_and_backward(
+        self, closure: Closure, undo: UndoLog, check_grads: bool = True
+    ) -> Evaluation:
         """Evaluates at the current point and backpropagates, both checked."""
         evaluation = self._evaluate(closure, undo)
-        self._backward(evaluation)
+        self._backward(evaluation, check_grads=check_grads)
         return evaluation
 
-    def _backward(self, evaluation: Evaluation, weights: list[Tensor] | None = None) -> None:
-        """Backpropagates, then checks the values and the gradients (one host sync)."""
+    def _backward(
+        self,
+        evaluation: Evaluation,
+        weights: list[Tensor] | None = None,
+        check_grads: bool = True,
+    ) -> None:
+        """Backpropagates, then checks the values and (unless told not to: gradients that
+        no update commits) the gradients, with one host sync."""
         self._clear_grads()
         evaluation.backward(weights)
-        check_finite(evaluation, params_of(self.primal_optimizer), self._describe)
+        params = params_of(self.primal_optimizer) if check_grads else ()
+        check_finite(evaluation, params, self._describe, slacks=check_grads)
 
     def _describe(self, param: Tensor) -> str:
         name = self._names.get(id(param))
