@@ -31,8 +31,10 @@ class DropoutNet(ConstrainedProblem):
         self.net = nn.Sequential(
             nn.Linear(4, 16), nn.BatchNorm1d(16), nn.Dropout(0.3), nn.Linear(16, 2)
         )
-        self.register_buffer("data", torch.randn(32, 4, generator=generator))
-        self.register_buffer("targets", torch.randn(32, 2, generator=generator) - 0.5)
+        # More rows of data than constrained samples: an index past the table is still a
+        # valid row of the data, so only the table's check can catch it.
+        self.register_buffer("data", torch.randn(64, 4, generator=generator))
+        self.register_buffer("targets", torch.randn(64, 2, generator=generator) - 0.5)
         self.add_inequality("positive", ">=", shape=(2,), num_samples=32)
         self.fail = False
         self.outputs: list[Tensor] = []
