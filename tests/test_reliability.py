@@ -44,6 +44,16 @@ def _pair(problem: ConstrainedProblem, lr: float = 0.1, dual_lr: float = 0.1) ->
     )
 
 
+def _optimizers(problem: ConstrainedProblem, base: str) -> tuple[Any, Any]:
+    """Plain SGD (``"sgd"``, the direct update) or Adam on both sides."""
+    if base != "adam":
+        return _pair(problem)
+    return (
+        torch.optim.Adam(problem.primal_parameters(), lr=0.1),
+        torch.optim.Adam(problem.dual_parameters(), lr=0.1, maximize=True),
+    )
+
+
 def _state(problem: nn.Module, optimizer: Any) -> dict[str, Any]:
     """Everything a failed step must leave as it was, the random generator included."""
     return {**snapshot(problem, optimizer), "rng": torch.get_rng_state()}
@@ -240,12 +250,7 @@ def test_a_constraint_declared_after_the_method_is_built_raises_and_nothing_move
     method: type, base: str
 ) -> None:
     problem = Growing()
-    if base == "adam":
-        primal: Any = torch.optim.Adam(problem.primal_parameters(), lr=0.1)
-        dual: Any = torch.optim.Adam(problem.dual_parameters(), lr=0.1, maximize=True)
-    else:
-        primal, dual = _pair(problem)
-    optimizer = method(problem, primal, dual)
+    optimizer = method(problem, *_optimizers(problem, base))
     optimizer.step(problem)
     problem.add_inequality("late", "<=")
     before = _state(problem, optimizer)
@@ -295,12 +300,7 @@ def test_a_backward_that_raises_changes_nothing(
     method: type, base: str, warm: bool, treatment: str
 ) -> None:
     problem = Bomb(treatment=treatment)
-    if base == "adam":
-        primal: Any = torch.optim.Adam(problem.primal_parameters(), lr=0.1)
-        dual: Any = torch.optim.Adam(problem.dual_parameters(), lr=0.1, maximize=True)
-    else:
-        primal, dual = _pair(problem)
-    optimizer = method(problem, primal, dual)
+    optimizer = method(problem, *_optimizers(problem, base))
     for _ in range(3 if warm else 0):
         optimizer.step(problem)
     problem.armed = True
