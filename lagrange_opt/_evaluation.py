@@ -1,5 +1,20 @@
 """One evaluation of a problem: the closure called and validated (:mod:`._validation`), each
-constraint's term of the (augmented) Lagrangian formed, and the undo log of what it changed."""
+constraint's term of the (augmented) Lagrangian formed, and the undo log of what it changed.
+
+**Absent constraints.** A constraint that the closure left out, or returned with zero
+entries, is not observed in the evaluation: it has no term, no penalty and no violation,
+and its multipliers and slacks are neither read nor stepped.
+
+**Dtypes.** A constraint's multipliers and slacks keep the dtype of their tables (the
+problem's, set by ``problem.to(dtype)``). Its value may have any floating-point dtype (a
+float64 value in a float32 problem, a bfloat16 one under autocast): the dual side (the
+residual that steps the multipliers, the slacks set in the evaluation, the closed-form slack,
+the violations) is computed in the table's dtype, the value being cast to it once
+(:func:`_detached_standard`; the slack residual ``g + s**2``, built on the primal side in the
+promoted dtype of the value and the slack, is cast likewise when it is detached); the primal
+side (the value's graph, the penalty of a penalised constraint, which has no table) keeps the
+value's own dtype, the cotangent of backward being cast to it.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +33,12 @@ from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, ProblemSta
 from ._validation import (
     Checked,
     NonFiniteError,
+    any_outside_table,
     check_index_range,
     check_state,
     first_non_finite,
+    first_out_of_range,
+    gradient_path_fault,
 )
 
 
@@ -75,6 +93,16 @@ class UndoLog:
         self._entries.clear()
 
 
+class ObservedIndices(dict[str, Tensor | None]):
+    """The constraints one evaluation observed, each with its indices (``None`` if dense).
+
+    Given to :func:`evaluate` as ``expected_indices``, it says that a constraint missing
+    from it was absent from the earlier evaluation, so that a later evaluation of the same
+    step that observes it is refused (a plain mapping covers the constraints with
+    multipliers only).
+    """
+
+
 class SlackRows(NamedTuple):
     """The rows of an indexed slack table that one evaluation reads.
 
@@ -113,8 +141,9 @@ class Term(NamedTuple):
         residual: The gradient of the multipliers, per batch entry: the residual ``h``,
             ``g`` or ``g + s**2`` (``max(g, -lambda / c)`` in the augmented Lagrangian)
             times the rule's dual scale, detached, never sharing memory with a parameter.
-        standard: The value in standard form (``h`` or ``g``, without a slack), detached
-            and in memory of its own: its violation is read after the step.
+        standard: The value in standard form (``h`` or ``g``, without a slack), detached,
+            in memory of its own and in the multipliers' dtype: its violation is read after
+            the step.
         slack: The slack rows read, for an indexed slack variable.
         rule: The formulation of this term.
         objective_weight: The weight of the Lagrangian (the objective's inverse scale).
@@ -142,13 +171,13 @@ class Evaluation(NamedTuple):
 
     Attributes:
         objective: The objective, with its graph.
-        terms: The constraints with multipliers, in declaration order.
-        penalties: The penalty of each penalised constraint, with its graph.
-        standards: Every constraint's spec and its value in standard form, detached (its
-            violation is computed when asked for).
+        terms: The constraints with multipliers observed, in declaration order.
+        penalties: The penalty of each penalised constraint observed, with its graph.
+        standards: Every observed constraint's spec and its value in standard form,
+            detached (its violation is computed when asked for).
         lagrangian: The Lagrangian's value in the user's units, detached.
         objective_weight: The weight of the Lagrangian in the primal gradient.
-        values: What the closure returned, validated: per constraint its name, the
+        values: What the closure returned, validated: per observed constraint its name, the
             constraint, its value and its indices (the detailed finiteness check reads it).
         total: The (scaled) Lagrangian's value, detached: finite only if every value,
             multiplier and residual that entered it is (:func:`check_finite`).
@@ -190,8 +219,14 @@ class Evaluation(NamedTuple):
             if term.slack is not None and term.slack.values.grad is not None:
                 term.slack.values.grad.mul_(term.output.shape[0])
 
+    def observed(self) -> ObservedIndices:
+        """The constraints this evaluation observed, with their indices: what a later
+        evaluation of the same step must repeat (``evaluate``'s ``expected_indices``)."""
+        return ObservedIndices({name: indices for name, _, _, indices in self.values})
+
     def violation_summary(self) -> tuple[Tensor, Tensor]:
-        """The maximum and the mean violation over every constraint element."""
+        """The maximum and the mean violation over every constraint element observed (both 0
+        when none is)."""
         violations = [lag.violation(standard, spec) for spec, standard in self.standards]
         if not violations:
             zero = torch.zeros((), dtype=self.objective.dtype, device=self.objective.device)
@@ -265,8 +300,15 @@ def _raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term]
             raise NonFiniteError(f"constraint '{name}' has {first_non_finite(value)}")
         if indices is not None:
             check_index_range(name, constraint, indices)
+    values = {name: value for name, _, value, _ in checked}
     for term in terms:
         name = term.constraint.spec.name
+        if not bool(torch.isfinite(term.standard).all()):
+            dtype = term.standard.dtype
+            raise NonFiniteError(
+                f"constraint '{name}' has {first_out_of_range(values[name], dtype)}, the dtype "
+                "of its multipliers (problem.to(dtype) sets it)"
+            )
         if not bool(torch.isfinite(term.multipliers_read).all()):
             raise NonFiniteError(
                 f"the multipliers of constraint '{name}' read in this step have "
@@ -284,9 +326,16 @@ def _raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term]
             )
 
 
-def _detached_standard(value: Tensor, spec: ConstraintSpec) -> Tensor:
-    """The standard form of a value, detached, in memory of its own."""
+def _detached_standard(value: Tensor, spec: ConstraintSpec, dtype: torch.dtype) -> Tensor:
+    """The standard form of a value, detached, in memory of its own, in ``dtype``.
+
+    Where a constraint's value is cast to the dual side's dtype, its multipliers' (a
+    penalised constraint, which has none, keeps its own).
+    """
     detached = value.detach()
+    if detached.dtype != dtype:
+        detached = detached.to(dtype)  # a copy: memory of its own
+        return detached.neg_() if spec.sense == ">=" else detached
     if spec.sense == ">=":
         return detached.neg()
     if value.is_leaf or value._is_view():
@@ -313,7 +362,7 @@ def _term(
         # A copy: the dual step updates the parameter in place, and the step's figures
         # and the adaptive step's test read the multipliers the evaluation used.
         multipliers = multiplier.detach().clone()
-    detached = _detached_standard(value, spec)
+    detached = _detached_standard(value, spec, multiplier.dtype)
     slack_rows = None
     projected = spec.treatment == "projection"
     if rule.penalty is not None:
@@ -334,14 +383,21 @@ def _term(
         output = value
         residual = detached
         weights = term_weights(spec, multipliers, indices, False, objective_weight)
-        term_value = (weights * output.detach()).sum()
+        # The weights carry the standard form's sign, and so does `detached`.
+        term_value = (weights * detached).sum()
+        if spec.sense == ">=":
+            term_value = term_value.neg()
     else:
         standard = lag.standard_form(value, spec)
         if indices is None:
-            output = _dense_slack_residual(constraint, standard, undo)
+            output = _dense_slack_residual(constraint, standard, detached, undo)
         else:
-            output, slack_rows = _indexed_slack_residual(constraint, standard, indices, undo)
-        residual = output.detach()
+            output, slack_rows = _indexed_slack_residual(
+                constraint, standard, detached, indices, undo
+            )
+        # The output has the promoted dtype of the value and the slack (the primal side);
+        # its detached copy steps the multipliers, in their dtype.
+        residual = output.detach().to(multiplier.dtype)
         weights = term_weights(spec, multipliers, indices, True, objective_weight)
         term_value = (weights * residual).sum()
     if rule.dual_scale is not None:
@@ -363,7 +419,7 @@ def _write_closed_form_slack(
     """Stores the slack minimised in closed form, so that it is reported as a variable."""
     slack, seen = constraint.slack, constraint.slack_seen
     assert slack is not None and seen is not None
-    values = aug.closed_form_slack(standard, multipliers, penalty).to(slack.dtype)
+    values = aug.closed_form_slack(standard, multipliers, penalty)
     with torch.no_grad():
         if indices is None:
             undo.save(slack.data)
@@ -377,21 +433,43 @@ def _write_closed_form_slack(
         seen.index_fill_(0, indices, True)
 
 
-def _dense_slack_residual(constraint: Constraint, standard: Tensor, undo: UndoLog) -> Tensor:
+def _changes_on_refresh(stored: Tensor, seen: Tensor, standard: Tensor) -> bool:
+    """Whether :func:`._lagrangian.refreshed_slack` changes a dense slack on the CPU, where
+    reading a flag costs no synchronisation: an entry never observed, or one with
+    ``s**2 == 0`` where ``g < 0`` (where ``g >= 0`` it stays 0)."""
+    if not bool(seen):
+        return True
+    square = stored.square()
+    if bool(square.all()):  # the usual case, checked first: no square is 0
+        return False
+    return bool(((square == 0) & (standard < 0)).any())
+
+
+def _dense_slack_residual(
+    constraint: Constraint, standard: Tensor, detached: Tensor, undo: UndoLog
+) -> Tensor:
+    """``g + s**2`` with the slack set on first observation, or again where its square is 0
+    (:func:`._lagrangian.refreshed_slack`); ``detached`` is ``g`` in the slack's dtype."""
     slack, seen = constraint.slack, constraint.slack_seen
     assert slack is not None and seen is not None
-    if not bool(seen):
+    stored = slack.detach()
+    # Off the CPU, deciding whether to write would be a host synchronisation: the slack is
+    # always written (a dense slack is small).
+    if stored.device.type != "cpu" or _changes_on_refresh(stored, seen, detached):
+        values = lag.refreshed_slack(stored, seen, detached, constraint.spec.slack_margin)
         undo.save(slack.data)
         undo.save(seen)
         with torch.no_grad():
-            slack.copy_(lag.initial_slack(standard.detach(), constraint.spec.slack_margin))
+            slack.copy_(values)
             seen.fill_(True)
     return lag.slack_residual(standard, slack)
 
 
 def _indexed_slack_residual(
-    constraint: Constraint, standard: Tensor, indices: Tensor, undo: UndoLog
+    constraint: Constraint, standard: Tensor, detached: Tensor, indices: Tensor, undo: UndoLog
 ) -> tuple[Tensor, SlackRows]:
+    """The batch's ``g + s**2``, with the rows' slacks set as in :func:`_dense_slack_residual`
+    (O(batch): only the batch's rows are read and written)."""
     slack, seen = constraint.slack, constraint.slack_seen
     assert slack is not None and seen is not None
     spec = constraint.spec
@@ -400,10 +478,11 @@ def _indexed_slack_residual(
     seen_rows = seen.index_select(0, rows)
     undo.save(slack.data, rows, stored)
     undo.save(seen, rows, seen_rows)
-    first_values = torch.empty_like(stored).index_copy_(0, inverse, standard.detach())
-    initial = lag.initial_slack(first_values, spec.slack_margin)
-    seen_shape = (-1,) + (1,) * len(spec.shape)
-    slack_values = torch.where(seen_rows.reshape(seen_shape), stored, initial).requires_grad_()
+    # Per row, g of one of its batch entries (a repeated sample has one value).
+    row_values = torch.empty_like(stored).index_copy_(0, inverse, detached)
+    slack_values = lag.refreshed_slack(
+        stored, seen_rows, row_values, spec.slack_margin
+    ).requires_grad_()
     seen.index_fill_(0, rows, True)
     # The table holds the point the step starts from, new rows' initial values included.
     slack.data.index_copy_(0, rows, slack_values.detach())
@@ -419,20 +498,24 @@ def evaluate(
     formulation: Formulation = PLAIN,
     check_values: bool = True,
 ) -> Evaluation:
-    """Calls the closure, validates its result and forms every constraint's residual.
+    """Calls the closure, validates its result and forms every observed constraint's residual.
 
-    Slacks seen for the first time are initialised here; the undo log records what that
-    changed, so that a failing step can put it back. A non-finite objective, constraint
-    value, multiplier or slack raises, found with one host synchronisation: every value
-    enters the Lagrangian, which is finite only if they all are (an overflow sends the
-    check to the detailed one, which lets a finite state pass).
+    Slacks seen for the first time, or whose square is 0, are set here; the undo log records
+    what that changed, so that a failing step can put it back. A non-finite objective,
+    constraint value, multiplier or slack, or an index of a penalised constraint out of
+    range, raises, found with one host synchronisation: every value enters the Lagrangian,
+    which is finite only if they all are (an overflow sends the check to the detailed one,
+    which lets a finite state pass). A value with no gradient path to the parameters raises
+    (:func:`._validation.gradient_path_fault`), after the checks of the values.
 
     Args:
         problem: The problem being solved.
         closure: Re-evaluates the problem on the current batch.
         undo: Collects the state this evaluation changes.
-        expected_indices: Indices that the constraints named must repeat (the batch of an
-            earlier evaluation within the same step).
+        expected_indices: The constraints that an earlier evaluation within the same step
+            observed, with their indices, which this one must repeat: a constraint with
+            multipliers (with an :class:`ObservedIndices`, any constraint) is observed by
+            both or by neither.
         formulation: The objective's weight and each constraint's rule.
         check_values: Check the values now (one host synchronisation); ``False`` leaves it
             to a :func:`check_finite` after backward, which checks the gradients too.
@@ -444,13 +527,7 @@ def evaluate(
             state = closure()
     objective, checked = check_state(problem, state)
     if expected_indices is not None:
-        for name, _, _, indices in checked:
-            previous = expected_indices.get(name)
-            if indices is not None and previous is not None and not torch.equal(indices, previous):
-                raise ValueError(
-                    f"constraint '{name}': the closure returned other indices on its second call; "
-                    "both evaluations of one step must use the same batch"
-                )
+        _check_same_batch(problem, checked, expected_indices)
     terms = []
     penalties = []
     standards = []
@@ -460,7 +537,9 @@ def evaluate(
         spec = constraint.spec
         if spec.penalty_weight is not None:
             standard = lag.standard_form(constraint_value, spec)
-            standards.append((spec, _detached_standard(constraint_value, spec)))
+            standards.append(
+                (spec, _detached_standard(constraint_value, spec, constraint_value.dtype))
+            )
             batch_size = None if indices is None else indices.shape[0]
             penalty = lag.penalty_term(standard, spec, batch_size)
             if weight != 1.0:
@@ -469,6 +548,10 @@ def evaluate(
             # A satisfied inequality's penalty is 0 even for an infinite value: the value's
             # own sum, times 0, carries it into the finiteness check.
             value = value + penalty.detach() + constraint_value.detach().sum() * 0
+            if indices is not None:
+                # No table is read with these indices: one out of range makes the finiteness
+                # check fail, whose detailed search names it.
+                value = value + torch.where(any_outside_table(constraint, indices), math.nan, 0.0)
             continue
         if indices is not None and indices.device.type != "cpu":
             # Off the CPU, reading a row out of range is a device-side assertion that ends
@@ -484,6 +567,11 @@ def evaluate(
         terms.append(term)
         standards.append((spec, term.standard))
         value = value + term.value
+    fault = gradient_path_fault(objective, checked)
+    if fault is not None:
+        # A value at fault (non-finite, an index out of range) is named first.
+        _raise_for_bad_values(objective, checked, terms)
+        raise ValueError(fault)
     evaluation = Evaluation(
         objective, terms, penalties, standards, value / weight if weight != 1.0 else value,
         weight, checked, value,
@@ -491,6 +579,35 @@ def evaluate(
     if check_values:
         check_finite(evaluation)
     return evaluation
+
+
+def _check_same_batch(
+    problem: ConstrainedProblem, checked: Checked, expected: Mapping[str, Tensor | None]
+) -> None:
+    """Raises unless this evaluation observes the constraints an earlier one of the same
+    step observed, with the same indices (see :func:`evaluate`)."""
+    observed = {name: indices for name, _, _, indices in checked}
+    every_constraint = isinstance(expected, ObservedIndices)
+    for name, constraint in problem.declared().items():
+        before, now = name in expected, name in observed
+        if before and not now:
+            raise ValueError(
+                f"constraint '{name}': the closure returned no value for it on its second call "
+                "(left out, or of size zero) but one on its first; both evaluations of one "
+                "step must use the same batch"
+            )
+        if now and not before and (every_constraint or constraint.multiplier is not None):
+            raise ValueError(
+                f"constraint '{name}': the closure returned a value for it on its second call "
+                "but none on its first (left out, or of size zero); both evaluations of one "
+                "step must use the same batch"
+            )
+        indices, previous = observed.get(name), expected.get(name)
+        if indices is not None and previous is not None and not torch.equal(indices, previous):
+            raise ValueError(
+                f"constraint '{name}': the closure returned other indices on its second call; "
+                "both evaluations of one step must use the same batch"
+            )
 
 
 def check_finite(

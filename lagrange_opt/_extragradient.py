@@ -263,7 +263,7 @@ class ExtraGradient(ConstrainedOptimizer):
         retries from the saved point with a smaller factor until the test accepts it. On
         failure the step's rollback puts the point back."""
         adaptive = self.adaptive
-        indices = {term.constraint.spec.name: term.indices for term in start.terms}
+        indices = start.observed()
         start_grads: list[Tensor | None] = []
         if adaptive is not None:
             start_grads = [None if p.grad is None else p.grad.clone() for p in point.params]

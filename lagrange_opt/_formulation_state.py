@@ -22,7 +22,8 @@ class FormulationState:
     Args:
         problem: The problem.
         augmented: The augmented Lagrangian's settings, or ``None`` for the plain Lagrangian.
-        scaling: Whether to scale the objective and the constraints at the first step.
+        scaling: Whether to scale the objective and the constraints at the first step (a
+            constraint not observed at the first step keeps the scale 1, :mod:`._scaling`).
         penalty_steps_dual: Whether the multipliers' gradient is multiplied by the penalty
             coefficient (the adaptive method's dual metric: the multipliers step ``c``
             times their step factor, the method of multipliers' step at factor 1).
@@ -75,7 +76,7 @@ class FormulationState:
         objective_scale = 1.0 if self.scales is None else self.scales.objective
         rules = {}
         for name in self.names:
-            # A number when unscaled: it takes the values' dtype and device in products.
+            # A number when unscaled: it takes the multipliers' dtype and device in products.
             ratio: Tensor | float = objective_scale
             if self.scales is not None:
                 ratio = objective_scale / self.scales.constraints[name].square()
@@ -90,7 +91,13 @@ class FormulationState:
 
     def observe(self, evaluation: Evaluation) -> None:
         """Applies the penalty-update rule with one step's violations (a host sync once per
-        window, none in between)."""
+        window, none in between).
+
+        A window counts steps, observed or not. A constraint not observed in a step (left
+        out, or of size zero) adds nothing to its window's largest violation; one observed
+        in no step of a window keeps its coefficient, and the previous window it is
+        compared with stays the last window that observed it.
+        """
         augmented = self.augmented
         if augmented is None or augmented.growth == 1.0:
             return

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import _lagrangian as lag
 from ._problem import ConstrainedProblem, ConstraintSpec, IndexedValue, ProblemState
-from ._validation import check_state
+from ._validation import check_state, gradient_path_fault
 
 
 class ConstraintFigures(NamedTuple):
@@ -43,7 +43,12 @@ class ConstraintFigures(NamedTuple):
 
 
 class ConstraintReport(Mapping[str, ConstraintFigures]):
-    """Per-constraint figures of a step, computed when read: a step pays for none."""
+    """Per-constraint figures of a step, computed when read: a step pays for none.
+
+    Only the constraints observed in the step's evaluation are in the mapping: one that the
+    closure left out, or returned with zero entries, has no figures (``name in report`` is
+    false, ``report.get(name)`` is ``None``, ``report[name]`` raises ``KeyError``).
+    """
 
     def __init__(
         self,
@@ -54,6 +59,11 @@ class ConstraintReport(Mapping[str, ConstraintFigures]):
         self._multipliers = multipliers
 
     def __getitem__(self, name: str) -> ConstraintFigures:
+        if name not in self._standards:
+            raise KeyError(
+                f"no figures for constraint {name!r}: not observed in this step (left out of "
+                "the closure's result, or of size zero), or not declared"
+            )
         spec, standard = self._standards[name]
         multipliers = self._multipliers.get(name)
         return ConstraintFigures(
@@ -107,12 +117,17 @@ def kkt(
     batch), so evaluate every sample, or a large batch, for a meaningful figure.
     Constraints under the penalty treatment count in primal feasibility, and their penalty
     in the Lagrangian; slacks are left out of stationarity (``g + s**2 = 0`` and
-    complementarity cover them).
+    complementarity cover them). A constraint that the closure does not observe (left out,
+    or of size zero) counts in none of the residuals.
 
     Args:
         problem: The problem.
         closure: Evaluates it; ``problem()`` if ``None``.
         params: The primal parameters; the problem's own (slacks excluded) if ``None``.
+
+    Raises:
+        ValueError: If a constraint value (or the objective and every constraint) has no
+            gradient path to the parameters, as a step does.
 
     Example:
         >>> import torch
@@ -137,6 +152,9 @@ def kkt(
     with torch.enable_grad():
         state = closure() if closure is not None else problem()
         objective, checked = check_state(problem, state)
+        fault = gradient_path_fault(objective, checked)
+        if fault is not None:
+            raise ValueError(fault)
         lagrangian = objective
         primal = dual = complementarity = 0.0
         for _, constraint, value, indices in checked:
@@ -155,7 +173,9 @@ def kkt(
                 dual = max(dual, float(multipliers.neg().clamp(min=0).amax()))
                 products = (multipliers * standard.detach()).abs()
                 complementarity = max(complementarity, float(products.amax()))
-        grads = torch.autograd.grad(lagrangian, params, allow_unused=True) if params else []
+        # A constant Lagrangian: a constant objective and no constraint observed.
+        differentiable = bool(params) and lagrangian.requires_grad
+        grads = torch.autograd.grad(lagrangian, params, allow_unused=True) if differentiable else []
     boxes = {id(param): bounds for param, bounds in problem.bounded_parameters()}
     stationarity = 0.0
     for param, grad in zip(params, grads):

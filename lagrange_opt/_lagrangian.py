@@ -7,6 +7,7 @@ non-negative at a saddle point, under either the slack or the projection treatme
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ._problem import ConstraintSpec
@@ -86,6 +87,41 @@ def initial_slack(standard: Tensor, margin: float) -> Tensor:
         tensor([2.0000, 0.1000])
     """
     return standard.neg().clamp(min=margin).sqrt()
+
+
+def refreshed_slack(slack: Tensor, seen: Tensor, standard: Tensor, margin: float) -> Tensor:
+    """The slack an evaluation starts from, entry by entry.
+
+    .. math::
+
+        s \\leftarrow \\begin{cases} \\sqrt{\\max(-g, m)} & \\text{never observed} \\\\
+        \\sqrt{\\max(-g, 0)} & s^2 = 0 \\\\ s & \\text{otherwise} \\end{cases}
+
+    Where ``s**2`` is 0 (``s = 0``, or so small that its square underflows: a slack that
+    decayed while its constraint was active) the gradient ``2 s lambda`` vanishes or rounds
+    away, and ``s`` could never move again: once the constraint turns inactive the
+    multiplier would go negative to hold the point on the boundary. Such an entry is set
+    again from the current value, with no margin: it satisfies ``g + s**2 = 0`` where the
+    constraint is inactive and stays 0 where it is active or violated, so a converged
+    active constraint is not disturbed.
+
+    Args:
+        slack: The stored slack entries.
+        seen: Whether each row was observed before (one flag, or one per row of ``slack``).
+        standard: ``g``, of ``slack``'s shape and dtype.
+        margin: The lower bound of ``s**2`` on first observation.
+
+    Example:
+        >>> import torch
+        >>> seen = torch.tensor([False, True, True, True])
+        >>> refreshed_slack(torch.tensor([0.0, 0.0, 0.0, 3.0]), seen,
+        ...                 torch.tensor([1.0, 1.0, -4.0, -4.0]), 0.01)
+        tensor([0.1000, 0.0000, 2.0000, 3.0000])
+    """
+    seen = seen.reshape(seen.shape + (1,) * (slack.ndim - seen.ndim))
+    negative = standard.neg()
+    initial = torch.where(seen, negative.clamp(min=0), negative.clamp(min=margin)).sqrt()
+    return torch.where(seen & slack.square().ne(0), slack, initial)
 
 
 def project_nonnegative_(multiplier: Tensor) -> Tensor:

@@ -43,7 +43,8 @@ class StepResult(NamedTuple):
         max_violation: The largest violation of any constraint element in the evaluation.
         mean_violation: The mean violation over every constraint element in the evaluation.
         constraints: Per constraint name, its :class:`ConstraintFigures` (largest violation,
-            largest absolute multiplier), computed when read.
+            largest absolute multiplier), computed when read: only the constraints
+            observed in the step's evaluation (one left out, or of size zero, has no entry).
         evaluations: How many times the step called the closure.
     """
 

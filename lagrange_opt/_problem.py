@@ -36,10 +36,36 @@ class IndexedValue(NamedTuple):
 class ProblemState(NamedTuple):
     """What :meth:`ConstrainedProblem.forward` returns: the objective and every constraint.
 
+    **A constraint may be absent from one evaluation.** Leaving its name out of
+    ``constraints``, or returning a value of size zero (an :class:`IndexedValue` with no
+    indices, such as ``IndexedValue(pred[mask], indices[mask])`` on a batch with no sample
+    selected), means that it is not observed on this batch: its multipliers and slacks are
+    not updated and it adds nothing to the Lagrangian (no term, no penalty, no violation; a
+    step where no constraint is observed reports a violation of 0), and the step's
+    ``result.constraints`` has no entry for it. A constraint defined on a subset of the
+    batch, such as a rate over the samples of one class, should be left out where the
+    subset is empty rather than return the NaN of a mean over nothing. Both evaluations of
+    an extra-gradient step must observe the same constraints.
+
+    **Dtypes.** A constraint value may have any real floating-point dtype, not necessarily
+    the problem's; integer, boolean and complex values are refused. The multipliers and
+    slacks keep the dtype of their tables, the problem's (set by ``problem.to(dtype)``):
+    what steps them (the residuals, the slacks set in the evaluation or in closed form, the
+    violations reported) is computed in that dtype, the value being cast to it once (a
+    value beyond its range is an error), while the gradient that reaches the model keeps
+    the value's own dtype (a bfloat16 value under autocast backpropagates in bfloat16). A
+    penalised constraint has no table: it keeps its value's dtype throughout.
+
+    **Gradient paths.** Every value returned must depend on the parameters: a value
+    computed under ``torch.no_grad()`` or detached is refused, naming the constraint. The
+    objective may be constant (a feasibility problem); when every constraint observed is
+    constant too, the error says so.
+
     Attributes:
         objective: The scalar objective to minimise.
-        constraints: For each declared constraint name, its value: a tensor of the declared
-            shape, or an :class:`IndexedValue` for an indexed constraint.
+        constraints: For each constraint name observed in this evaluation, its value: a
+            floating-point tensor of the declared shape, or an :class:`IndexedValue` for an
+            indexed constraint.
     """
 
     objective: Tensor
@@ -104,7 +130,9 @@ class Constraint(nn.Module):
             ``None`` under the penalty treatment.
         slack: Slack variables of the same shape, or ``None`` without the slack treatment.
         slack_seen: Boolean buffer, one flag per sample (a single flag if not indexed):
-            whether the slack was initialised from an observed value.
+            whether the slack was initialised from an observed value. An entry whose
+            square is 0 is set again from the value it is observed with (see
+            :meth:`ConstrainedProblem.add_inequality`).
     """
 
     multiplier: nn.Parameter | None
@@ -243,7 +271,8 @@ class ConstrainedProblem(nn.Module, abc.ABC):
     :meth:`add_inequality`, and implement :meth:`forward` to evaluate the objective and every
     constraint, on a batch if there is one. The model being trained may be a submodule or
     live outside the problem. The problem owns the multipliers and slacks: they are in its
-    ``state_dict()`` and move with ``problem.to(device, dtype)``.
+    ``state_dict()`` and move with ``problem.to(device, dtype)``, which sets the dtype of the
+    dual side (see :class:`ProblemState` for values of another dtype).
 
     Example:
         >>> import torch
@@ -327,7 +356,9 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         equality ``g + s**2 = 0`` (``g`` being the value written as ``g <= 0``) with a slack
         ``s``: under the plain Lagrangian a learnable one that the primal optimizer updates,
         set on first observation so that ``s**2 = max(-g, slack_margin)`` (at ``s = 0`` its
-        gradient vanishes and it would never move); under the augmented Lagrangian it is
+        gradient vanishes and it would never move), and set again to ``s**2 = max(-g, 0)``
+        wherever ``s**2`` has decayed to 0 (an active constraint's slack does, and it must
+        grow again when the constraint turns inactive); under the augmented Lagrangian it is
         minimised in closed form. With ``treatment="penalty"`` there is no multiplier: the
         objective gains ``penalty_weight * max(g, 0)**2``, which only encourages
         feasibility.

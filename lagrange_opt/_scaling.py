@@ -13,6 +13,11 @@ constraint gets one scale per element (up to :data:`MAX_ROWS` elements, each a b
 pass; a larger one gets the largest of its first :data:`MAX_ROWS` as one scale); an indexed
 constraint one scale, the largest over its first rows in the batch (its rows are samples of
 one kind).
+
+A constraint not observed at the first step (left out of the closure's result, or with no
+sample in the batch) keeps the scale 1 for the whole run: measuring it later would cost a
+closure call at a step of its own, and change its units mid-run. The scales are tensors
+in the dtype of the constraint's multipliers (the dual side's, see :mod:`._evaluation`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ MAX_ROWS = 64
 def _grad_inf_norm(label: str, output: Tensor, params: Sequence[Tensor]) -> float:
     """``max(1, ||d output / d params||_inf)``."""
     if not bool(torch.isfinite(output.detach())):
-        raise NonFiniteError(f"{label} is not finite at the first point: {float(output)}")
+        raise NonFiniteError(f"{label} is not finite at the first point: {float(output.detach())}")
     if not output.requires_grad:
         return 1.0
     grads = torch.autograd.grad(output, params, retain_graph=True, allow_unused=True)
@@ -56,6 +61,10 @@ def measure_scales(
         closure: Evaluates it (the first step's batch).
         params: The primal parameters the gradients are taken with respect to.
 
+    Returns:
+        The objective's scale and, for every constraint with multipliers, its scales, in
+        its multipliers' dtype and on their device (1 for a constraint not observed).
+
     Raises:
         NonFiniteError: If a value or a gradient at the first point is not finite, naming
             the objective or the constraint element.
@@ -64,9 +73,14 @@ def measure_scales(
     with torch.enable_grad():
         objective, checked = check_state(problem, closure())
         objective_scale = _grad_inf_norm("the objective", objective, params)
-        scales = {}
+        scales = {
+            name: torch.ones((), dtype=multiplier.dtype, device=multiplier.device)
+            for name, constraint in problem.constraint_items()
+            if (multiplier := constraint.multiplier) is not None
+        }
         for name, constraint, value, indices in checked:
-            if constraint.multiplier is None:
+            multiplier = constraint.multiplier
+            if multiplier is None:
                 continue
             flat = value.reshape(-1)
             rows = [
@@ -74,8 +88,8 @@ def measure_scales(
                 for i in range(min(MAX_ROWS, flat.numel()))
             ]
             if indices is None and flat.numel() <= MAX_ROWS:
-                scale = torch.tensor(rows, dtype=value.dtype).reshape(value.shape)
+                scale = torch.tensor(rows, dtype=multiplier.dtype).reshape(value.shape)
             else:
-                scale = torch.tensor(max(rows, default=1.0), dtype=value.dtype)
-            scales[name] = scale.to(value.device)
+                scale = torch.tensor(max(rows), dtype=multiplier.dtype)
+            scales[name] = scale.to(multiplier.device)
     return Scales(objective_scale, scales)

@@ -1,4 +1,11 @@
-"""Validating what a closure returned against the problem's declarations."""
+"""Validating what a closure returned against the problem's declarations.
+
+A constraint is *observed* in an evaluation when the closure returned a value of non-zero
+size for it. One left out of :attr:`ProblemState.constraints`, or returned with zero
+entries (an :class:`IndexedValue` with no indices), is absent from that evaluation: it is
+validated like any other value, then left out of what :func:`check_state` returns, so that
+it enters nothing (no term, no penalty, no violation, no multiplier update).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,16 @@ from ._problem import ConstrainedProblem, Constraint, IndexedValue, ProblemState
 
 def _describe_shape(tensor: Tensor) -> str:
     return str(tuple(tensor.shape))
+
+
+def _check_value_dtype(name: str, value: Tensor) -> None:
+    """Constraint values are real floating-point numbers (any float dtype: the dual side is
+    computed in the dtype of the multipliers, see :class:`ProblemState`)."""
+    if not value.dtype.is_floating_point:
+        raise TypeError(
+            f"constraint '{name}': value has dtype {value.dtype}; a constraint value must be a "
+            "real floating-point tensor (float16, bfloat16, float32 or float64)"
+        )
 
 
 def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, Tensor | None]:
@@ -37,6 +54,7 @@ def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, T
             raise ValueError(
                 f"constraint '{name}': indices must be 1-D, got shape {_describe_shape(indices)}"
             )
+        _check_value_dtype(name, value)
         expected = (indices.shape[0], *spec.shape)
         if tuple(value.shape) != expected:
             raise ValueError(
@@ -50,6 +68,7 @@ def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, T
         )
     if not isinstance(entry, Tensor):
         raise TypeError(f"constraint '{name}': value must be a tensor, got {type(entry).__name__}")
+    _check_value_dtype(name, entry)
     if tuple(entry.shape) != spec.shape:
         raise ValueError(
             f"constraint '{name}': value has shape {_describe_shape(entry)}, "
@@ -66,10 +85,30 @@ def first_non_finite(tensor: Tensor) -> str:
     return f"{bad.shape[0]} non-finite value(s), first {first} at {position}"
 
 
+def first_out_of_range(value: Tensor, dtype: torch.dtype) -> str:
+    """Describes the finite entries of ``value`` that are not finite once cast to ``dtype``."""
+    detached = value.detach()
+    bad = (torch.isfinite(detached) & ~torch.isfinite(detached.to(dtype))).nonzero()
+    position = tuple(int(i) for i in bad[0])
+    return (
+        f"{bad.shape[0]} value(s) beyond the range of {dtype}, first "
+        f"{float(detached[position])} at {position}"
+    )
+
+
+def _outside(indices: Tensor, num_samples: int) -> Tensor:
+    return (indices < 0) | (indices >= num_samples)
+
+
+def any_outside_table(constraint: Constraint, indices: Tensor) -> Tensor:
+    """A 0-dim bool tensor: whether an index is outside the constraint's table (no host sync)."""
+    return _outside(indices, constraint.spec.table_shape[0]).any()
+
+
 def check_index_range(name: str, constraint: Constraint, indices: Tensor) -> None:
     """Raises IndexError naming the first index outside the constraint's table."""
     num_samples = constraint.spec.table_shape[0]
-    outside = (indices < 0) | (indices >= num_samples)
+    outside = _outside(indices, num_samples)
     if bool(outside.any()):
         bad = indices[outside]
         raise IndexError(
@@ -90,7 +129,9 @@ def check_state(problem: ConstrainedProblem, state: object) -> tuple[Tensor, Che
     The values themselves (finite, indices in range) are checked by :func:`evaluate`.
 
     Returns:
-        The objective and, per constraint in declaration order, its value and indices.
+        The objective and, per constraint observed, in declaration order, its value and
+        indices. A constraint left out of the result, or returned with zero entries, is
+        not observed in this evaluation and is not listed.
 
     Raises:
         TypeError, ValueError: naming the constraint and what is wrong.
@@ -114,7 +155,40 @@ def check_state(problem: ConstrainedProblem, state: object) -> tuple[Tensor, Che
     checked = []
     for name, constraint in declared.items():
         if name not in values:
-            raise ValueError(f"the closure returned no value for constraint '{name}'")
+            continue  # not observed on this batch
         value, indices = _unpack(name, constraint, values[name])
+        if value.numel() == 0:
+            continue  # an indexed constraint with no sample in the batch
         checked.append((name, constraint, value, indices))
     return objective, checked
+
+
+def gradient_path_fault(objective: Tensor, checked: Checked) -> str | None:
+    """What lacks a gradient path to the parameters, or ``None`` if nothing does.
+
+    A constraint value that does not require grad cannot be moved by any step: its
+    multiplier would grow while nothing changes (a forward pass under ``torch.no_grad()``,
+    or a value detached from the parameters). A constant constraint is refused even where
+    it would be meant (one on parameters frozen for a while): no step can act on it, and
+    leaving it out of that evaluation says so. The objective may be constant (a
+    feasibility problem); the message says so when no constraint has a path either. The
+    value the user returned is checked: a slack residual ``g + s**2`` requires grad
+    through ``s`` alone. Reading ``requires_grad`` costs no host synchronisation.
+
+    Returns:
+        An error message naming the constraint (or everything) without a path.
+    """
+    constant = [name for name, _, value, _ in checked if not value.requires_grad]
+    if not constant:
+        return None
+    if not objective.requires_grad and len(constant) == len(checked):
+        listed = ", ".join(f"'{name}'" for name in constant)
+        return (
+            f"the objective and every constraint ({listed}) have no gradient path to the "
+            "parameters (computed under torch.no_grad() or detached?)"
+        )
+    return (
+        f"constraint '{constant[0]}' has no gradient path to the parameters (computed under "
+        "torch.no_grad() or detached?): no step can move it; leave it out of "
+        "ProblemState.constraints where it is not observed"
+    )

@@ -95,7 +95,6 @@ BAD_STATES: list[tuple[str, Callable[[Configurable], Any], type[Exception], str]
     ("indices on dense", _with(pair=_rows(torch.zeros(1, 2), [0])), ValueError,
      "constraint 'pair' is not indexed: return its value as a tensor, not IndexedValue"),
     ("value not tensor", _with(cap=0.5), TypeError, "constraint 'cap': value must be a tensor, got float"),
-    ("missing", _with(cap=None), ValueError, "the closure returned no value for constraint 'cap'"),
     ("undeclared", _with(extra=torch.zeros(())), ValueError,
      "the closure returned undeclared constraint(s) ['extra']; declared: ['rows', 'pair', 'cap']"),
 ]  # fmt: skip

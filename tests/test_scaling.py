@@ -160,6 +160,7 @@ class Measured(ConstrainedProblem):
         self.add_equality("scalar")
         self.add_inequality("penalised", "<=", treatment="penalty", penalty_weight=1e6)
         self.calls = 0
+        self.to(F64)  # the tables (and so the scales) in the values' dtype
 
     def forward(self) -> ProblemState:
         self.calls += 1
