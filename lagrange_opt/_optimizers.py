@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ._augmented import AugmentedLagrangian
-from ._evaluation import Evaluation, UndoLog, check_finite, current_weights, evaluate
+from ._evaluation import Evaluation, check_finite, current_weights, evaluate
 from ._formulation_state import FormulationState
 from ._kkt import ConstraintFigures, ConstraintReport
 from ._method_checks import (
@@ -25,6 +25,7 @@ from ._method_checks import (
 from ._problem import ConstrainedProblem, ProblemState
 from ._rollback import Rollback, SavedPoint, evaluation_rows, running_statistics
 from ._scaling import measure_scales
+from ._slacks import UndoLog
 from ._updates import dual_update, primal_update, sgd_step_sizes
 
 Closure = Callable[[], ProblemState]

@@ -21,8 +21,9 @@ from collections.abc import Container, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._evaluation import Evaluation, UndoLog
+from ._evaluation import Evaluation
 from ._rows import StateUndo
+from ._slacks import UndoLog
 
 Rows = list[tuple[Tensor, Tensor, Tensor]]
 """Indexed rows: (table, row indices, their values)."""

@@ -10,7 +10,8 @@ from torch import Tensor
 import lagrange_opt._evaluation as evaluation_module
 from lagrange_opt import ExtraGradient
 from lagrange_opt import _lagrangian as lag
-from lagrange_opt._evaluation import Evaluation, UndoLog, evaluate
+from lagrange_opt._evaluation import Evaluation, evaluate
+from lagrange_opt._slacks import UndoLog
 
 
 def _gradients(problem: torch.nn.Module, state: Evaluation) -> list[Tensor]:

@@ -37,7 +37,8 @@ from lagrange_opt import (
     SimultaneousGDA,
     kkt,
 )
-from lagrange_opt._evaluation import UndoLog, evaluate
+from lagrange_opt._evaluation import evaluate
+from lagrange_opt._slacks import UndoLog
 
 F32 = torch.float32
 
