@@ -12,6 +12,7 @@ from ._augmented import AugmentedLagrangian
 from ._defaults import DEFAULT_DUAL_LR, DEFAULT_LR, default_optimizer
 from ._extragradient import ExtraGradient
 from ._kkt import ConstraintFigures, KKTResiduals, kkt
+from ._optimizer_group import OptimizerGroup
 from ._optimizers import (
     AlternatingGDA,
     ConstrainedOptimizer,
@@ -48,6 +49,7 @@ __all__ = [
     "IndexedValue",
     "KKTResiduals",
     "NonFiniteError",
+    "OptimizerGroup",
     "ProblemState",
     "SimultaneousGDA",
     "StepResult",

@@ -160,11 +160,13 @@ class Evaluation(NamedTuple):
     values: Checked
     total: Tensor
 
-    def backward(self, weights: list[Tensor] | None = None) -> None:
+    def backward(self, weights: list[Tensor] | None = None, scale: Tensor | None = None) -> None:
         """Backpropagates the Lagrangian into the primal variables' ``.grad``.
 
         Args:
             weights: Replace the terms' own (multipliers read again after a dual step).
+            scale: Multiplies every cotangent: the loss scale of float16 training
+                (:mod:`._loss_scaling`), which divides the gradients afterwards.
         """
         if weights is None:
             weights = [term.weights for term in self.terms]
@@ -179,6 +181,10 @@ class Evaluation(NamedTuple):
             if term.output.requires_grad:
                 roots.append(term.output)
                 cotangents.append(weight.to(term.output.dtype))
+        if scale is not None:
+            # A 0-dim scale keeps the cotangent's dtype, as backward of a scaled loss casts
+            # it: one that overflows a float16 output is what the scaler is there to detect.
+            cotangents = [cotangent * scale for cotangent in cotangents]
         if roots:
             _run_backward(roots, cotangents)
         for term in self.terms:
@@ -186,6 +192,14 @@ class Evaluation(NamedTuple):
             # multiplier does, not along the batch average's.
             if term.slack is not None and term.slack.values.grad is not None:
                 term.slack.values.grad.mul_(term.output.shape[0])
+
+    def gradients(self, params: Sequence[Tensor]) -> list[Tensor]:
+        """The gradients backward left on ``params`` and on the indexed slack rows read."""
+        grads = [grad for param in params if (grad := param.grad) is not None]
+        for term in self.terms:
+            if term.slack is not None and (grad := term.slack.values.grad) is not None:
+                grads.append(grad)
+        return grads
 
     def observed(self) -> ObservedIndices:
         """The constraints this evaluation observed, with their indices: what a later

@@ -11,8 +11,16 @@ from torch import Tensor
 
 from ._augmented import AugmentedLagrangian
 from ._evaluation import Evaluation, Term
+from ._loss_scaling import GradientOverflow
 from ._method_checks import FormulationName, params_of
-from ._optimizers import Closure, ConstrainedOptimizer, Outcome, StepSizes
+from ._optimizers import (
+    Closure,
+    ConstrainedOptimizer,
+    GradientHook,
+    Outcome,
+    PrimalOptimizer,
+    StepSizes,
+)
 from ._problem import ConstrainedProblem
 from ._rollback import Buffers, Rollback, SavedPoint, evaluation_rows, rng_state, set_rng_state
 from ._stepsize import (
@@ -70,7 +78,7 @@ class ExtraGradient(ConstrainedOptimizer):
 
     Args:
         problem: The problem to solve.
-        primal_optimizer: Optimizer over the parameters and slacks.
+        primal_optimizer: Optimizer (or a list of them) over the parameters and slacks.
         dual_optimizer: Optimizer over the multipliers, ``maximize=True``.
         formulation: See :class:`ConstrainedOptimizer`.
         scaling: See :class:`ConstrainedOptimizer`.
@@ -78,6 +86,8 @@ class ExtraGradient(ConstrainedOptimizer):
             default :class:`AdaptiveStep`) or an :class:`AdaptiveStep`.
         same_randomness: Make every evaluation of a step draw the same random numbers and
             update the running statistics once per step.
+        gradient_hook: See :class:`ConstrainedOptimizer`.
+        grad_scaler: See :class:`ConstrainedOptimizer`.
 
     Example:
         >>> import torch
@@ -104,21 +114,24 @@ class ExtraGradient(ConstrainedOptimizer):
     def __init__(
         self,
         problem: ConstrainedProblem,
-        primal_optimizer: torch.optim.Optimizer,
+        primal_optimizer: PrimalOptimizer,
         dual_optimizer: torch.optim.Optimizer | None = None,
         *,
         formulation: FormulationName | AugmentedLagrangian = "lagrangian",
         scaling: bool = False,
         step_size: Literal["fixed", "adaptive"] | AdaptiveStep = "fixed",
         same_randomness: bool = False,
+        gradient_hook: GradientHook | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         self.adaptive: AdaptiveStep | None = _check_step_size(step_size)
         """The adaptive step's settings, ``None`` with a fixed step."""
         if not isinstance(same_randomness, bool):
             raise TypeError(f"same_randomness must be a bool, got {type(same_randomness).__name__}")
         super().__init__(
-            problem, primal_optimizer, dual_optimizer, formulation=formulation, scaling=scaling
-        )
+            problem, primal_optimizer, dual_optimizer, formulation=formulation, scaling=scaling,
+            gradient_hook=gradient_hook, grad_scaler=grad_scaler,
+        )  # fmt: skip
         self.same_randomness = same_randomness
         self._factor = 1.0 if self.adaptive is None else self.adaptive.initial
         self._base_lrs = [float(group["lr"]) for group in self.param_groups]
@@ -126,6 +139,13 @@ class ExtraGradient(ConstrainedOptimizer):
 
     def _penalty_steps_dual(self) -> bool:
         return self.adaptive is not None
+
+    def _checks_start_gradients(self) -> bool:
+        """Whether the start's gradients are checked: the adaptive step's test reads them,
+        and under loss scaling an overflow there skips the step; otherwise they only move
+        the point to the extrapolated one, whose gradients are checked before any update
+        commits."""
+        return self.adaptive is not None or self._loss_scaling is not None
 
     @property
     def step_factor(self) -> float:
@@ -235,15 +255,16 @@ class ExtraGradient(ConstrainedOptimizer):
     def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
         factor = self._factor
         try:
-            # With a fixed step the start's gradients only move the point to the
-            # extrapolated one, whose gradients are checked before the update commits:
-            # the start needs its values checked only.
             start = self._evaluate_and_backward(
-                closure, rollback.undo, check_grads=self.adaptive is not None
+                closure, rollback.undo, check_grads=self._checks_start_gradients()
             )
             result = self._result(start, calls + 1)
             point = rollback.save_point(self._dense_parameters(), evaluation_rows(start))
-            accepted = self._extrapolate(closure, rollback, start, point)
+            try:
+                accepted = self._extrapolate(closure, rollback, start, point)
+            except GradientOverflow:
+                # The skipped step reports the figures at the point it started from.
+                raise GradientOverflow(start) from None
             with torch.no_grad():
                 self._final_update(rollback, point, accepted.evaluation, accepted.sizes)
         except BaseException:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ._augmented import AugmentedLagrangian, check_augmented
+from ._optimizer_group import OptimizerGroup, holder
 from ._problem import ConstrainedProblem
 from ._rows import ELEMENTWISE_OPTIMIZERS
 
@@ -35,6 +36,10 @@ def check_optimizer(label: str, optimizer: object, maximize: bool) -> None:
         raise TypeError(
             f"the {label} optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
+    if isinstance(optimizer, OptimizerGroup):
+        for index, member in enumerate(optimizer.optimizers):
+            check_optimizer(f"{label} (group member {index})", member, maximize)
+        return
     if _needs_closure(optimizer):
         raise TypeError(
             f"the {label} optimizer {type(optimizer).__name__} needs a closure in step(): the "
@@ -118,6 +123,7 @@ def check_row_optimizers(
         ):
             if table is None or optimizer is None:
                 continue
+            optimizer = holder(optimizer, table)
             if not isinstance(optimizer, ELEMENTWISE_OPTIMIZERS):
                 known = ", ".join(cls.__name__ for cls in ELEMENTWISE_OPTIMIZERS)
                 raise TypeError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -14,6 +14,7 @@ from ._augmented import AugmentedLagrangian
 from ._evaluation import Evaluation, check_finite, current_weights, evaluate
 from ._formulation_state import FormulationState
 from ._kkt import ConstraintFigures, ConstraintReport
+from ._loss_scaling import GradientOverflow, LossScaling, check_grad_scaler, unscale_
 from ._method_checks import (
     FormulationName,
     check_formulation,
@@ -22,13 +23,21 @@ from ._method_checks import (
     check_row_optimizers,
     params_of,
 )
+from ._optimizer_group import as_optimizer
 from ._problem import ConstrainedProblem, ProblemState
 from ._rollback import Rollback, SavedPoint, evaluation_rows, running_statistics
 from ._scaling import measure_scales
 from ._slacks import UndoLog
 from ._updates import dual_update, primal_update, sgd_step_sizes
+from ._validation import NonFiniteError
 
 Closure = Callable[[], ProblemState]
+
+GradientHook = Callable[[], object]
+"""Called with no arguments after each backward pass of a step, before its gradients are
+checked and used (gradient clipping)."""
+
+PrimalOptimizer = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
 
 
 class StepResult(NamedTuple):
@@ -47,6 +56,8 @@ class StepResult(NamedTuple):
             largest absolute multiplier), computed when read: only the constraints
             observed in the step's evaluation (one left out, or of size zero, has no entry).
         evaluations: How many times the step called the closure.
+        skipped: Whether the step was skipped because a gradient overflowed under loss
+            scaling (``grad_scaler``): nothing moved, the scale was backed off.
     """
 
     objective: Tensor
@@ -55,6 +66,19 @@ class StepResult(NamedTuple):
     mean_violation: Tensor
     constraints: Mapping[str, ConstraintFigures] = {}
     evaluations: int = 1
+    skipped: bool = False
+
+
+class CountedClosure:
+    """A closure that counts its calls."""
+
+    def __init__(self, closure: Closure) -> None:
+        self._closure = closure
+        self.calls = 0
+
+    def __call__(self) -> ProblemState:
+        self.calls += 1
+        return self._closure()
 
 
 class StepSizes(NamedTuple):
@@ -78,7 +102,9 @@ class ConstrainedOptimizer(abc.ABC):
 
     Args:
         problem: The problem to solve.
-        primal_optimizer: Optimizer over the model parameters and ``problem.slack_parameters()``.
+        primal_optimizer: Optimizer over the model parameters and ``problem.slack_parameters()``,
+            or several over disjoint parts of them (e.g. Adam for an encoder, SGD for a
+            head), stepped as one :class:`OptimizerGroup`.
         dual_optimizer: Optimizer over ``problem.dual_parameters()`` with ``maximize=True``;
             ``None`` if every constraint has the penalty treatment (no multipliers).
         formulation: ``"lagrangian"`` (the Lagrangian), ``"augmented"`` (the augmented
@@ -89,24 +115,39 @@ class ConstrainedOptimizer(abc.ABC):
         scaling: Divide the objective and each constraint by the largest entry of its
             gradient at the first step (if above one); the first step then calls the
             closure once more. Every figure the user sees stays in the user's units.
+        gradient_hook: Called with no arguments after every backward pass of a step (each
+            evaluation), once the gradients are unscaled and before they are checked and
+            used: e.g. ``lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)``.
+            The slacks' gradients are the hook's to touch only if it is given them.
+        grad_scaler: A ``torch.amp.GradScaler`` for float16 autocast (:mod:`._loss_scaling`):
+            the step scales every backward pass, unscales the gradients, skips itself
+            (:attr:`StepResult.skipped`) when one overflowed and moves the scale along the
+            scaler's schedule. Do not call the scaler's ``step`` or ``update`` yourself;
+            checkpoint its ``state_dict`` beside this optimizer's.
     """
 
     def __init__(
         self,
         problem: ConstrainedProblem,
-        primal_optimizer: torch.optim.Optimizer,
+        primal_optimizer: PrimalOptimizer,
         dual_optimizer: torch.optim.Optimizer | None = None,
         *,
         formulation: FormulationName | AugmentedLagrangian = "lagrangian",
         scaling: bool = False,
+        gradient_hook: GradientHook | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if not isinstance(problem, ConstrainedProblem):
             raise TypeError(f"problem must be a ConstrainedProblem, got {type(problem).__name__}")
-        check_optimizer("primal", primal_optimizer, maximize=False)
+        if gradient_hook is not None and not callable(gradient_hook):
+            raise TypeError(f"gradient_hook must be callable, got {type(gradient_hook).__name__}")
+        scaler = check_grad_scaler(grad_scaler)
+        primal = as_optimizer("primal", primal_optimizer)
+        check_optimizer("primal", primal, maximize=False)
         if dual_optimizer is not None:
             check_optimizer("dual", dual_optimizer, maximize=True)
-        check_membership(problem, primal_optimizer, dual_optimizer)
-        check_row_optimizers(problem, primal_optimizer, dual_optimizer)
+        check_membership(problem, primal, dual_optimizer)
+        check_row_optimizers(problem, primal, dual_optimizer)
         if not isinstance(scaling, bool):
             raise TypeError(f"scaling must be a bool, got {type(scaling).__name__}")
         self.formulation = check_formulation(formulation)
@@ -114,7 +155,7 @@ class ConstrainedOptimizer(abc.ABC):
             problem, self.formulation, scaling, self._penalty_steps_dual()
         )
         self.problem = problem
-        self.primal_optimizer = primal_optimizer
+        self.primal_optimizer = primal
         self.dual_optimizer = dual_optimizer
         self._indexed_tables = {
             id(param)
@@ -127,6 +168,8 @@ class ConstrainedOptimizer(abc.ABC):
         self._statistics = running_statistics(problem)
         self._point = SavedPoint()
         self._names = {id(param): name for name, param in problem.named_parameters()}
+        self.gradient_hook = gradient_hook
+        self._loss_scaling = None if scaler is None else LossScaling(scaler)
 
     def _penalty_steps_dual(self) -> bool:
         """Whether the multipliers' gradient carries the penalty coefficient (the adaptive
@@ -154,6 +197,9 @@ class ConstrainedOptimizer(abc.ABC):
         self._check_declarations()
         rollback = Rollback(self._point, self._statistics)
         measured = self._formulation.needs_scales
+        if self._loss_scaling is not None:
+            # A skipped step reports its closure calls; the methods count only on success.
+            closure = counted = CountedClosure(closure)
         try:
             if measured:
                 self._formulation.set_scales(
@@ -163,13 +209,19 @@ class ConstrainedOptimizer(abc.ABC):
                 # same random numbers and statistics.
                 rollback.rewind()
             result = self._step(closure, int(measured), rollback)
-        except BaseException:
+        except BaseException as error:
             self._clear_grads()
             rollback.restore()
             if measured:
                 self._formulation.set_scales(None)
-            raise
+            if self._loss_scaling is None or not isinstance(error, GradientOverflow):
+                raise
+            self._loss_scaling.end_step(skipped=True)
+            skipped = self._result(error.evaluation, counted.calls)
+            return skipped._replace(skipped=True)
         self._formulation.observe(result.evaluation)
+        if self._loss_scaling is not None:
+            self._loss_scaling.end_step(skipped=False)
         return result.result
 
     def _check_declarations(self) -> None:
@@ -212,12 +264,16 @@ class ConstrainedOptimizer(abc.ABC):
                     param.grad = None
 
     def state_dict(self) -> dict[str, Any]:
-        """Both optimizers' states. Multipliers and slacks are in ``problem.state_dict()``."""
+        """Both optimizers' states, the formulation's and the loss scaling's count of steps
+        without a skip. Multipliers and slacks are in ``problem.state_dict()``; a
+        ``grad_scaler`` has its own ``state_dict``."""
+        loss_scaling = self._loss_scaling
         return {
             "method": type(self).__name__,
             "primal": self.primal_optimizer.state_dict(),
             "dual": None if self.dual_optimizer is None else self.dual_optimizer.state_dict(),
             "formulation": self._formulation.state_dict(),
+            "steps_without_skip": None if loss_scaling is None else loss_scaling.steps_without_skip,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -234,6 +290,9 @@ class ConstrainedOptimizer(abc.ABC):
             raise ValueError(f"state_dict is from {method}, not {type(self).__name__}")
         if (state_dict["dual"] is None) != (self.dual_optimizer is None):
             raise ValueError("state_dict and this optimizer disagree on having a dual optimizer")
+        steps_without_skip = state_dict.get("steps_without_skip")
+        if (steps_without_skip is None) != (self._loss_scaling is None):
+            raise ValueError("state_dict and this optimizer disagree on having a grad_scaler")
         # All or nothing: a part that fails to load puts back the parts loaded before it.
         backup = copy.deepcopy(self.state_dict())
         try:
@@ -241,6 +300,8 @@ class ConstrainedOptimizer(abc.ABC):
         except BaseException:
             self._load_parts(backup)
             raise
+        if self._loss_scaling is not None and steps_without_skip is not None:
+            self._loss_scaling.steps_without_skip = int(steps_without_skip)
 
     def _load_parts(self, state_dict: dict[str, Any]) -> None:
         self._formulation.load_state_dict(state_dict["formulation"])
@@ -276,12 +337,33 @@ class ConstrainedOptimizer(abc.ABC):
         weights: list[Tensor] | None = None,
         check_grads: bool = True,
     ) -> None:
-        """Backpropagates, then checks the values and (unless told not to: gradients that
-        no update commits) the gradients, with one host sync."""
+        """Backpropagates (scaled, then unscaled, under loss scaling), runs the gradient
+        hook, then checks the values and (unless told not to: gradients that no update
+        commits) the gradients, with one host sync.
+
+        Raises:
+            GradientOverflow: Under loss scaling, if a gradient is not finite where the
+                values are.
+        """
         self._clear_grads()
-        evaluation.backward(weights)
-        params = params_of(self.primal_optimizer) if check_grads else ()
-        check_finite(evaluation, params, self._describe, slacks=check_grads)
+        params = params_of(self.primal_optimizer)
+        loss_scaling = self._loss_scaling
+        if loss_scaling is None:
+            evaluation.backward(weights)
+        else:
+            scale = loss_scaling.scale(params[0].device)
+            evaluation.backward(weights, scale)
+            unscale_(evaluation.gradients(params), scale)
+        if self.gradient_hook is not None:
+            self.gradient_hook()
+        checked = params if check_grads else ()
+        try:
+            check_finite(evaluation, checked, self._describe, slacks=check_grads)
+        except NonFiniteError:
+            if loss_scaling is None:
+                raise
+            check_finite(evaluation)  # a value at fault is not the scale's doing
+            raise GradientOverflow(evaluation) from None
 
     def _describe(self, param: Tensor) -> str:
         name = self._names.get(id(param))

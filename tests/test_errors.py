@@ -305,7 +305,11 @@ def test_foreign_tensor_in_dual_optimizer() -> None:
 def test_not_an_optimizer() -> None:
     problem = QuadraticProgram()
     with pytest.raises(
-        TypeError, match=re.escape("the primal optimizer must be a torch.optim.Optimizer, got list")
+        TypeError,
+        match=re.escape(
+            "the primal optimizer must be a torch.optim.Optimizer or a list of them, got list of "
+            "Parameter"
+        ),
     ):
         ExtraGradient(problem, problem.primal_parameters(), _optimizers(problem)[1])  # type: ignore[arg-type]
 
