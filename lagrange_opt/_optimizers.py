@@ -69,8 +69,14 @@ class StepResult(NamedTuple):
     skipped: bool = False
 
 
-class CountedClosure:
-    """A closure that counts its calls."""
+class StepClosure:
+    """The user's closure as a step calls it: with fresh autocast casts, counted.
+
+    Autocast caches its low-precision copies of the parameters until the outermost autocast
+    region ends; a step runs inside the region and moves the parameters in place between its
+    evaluations, so each call clears the cache (else the extrapolated point would be
+    evaluated with the casts of the point the step started from).
+    """
 
     def __init__(self, closure: Closure) -> None:
         self._closure = closure
@@ -78,6 +84,7 @@ class CountedClosure:
 
     def __call__(self) -> ProblemState:
         self.calls += 1
+        torch.clear_autocast_cache()
         return self._closure()
 
 
@@ -197,9 +204,7 @@ class ConstrainedOptimizer(abc.ABC):
         self._check_declarations()
         rollback = Rollback(self._point, self._statistics)
         measured = self._formulation.needs_scales
-        if self._loss_scaling is not None:
-            # A skipped step reports its closure calls; the methods count only on success.
-            closure = counted = CountedClosure(closure)
+        closure = counted = StepClosure(closure)
         try:
             if measured:
                 self._formulation.set_scales(
@@ -222,6 +227,8 @@ class ConstrainedOptimizer(abc.ABC):
         self._formulation.observe(result.evaluation)
         if self._loss_scaling is not None:
             self._loss_scaling.end_step(skipped=False)
+        # The next statement in the user's autocast region must not see stale casts either.
+        torch.clear_autocast_cache()
         return result.result
 
     def _check_declarations(self) -> None:

@@ -440,27 +440,72 @@ AUTOCAST = [("cpu", torch.bfloat16)] + (
 )
 
 
+def _default_like(problem: PositiveOutputs, **options: Any) -> ExtraGradient:
+    """``default_optimizer``'s configuration, with options."""
+    return ExtraGradient(
+        problem, torch.optim.SGD(problem.primal_parameters(), lr=1.0),
+        torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
+        formulation="augmented", scaling=True, step_size="adaptive", same_randomness=True,
+        **options,
+    )  # fmt: skip
+
+
+AUTOCAST_RUNS: dict[str, tuple[Callable[..., ConstrainedOptimizer], int]] = {
+    "extragradient": (
+        lambda problem, **kw: build(
+            "extragradient", problem, lr=0.1, formulation="augmented", **kw
+        ),
+        300,
+    ),
+    "default": (_default_like, 150),
+}
+
+
+@pytest.mark.parametrize("run", list(AUTOCAST_RUNS))
 @pytest.mark.parametrize(("device", "dtype"), [*AUTOCAST, ("cpu", torch.float16)])
-def test_autocast_training_matches_float32(device: str, dtype: torch.dtype) -> None:
-    """Extra-gradient on the augmented Lagrangian trained under autocast (with a scaler for
-    float16) ends within the precision's tolerance of the float32 run."""
+def test_autocast_training_matches_float32(device: str, dtype: torch.dtype, run: str) -> None:
+    """Extra-gradient (fixed step; the default's configuration) trained under autocast
+    (with a scaler for float16) ends within the precision's tolerance of the float32 run."""
+    make, steps = AUTOCAST_RUNS[run]
     results = []
     for autocast in (False, True):
         problem, inputs, targets = network_problem(device, dtype=torch.float32)
         scaler = _scaler(device) if autocast and dtype == torch.float16 else None
-        optimizer = build(
-            "extragradient", problem, lr=0.1, formulation="augmented", grad_scaler=scaler
-        )
+        optimizer = make(problem, grad_scaler=scaler)
         closure = closure_of(problem, inputs, targets)
-        for _ in range(300):
+        skipped = 0
+        for _ in range(steps):
             with torch.autocast(device, dtype=dtype, enabled=autocast):
-                assert not optimizer.step(closure).skipped
+                skipped += optimizer.step(closure).skipped
+        # float16's first steps may overflow the scaler's initial scale, and only those.
+        assert skipped <= (3 if scaler is not None else 0)
         with torch.no_grad():
             predictions = problem.network(inputs)
         loss = float(nn.functional.mse_loss(predictions, targets))
         results.append((loss, float(predictions.min())))
     (loss32, min32), (loss_low, min_low) = results
     # bfloat16 keeps 8 bits of mantissa: the runs agree to a few of its units.
-    assert abs(loss_low - loss32) <= 2e-3, (loss32, loss_low)
-    assert abs(min_low - min32) <= 1e-2, (min32, min_low)
+    assert abs(loss_low - loss32) <= 5e-3, (loss32, loss_low)
+    assert abs(min_low - min32) <= 2e-2, (min32, min_low)
     assert min32 > -0.1, "the run must have moved towards the feasible set"
+
+
+@pytest.mark.parametrize(("device", "dtype"), AUTOCAST)
+@pytest.mark.parametrize("method", list(BUILDERS))
+def test_every_evaluation_under_autocast_sees_the_moved_parameters(
+    device: str, dtype: torch.dtype, method: str
+) -> None:
+    """Autocast caches its casts of the parameters for the whole region, which holds the
+    step: the step clears the cache before each evaluation, so that a run equals, bitwise,
+    one under autocast without a cache (extra-gradient would otherwise evaluate its
+    extrapolated point with the start point's casts)."""
+    runs = []
+    for cache_enabled in (True, False):
+        problem, inputs, targets = network_problem(device, dtype=torch.float32)
+        optimizer = build(method, problem, lr=0.1)
+        closure = closure_of(problem, inputs, targets)
+        with torch.autocast(device, dtype=dtype, cache_enabled=cache_enabled):
+            for _ in range(5):
+                optimizer.step(closure)
+        runs.append(problem.state_dict())
+    assert_bitwise_equal(runs[0], runs[1])
