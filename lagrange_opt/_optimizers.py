@@ -224,11 +224,13 @@ class ConstrainedOptimizer(abc.ABC):
             self._loss_scaling.end_step(skipped=True)
             skipped = self._result(error.evaluation, counted.calls)
             return skipped._replace(skipped=True)
+        finally:
+            # The parameters moved in place: what follows in the user's autocast region must
+            # not see stale casts either.
+            torch.clear_autocast_cache()
         self._formulation.observe(result.evaluation)
         if self._loss_scaling is not None:
             self._loss_scaling.end_step(skipped=False)
-        # The next statement in the user's autocast region must not see stale casts either.
-        torch.clear_autocast_cache()
         return result.result
 
     def _check_declarations(self) -> None:
