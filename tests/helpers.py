@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -19,6 +20,9 @@ from lagrange_opt import (
     ProblemState,
     SimultaneousGDA,
 )
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+"""The devices every device-meaningful test runs on: CPU always, CUDA when present."""
 
 METHODS: list[type[ConstrainedOptimizer]] = [ExtraGradient, SimultaneousGDA, AlternatingGDA]
 TREATMENTS = ["slack", "projection"]
@@ -146,17 +150,23 @@ MIXED_BASES = ("sgd", "plain-sgd", "hooked-sgd", "adam")
 
 
 def build_mixed(
-    method: type, base: str, seed: int = 0, dtype: torch.dtype = torch.float32
+    method: type,
+    base: str,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
 ) -> tuple[Mixed, Any]:
     """A :class:`Mixed` problem and its optimizer. Bases: ``sgd`` (with momentum),
     ``plain-sgd`` (no momentum: the fused update), ``hooked-sgd`` (the same with a step hook,
-    which sends it through ``optimizer.step()``) and ``adam``."""
+    which sends it through ``optimizer.step()``) and ``adam``. The data and the initial
+    values are drawn on the CPU, then moved to ``device``: the same on every device."""
     generator = torch.Generator().manual_seed(0)
     data = torch.randn(MIXED_SAMPLES, 4, generator=generator, dtype=dtype)
     targets = torch.randn(MIXED_SAMPLES, 2, generator=generator, dtype=dtype) - 0.5
     torch.manual_seed(seed)
     model = nn.Linear(4, 2)
-    problem = Mixed(model, data, targets).to(dtype)
+    # The data are plain attributes of the problem (not buffers): moved here.
+    problem = Mixed(model, data.to(device), targets.to(device)).to(device=device, dtype=dtype)
     primal_params = [*model.parameters(), *problem.slack_parameters()]
     dual_params = problem.dual_parameters()
     if base == "sgd":
@@ -175,15 +185,16 @@ def build_mixed(
     return problem, method(problem, primal, dual)
 
 
-def mixed_batch(step: int) -> Tensor:
-    """16 indices drawn with replacement: most batches repeat some."""
+def mixed_batch(step: int, device: str | torch.device = "cpu") -> Tensor:
+    """16 indices drawn with replacement (on the CPU, then moved): most batches repeat some."""
     generator = torch.Generator().manual_seed(1000 + step)
-    return torch.randint(MIXED_SAMPLES, (16,), generator=generator)
+    return torch.randint(MIXED_SAMPLES, (16,), generator=generator).to(device)
 
 
 def train_mixed(problem: Mixed, optimizer: Any, steps: range) -> None:
+    """Steps on :func:`mixed_batch`, the indices on the problem's device."""
     for step in steps:
-        indices = mixed_batch(step)
+        indices = mixed_batch(step, problem.data.device)
         optimizer.step(lambda indices=indices: problem(indices))
 
 
@@ -205,6 +216,23 @@ def assert_bitwise_equal(left: Any, right: Any) -> None:
         assert struct.pack("<d", left) == struct.pack("<d", right), (left, right)
     else:
         assert left == right
+
+
+@contextlib.contextmanager
+def deterministic(device: str) -> Iterator[None]:
+    """For comparing two runs bitwise: on CUDA, deterministic kernels (``index_add_`` and an
+    accumulating ``index_put_``, which sum repeated indices, otherwise use atomics whose
+    order varies from run to run); nothing on the CPU, whose kernels are deterministic."""
+    if torch.device(device).type == "cpu":
+        yield
+        return
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def snapshot(problem: nn.Module, optimizer: Any) -> dict[str, Any]:

@@ -111,9 +111,9 @@ def _default_like(problem: ConstrainedProblem, step_size: Any) -> ExtraGradient:
 
 @pytest.mark.parametrize("treatment", ["slack", "projection"])
 def test_huge_gradients_diverge_with_a_fixed_step_and_converge_with_the_adaptive(
-    treatment: str,
+    treatment: str, device: str
 ) -> None:
-    fixed_problem = Stiff(treatment=treatment)
+    fixed_problem = Stiff(treatment=treatment).to(device)
     fixed = _default_like(fixed_problem, "fixed")
     diverged = False
     try:
@@ -124,13 +124,13 @@ def test_huge_gradients_diverge_with_a_fixed_step_and_converge_with_the_adaptive
         diverged = True
     assert diverged
 
-    problem = Stiff(treatment=treatment)
+    problem = Stiff(treatment=treatment).to(device)
     optimizer = default_optimizer(problem)
     evaluations = []
     for _ in range(300):
         evaluations.append(optimizer.step(problem).evaluations)
     torch.testing.assert_close(
-        problem.x.detach(), torch.tensor([1.5, 2.5], dtype=F64), rtol=0, atol=1e-6
+        problem.x.detach().cpu(), torch.tensor([1.5, 2.5], dtype=F64), rtol=0, atol=1e-6
     )
     assert float(problem.constraints["sum"].multiplier.detach()) == pytest.approx(1e6, rel=1e-6)
     assert min(evaluations) >= 2
@@ -140,8 +140,8 @@ def test_huge_gradients_diverge_with_a_fixed_step_and_converge_with_the_adaptive
     assert optimizer.step_factor < 1.0
 
 
-def test_the_learning_rates_follow_the_step_factor() -> None:
-    problem = Stiff(treatment="projection")
+def test_the_learning_rates_follow_the_step_factor(device: str) -> None:
+    problem = Stiff(treatment="projection").to(device)
     primal = torch.optim.SGD(problem.primal_parameters(), lr=0.5)
     dual = torch.optim.SGD(problem.dual_parameters(), lr=2.0, maximize=True)
     optimizer = ExtraGradient(problem, primal, dual, scaling=True, step_size="adaptive")
@@ -176,8 +176,8 @@ class OnlyDualMoves(ConstrainedProblem):
         return ProblemState(self.x.square(), {"h": self.x - 1})
 
 
-def test_the_extrapolation_test_counts_the_multipliers_move() -> None:
-    problem = OnlyDualMoves()
+def test_the_extrapolation_test_counts_the_multipliers_move(device: str) -> None:
+    problem = OnlyDualMoves().to(device)
     # No cap on the multipliers' factor: both sides step with t, as in the docstring.
     optimizer = ExtraGradient(
         problem,
@@ -226,9 +226,10 @@ def _quartic_optimizer(problem: Quartic, base: str, formulation: str) -> ExtraGr
     return ExtraGradient(problem, primal, dual, formulation=formulation, step_size="adaptive")
 
 
-def test_retried_extrapolations_see_the_same_random_draws() -> None:
+def test_retried_extrapolations_see_the_same_random_draws(device: str) -> None:
+    # The closure draws from the CPU generator on every device.
     torch.manual_seed(0)
-    problem = Quartic()
+    problem = Quartic().to(device)
     optimizer = _quartic_optimizer(problem, "sgd", "lagrangian")
     retried = 0
     for _ in range(60):
@@ -251,8 +252,10 @@ def test_retried_extrapolations_see_the_same_random_draws() -> None:
 
 
 @pytest.mark.parametrize("formulation", ["lagrangian", "augmented"])
-def test_adam_state_advances_once_per_step_whatever_the_retries(formulation: str) -> None:
-    problem = Quartic()
+def test_adam_state_advances_once_per_step_whatever_the_retries(
+    formulation: str, device: str
+) -> None:
+    problem = Quartic().to(device)
     optimizer = _quartic_optimizer(problem, "adam", formulation)
     primal, dual = optimizer.primal_optimizer, optimizer.dual_optimizer
     assert dual is not None
@@ -289,9 +292,11 @@ def _state(problem: ConstrainedProblem, optimizer: ExtraGradient) -> dict[str, A
 
 @pytest.mark.parametrize("formulation", ["lagrangian", "augmented"])
 @pytest.mark.parametrize("base", ["sgd", "momentum", "adam"])
-def test_a_closure_failing_in_a_retry_changes_nothing(base: str, formulation: str) -> None:
+def test_a_closure_failing_in_a_retry_changes_nothing(
+    base: str, formulation: str, device: str
+) -> None:
     torch.manual_seed(0)
-    problem = Quartic()
+    problem = Quartic().to(device)
     optimizer = _quartic_optimizer(problem, base, formulation)
     for step in range(200):
         if step % 20 == 6:  # a jump far up the quartic: large gradients, retries
@@ -328,8 +333,8 @@ def test_a_closure_failing_in_a_retry_changes_nothing(base: str, formulation: st
     assert dry.step_factor == optimizer.step_factor
 
 
-def test_too_many_retries_raise_and_change_nothing() -> None:
-    problem = Stiff(treatment="slack")
+def test_too_many_retries_raise_and_change_nothing(device: str) -> None:
+    problem = Stiff(treatment="slack").to(device)
     optimizer = ExtraGradient(
         problem,
         *sgd_pair(problem, 1.0),
@@ -409,8 +414,10 @@ def _roundtrip(obj: Any) -> Any:
     ],
     ids=["default", "adam", "momentum-augmented"],
 )
-def test_resume_is_bitwise_identical(build: Callable[[Quartic], ExtraGradient]) -> None:
-    problem = Quartic()
+def test_resume_is_bitwise_identical(
+    build: Callable[[Quartic], ExtraGradient], device: str
+) -> None:
+    problem = Quartic().to(device)
     optimizer = build(problem)
     calls = []
     for _ in range(20):
@@ -420,7 +427,7 @@ def test_resume_is_bitwise_identical(build: Callable[[Quartic], ExtraGradient]) 
         calls.append(optimizer.step(problem).evaluations)
     assert max(calls) > 2  # retries happened on the way
 
-    fresh = Quartic()
+    fresh = Quartic().to(device)
     with torch.no_grad():
         fresh.x.fill_(-1.0)  # another start: the load must overwrite it
     resumed = build(fresh)
@@ -457,8 +464,8 @@ class InactiveWithMultiplier(ConstrainedProblem):
         return ProblemState(1e-3 * (self.x - 3).square(), {"cap": self.x - 10})
 
 
-def test_the_capped_dual_factor_lets_the_primal_step_grow() -> None:
-    problem = InactiveWithMultiplier()
+def test_the_capped_dual_factor_lets_the_primal_step_grow(device: str) -> None:
+    problem = InactiveWithMultiplier().to(device)
     optimizer = ExtraGradient(
         problem,
         *sgd_pair(problem, 1.0),
@@ -472,10 +479,10 @@ def test_the_capped_dual_factor_lets_the_primal_step_grow() -> None:
     assert abs(float(problem.x.detach()) - 3.0) < 1e-6
 
 
-def test_without_the_cap_the_multipliers_hold_the_step_below_one() -> None:
+def test_without_the_cap_the_multipliers_hold_the_step_below_one(device: str) -> None:
     # In the augmented Lagrangian's metric an inactive multiplier's block has Lipschitz
     # constant 1: with one factor for both sides, the flat objective cannot get t past it.
-    problem = InactiveWithMultiplier()
+    problem = InactiveWithMultiplier().to(device)
     optimizer = ExtraGradient(
         problem,
         *sgd_pair(problem, 1.0),

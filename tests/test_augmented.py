@@ -260,16 +260,16 @@ class ShiftedQP(QuadraticProgram):
 )
 @pytest.mark.parametrize("treatment", ["slack", "projection"])
 def test_default_optimizer_solves_the_quadratic_program(
-    treatment: str, rhs: float, solution: tuple[float, float], multiplier: float
+    treatment: str, rhs: float, solution: tuple[float, float], multiplier: float, device: str
 ) -> None:
-    problem = ShiftedQP(treatment, rhs)
+    problem = ShiftedQP(treatment, rhs).to(device)
     optimizer = default_optimizer(problem)
     assert optimizer.formulation == AugmentedLagrangian()
     for _ in range(800):
         optimizer.step(problem)
     constraint = problem.constraints["sum"]
     torch.testing.assert_close(
-        problem.x.detach(), torch.tensor(solution, dtype=torch.float64), rtol=0, atol=1e-6
+        problem.x.detach().cpu(), torch.tensor(solution, dtype=torch.float64), rtol=0, atol=1e-6
     )
     assert float(constraint.multiplier.detach()) == pytest.approx(multiplier, abs=1e-6)
     if treatment == "slack":
@@ -284,13 +284,18 @@ def test_default_optimizer_solves_the_quadratic_program(
 @pytest.mark.parametrize("method", [ExtraGradient, SimultaneousGDA, AlternatingGDA],
                          ids=lambda m: m.__name__)  # fmt: skip
 @pytest.mark.parametrize("treatment", ["slack", "projection"])
-def test_augmented_formulation_with_fixed_steps_converges(method: type, treatment: str) -> None:
-    problem = QuadraticProgram(treatment)
+def test_augmented_formulation_with_fixed_steps_converges(
+    method: type, treatment: str, device: str
+) -> None:
+    problem = QuadraticProgram(treatment).to(device)
     optimizer = method(problem, *sgd_pair(problem, 0.1, 0.1), formulation="augmented")
     for _ in range(700):
         result = optimizer.step(problem)
     torch.testing.assert_close(
-        problem.x.detach(), torch.tensor(problem.solution, dtype=torch.float64), rtol=0, atol=1e-6
+        problem.x.detach().cpu(),
+        torch.tensor(problem.solution, dtype=torch.float64),
+        rtol=0,
+        atol=1e-6,
     )
     assert float(problem.constraints["sum"].multiplier.detach()) == pytest.approx(7 / 3, abs=1e-6)
     assert float(result.max_violation) <= 1e-6
@@ -396,11 +401,13 @@ def _replay(rule: AugmentedLagrangian, violations: list[float]) -> list[float]:
     ("name", "max_penalty", "lr"),
     [("quadratic-program", 100.0, 1e-3), ("infeasible", 50.0, 1e-3)],
 )
-def test_penalty_grows_by_the_rule_and_is_capped(name: str, max_penalty: float, lr: float) -> None:
+def test_penalty_grows_by_the_rule_and_is_capped(
+    name: str, max_penalty: float, lr: float, device: str
+) -> None:
     rule = AugmentedLagrangian(growth=10.0, window=5, max_penalty=max_penalty)
     problem: ConstrainedProblem = (
         QuadraticProgram("projection") if name != "infeasible" else Infeasible()
-    )
+    ).to(device)
     constraint = next(iter(problem.declared()))
     optimizer = ExtraGradient(problem, *sgd_pair(problem, lr), formulation=rule)
     penalties, violations = [], []
@@ -416,8 +423,8 @@ def test_penalty_grows_by_the_rule_and_is_capped(name: str, max_penalty: float, 
     assert all(math.isfinite(v) for v in violations)
 
 
-def test_penalty_is_fixed_without_growth() -> None:
-    problem = Infeasible()
+def test_penalty_is_fixed_without_growth(device: str) -> None:
+    problem = Infeasible().to(device)
     optimizer = ExtraGradient(problem, *sgd_pair(problem, 1e-3), formulation="augmented")
     for _ in range(30):
         optimizer.step(problem)
@@ -444,8 +451,10 @@ class Fragile(ConstrainedProblem):
 
 
 @pytest.mark.parametrize("bad", [math.nan, -math.inf, math.inf])
-def test_a_non_finite_inequality_is_caught_in_the_augmented_lagrangian(bad: float) -> None:
-    problem = Fragile(bad)
+def test_a_non_finite_inequality_is_caught_in_the_augmented_lagrangian(
+    bad: float, device: str
+) -> None:
+    problem = Fragile(bad).to(device)
     optimizer = SimultaneousGDA(problem, *sgd_pair(problem, 0.1), formulation="augmented")
     before = [p.detach().clone() for p in problem.parameters()]
     with pytest.raises(NonFiniteError, match=r"^constraint 'cap' has 1 non-finite value"):
@@ -454,16 +463,17 @@ def test_a_non_finite_inequality_is_caught_in_the_augmented_lagrangian(bad: floa
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_augmented_lagrangian_keeps_the_problem_dtype(dtype: torch.dtype) -> None:
+def test_the_augmented_lagrangian_keeps_the_problem_dtype(dtype: torch.dtype, device: str) -> None:
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64 if dtype == torch.float32 else torch.float32)
     try:
-        problem = Fragile(None, dtype)
+        problem = Fragile(None, dtype).to(device)
         optimizer = default_optimizer(problem)
         result = optimizer.step(problem)
     finally:
         torch.set_default_dtype(default)
     assert result.lagrangian.dtype == dtype
+    assert result.lagrangian.device.type == device
     assert all(p.dtype == dtype for p in problem.parameters())
 
 

@@ -25,14 +25,14 @@ def _gradients(problem: torch.nn.Module, state: Evaluation) -> list[Tensor]:
 
 @pytest.mark.parametrize("engine", ["engine", "public-api"])
 def test_backward_is_the_gradient_of_the_lagrangian(
-    engine: str, monkeypatch: pytest.MonkeyPatch
+    engine: str, monkeypatch: pytest.MonkeyPatch, device: str
 ) -> None:
     if engine == "public-api":
         monkeypatch.setattr(evaluation_module, "_ENGINE_RUN_BACKWARD", None)
-    problem, optimizer = build_mixed(ExtraGradient, "plain-sgd", dtype=torch.float64)
+    problem, optimizer = build_mixed(ExtraGradient, "plain-sgd", dtype=torch.float64, device=device)
     for step in range(20):  # multipliers and slacks away from their initial values
-        optimizer.step(lambda step=step: problem(mixed_batch(step)))
-    indices = mixed_batch(99)
+        optimizer.step(lambda step=step: problem(mixed_batch(step, device)))
+    indices = mixed_batch(99, device)
     state = evaluate(problem, lambda: problem(indices), UndoLog())
     problem.zero_grad()
     state.backward()

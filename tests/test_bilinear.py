@@ -24,48 +24,49 @@ ETA = 0.1
 
 
 class Bilinear(ConstrainedProblem):
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         super().__init__()
         self.x = torch.nn.Parameter(torch.ones((), dtype=torch.float64))
         self.add_equality("x=0")
-        self.double()
+        self.to(device=device, dtype=torch.float64)
         with torch.no_grad():
             self.constraints["x=0"].multiplier.fill_(1.0)
 
     def forward(self) -> ProblemState:
-        return ProblemState(torch.zeros((), dtype=torch.float64), {"x=0": self.x})
+        objective = torch.zeros((), dtype=torch.float64, device=self.x.device)
+        return ProblemState(objective, {"x=0": self.x})
 
     def radius(self) -> float:
         y = self.constraints["x=0"].multiplier
         return math.hypot(float(self.x.detach()), float(y.detach()))
 
 
-def _run(method: type, steps: int) -> Bilinear:
-    game = Bilinear()
+def _run(method: type, steps: int, device: str) -> Bilinear:
+    game = Bilinear(device)
     optimizer = method(game, *sgd_pair(game, lr=ETA))
     for _ in range(steps):
         optimizer.step(game)
     return game
 
 
-def test_simultaneous_descent_ascent_spirals_outwards() -> None:
-    game = _run(SimultaneousGDA, 200)
+def test_simultaneous_descent_ascent_spirals_outwards(device: str) -> None:
+    game = _run(SimultaneousGDA, 200, device)
     # Each step multiplies the distance to the saddle point by sqrt(1 + eta^2).
     expected = math.sqrt(2) * (1 + ETA**2) ** 100
     assert game.radius() == pytest.approx(expected, rel=1e-9)
     assert game.radius() > 2.5 * math.sqrt(2)
 
 
-def test_extra_gradient_converges_to_the_origin() -> None:
-    game = _run(ExtraGradient, 3000)
+def test_extra_gradient_converges_to_the_origin(device: str) -> None:
+    game = _run(ExtraGradient, 3000, device)
     # Each step multiplies the distance by sqrt((1 - eta^2)^2 + eta^2) < 1.
     expected = math.sqrt(2) * ((1 - ETA**2) ** 2 + ETA**2) ** 1500
     assert game.radius() == pytest.approx(expected, rel=1e-6)
     assert game.radius() < 1e-6
 
 
-def test_alternating_descent_ascent_cycles() -> None:
-    game = Bilinear()
+def test_alternating_descent_ascent_cycles(device: str) -> None:
+    game = Bilinear(device)
     optimizer = AlternatingGDA(game, *sgd_pair(game, lr=ETA))
     radii = []
     for _ in range(2000):

@@ -96,15 +96,15 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize(("config", "base"), CONFIGS, ids=[f"{c}-{b}" for c, b in CONFIGS])
-def test_every_evaluated_point_is_in_the_box(config: str, base: str) -> None:
+def test_every_evaluated_point_is_in_the_box(config: str, base: str, device: str) -> None:
     # Without the bounds, the same run leaves the box: the check below can fail.
-    free = Boxed(bounded=False)
+    free = Boxed(bounded=False).to(device)
     free_optimizer = _build(config, base, free)
     for _ in range(20):
         free_optimizer.step(free)
     assert not all(free.inside)
 
-    problem = Boxed()
+    problem = Boxed().to(device)
     optimizer = _build(config, base, problem)
     low, high = problem.parameter_bounds[0].lower, problem.parameter_bounds[0].upper
     calls = 0
@@ -124,13 +124,13 @@ def test_every_evaluated_point_is_in_the_box(config: str, base: str) -> None:
     [("extra-fixed", 600), ("extra-adaptive", 600), ("simultaneous", 600),
      ("alternating", 600), ("default", 600)],
 )  # fmt: skip
-def test_box_and_constraint_solution(config: str, steps: int) -> None:
-    problem = Boxed()
+def test_box_and_constraint_solution(config: str, steps: int, device: str) -> None:
+    problem = Boxed().to(device)
     optimizer = _build(config, "sgd", problem, lr=0.1)
     for _ in range(steps):
         optimizer.step(problem)
     torch.testing.assert_close(
-        problem.x.detach(), torch.tensor(Boxed.solution, dtype=F64), rtol=0, atol=1e-6
+        problem.x.detach().cpu(), torch.tensor(Boxed.solution, dtype=F64), rtol=0, atol=1e-6
     )
     assert float(problem.constraints["cap"].multiplier.detach()) == pytest.approx(0.6, abs=1e-6)
     assert kkt(problem).converged(1e-6)
@@ -164,21 +164,21 @@ INF = math.inf
     ],
     ids=["scalars", "tensors-with-infinite-sides", "upper-only", "lower-only", "lower-equals-upper"],
 )  # fmt: skip
-def test_bound_constrained_qp_solution_is_the_clamp(lower: Any, upper: Any) -> None:
+def test_bound_constrained_qp_solution_is_the_clamp(lower: Any, upper: Any, device: str) -> None:
     a = torch.tensor([2.0, -1.0, 0.5, 3.0, -4.0], dtype=F64)
-    problem = BoxOnly(a, lower, upper)
+    problem = BoxOnly(a, lower, upper).to(device)
     optimizer = default_optimizer(problem)
     assert optimizer.dual_optimizer is None
     for _ in range(300):
         optimizer.step(problem)
     box = problem.box
-    expected = torch.maximum(torch.minimum(a, box.upper), box.lower)
-    torch.testing.assert_close(problem.x.detach(), expected, rtol=0, atol=1e-9)
+    expected = torch.maximum(torch.minimum(a, box.upper.cpu()), box.lower.cpu())
+    torch.testing.assert_close(problem.x.detach().cpu(), expected, rtol=0, atol=1e-9)
     residuals = kkt(problem)
     assert residuals.converged(1e-8), residuals
 
 
-def test_nonnegative_least_squares_reaches_scipy_nnls() -> None:
+def test_nonnegative_least_squares_reaches_scipy_nnls(device: str) -> None:
     generator = torch.Generator().manual_seed(0)
     A = torch.randn(12, 6, generator=generator, dtype=F64)
     b = torch.randn(12, generator=generator, dtype=F64)
@@ -192,18 +192,19 @@ def test_nonnegative_least_squares_reaches_scipy_nnls() -> None:
             self.add_bounds(self.x, lower=0.0)
 
         def forward(self) -> ProblemState:
-            return ProblemState((A @ self.x - b).square().sum(), {})
+            return ProblemState((A_device @ self.x - b_device).square().sum(), {})
 
-    problem = NNLS()
+    A_device, b_device = A.to(device), b.to(device)
+    problem = NNLS().to(device)
     optimizer = default_optimizer(problem)
     for _ in range(500):
         optimizer.step(problem)
-    np.testing.assert_allclose(problem.x.detach().numpy(), reference, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(problem.x.detach().cpu().numpy(), reference, rtol=0, atol=1e-8)
     assert bool((problem.x.detach() >= 0).all())
 
 
-def test_projection_at_declaration_is_in_place() -> None:
-    x = nn.Parameter(torch.tensor([[-1.0, 0.5, 3.0], [0.25, -0.1, 7.0]]))
+def test_projection_at_declaration_is_in_place(device: str) -> None:
+    x = nn.Parameter(torch.tensor([[-1.0, 0.5, 3.0], [0.25, -0.1, 7.0]], device=device))
     pointer = x.data_ptr()
 
     class Holder(ConstrainedProblem):
@@ -211,14 +212,17 @@ def test_projection_at_declaration_is_in_place() -> None:
             raise NotImplementedError
 
     problem = Holder()
-    bounds = problem.add_bounds(x, torch.tensor([0.0, 0.0, -INF]), torch.tensor(2.0))
+    bounds = problem.add_bounds(
+        x, torch.tensor([0.0, 0.0, -INF], device=device), torch.tensor(2.0, device=device)
+    )
     assert isinstance(bounds, Bounds)
     assert x.data_ptr() == pointer and x.requires_grad
-    assert x.tolist() == [[0.0, 0.5, 2.0], [0.25, 0.0, 2.0]]
+    assert bounds.lower.device == x.device and bounds.upper.device == x.device
+    assert x.cpu().tolist() == [[0.0, 0.5, 2.0], [0.25, 0.0, 2.0]]
     # Broadcast to the parameter's shape, in buffers of their own.
     assert bounds.lower.shape == (2, 3) and bounds.upper.shape == (2, 3)
-    assert bounds.lower.tolist() == [[0.0, 0.0, -INF], [0.0, 0.0, -INF]]
-    assert bounds.upper.tolist() == [[2.0] * 3] * 2
+    assert bounds.lower.cpu().tolist() == [[0.0, 0.0, -INF], [0.0, 0.0, -INF]]
+    assert bounds.upper.cpu().tolist() == [[2.0] * 3] * 2
     assert bounds.lower.is_contiguous() and bounds.lower.stride() == (3, 1)
     assert problem.bounded_parameters() == [(x, bounds)]
     # A parameter outside the problem (a model's) is not registered as the problem's.
@@ -304,10 +308,10 @@ def _roundtrip(obj: Any) -> Any:
     return torch.load(buffer, weights_only=True)
 
 
-def test_bounds_are_in_the_state_dict_and_restore_bitwise() -> None:
-    a = torch.tensor([2.0, -1.0, 0.5], dtype=F64)
-    lower = torch.tensor([0.1, -INF, 1 / 3], dtype=F64)
-    upper = torch.tensor([math.pi, 0.7, INF], dtype=F64)
+def test_bounds_are_in_the_state_dict_and_restore_bitwise(device: str) -> None:
+    a = torch.tensor([2.0, -1.0, 0.5], dtype=F64, device=device)
+    lower = torch.tensor([0.1, -INF, 1 / 3], dtype=F64, device=device)
+    upper = torch.tensor([math.pi, 0.7, INF], dtype=F64, device=device)
     problem = BoxOnly(a, lower, upper)
     state = problem.state_dict()
     assert {"parameter_bounds.0.lower", "parameter_bounds.0.upper"} <= set(state)
@@ -323,11 +327,11 @@ def test_bounds_are_in_the_state_dict_and_restore_bitwise() -> None:
     with torch.no_grad():
         other.x.fill_(5.0)
     other.project_bounds_()
-    assert other.x.tolist() == [math.pi, 0.7, 5.0]
+    assert other.x.cpu().tolist() == [math.pi, 0.7, 5.0]
     with torch.no_grad():
         other.x.fill_(-5.0)
     other.project_bounds_()
-    assert other.x.tolist() == [0.1, -5.0, 1 / 3]
+    assert other.x.cpu().tolist() == [0.1, -5.0, 1 / 3]
 
 
 def test_a_deep_copy_projects_its_own_parameter() -> None:

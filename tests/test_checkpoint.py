@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import METHODS, MIXED_SAMPLES, assert_bitwise_equal, build_mixed, train_mixed
+from helpers import (
+    METHODS,
+    MIXED_SAMPLES,
+    assert_bitwise_equal,
+    build_mixed,
+    deterministic,
+    train_mixed,
+)
 
 
 def _roundtrip(obj: Any) -> Any:
@@ -20,18 +27,21 @@ def _roundtrip(obj: Any) -> Any:
 
 @pytest.mark.parametrize("base", ["sgd", "plain-sgd", "adam"])
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_resume_is_bitwise_identical(method: type, base: str) -> None:
-    straight_problem, straight = build_mixed(method, base)
-    train_mixed(straight_problem, straight, range(200))
+def test_resume_is_bitwise_identical(method: type, base: str, device: str) -> None:
+    # Both runs on the same device: bitwise there.
+    with deterministic(device):
+        straight_problem, straight = build_mixed(method, base, device=device)
+        train_mixed(straight_problem, straight, range(200))
 
-    first_problem, first = build_mixed(method, base)
-    train_mixed(first_problem, first, range(100))
-    saved = _roundtrip({"problem": first_problem.state_dict(), "optimizer": first.state_dict()})
+        first_problem, first = build_mixed(method, base, device=device)
+        train_mixed(first_problem, first, range(100))
+        saved = _roundtrip({"problem": first_problem.state_dict(), "optimizer": first.state_dict()})
 
-    resumed_problem, resumed = build_mixed(method, base, seed=7)  # other initial values
-    resumed_problem.load_state_dict(saved["problem"])
-    resumed.load_state_dict(saved["optimizer"])
-    train_mixed(resumed_problem, resumed, range(100, 200))
+        # Other initial values.
+        resumed_problem, resumed = build_mixed(method, base, seed=7, device=device)
+        resumed_problem.load_state_dict(saved["problem"])
+        resumed.load_state_dict(saved["optimizer"])
+        train_mixed(resumed_problem, resumed, range(100, 200))
 
     assert_bitwise_equal(straight_problem.state_dict(), resumed_problem.state_dict())
     assert_bitwise_equal(straight.state_dict(), resumed.state_dict())
@@ -52,13 +62,15 @@ def test_problem_state_dict_holds_multipliers_and_slacks() -> None:
     assert problem.state_dict()["constraints.nonnegative.slack"].shape == (MIXED_SAMPLES,)
 
 
-def test_problem_to_moves_multipliers_and_slacks() -> None:
+def test_problem_to_moves_multipliers_and_slacks(device: str) -> None:
     problem, _ = build_mixed(METHODS[0], "sgd")
-    problem.to(torch.float64)
+    problem.to(device=device, dtype=torch.float64)
     constraint = problem.constraints["nonnegative"]
     assert constraint.multiplier.dtype == torch.float64
     assert constraint.slack is not None and constraint.slack.dtype == torch.float64
     assert constraint.slack_seen is not None and constraint.slack_seen.dtype == torch.bool
+    for tensor in (constraint.multiplier, constraint.slack, constraint.slack_seen):
+        assert tensor.device.type == device
 
 
 def test_loading_another_methods_state_fails() -> None:

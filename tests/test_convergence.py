@@ -20,7 +20,7 @@ from lagrange_opt.problems import NonNegativePredictions
 
 
 def _qp_error(problem: QuadraticProgram) -> float:
-    x = problem.x.detach().double()
+    x = problem.x.detach().double().cpu()
     solution = torch.tensor(QuadraticProgram.solution, dtype=torch.float64)
     multiplier = float(problem.constraints["sum"].multiplier.detach())
     return max(float((x - solution).abs().max()), abs(multiplier - QuadraticProgram.multiplier))
@@ -28,8 +28,8 @@ def _qp_error(problem: QuadraticProgram) -> float:
 
 @pytest.mark.parametrize("treatment", TREATMENTS)
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_quadratic_program_reaches_1e_4(method: type, treatment: str) -> None:
-    problem = QuadraticProgram(treatment)
+def test_quadratic_program_reaches_1e_4(method: type, treatment: str, device: str) -> None:
+    problem = QuadraticProgram(treatment).to(device)
     optimizer = method(problem, *sgd_pair(problem, lr=0.1))
     steps = steps_to_tolerance(
         lambda: optimizer.step(problem), lambda: _qp_error(problem), 1e-4, 2000
@@ -39,8 +39,8 @@ def test_quadratic_program_reaches_1e_4(method: type, treatment: str) -> None:
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_quadratic_program_with_adam(method: type) -> None:
-    problem = QuadraticProgram("slack")
+def test_quadratic_program_with_adam(method: type, device: str) -> None:
+    problem = QuadraticProgram("slack").to(device)
     optimizer = method(
         problem,
         torch.optim.Adam(problem.primal_parameters(), lr=0.02),
@@ -53,14 +53,16 @@ def test_quadratic_program_with_adam(method: type) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_quadratic_program_in_both_precisions(dtype: torch.dtype) -> None:
-    problem = QuadraticProgram("slack", dtype=dtype)
+def test_quadratic_program_in_both_precisions(dtype: torch.dtype, device: str) -> None:
+    problem = QuadraticProgram("slack", dtype=dtype).to(device)
     optimizer = ExtraGradient(problem, *sgd_pair(problem, lr=0.1))
     for _ in range(300):
         result = optimizer.step(problem)
     assert problem.x.dtype == dtype
     assert problem.constraints["sum"].multiplier.dtype == dtype
     assert result.objective.dtype == dtype
+    assert problem.constraints["sum"].multiplier.device.type == device
+    assert result.objective.device.type == device
     assert _qp_error(problem) < 1e-4
 
 
@@ -80,8 +82,8 @@ class ActiveThenInactive(ConstrainedProblem):
 
 
 @pytest.mark.parametrize("sense", [">=", "<="])
-def test_slack_active_at_start_inactive_at_optimum(sense: str) -> None:
-    problem = ActiveThenInactive(sense)
+def test_slack_active_at_start_inactive_at_optimum(sense: str, device: str) -> None:
+    problem = ActiveThenInactive(sense).to(device)
     optimizer = ExtraGradient(problem, *sgd_pair(problem, lr=0.1))
     constraint = problem.constraints["bound"]
     assert constraint.slack is not None
@@ -94,8 +96,8 @@ def test_slack_active_at_start_inactive_at_optimum(sense: str) -> None:
     assert float(constraint.multiplier.detach()) == pytest.approx(0.0, abs=1e-4)
 
 
-def test_slack_starts_from_first_observed_value() -> None:
-    problem = ActiveThenInactive(">=")
+def test_slack_starts_from_first_observed_value(device: str) -> None:
+    problem = ActiveThenInactive(">=").to(device)
     constraint = problem.constraints["bound"]
     assert constraint.slack is not None and constraint.slack_seen is not None
     assert not bool(constraint.slack_seen)
@@ -110,11 +112,11 @@ def test_slack_starts_from_first_observed_value() -> None:
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_projection_active_at_start_inactive_at_optimum(method: type) -> None:
+def test_projection_active_at_start_inactive_at_optimum(method: type, device: str) -> None:
     problem = ActiveThenInactive(">=")
     problem.constraints.pop("bound")
     problem.add_inequality("bound", ">=", treatment="projection")
-    problem.double()
+    problem.double().to(device)
     optimizer = method(problem, *sgd_pair(problem, lr=0.1))
     for _ in range(1000):
         optimizer.step(problem)
@@ -122,7 +124,7 @@ def test_projection_active_at_start_inactive_at_optimum(method: type) -> None:
     assert float(problem.constraints["bound"].multiplier.detach()) == 0.0
 
 
-def test_upper_bound_active_at_optimum() -> None:
+def test_upper_bound_active_at_optimum(device: str) -> None:
     """min (x - 3)^2 s.t. x <= 1: x* = 1 with multiplier 4 (sense '<=')."""
 
     class Upper(ConstrainedProblem):
@@ -135,7 +137,7 @@ def test_upper_bound_active_at_optimum() -> None:
         def forward(self) -> ProblemState:
             return ProblemState((self.x - 3).square(), {"upper": self.x - 1})
 
-    problem = Upper()
+    problem = Upper().to(device)
     optimizer = ExtraGradient(problem, *sgd_pair(problem, lr=0.05))
     for _ in range(3000):
         optimizer.step(problem)
@@ -144,19 +146,22 @@ def test_upper_bound_active_at_optimum() -> None:
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_min_norm_equality_matches_pseudo_inverse(method: type) -> None:
+def test_min_norm_equality_matches_pseudo_inverse(method: type, device: str) -> None:
     generator = torch.Generator().manual_seed(3)
     A = torch.randn(3, 5, generator=generator, dtype=torch.float64)
     b = torch.randn(3, generator=generator, dtype=torch.float64)
-    problem = MinNorm(A, b)
+    problem = MinNorm(A.to(device), b.to(device))
     optimizer = method(problem, *sgd_pair(problem, lr=0.05))
     for _ in range(4000):
         optimizer.step(problem)
     expected_x = torch.linalg.pinv(A) @ b
     expected_multiplier = -2 * torch.linalg.solve(A @ A.T, b)
-    torch.testing.assert_close(problem.x.detach(), expected_x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(problem.x.detach().cpu(), expected_x, atol=1e-6, rtol=0)
     torch.testing.assert_close(
-        problem.constraints["Ax=b"].multiplier.detach(), expected_multiplier, atol=1e-6, rtol=0
+        problem.constraints["Ax=b"].multiplier.detach().cpu(),
+        expected_multiplier,
+        atol=1e-6,
+        rtol=0,
     )
 
 
@@ -184,16 +189,16 @@ def _scipy_nonnegative_fit(X: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 
 
 def _weights(problem: NonNegativePredictions) -> np.ndarray:
-    return torch.cat([problem.weight.detach(), problem.bias.detach().reshape(1)]).numpy()
+    return torch.cat([problem.weight.detach(), problem.bias.detach().reshape(1)]).cpu().numpy()
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_indexed_nonnegative_predictions_match_scipy(method: type) -> None:
+def test_indexed_nonnegative_predictions_match_scipy(method: type, device: str) -> None:
     X, y = _linear_data()
     expected = _scipy_nonnegative_fit(X, y)
-    problem = NonNegativePredictions(X, y, treatment="projection")
+    problem = NonNegativePredictions(X, y, treatment="projection").to(device)
     optimizer = method(problem, *sgd_pair(problem, lr=0.1))
-    indices = torch.arange(X.shape[0])
+    indices = torch.arange(X.shape[0], device=device)
     for _ in range(8000):
         result = optimizer.step(lambda: problem(indices))
     np.testing.assert_allclose(_weights(problem), expected, atol=1e-4)

@@ -30,8 +30,9 @@ class Configurable(ConstrainedProblem):
         self.calls = 0
 
     def valid(self) -> ProblemState:
-        indices = torch.tensor([0, 3, 5])
-        rows = self.w[:2].expand(3, 2) * torch.arange(1.0, 4.0)[:, None]
+        device = self.w.device
+        indices = torch.tensor([0, 3, 5], device=device)
+        rows = self.w[:2].expand(3, 2) * torch.arange(1.0, 4.0, device=device)[:, None]
         return ProblemState(
             self.w.square().sum(),
             {"rows": IndexedValue(rows, indices), "pair": self.w[:2] - 1, "cap": self.w.sum() - 2},
@@ -100,8 +101,8 @@ BAD_STATES: list[tuple[str, Callable[[Configurable], Any], type[Exception], str]
 ]  # fmt: skip
 
 
-def _build(method: type, base: str) -> tuple[Configurable, Any]:
-    problem = Configurable()
+def _build(method: type, base: str, device: str = "cpu") -> tuple[Configurable, Any]:
+    problem = Configurable().to(device)
     primal_params = problem.primal_parameters()
     if base == "adam":
         primal = torch.optim.Adam(primal_params, lr=0.1)
@@ -135,13 +136,15 @@ def test_bad_closure_result_is_named_and_changes_nothing(
 @pytest.mark.parametrize("base", ["sgd", "plain-sgd", "adam"])
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
 @pytest.mark.parametrize("warm", [False, True], ids=["first-step", "after-steps"])
-def test_a_step_that_raised_changes_nothing(method: type, base: str, warm: bool) -> None:
-    problem, optimizer = _build(method, base)
+def test_a_step_that_raised_changes_nothing(
+    method: type, base: str, warm: bool, device: str
+) -> None:
+    problem, optimizer = _build(method, base, device)
     if warm:
         for _ in range(3):
             optimizer.step(problem)
     before = snapshot(problem, optimizer)
-    problem.make = _with(pair=torch.tensor([math.nan, 0.0]))
+    problem.make = _with(pair=torch.tensor([math.nan, 0.0], device=device))
     with pytest.raises(ValueError, match=r"^constraint 'pair'"):
         optimizer.step(problem)
     assert_bitwise_equal(before, snapshot(problem, optimizer))
@@ -150,9 +153,9 @@ def test_a_step_that_raised_changes_nothing(method: type, base: str, warm: bool)
 @pytest.mark.parametrize("base", ["sgd", "plain-sgd", "adam"])
 @pytest.mark.parametrize("warm", [False, True], ids=["first-step", "after-steps"])
 def test_extra_gradient_failing_at_the_extrapolated_point_changes_nothing(
-    base: str, warm: bool
+    base: str, warm: bool, device: str
 ) -> None:
-    problem, optimizer = _build(ExtraGradient, base)
+    problem, optimizer = _build(ExtraGradient, base, device)
     if warm:
         for _ in range(3):
             optimizer.step(problem)
@@ -187,8 +190,10 @@ DIVERGED = (
         ("pair", 1, "the multipliers of constraint 'pair' " + DIVERGED.format(1, "(1,)")),
     ],
 )
-def test_diverged_multipliers_are_named(constraint: str, row: int, message: str) -> None:
-    problem, optimizer = _build(ExtraGradient, "plain-sgd")
+def test_diverged_multipliers_are_named(
+    constraint: str, row: int, message: str, device: str
+) -> None:
+    problem, optimizer = _build(ExtraGradient, "plain-sgd", device)
     with torch.no_grad():
         problem.constraints[constraint].multiplier[row] = math.inf
     before = snapshot(problem, optimizer)
@@ -197,8 +202,8 @@ def test_diverged_multipliers_are_named(constraint: str, row: int, message: str)
     assert_bitwise_equal(before, snapshot(problem, optimizer))
 
 
-def test_rows_outside_the_batch_are_not_read() -> None:
-    problem, optimizer = _build(ExtraGradient, "plain-sgd")
+def test_rows_outside_the_batch_are_not_read(device: str) -> None:
+    problem, optimizer = _build(ExtraGradient, "plain-sgd", device)
     with torch.no_grad():
         problem.constraints["rows"].multiplier[1] = math.inf
     result = optimizer.step(problem)

@@ -70,26 +70,26 @@ def test_slsqp_from_x0_reaches_f_star(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_sizes_bounds_and_gradients(name: str) -> None:
+def test_sizes_bounds_and_gradients(name: str, device: str) -> None:
     definition = HOCK_SCHITTKOWSKI[name]
     n = len(definition.x0)
     assert len(definition.lower) == len(definition.upper) == len(definition.x_star) == n
     assert all(lo <= hi for lo, hi in zip(definition.lower, definition.upper))
     assert all(math.isfinite(v) for v in (*definition.x0, *definition.x_star))
     assert math.isfinite(definition.f_star)
-    x = torch.tensor(definition.x0, dtype=torch.float64, requires_grad=True)
+    x = torch.tensor(definition.x0, dtype=torch.float64, device=device, requires_grad=True)
     values = [definition.objective(x)]
     assert values[0].shape == ()
     for function in (definition.equalities, definition.inequalities):
         if function is not None:
             value = function(x)
             assert value.dim() == 1 and value.numel() >= 1
-            assert value.dtype == torch.float64
+            assert value.dtype == torch.float64 and value.device == x.device
             values.append(value.sum())
     # Every function is differentiable by autograd at x0.
     for value in values:
         (grad,) = torch.autograd.grad(value, x)
-        assert torch.isfinite(grad).all()
+        assert bool(torch.isfinite(grad).all())
 
 
 def test_infeasible_start_points_are_kept_as_published() -> None:

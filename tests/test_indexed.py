@@ -42,12 +42,12 @@ def _adam(problem: PerSample, lr: float = 0.1) -> tuple[Any, Any]:
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_rows_outside_the_batch_are_untouched(method: type) -> None:
-    problem = PerSample(50)
+def test_rows_outside_the_batch_are_untouched(method: type, device: str) -> None:
+    problem = PerSample(50).to(device)
     optimizer = method(problem, *_adam(problem))
     generator = torch.Generator().manual_seed(0)
     for _ in range(5):
-        batch = torch.randperm(50, generator=generator)[:8]
+        batch = torch.randperm(50, generator=generator)[:8].to(device)
         optimizer.step(lambda batch=batch: problem(batch))
     constraint = problem.constraints["rows"]
     assert constraint.slack is not None
@@ -58,9 +58,9 @@ def test_rows_outside_the_batch_are_untouched(method: type) -> None:
     ]
     before = [t.detach().clone() for t in tables]
     before_state = [{k: v.clone() for k, v in s.items()} for s in states]
-    batch = torch.tensor([3, 17, 42])
+    batch = torch.tensor([3, 17, 42], device=device)
     optimizer.step(lambda: problem(batch))
-    outside = torch.ones(50, dtype=torch.bool)
+    outside = torch.ones(50, dtype=torch.bool, device=device)
     outside[batch] = False
     for table, old in zip(tables, before):
         assert torch.equal(table.detach()[outside], old[outside])
@@ -71,13 +71,15 @@ def test_rows_outside_the_batch_are_untouched(method: type) -> None:
             assert torch.equal(state[key][outside], old_state[key][outside])
 
 
-def test_row_step_is_torch_adam_on_the_rows() -> None:
-    problem = PerSample(20, treatment="projection")
+def test_row_step_is_torch_adam_on_the_rows(device: str) -> None:
+    # Bitwise on every device: the rows are stepped by the same stock optimizer.step() as the
+    # reference, on the same device.
+    problem = PerSample(20, treatment="projection").to(device)
     optimizer = SimultaneousGDA(problem, *_adam(problem, lr=0.3))
     multiplier = problem.constraints["rows"].multiplier
-    reference = nn.Parameter(torch.zeros(3, 2))
+    reference = nn.Parameter(torch.zeros(3, 2, device=device))
     reference_optimizer = torch.optim.Adam([reference], lr=0.3, maximize=True)
-    batches = [torch.tensor([1, 4, 9]), torch.tensor([1, 4, 9])]
+    batches = [torch.tensor([1, 4, 9], device=device), torch.tensor([1, 4, 9], device=device)]
     for batch in batches:
         values = problem.values(batch).detach()
         optimizer.step(lambda batch=batch: problem(batch))
@@ -87,13 +89,13 @@ def test_row_step_is_torch_adam_on_the_rows() -> None:
         assert torch.equal(multiplier.detach()[batches[0]], reference.detach())
 
 
-def test_repeated_indices_add_their_gradients() -> None:
-    problem = PerSample(10, treatment="projection")
+def test_repeated_indices_add_their_gradients(device: str) -> None:
+    problem = PerSample(10, treatment="projection").to(device)
     dual = torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True)
     optimizer = SimultaneousGDA(problem, torch.optim.SGD(problem.primal_parameters(), lr=0.1), dual)
     with torch.no_grad():
         problem.w.copy_(torch.tensor([-1.0, 1.0]))
-    batch = torch.tensor([5, 5, 1])
+    batch = torch.tensor([5, 5, 1], device=device)
     residual = -problem.values(batch).detach()
     optimizer.step(lambda: problem(batch))
     multiplier = problem.constraints["rows"].multiplier.detach()
@@ -102,18 +104,18 @@ def test_repeated_indices_add_their_gradients() -> None:
     assert torch.count_nonzero(multiplier[[0, 2, 3, 4, 6, 7, 8, 9]]) == 0
 
 
-def test_each_row_slack_starts_from_its_first_observed_value() -> None:
-    problem = PerSample(10)
+def test_each_row_slack_starts_from_its_first_observed_value(device: str) -> None:
+    problem = PerSample(10).to(device)
     primal = torch.optim.SGD(problem.primal_parameters(), lr=1e-300)
     dual = torch.optim.SGD(problem.dual_parameters(), lr=1e-300, maximize=True)
     optimizer = SimultaneousGDA(problem, primal, dual)
-    batch = torch.tensor([0, 6, 2])
+    batch = torch.tensor([0, 6, 2], device=device)
     values = problem.values(batch).detach()
     optimizer.step(lambda: problem(batch))
     constraint = problem.constraints["rows"]
     assert constraint.slack is not None and constraint.slack_seen is not None
     torch.testing.assert_close(constraint.slack.detach()[batch].square(), values.clamp(min=1e-2))
-    assert constraint.slack_seen.tolist() == [
+    assert constraint.slack_seen.cpu().tolist() == [
         True,
         False,
         True,
@@ -167,11 +169,13 @@ ROW_OPS = {
 @pytest.mark.parametrize("treatment", ["slack", "projection"])
 @pytest.mark.parametrize("base", [_adam, _sgd], ids=["adam", "sgd"])
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_a_step_never_works_on_whole_tables(method: type, base: Any, treatment: str) -> None:
+def test_a_step_never_works_on_whole_tables(
+    method: type, base: Any, treatment: str, device: str
+) -> None:
     num_samples = 100_000
-    problem = PerSample(num_samples, treatment)
+    problem = PerSample(num_samples, treatment).to(device)
     optimizer = method(problem, *base(problem))
-    batch = torch.tensor([5, 99_999, 12_345, 5])
+    batch = torch.tensor([5, 99_999, 12_345, 5], device=device)
     optimizer.step(lambda: problem(batch))  # creates the optimizers' state tables
     recorder = _LargeTensorOps(num_samples)
     with recorder:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import METHODS, assert_bitwise_equal, sgd_pair, snapshot
+from helpers import DEVICES, METHODS, assert_bitwise_equal, sgd_pair, snapshot
 from torch import Tensor, nn
 
 from lagrange_opt import (
@@ -42,14 +42,10 @@ from lagrange_opt._slacks import UndoLog
 
 F32 = torch.float32
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-    ),
-]
-"""Off the CPU a dense slack is written at every evaluation (deciding would be a host
-synchronisation), and indices are checked before a table is read."""
+# The tests parametrised over DEVICES (tests/helpers.py) or taking the ``device`` fixture
+# (tests/conftest.py) run on CUDA too: off the CPU a dense slack is written at every
+# evaluation (deciding would be a host synchronisation), and indices are checked before a
+# table is read.
 
 
 def _state(problem: nn.Module, optimizer: Any) -> dict[str, Any]:
@@ -138,12 +134,14 @@ def test_a_slack_decayed_to_zero_grows_again_when_the_optimum_moves_inside(
 
 @pytest.mark.parametrize("indexed", [False, True], ids=["dense", "indexed"])
 @pytest.mark.parametrize("method", [SimultaneousGDA, AlternatingGDA], ids=lambda m: m.__name__)
-def test_a_converged_active_slack_at_zero_is_left_alone(method: type, indexed: bool) -> None:
+def test_a_converged_active_slack_at_zero_is_left_alone(
+    method: type, indexed: bool, device: str
+) -> None:
     """The slack is set again only where g < 0, with no margin: at an active constraint that
     converged, with s = 0, the iterates do not move. (Setting it again to the margin,
     ``s**2 = max(-g, slack_margin)``, fails this test: each time the slack underflows
     again the indexed iterates are pushed inside.)"""
-    problem, optimizer = _moving(method, indexed, 4.0)
+    problem, optimizer = _moving(method, indexed, 4.0, device)
     constraint = problem.constraints["cap"]
     assert constraint.multiplier is not None
     for _ in range(600):
@@ -342,14 +340,15 @@ class Feasibility(ConstrainedProblem):
 
     def forward(self) -> ProblemState:
         x = self.x
-        return ProblemState(torch.zeros(()), {"sum": x.sum() - 2, "gap": x[0] - x[1] - 1})
+        objective = torch.zeros((), device=x.device)
+        return ProblemState(objective, {"sum": x.sum() - 2, "gap": x[0] - x[1] - 1})
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_a_constant_objective_is_accepted(method: type) -> None:
+def test_a_constant_objective_is_accepted(method: type, device: str) -> None:
     """A feasibility problem: the objective has no path, the constraints do (the augmented
     Lagrangian gives the bilinear game its curvature)."""
-    problem = Feasibility()
+    problem = Feasibility().to(device)
     optimizer = _method(problem, method, formulation="augmented")
     for _ in range(500):
         result = optimizer.step(problem)
@@ -463,20 +462,20 @@ def test_values_of_another_dtype_converge_on_cuda(case: str, treatment: str, ind
     test_values_of_another_dtype_converge(case, SimultaneousGDA, treatment, indexed, "cuda")
 
 
-def test_scales_take_the_multipliers_dtype() -> None:
+def test_scales_take_the_multipliers_dtype(device: str) -> None:
     """Failed before: measured in the value's dtype (float64 scales of float32 multipliers)."""
-    problem = Box("projection", False, "float64")
+    problem = Box("projection", False, "float64").to(device)
     optimizer = _method(problem, ExtraGradient, scaling=True)
     optimizer.step(problem)
     scales = optimizer.state_dict()["formulation"]["scales"]["constraints"]
-    assert scales["c"].dtype == F32
+    assert scales["c"].dtype == F32 and scales["c"].device.type == device
 
 
-def test_a_value_beyond_the_multipliers_dtype_is_named() -> None:
+def test_a_value_beyond_the_multipliers_dtype_is_named(device: str) -> None:
     """A float64 value that float32 cannot hold: the message says so."""
-    problem = Box("projection", False, "float64")
+    problem = Box("projection", False, "float64").to(device)
     optimizer = _method(problem, SimultaneousGDA)
-    values = torch.tensor([0.5, 1e300], dtype=torch.float64)
+    values = torch.tensor([0.5, 1e300], dtype=torch.float64, device=device)
 
     def huge() -> ProblemState:
         state = problem()
@@ -621,10 +620,10 @@ def _without(problem: Every, names: set[str]) -> ConstrainedProblem:
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_a_step_that_observes_no_constraint(method: type) -> None:
+def test_a_step_that_observes_no_constraint(method: type, device: str) -> None:
     """Failed before: refused. Every constraint absent: no multiplier moves, the violations
     are 0, the parameters step along the objective alone."""
-    problem = Every()
+    problem = Every().to(device)
     optimizer = _method(problem, method)
     optimizer.step(problem)
     tables = {name: _tables(problem, name) for name in problem.declared()}
@@ -650,13 +649,14 @@ class Rate(ConstrainedProblem):
     be at least 0.9: batches without a positive leave the constraint out, as they must (its
     mean over no sample is NaN)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(0)
-        self.features = torch.randn(64, 3, generator=generator)
+        self.features = torch.randn(64, 3, generator=generator).to(device)
         self.labels = (self.features[:, 0] > 1.0).float()
         self.linear = nn.Linear(3, 1)
         self.add_inequality("recall", ">=", treatment="projection")
+        self.to(device)
 
     def forward(self, indices: Tensor) -> ProblemState:
         logits = self.linear(self.features[indices]).squeeze(-1)
@@ -668,15 +668,16 @@ class Rate(ConstrainedProblem):
         return ProblemState(loss, {"recall": torch.sigmoid(logits[positives]).mean() - 0.9})
 
 
-def test_a_rate_constraint_is_left_out_of_batches_without_the_class() -> None:
+def test_a_rate_constraint_is_left_out_of_batches_without_the_class(device: str) -> None:
     """Failed before: a batch without positives could only return a NaN (refused) or
     leave the constraint out (refused)."""
     torch.manual_seed(0)
-    problem = Rate()
+    problem = Rate(device)
     optimizer = _method(problem, ExtraGradient, lr=0.5)
     absent = 0
     for epoch in range(60):
-        for indices in torch.randperm(64, generator=torch.Generator().manual_seed(epoch)).split(4):
+        order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch)).to(device)
+        for indices in order.split(4):
             result = optimizer.step(lambda indices=indices: problem(indices))
             absent += "recall" not in result.constraints
     assert absent > 0
@@ -686,10 +687,12 @@ def test_a_rate_constraint_is_left_out_of_batches_without_the_class() -> None:
     assert float(probabilities[positives].mean()) > 0.85
 
 
-def test_the_penalty_update_windows_skip_steps_where_the_constraint_is_absent() -> None:
+def test_the_penalty_update_windows_skip_steps_where_the_constraint_is_absent(
+    device: str,
+) -> None:
     """Failed before: refused. A window where the constraint is never observed leaves its
     coefficient as it is; the next observed window is compared with the last observed one."""
-    problem = Every()
+    problem = Every().to(device)
     rule = AugmentedLagrangian(penalty=1.0, growth=2.0, shrink=0.5, window=2, max_penalty=1e6)
     optimizer = _method(problem, SimultaneousGDA, lr=1e-6, formulation=rule)
     penalties = []
@@ -702,29 +705,29 @@ def test_the_penalty_update_windows_skip_steps_where_the_constraint_is_absent() 
     assert penalties == [1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 4.0]
 
 
-def test_a_constraint_absent_at_the_first_step_keeps_scale_one() -> None:
+def test_a_constraint_absent_at_the_first_step_keeps_scale_one(device: str) -> None:
     """Failed before: refused."""
-    problem = Every()
+    problem = Every().to(device)
     optimizer = _method(problem, SimultaneousGDA, lr=1e-3, scaling=True)
     problem.changes = {"pair-equality": None, "rows-projection": _empty}
     optimizer.step(problem)
     scales = optimizer.state_dict()["formulation"]["scales"]["constraints"]
     for name in ("pair-equality", "rows-projection"):
-        assert torch.equal(scales[name], torch.ones((), dtype=F32))
+        assert torch.equal(scales[name].cpu(), torch.ones((), dtype=F32))
     # Measured: the gradients of sum(x) - 5 and of 4 (x_i - 1).
-    assert torch.equal(scales["cap-slack"], torch.ones((), dtype=F32))
-    assert torch.equal(scales["rows-equality"], torch.tensor(4.0))
+    assert torch.equal(scales["cap-slack"].cpu(), torch.ones((), dtype=F32))
+    assert torch.equal(scales["rows-equality"].cpu(), torch.tensor(4.0))
     problem.changes = {}
     optimizer.step(problem)  # observed now, in the units fixed at the first step
     assert torch.equal(
-        optimizer.state_dict()["formulation"]["scales"]["constraints"]["pair-equality"],
+        optimizer.state_dict()["formulation"]["scales"]["constraints"]["pair-equality"].cpu(),
         torch.ones((), dtype=F32),
     )
 
 
-def test_kkt_leaves_out_absent_constraints() -> None:
+def test_kkt_leaves_out_absent_constraints(device: str) -> None:
     """Failed before: refused. The residuals are those of the problem without them."""
-    problem = Every()
+    problem = Every().to(device)
     with torch.no_grad():
         problem.x.copy_(torch.tensor([3.0, -2.0, 1.0, 0.5, 2.0]))
         for constraint in problem.declared().values():
@@ -732,7 +735,7 @@ def test_kkt_leaves_out_absent_constraints() -> None:
                 constraint.multiplier.fill_(0.5)
     problem.changes = {"cap-slack": None, "rows-projection": _empty}
     residuals = kkt(problem)
-    assert residuals == kkt(_without(problem, {"cap-slack", "rows-projection"}))
+    assert residuals == kkt(_without(problem, {"cap-slack", "rows-projection"}).to(device))
     problem.changes = {}
     assert kkt(problem) != residuals
 

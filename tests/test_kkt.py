@@ -32,8 +32,8 @@ def _set(problem: QuadraticProgram, x: tuple[float, float], multiplier: float) -
 
 
 @pytest.mark.parametrize("treatment", ["slack", "projection"])
-def test_kkt_is_zero_at_the_known_solution(treatment: str) -> None:
-    problem = QuadraticProgram(treatment)
+def test_kkt_is_zero_at_the_known_solution(treatment: str, device: str) -> None:
+    problem = QuadraticProgram(treatment).to(device)
     _set(problem, QuadraticProgram.solution, QuadraticProgram.multiplier)
     residuals = kkt(problem)
     assert isinstance(residuals, KKTResiduals)
@@ -45,8 +45,10 @@ def test_kkt_is_zero_at_the_known_solution(treatment: str) -> None:
 # At x* = (2/3, 4/3), grad f = Qx - p = (7/3, 7/3) and the standard form 2 - x1 - x2 has
 # gradient (-1, -1): grad L = (7/3 - lam) (1, 1).
 @pytest.mark.parametrize("multiplier", [0.0, 1.0, 2.0, 3.5, 100.0])
-def test_stationarity_with_a_wrong_multiplier_is_the_gradient(multiplier: float) -> None:
-    problem = QuadraticProgram("projection")
+def test_stationarity_with_a_wrong_multiplier_is_the_gradient(
+    multiplier: float, device: str
+) -> None:
+    problem = QuadraticProgram("projection").to(device)
     _set(problem, QuadraticProgram.solution, multiplier)
     residuals = kkt(problem)
     assert residuals.stationarity == pytest.approx(abs(7 / 3 - multiplier), rel=1e-12, abs=1e-14)
@@ -57,8 +59,8 @@ def test_stationarity_with_a_wrong_multiplier_is_the_gradient(multiplier: float)
 
 
 @pytest.mark.parametrize("multiplier", [-0.5, -3.0])
-def test_dual_feasibility_is_the_negative_multiplier(multiplier: float) -> None:
-    problem = QuadraticProgram("projection")
+def test_dual_feasibility_is_the_negative_multiplier(multiplier: float, device: str) -> None:
+    problem = QuadraticProgram("projection").to(device)
     _set(problem, QuadraticProgram.solution, multiplier)
     residuals = kkt(problem)
     assert residuals.dual_feasibility == -multiplier
@@ -77,9 +79,9 @@ def test_dual_feasibility_is_the_negative_multiplier(multiplier: float) -> None:
 )
 def test_feasibility_and_complementarity_closed_forms(
     x: tuple[float, float], multiplier: float, primal: float, complementarity: float,
-    stationarity: float,
+    stationarity: float, device: str,
 ) -> None:  # fmt: skip
-    problem = QuadraticProgram("slack")
+    problem = QuadraticProgram("slack").to(device)
     _set(problem, x, multiplier)
     residuals = kkt(problem)
     assert residuals.primal_feasibility == pytest.approx(primal, abs=1e-15)
@@ -109,17 +111,17 @@ class NaNConstraint(QuadraticProgram):
         return ProblemState(state.objective, {"sum": state.constraints["sum"] * float("nan")})
 
 
-def test_kkt_at_a_point_with_a_nan_constraint_is_not_converged() -> None:
-    problem = NaNConstraint("projection")
+def test_kkt_at_a_point_with_a_nan_constraint_is_not_converged(device: str) -> None:
+    problem = NaNConstraint("projection").to(device)
     _set(problem, QuadraticProgram.solution, QuadraticProgram.multiplier)
     assert not kkt(problem).converged(1.0)
 
 
-def test_equality_residuals() -> None:
+def test_equality_residuals(device: str) -> None:
     generator = torch.Generator().manual_seed(0)
     A = torch.randn(2, 4, generator=generator, dtype=F64)
     b = torch.randn(2, generator=generator, dtype=F64)
-    problem = MinNorm(A, b)
+    problem = MinNorm(A.to(device), b.to(device))
     x_star = torch.linalg.pinv(A) @ b
     mu_star = -2 * torch.linalg.solve(A @ A.T, b)
     with torch.no_grad():
@@ -142,10 +144,10 @@ def test_equality_residuals() -> None:
 class Penalised(ConstrainedProblem):
     """min 1/2 x'Qx - p'x with x1 + x2 >= 2 as the penalty 10 max(0, 2 - x1 - x2)^2."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         super().__init__()
-        self.x = nn.Parameter(torch.zeros(2, dtype=F64))
-        self.Q = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=F64)
+        self.x = nn.Parameter(torch.zeros(2, dtype=F64, device=device))
+        self.Q = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=F64, device=device)
         self.add_inequality("sum", ">=", treatment="penalty", penalty_weight=10.0)
 
     def forward(self) -> ProblemState:
@@ -153,8 +155,8 @@ class Penalised(ConstrainedProblem):
         return ProblemState(objective, {"sum": self.x.sum() - 2})
 
 
-def test_penalty_constraint_counts_in_feasibility_and_stationarity() -> None:
-    problem = Penalised()
+def test_penalty_constraint_counts_in_feasibility_and_stationarity(device: str) -> None:
+    problem = Penalised(device)
     residuals = kkt(problem)
     # At x = 0: g = 2, grad = -p + 10 * 2 * 2 * (-1, -1) = (-41, -41).
     assert residuals == KKTResiduals(41.0, 2.0, 0.0, 0.0)
@@ -163,10 +165,12 @@ def test_penalty_constraint_counts_in_feasibility_and_stationarity() -> None:
 class Box(ConstrainedProblem):
     """min 1/2 ||x - a||^2 with lower <= x <= upper: grad = x - a."""
 
-    def __init__(self, x: list[float], a: list[float], lower: float, upper: float) -> None:
+    def __init__(
+        self, x: list[float], a: list[float], lower: float, upper: float, device: str = "cpu"
+    ) -> None:
         super().__init__()
-        self.x = nn.Parameter(torch.tensor(x, dtype=F64))
-        self.a = torch.tensor(a, dtype=F64)
+        self.x = nn.Parameter(torch.tensor(x, dtype=F64, device=device))
+        self.a = torch.tensor(a, dtype=F64, device=device)
         self.add_bounds(self.x, lower, upper)
 
     def forward(self) -> ProblemState:
@@ -185,16 +189,16 @@ class Box(ConstrainedProblem):
     ],
 )
 def test_stationarity_with_bounds_is_the_projected_gradient(
-    x: float, a: float, expected: float
+    x: float, a: float, expected: float, device: str
 ) -> None:
-    problem = Box([x, 0.5], [a, 0.5], 0.0, 1.0)
+    problem = Box([x, 0.5], [a, 0.5], 0.0, 1.0, device)
     residuals = kkt(problem)
     assert residuals.stationarity == expected
     assert residuals == KKTResiduals(expected, 0.0, 0.0, 0.0)
 
 
-def test_kkt_takes_a_closure_and_parameters() -> None:
-    problem = QuadraticProgram("projection")
+def test_kkt_takes_a_closure_and_parameters(device: str) -> None:
+    problem = QuadraticProgram("projection").to(device)
     _set(problem, QuadraticProgram.solution, 1.0)
     calls = []
 
@@ -233,12 +237,12 @@ class Several(ConstrainedProblem):
 
     def forward(self) -> ProblemState:
         x = self.x
-        indices = torch.tensor([0, 2, 3])
+        indices = torch.tensor([0, 2, 3], device=x.device)
         return ProblemState(
             x.square().sum(),
             {
-                "vec": x[:3] - torch.tensor([1.0, -2.0, 0.0], dtype=F64),
-                "eq": x[1:3] - torch.tensor([0.0, 1.5], dtype=F64),
+                "vec": x[:3] - torch.tensor([1.0, -2.0, 0.0], dtype=F64, device=x.device),
+                "eq": x[1:3] - torch.tensor([0.0, 1.5], dtype=F64, device=x.device),
                 "pen": x.sum() - 1.0,  # 0.75: violated by 0.75
                 "rows": IndexedValue(x[indices] * 2, indices),  # 1, 4, 0.5 > 0
                 "cap": x.sum() - 10.0,
@@ -276,16 +280,16 @@ def _expected_violations(problem: Several) -> dict[str, float]:
     }
 
 
-def test_the_start_point_is_what_the_table_says() -> None:
-    problem = Several()
+def test_the_start_point_is_what_the_table_says(device: str) -> None:
+    problem = Several().to(device)
     assert _expected_violations(problem) == {
         "vec": 0.5, "eq": 1.0, "pen": 0.75, "rows": 4.0, "cap": 0.0
     }  # fmt: skip
 
 
 @pytest.mark.parametrize("method", STEP_METHODS)
-def test_per_constraint_max_violation_is_the_start_points(method: str) -> None:
-    problem = Several()
+def test_per_constraint_max_violation_is_the_start_points(method: str, device: str) -> None:
+    problem = Several().to(device)
     optimizer = _optimizer(method, problem)
     for step in range(3):
         expected = _expected_violations(problem)
@@ -305,8 +309,8 @@ def test_per_constraint_max_violation_is_the_start_points(method: str) -> None:
 
 
 @pytest.mark.parametrize("method", STEP_METHODS)
-def test_indexed_multiplier_norm_is_the_rows_read(method: str) -> None:
-    problem = Several()
+def test_indexed_multiplier_norm_is_the_rows_read(method: str, device: str) -> None:
+    problem = Several().to(device)
     optimizer = _optimizer(method, problem)
     result = optimizer.step(problem)
     # The batch reads rows 0, 2, 3 (0.125, 0.25, 0.375); row 1's 4.0 is not read.
@@ -315,8 +319,8 @@ def test_indexed_multiplier_norm_is_the_rows_read(method: str) -> None:
 
 
 @pytest.mark.parametrize("method", STEP_METHODS)
-def test_dense_multiplier_norm_is_the_multipliers_read(method: str) -> None:
-    problem = Several()
+def test_dense_multiplier_norm_is_the_multipliers_read(method: str, device: str) -> None:
+    problem = Several().to(device)
     optimizer = _optimizer(method, problem)
     result = optimizer.step(problem)
     reported = {name: result.constraints[name].multiplier_norm for name in ("vec", "eq", "cap")}
@@ -326,8 +330,8 @@ def test_dense_multiplier_norm_is_the_multipliers_read(method: str) -> None:
 
 
 @pytest.mark.parametrize("method", STEP_METHODS)
-def test_reading_the_figures_changes_nothing(method: str) -> None:
-    problem = Several()
+def test_reading_the_figures_changes_nothing(method: str, device: str) -> None:
+    problem = Several().to(device)
     optimizer = _optimizer(method, problem)
     result = optimizer.step(problem)
     before = snapshot(problem, optimizer)
@@ -343,8 +347,8 @@ def test_reading_the_figures_changes_nothing(method: str) -> None:
     assert repr(result.constraints) == f"ConstraintReport({NAMES})"
 
 
-def test_no_constraints_no_figures() -> None:
-    problem = Box([0.5, 0.5], [2.0, 0.0], 0.0, 1.0)
+def test_no_constraints_no_figures(device: str) -> None:
+    problem = Box([0.5, 0.5], [2.0, 0.0], 0.0, 1.0, device)
     result = default_optimizer(problem).step(problem)
     assert len(result.constraints) == 0 and list(result.constraints) == []
 
@@ -360,19 +364,21 @@ def _solved(problem: ConstrainedProblem, steps: int) -> KKTResiduals:
 
 
 @pytest.mark.parametrize("treatment", ["slack", "projection"])
-def test_kkt_converged_after_default_optimizer_on_the_quadratic_program(treatment: str) -> None:
-    residuals = _solved(QuadraticProgram(treatment), 600)
+def test_kkt_converged_after_default_optimizer_on_the_quadratic_program(
+    treatment: str, device: str
+) -> None:
+    residuals = _solved(QuadraticProgram(treatment).to(device), 600)
     assert residuals.converged(1e-6), residuals
 
 
-def test_kkt_converged_after_default_optimizer_on_min_norm() -> None:
+def test_kkt_converged_after_default_optimizer_on_min_norm(device: str) -> None:
     generator = torch.Generator().manual_seed(0)
     A = torch.randn(3, 5, generator=generator, dtype=F64)
     b = torch.randn(3, generator=generator, dtype=F64)
-    residuals = _solved(MinNorm(A, b), 1000)
+    residuals = _solved(MinNorm(A.to(device), b.to(device)), 1000)
     assert residuals.converged(1e-6), residuals
 
 
-def test_kkt_converged_after_default_optimizer_with_bounds() -> None:
-    residuals = _solved(Box([0.5, 0.5, 0.5], [3.0, -2.0, 0.25], 0.0, 1.0), 300)
+def test_kkt_converged_after_default_optimizer_with_bounds(device: str) -> None:
+    residuals = _solved(Box([0.5, 0.5, 0.5], [3.0, -2.0, 0.25], 0.0, 1.0, device), 300)
     assert residuals.converged(1e-6), residuals

@@ -80,9 +80,9 @@ def test_per_sample_reference_is_active() -> None:
 
 @pytest.mark.parametrize("treatment", ["projection", "slack"])
 @pytest.mark.parametrize("name", list(DEFAULT_SOLVES))
-def test_default_configuration_solves(name: str, treatment: Treatment) -> None:
+def test_default_configuration_solves(name: str, treatment: Treatment, device: str) -> None:
     definition = HOCK_SCHITTKOWSKI[name]
-    problem = NonlinearProgram(definition, treatment)
+    problem = NonlinearProgram(definition, treatment).to(device)
     optimizer = default_optimizer(problem)
     assert optimizer.primal_optimizer.param_groups[0]["lr"] == DEFAULT_LR * optimizer.step_factor
     budget = DEFAULT_SOLVES[name]
@@ -101,10 +101,10 @@ def test_default_configuration_solves(name: str, treatment: Treatment) -> None:
 
 
 @pytest.mark.parametrize("alpha", [1.0, 10.0])
-def test_penalty_minimiser_is_infeasible_in_closed_form(alpha: float) -> None:
+def test_penalty_minimiser_is_infeasible_in_closed_form(alpha: float, device: str) -> None:
     # min 1/2 x'Qx - p'x + alpha * max(0, 2 - x1 - x2)**2 with Q = [[3, 1], [1, 2]], p = 1:
     # stationarity gives t = x1 + x2 = (0.6 + 2.4 alpha) / (1 + 1.2 alpha) < 2.
-    problem = QuadraticProgram("penalty", penalty_weight=alpha)
+    problem = QuadraticProgram("penalty", penalty_weight=alpha).to(device)
     assert problem.dual_parameters() == []
     optimizer = SimultaneousGDA(problem, torch.optim.SGD(problem.primal_parameters(), lr=0.01))
     for _ in range(3_000):

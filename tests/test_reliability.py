@@ -55,8 +55,21 @@ def _optimizers(problem: ConstrainedProblem, base: str) -> tuple[Any, Any]:
 
 
 def _state(problem: nn.Module, optimizer: Any) -> dict[str, Any]:
-    """Everything a failed step must leave as it was, the random generator included."""
-    return {**snapshot(problem, optimizer), "rng": torch.get_rng_state()}
+    """Everything a failed step must leave as it was, the random generators included."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return {**snapshot(problem, optimizer), "rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+
+def _rng_state(device: str) -> Tensor:
+    """The state of the generator that draws on ``device``."""
+    return torch.cuda.get_rng_state() if device == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: str, state: Tensor) -> None:
+    if device == "cuda":
+        torch.cuda.set_rng_state(state)
+    else:
+        torch.set_rng_state(state)
 
 
 class Indexed(ConstrainedProblem):
@@ -205,9 +218,9 @@ class Root(ConstrainedProblem):
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
 def test_an_infinite_gradient_raises_naming_the_parameter_and_changes_nothing(
-    method: type,
+    method: type, device: str
 ) -> None:
-    problem = Root()
+    problem = Root().to(device)
     optimizer = method(problem, *_pair(problem))
     before = _state(problem, optimizer)
     with pytest.raises(
@@ -219,8 +232,8 @@ def test_an_infinite_gradient_raises_naming_the_parameter_and_changes_nothing(
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_an_overflow_in_backward_raises_and_changes_nothing(method: type) -> None:
-    problem = Root()
+def test_an_overflow_in_backward_raises_and_changes_nothing(method: type, device: str) -> None:
+    problem = Root().to(device)
     problem.x.data.fill_(1.0)
     problem.x.data[1] = -1.0  # the sum is 0: its term, multiplier * 0, is finite
     with torch.no_grad():
@@ -297,9 +310,9 @@ class Bomb(QuadraticProgram):
 @pytest.mark.parametrize("base", ["plain-sgd", "adam"])
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
 def test_a_backward_that_raises_changes_nothing(
-    method: type, base: str, warm: bool, treatment: str
+    method: type, base: str, warm: bool, treatment: str, device: str
 ) -> None:
-    problem = Bomb(treatment=treatment)
+    problem = Bomb(treatment=treatment).to(device)
     optimizer = method(problem, *_optimizers(problem, base))
     for _ in range(3 if warm else 0):
         optimizer.step(problem)
@@ -349,8 +362,8 @@ def _arm(optimizer: torch.optim.Optimizer, failure: str, call: int) -> str:
     return "^hook failed$"
 
 
-def _mixed_with_failing_sgd(method: type) -> tuple[Any, Any]:
-    problem, _ = build_mixed(method, "plain-sgd")
+def _mixed_with_failing_sgd(method: type, device: str) -> tuple[Any, Any]:
+    problem, _ = build_mixed(method, "plain-sgd", device=device)
     primal = FailingSGD(
         [*problem.model.parameters(), *problem.slack_parameters()], lr=0.01, momentum=0.5
     )
@@ -368,9 +381,9 @@ OPTIMIZER_CALLS = [(method, 1) for method in METHODS] + [(ExtraGradient, 2)]
     ("method", "call"), OPTIMIZER_CALLS, ids=[f"{m.__name__}-call{c}" for m, c in OPTIMIZER_CALLS]
 )
 def test_an_optimizer_step_that_raises_changes_nothing(
-    method: type, call: int, side: str, failure: str
+    method: type, call: int, side: str, failure: str, device: str
 ) -> None:
-    problem, optimizer = _mixed_with_failing_sgd(method)
+    problem, optimizer = _mixed_with_failing_sgd(method, device)
     train_mixed(problem, optimizer, range(3))
     failing = optimizer.primal_optimizer if side == "primal" else optimizer.dual_optimizer
     message = _arm(failing, failure, call)
@@ -386,14 +399,15 @@ def test_an_optimizer_step_that_raises_changes_nothing(
 class Normalised(ConstrainedProblem):
     """A network with batch normalisation and dropout; records the dropout masks drawn."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(
             nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 1)
         )
-        self.data = torch.randn(16, 3)
+        self.data = torch.randn(16, 3).to(device)  # drawn on the CPU: the same everywhere
         self.add_inequality("positive", ">=", num_samples=16)
+        self.to(device)
         self.masks: list[Tensor] = []
         self.fail_on_call: int | None = None
         self.calls = 0
@@ -407,11 +421,14 @@ class Normalised(ConstrainedProblem):
         objective = (pred - 1).square().mean()
         if self.calls == self.fail_on_call:
             objective = objective * math.nan
-        return ProblemState(objective, {"positive": IndexedValue(pred, torch.arange(16))})
+        indices = torch.arange(16, device=pred.device)
+        return ProblemState(objective, {"positive": IndexedValue(pred, indices)})
 
 
-def _normalised_method(same_randomness: bool, adaptive: bool = False) -> tuple[Normalised, Any]:
-    problem = Normalised()
+def _normalised_method(
+    same_randomness: bool, adaptive: bool = False, device: str = "cpu"
+) -> tuple[Normalised, Any]:
+    problem = Normalised(device)
     optimizer = ExtraGradient(
         problem, *_pair(problem, lr=0.01),
         step_size="adaptive" if adaptive else "fixed", same_randomness=same_randomness,
@@ -420,8 +437,10 @@ def _normalised_method(same_randomness: bool, adaptive: bool = False) -> tuple[N
 
 
 @pytest.mark.parametrize("failing_call", [1, 2], ids=["start", "extrapolated"])
-def test_a_failed_step_puts_back_running_statistics_and_the_generator(failing_call: int) -> None:
-    problem, optimizer = _normalised_method(same_randomness=False)
+def test_a_failed_step_puts_back_running_statistics_and_the_generator(
+    failing_call: int, device: str
+) -> None:
+    problem, optimizer = _normalised_method(same_randomness=False, device=device)
     optimizer.step(problem)
     problem.fail_on_call = problem.calls + failing_call
     before = _state(problem, optimizer)
@@ -430,16 +449,18 @@ def test_a_failed_step_puts_back_running_statistics_and_the_generator(failing_ca
     assert_bitwise_equal(before, _state(problem, optimizer))
 
 
-def test_same_randomness_gives_every_evaluation_the_same_draws_and_one_statistics_update() -> None:
-    problem, optimizer = _normalised_method(same_randomness=True)
+def test_same_randomness_gives_every_evaluation_the_same_draws_and_one_statistics_update(
+    device: str,
+) -> None:
+    problem, optimizer = _normalised_method(same_randomness=True, device=device)
     norm = problem.net[1]
     for step in range(3):
-        reference = Normalised()
+        reference = Normalised(device)
         reference.load_state_dict(problem.state_dict())
-        rng = torch.get_rng_state()
+        rng = _rng_state(device)  # dropout draws from the generator of the device
         reference()  # one forward at the point the step starts from
-        after_one_forward = torch.get_rng_state()
-        torch.set_rng_state(rng)
+        after_one_forward = _rng_state(device)
+        _set_rng_state(device, rng)
         problem.masks.clear()
         optimizer.step(problem)
         first, second = problem.masks
@@ -447,19 +468,21 @@ def test_same_randomness_gives_every_evaluation_the_same_draws_and_one_statistic
         assert int(norm.num_batches_tracked) == step + 1
         assert torch.equal(norm.running_mean, reference.net[1].running_mean)
         assert torch.equal(norm.running_var, reference.net[1].running_var)
-        assert torch.equal(torch.get_rng_state(), after_one_forward)
+        assert torch.equal(_rng_state(device), after_one_forward)
 
 
-def test_without_same_randomness_each_evaluation_draws_and_updates_the_statistics() -> None:
-    problem, optimizer = _normalised_method(same_randomness=False)
+def test_without_same_randomness_each_evaluation_draws_and_updates_the_statistics(
+    device: str,
+) -> None:
+    problem, optimizer = _normalised_method(same_randomness=False, device=device)
     optimizer.step(problem)
     first, second = problem.masks
     assert not torch.equal(first, second)
     assert int(problem.net[1].num_batches_tracked) == 2
 
 
-def test_same_randomness_holds_over_the_adaptive_steps_retries() -> None:
-    problem, optimizer = _normalised_method(same_randomness=True, adaptive=True)
+def test_same_randomness_holds_over_the_adaptive_steps_retries(device: str) -> None:
+    problem, optimizer = _normalised_method(same_randomness=True, adaptive=True, device=device)
     for _ in range(5):
         problem.masks.clear()
         result = optimizer.step(problem)
@@ -495,25 +518,27 @@ def test_a_state_dict_whose_dual_part_is_bad_loads_nothing(method: type) -> None
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_a_zero_learning_rate_warm_up_start_is_accepted(method: type) -> None:
-    problem = QuadraticProgram(treatment="projection")
+def test_a_zero_learning_rate_warm_up_start_is_accepted(method: type, device: str) -> None:
+    problem = QuadraticProgram(treatment="projection").to(device)
     primal, dual = _pair(problem, lr=0.0, dual_lr=0.0)
     optimizer = method(problem, primal, dual)
     optimizer.step(problem)
-    assert problem.x.tolist() == [0.0, 0.0]
+    assert problem.x.cpu().tolist() == [0.0, 0.0]
     for group in (*primal.param_groups, *dual.param_groups):
         group["lr"] = 0.1
     for _ in range(500):
         optimizer.step(problem)
-    assert problem.x.tolist() == pytest.approx(QuadraticProgram.solution, abs=1e-4)
+    assert problem.x.cpu().tolist() == pytest.approx(QuadraticProgram.solution, abs=1e-4)
 
 
 # 14. Learning-rate schedulers over the direct SGD update.
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_a_scheduler_over_plain_sgd_gives_no_warning_and_schedules(method: type) -> None:
-    problem, optimizer = build_mixed(method, "plain-sgd")
+def test_a_scheduler_over_plain_sgd_gives_no_warning_and_schedules(
+    method: type, device: str
+) -> None:
+    problem, optimizer = build_mixed(method, "plain-sgd", device=device)
     schedulers = [
         torch.optim.lr_scheduler.StepLR(side, step_size=2, gamma=0.5)
         for side in (optimizer.primal_optimizer, optimizer.dual_optimizer)
@@ -521,18 +546,18 @@ def test_a_scheduler_over_plain_sgd_gives_no_warning_and_schedules(method: type)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for step in range(4):
-            optimizer.step(lambda step=step: problem(mixed_batch(step)))
+            optimizer.step(lambda step=step: problem(mixed_batch(step, device)))
             for scheduler in schedulers:
                 scheduler.step()
     assert optimizer.primal_optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / 4)
 
 
-def test_the_scheduled_direct_update_equals_the_plain_one() -> None:
+def test_the_scheduled_direct_update_equals_the_plain_one(device: str) -> None:
     """The wrapped step() takes the stock path; its iterates are the direct update's (up
     to the order in which repeated indices' residuals are summed)."""
     runs = []
     for scheduled in (False, True):
-        problem, optimizer = build_mixed(ExtraGradient, "plain-sgd")
+        problem, optimizer = build_mixed(ExtraGradient, "plain-sgd", device=device)
         if scheduled:
             for side in (optimizer.primal_optimizer, optimizer.dual_optimizer):
                 torch.optim.lr_scheduler.LambdaLR(side, lambda _: 1.0)
@@ -544,8 +569,8 @@ def test_the_scheduled_direct_update_equals_the_plain_one() -> None:
 # The default method: the same guarantees.
 
 
-def test_the_default_method_rolls_back_a_failed_extrapolation() -> None:
-    problem = Bomb()
+def test_the_default_method_rolls_back_a_failed_extrapolation(device: str) -> None:
+    problem = Bomb().to(device)
     optimizer = default_optimizer(problem)
     for _ in range(3):
         optimizer.step(problem)
@@ -556,8 +581,8 @@ def test_the_default_method_rolls_back_a_failed_extrapolation() -> None:
     assert_bitwise_equal(before, {**_state(problem, optimizer), "factor": optimizer.step_factor})
 
 
-def test_alternating_keeps_its_dual_step_only_when_the_step_succeeds() -> None:
-    problem = Bomb(treatment="projection")
+def test_alternating_keeps_its_dual_step_only_when_the_step_succeeds(device: str) -> None:
+    problem = Bomb(treatment="projection").to(device)
     optimizer = AlternatingGDA(problem, *_pair(problem))
     optimizer.step(problem)
     multiplier = problem.constraints["sum"].multiplier.detach().clone()
@@ -570,10 +595,10 @@ def test_alternating_keeps_its_dual_step_only_when_the_step_succeeds() -> None:
     assert not torch.equal(problem.constraints["sum"].multiplier.detach(), multiplier)
 
 
-def test_the_defaults_first_step_measures_scales_without_a_trace() -> None:
+def test_the_defaults_first_step_measures_scales_without_a_trace(device: str) -> None:
     """The scaling's extra call draws what the step's evaluations draw and leaves the
     running statistics as one plain forward pass would."""
-    problem = Normalised()
+    problem = Normalised(device)
     optimizer = default_optimizer(problem)
     for step in range(3):
         problem.masks.clear()
@@ -585,11 +610,11 @@ def test_the_defaults_first_step_measures_scales_without_a_trace() -> None:
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
 def test_a_dual_step_that_raises_after_the_direct_primal_update_changes_nothing(
-    method: type,
+    method: type, device: str
 ) -> None:
     """The primal side (plain SGD, updated directly) moves before the dual side's stock
     step() raises: the primal move is undone too."""
-    problem, optimizer = build_mixed(method, "plain-sgd")
+    problem, optimizer = build_mixed(method, "plain-sgd", device=device)
     train_mixed(problem, optimizer, range(3))
     optimizer.dual_optimizer.register_step_pre_hook(Countdown(1))
     before = _state(problem, optimizer)

@@ -48,18 +48,21 @@ def _multiplier(problem: ConstrainedProblem, name: str = "sum") -> float:
 
 
 @pytest.mark.parametrize("treatment", ["slack", "projection"])
-def test_scaled_problem_is_solved_in_user_units(treatment: str) -> None:
-    problem = ScaledQP(treatment, 1e4, 1e3)
+def test_scaled_problem_is_solved_in_user_units(treatment: str, device: str) -> None:
+    problem = ScaledQP(treatment, 1e4, 1e3).to(device)
     optimizer = default_optimizer(problem)
     for _ in range(600):
         result = optimizer.step(problem)
     torch.testing.assert_close(
-        problem.x.detach(), torch.tensor(QuadraticProgram.solution, dtype=F64), rtol=0, atol=1e-6
+        problem.x.detach().cpu(),
+        torch.tensor(QuadraticProgram.solution, dtype=F64),
+        rtol=0,
+        atol=1e-6,
     )
     assert _multiplier(problem) == pytest.approx(7 / 3 * 1e4 / 1e3, rel=1e-6)
     # The optimum of the user's objective: 1e4 * (1/2 x'Qx - p'x) at x* = 1e4 * (-1/3 + ...).
     x = torch.tensor(QuadraticProgram.solution, dtype=F64)
-    f_star = 1e4 * float(0.5 * x @ problem.Q @ x - problem.p @ x)
+    f_star = 1e4 * float(0.5 * x @ problem.Q.cpu() @ x - problem.p.cpu() @ x)
     assert float(result.objective) == pytest.approx(f_star, rel=1e-9)
     assert float(result.lagrangian) == pytest.approx(f_star, rel=1e-9)
     assert float(result.max_violation) <= 1e-6 * 1e3
@@ -68,10 +71,11 @@ def test_scaled_problem_is_solved_in_user_units(treatment: str) -> None:
 
 
 @pytest.mark.parametrize("treatment", ["slack", "projection"])
-def test_scaled_run_is_the_unit_run_in_user_units(treatment: str) -> None:
+def test_scaled_run_is_the_unit_run_in_user_units(treatment: str, device: str) -> None:
     """Scaling divides the objective by 1e4 and the constraint by 1e3: the scaled run is the
     unit problem's run (scales 1), with every figure in the user's units."""
-    scaled, unit = ScaledQP(treatment, 1e4, 1e3), ScaledQP(treatment, 1.0, 1.0)
+    scaled = ScaledQP(treatment, 1e4, 1e3).to(device)
+    unit = ScaledQP(treatment, 1.0, 1.0).to(device)
     scaled_opt, unit_opt = default_optimizer(scaled), default_optimizer(unit)
     for step in range(200):
         before = scaled()
@@ -95,15 +99,15 @@ def test_scaled_run_is_the_unit_run_in_user_units(treatment: str) -> None:
         assert ours.evaluations == theirs.evaluations
     scales = scaled_opt.state_dict()["formulation"]["scales"]
     assert scales["objective"] == 1e4
-    assert torch.equal(scales["constraints"]["sum"], torch.tensor(1e3, dtype=F64))
+    assert torch.equal(scales["constraints"]["sum"].cpu(), torch.tensor(1e3, dtype=F64))
     unit_scales = unit_opt.state_dict()["formulation"]["scales"]
     assert unit_scales["objective"] == 1.0
 
 
 @pytest.mark.parametrize("treatment", ["slack", "projection"])
-def test_lagrangian_is_the_users_augmented_lagrangian(treatment: str) -> None:
+def test_lagrangian_is_the_users_augmented_lagrangian(treatment: str, device: str) -> None:
     """L = f + psi_c(g, lambda) with the user's f, g, lambda and c_user = c s_f / s_g^2."""
-    problem = ScaledQP(treatment, 1e4, 1e3)
+    problem = ScaledQP(treatment, 1e4, 1e3).to(device)
     optimizer = default_optimizer(problem)
     for step in range(30):
         with torch.no_grad():
@@ -129,8 +133,9 @@ FIXED_METHODS = [
 @pytest.mark.parametrize(
     ("method", "formulation"), FIXED_METHODS, ids=[f"{m.__name__}-{f}" for m, f in FIXED_METHODS]
 )
-def test_fixed_step_scaled_run_is_the_unit_run(method: type, formulation: str) -> None:
-    scaled, unit = ScaledQP("projection", 1e4, 1e3), ScaledQP("projection", 1.0, 1.0)
+def test_fixed_step_scaled_run_is_the_unit_run(method: type, formulation: str, device: str) -> None:
+    scaled = ScaledQP("projection", 1e4, 1e3).to(device)
+    unit = ScaledQP("projection", 1.0, 1.0).to(device)
     scaled_opt = method(scaled, *sgd_pair(scaled, 0.1), formulation=formulation, scaling=True)
     unit_opt = method(unit, *sgd_pair(unit, 0.1), formulation=formulation, scaling=True)
     for _ in range(600):
@@ -141,7 +146,10 @@ def test_fixed_step_scaled_run_is_the_unit_run(method: type, formulation: str) -
         assert _multiplier(scaled) == pytest.approx(10 * _multiplier(unit), rel=1e-9, abs=1e-12)
     assert _multiplier(scaled) == pytest.approx(70 / 3, rel=1e-6)
     torch.testing.assert_close(
-        scaled.x.detach(), torch.tensor(QuadraticProgram.solution, dtype=F64), rtol=0, atol=1e-6
+        scaled.x.detach().cpu(),
+        torch.tensor(QuadraticProgram.solution, dtype=F64),
+        rtol=0,
+        atol=1e-6,
     )
 
 
@@ -149,25 +157,30 @@ class Measured(ConstrainedProblem):
     """Gradients known at x0 = (1, -2, 0.5) (objective's inf-norm 6; the dense rows'
     5, 0.5 and 200; the indexed rows' up to 30; the scalar equality's 0.25)."""
 
-    def __init__(self, objective_factor: float = 1.0) -> None:
+    def __init__(self, objective_factor: float = 1.0, device: str = "cpu") -> None:
         super().__init__()
         self.x = nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=F64))
         self.objective_factor = objective_factor
-        self.A = torch.tensor([[5.0, 1.0, 0.0], [0.5, -0.25, 0.0], [0.0, 0.0, -200.0]], dtype=F64)
-        self.rows = torch.tensor([[1.0, 2.0, 3.0], [-30.0, 0.0, 0.0], [0.0, 4.0, 0.0]], dtype=F64)
+        # Plain attributes (not buffers: not in the state dict), made on the device.
+        self.A = torch.tensor(
+            [[5.0, 1.0, 0.0], [0.5, -0.25, 0.0], [0.0, 0.0, -200.0]], dtype=F64, device=device
+        )
+        self.rows = torch.tensor(
+            [[1.0, 2.0, 3.0], [-30.0, 0.0, 0.0], [0.0, 4.0, 0.0]], dtype=F64, device=device
+        )
         self.add_inequality("dense", "<=", shape=(3,), treatment="slack")
         self.add_inequality("indexed", ">=", num_samples=5, treatment="projection")
         self.add_equality("scalar")
         self.add_inequality("penalised", "<=", treatment="penalty", penalty_weight=1e6)
         self.calls = 0
-        self.to(F64)  # the tables (and so the scales) in the values' dtype
+        self.to(device=device, dtype=F64)  # the tables (and so the scales) in the values' dtype
 
     def forward(self) -> ProblemState:
         self.calls += 1
         x = self.x
         # grad of x'x = 2x = (2, -4, 1); times 1.5: (3, -6, 1.5): inf-norm 6.
         objective = self.objective_factor * 1.5 * x.square().sum()
-        indices = torch.tensor([4, 0, 2])
+        indices = torch.tensor([4, 0, 2], device=x.device)
         return ProblemState(
             objective,
             {
@@ -179,8 +192,8 @@ class Measured(ConstrainedProblem):
         )
 
 
-def test_scales_are_the_gradients_inf_norms_at_the_first_point() -> None:
-    problem = Measured()
+def test_scales_are_the_gradients_inf_norms_at_the_first_point(device: str) -> None:
+    problem = Measured(device=device)
     optimizer = ExtraGradient(problem, *sgd_pair(problem, 1e-3), scaling=True)
     assert optimizer.state_dict()["formulation"]["scales"] is None
     optimizer.step(problem)
@@ -190,7 +203,7 @@ def test_scales_are_the_gradients_inf_norms_at_the_first_point() -> None:
     assert set(constraints) == {"dense", "indexed", "scalar"}  # no scale for the penalty
     # Per element for a dense constraint; 0.5 < 1 gives 1.
     assert constraints["dense"].dtype == F64 and constraints["dense"].shape == (3,)
-    assert constraints["dense"].tolist() == [5.0, 1.0, 200.0]
+    assert constraints["dense"].cpu().tolist() == [5.0, 1.0, 200.0]
     # One scalar for an indexed constraint: the largest of its batch rows.
     assert constraints["indexed"].shape == () and float(constraints["indexed"]) == 30.0
     assert constraints["scalar"].shape == () and float(constraints["scalar"]) == 1.0
@@ -203,10 +216,10 @@ def test_scales_are_the_gradients_inf_norms_at_the_first_point() -> None:
     )
 
 
-def test_lagrangian_with_per_element_scales_is_the_users() -> None:
+def test_lagrangian_with_per_element_scales_is_the_users(device: str) -> None:
     """Each dense element has its own c_user = s_f / s_g,i^2; the indexed rows share one and
     are averaged over the batch; the penalty enters as declared."""
-    problem = Measured()
+    problem = Measured(device=device)
     optimizer = default_optimizer(problem)
     for step in range(10):
         with torch.no_grad():
@@ -239,21 +252,21 @@ def test_lagrangian_with_per_element_scales_is_the_users() -> None:
         assert float(result.objective) == float(state.objective)
 
 
-def test_small_gradients_give_unit_scales() -> None:
-    problem = Measured(objective_factor=0.1)  # objective gradient inf-norm 0.6
+def test_small_gradients_give_unit_scales(device: str) -> None:
+    problem = Measured(objective_factor=0.1, device=device)  # objective gradient inf-norm 0.6
     optimizer = SimultaneousGDA(problem, *sgd_pair(problem, 1e-3), scaling=True)
     optimizer.step(problem)
     assert optimizer.state_dict()["formulation"]["scales"]["objective"] == 1.0
 
 
-def test_a_large_dense_constraint_gets_one_scale() -> None:
+def test_a_large_dense_constraint_gets_one_scale(device: str) -> None:
     class Wide(ConstrainedProblem):
         def __init__(self, size: int) -> None:
             super().__init__()
             self.x = nn.Parameter(torch.ones(size, dtype=F64))
-            self.weights = torch.arange(1.0, size + 1, dtype=F64)
+            self.weights = torch.arange(1.0, size + 1, dtype=F64, device=device)
             self.add_equality("rows", shape=(size,))
-            self.to(F64)
+            self.to(device=device, dtype=F64)
 
         def forward(self) -> ProblemState:
             return ProblemState(self.x.sum(), {"rows": self.weights * self.x})
@@ -264,7 +277,8 @@ def test_a_large_dense_constraint_gets_one_scale() -> None:
         optimizer = SimultaneousGDA(problem, *sgd_pair(problem, 1e-3), scaling=True)
         optimizer.step(problem)
         scale = optimizer.state_dict()["formulation"]["scales"]["constraints"]["rows"]
-        assert torch.equal(scale, expected.to(F64)), size
+        assert scale.device.type == device
+        assert torch.equal(scale.cpu(), expected.to(F64)), size
 
 
 @pytest.mark.parametrize(
@@ -277,8 +291,8 @@ def test_a_large_dense_constraint_gets_one_scale() -> None:
     ],
     ids=["simultaneous", "alternating", "extra-gradient", "extra-gradient-augmented"],
 )
-def test_scaling_costs_one_call_on_the_first_step_only(build: Any, calls: int) -> None:
-    problem = Measured()
+def test_scaling_costs_one_call_on_the_first_step_only(build: Any, calls: int, device: str) -> None:
+    problem = Measured(device=device)
     optimizer = build(problem)
     counted = []
     for _ in range(4):
@@ -287,7 +301,7 @@ def test_scaling_costs_one_call_on_the_first_step_only(build: Any, calls: int) -
         assert problem.calls - before == result.evaluations
         counted.append(result.evaluations)
     assert counted == [calls + 1, calls, calls, calls]
-    unscaled_problem = Measured()
+    unscaled_problem = Measured(device=device)
     unscaled = type(optimizer)(unscaled_problem, *sgd_pair(unscaled_problem, 1e-3))
     assert unscaled.step(unscaled_problem).evaluations == calls
     assert unscaled.state_dict()["formulation"]["scales"] is None
@@ -300,15 +314,15 @@ def _roundtrip(obj: Any) -> Any:
     return torch.load(buffer, weights_only=True)
 
 
-def test_loaded_scales_are_not_measured_again() -> None:
-    problem = ScaledQP("slack", 1e4, 1e3)
+def test_loaded_scales_are_not_measured_again(device: str) -> None:
+    problem = ScaledQP("slack", 1e4, 1e3).to(device)
     optimizer = default_optimizer(problem)
     for _ in range(5):
         optimizer.step(problem)
     saved = _roundtrip({"problem": problem.state_dict(), "optimizer": optimizer.state_dict()})
     reference = copy.deepcopy((problem, optimizer))
 
-    fresh = ScaledQP("slack", 1e4, 1e3)
+    fresh = ScaledQP("slack", 1e4, 1e3).to(device)
     with torch.no_grad():
         fresh.x.fill_(3.0)  # scales measured here would differ
     resumed = default_optimizer(fresh)
@@ -337,8 +351,10 @@ class Steep(ConstrainedProblem):
         return ProblemState(self.x[0].sqrt() + self.x[1].square(), {"e": self.x[1] - 1})
 
 
-def test_an_infinite_gradient_at_the_first_point_is_named_and_changes_nothing() -> None:
-    problem = Steep(0.0)
+def test_an_infinite_gradient_at_the_first_point_is_named_and_changes_nothing(
+    device: str,
+) -> None:
+    problem = Steep(0.0).to(device)
     optimizer = ExtraGradient(problem, *sgd_pair(problem, 1e-3), scaling=True)
     before = copy.deepcopy((problem.state_dict(), optimizer.state_dict()))
     message = "the gradient of the objective at the first point is not finite"
@@ -349,7 +365,7 @@ def test_an_infinite_gradient_at_the_first_point_is_named_and_changes_nothing() 
     assert after[1]["formulation"]["scales"] is None
     assert all(param.grad is None for param in problem.parameters())
     # From a point where it is finite, the scale is measured: the gradient is (1, 2).
-    problem = Steep(0.25)
+    problem = Steep(0.25).to(device)
     optimizer = ExtraGradient(problem, *sgd_pair(problem, 1e-3), scaling=True)
     optimizer.step(problem)
     assert optimizer.state_dict()["formulation"]["scales"]["objective"] == 2.0

@@ -33,14 +33,16 @@ class ParameterBelowZero(ConstrainedProblem):
 
 @pytest.mark.parametrize("treatment", ["slack", "projection", "penalty"])
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_violations_are_those_of_the_starting_point(method: type, treatment: str) -> None:
-    problem = ParameterBelowZero(treatment)
+def test_violations_are_those_of_the_starting_point(
+    method: type, treatment: str, device: str
+) -> None:
+    problem = ParameterBelowZero(treatment).to(device)
     primal = torch.optim.SGD(problem.primal_parameters(), lr=0.1)
     multipliers = problem.dual_parameters()
     dual = torch.optim.SGD(multipliers, lr=0.1, maximize=True) if multipliers else None
     optimizer = method(problem, primal, dual)
     result = optimizer.step(problem)
-    assert not torch.equal(problem.x.detach(), torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert not torch.equal(problem.x.detach().cpu(), torch.tensor([1.0, 2.0], dtype=torch.float64))
     assert float(result.max_violation) == 2.0
     assert float(result.mean_violation) == 1.5
     assert float(result.objective) == 5.0

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import QuadraticProgram, assert_bitwise_equal, snapshot
+from helpers import DEVICES, QuadraticProgram, assert_bitwise_equal, snapshot
 from torch import Tensor, nn
 
 from lagrange_opt import (
@@ -24,7 +24,6 @@ from lagrange_opt import (
 )
 from lagrange_opt.problems import PositiveOutputs
 
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 SAMPLES = 32
 
 

@@ -53,12 +53,12 @@ def test_step_hooks_send_sgd_through_its_own_step() -> None:
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
-def test_fused_sgd_update_equals_the_stock_step(method: type) -> None:
+def test_fused_sgd_update_equals_the_stock_step(method: type, device: str) -> None:
     # Every kind of constraint state (indexed slacks with repeated indices, a projected
     # multiplier, an equality, a dense slack), float64 so that only rounding can differ:
     # index_add_ sums a repeated row's entries one by one, the stock path sums them first.
-    fused_problem, fused = build_mixed(method, "plain-sgd", dtype=torch.float64)
-    stock_problem, stock = build_mixed(method, "hooked-sgd", dtype=torch.float64)
+    fused_problem, fused = build_mixed(method, "plain-sgd", dtype=torch.float64, device=device)
+    stock_problem, stock = build_mixed(method, "hooked-sgd", dtype=torch.float64, device=device)
     assert sgd_step_sizes(fused.primal_optimizer) is not None
     assert sgd_step_sizes(stock.primal_optimizer) is None
     train_mixed(fused_problem, fused, range(300))
