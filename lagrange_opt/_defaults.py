@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from torch import distributed as dist
 
 from ._extragradient import ExtraGradient
 from ._problem import ConstrainedProblem
@@ -15,7 +18,11 @@ DEFAULT_DUAL_LR = 1.0
 
 
 def default_optimizer(
-    problem: ConstrainedProblem, lr: float = DEFAULT_LR, dual_lr: float = DEFAULT_DUAL_LR
+    problem: ConstrainedProblem,
+    lr: float = DEFAULT_LR,
+    dual_lr: float = DEFAULT_DUAL_LR,
+    *,
+    process_group: dist.ProcessGroup | Literal["default"] | None = None,
 ) -> ExtraGradient:
     """The configuration that needs no tuning: extra-gradient on the augmented Lagrangian,
     with a backtracking step, gradient-based scaling at the first step and the
@@ -40,6 +47,10 @@ def default_optimizer(
             Lagrangian they take no step) get ``lr``, its multipliers ``dual_lr``.
         lr: Primal learning rate at step factor 1 (plain SGD).
         dual_lr: Dual learning rate at step factor 1, before the penalty coefficient.
+        process_group: Data-parallel training over this ``torch.distributed`` process group
+            (``"default"``: the default group; docs/distributed.md). The backtracking
+            decision and the penalty-update rule read only data that every rank holds
+            alike, so every rank takes the same step.
 
     Example:
         >>> from lagrange_opt import default_optimizer
@@ -56,4 +67,5 @@ def default_optimizer(
     return ExtraGradient(
         problem, torch.optim.SGD(problem.primal_parameters(), lr=lr), dual,
         formulation="augmented", scaling=True, step_size="adaptive", same_randomness=True,
+        process_group=process_group,
     )  # fmt: skip

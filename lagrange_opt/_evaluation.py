@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,9 @@ from ._slacks import (
     indexed_slack_residual,
     write_closed_form_slack,
 )
+
+if TYPE_CHECKING:
+    from ._distributed import GlobalBatch, Synchronizer
 from ._validation import (
     Checked,
     NonFiniteError,
@@ -117,6 +120,10 @@ class Term(NamedTuple):
         objective_weight: The weight of the Lagrangian (the objective's inverse scale).
         projected: Whether the dual step projects the multipliers onto ``>= 0``.
         value: The term's value in the (scaled) Lagrangian, detached.
+        local: With a process group, this rank's entries of an indexed constraint within
+            ``indices``, ``multipliers_read``, ``residual`` and ``standard``, which hold
+            every rank's batch (``output`` and ``weights`` hold this rank's only); else
+            ``None``.
     """
 
     constraint: Constraint
@@ -132,6 +139,7 @@ class Term(NamedTuple):
     objective_weight: float
     projected: bool
     value: Tensor
+    local: slice | None = None
 
 
 class Evaluation(NamedTuple):
@@ -149,6 +157,7 @@ class Evaluation(NamedTuple):
             constraint, its value and its indices (the detailed finiteness check reads it).
         total: The (scaled) Lagrangian's value, detached: finite only if every value,
             multiplier and residual that entered it is (:func:`check_finite`).
+        sync: The collectives of a data-parallel step (:mod:`._distributed`), or ``None``.
     """
 
     objective: Tensor
@@ -159,6 +168,7 @@ class Evaluation(NamedTuple):
     objective_weight: float
     values: Checked
     total: Tensor
+    sync: Synchronizer | None = None
 
     def backward(self, weights: list[Tensor] | None = None) -> None:
         """Backpropagates the Lagrangian into the primal variables' ``.grad``.
@@ -186,6 +196,11 @@ class Evaluation(NamedTuple):
             # multiplier does, not along the batch average's.
             if term.slack is not None and term.slack.values.grad is not None:
                 term.slack.values.grad.mul_(term.output.shape[0])
+        if self.sync is not None:
+            # DDP averaged its modules' gradients in backward; the rest are reduced here.
+            self.sync.reduce_gradients(
+                [term.slack.values for term in self.terms if term.slack is not None]
+            )
 
     def observed(self) -> ObservedIndices:
         """The constraints this evaluation observed, with their indices: what a later
@@ -244,12 +259,17 @@ def _estimates(
 def current_weights(term: Term) -> Tensor:
     """The term's weights with the multipliers as they are now (after a dual step)."""
     multipliers = term.multiplier.detach()
-    if term.indices is not None:
-        multipliers = multipliers.index_select(0, term.indices)
+    indices, standard = term.indices, term.standard
+    if term.local is not None:
+        # The weights are this rank's cotangents: its own entries only.
+        assert indices is not None
+        indices, standard = indices[term.local], standard[term.local]
+    if indices is not None:
+        multipliers = multipliers.index_select(0, indices)
     spec = term.constraint.spec
-    estimates = _estimates(term.standard, multipliers, term.rule, spec)
+    estimates = _estimates(standard, multipliers, term.rule, spec)
     return term_weights(
-        spec, estimates, term.indices, _slack_variable(spec, term.rule), term.objective_weight
+        spec, estimates, indices, _slack_variable(spec, term.rule), term.objective_weight
     )
 
 
@@ -319,25 +339,34 @@ def _term(
     undo: UndoLog,
     rule: TermRule,
     objective_weight: float,
+    batch: GlobalBatch | None = None,
 ) -> Term:
+    """One constraint's term; with a process group, ``batch`` holds an indexed constraint's
+    batch over every rank: the dual side (residual, multipliers read, slacks written) is
+    formed over it, the primal side (output, weights, value) over this rank's entries."""
     multiplier = constraint.multiplier
     assert multiplier is not None
     spec = constraint.spec
-    if indices is not None:
+    all_indices = indices if batch is None else batch.indices
+    if all_indices is not None:
         # Reads first (an index out of range fails here, before anything is written).
-        multipliers = multiplier.detach().index_select(0, indices)
+        all_multipliers = multiplier.detach().index_select(0, all_indices)
     else:
         # A copy: the dual step updates the parameter in place, and the step's figures
         # and the adaptive step's test read the multipliers the evaluation used.
-        multipliers = multiplier.detach().clone()
+        all_multipliers = multiplier.detach().clone()
     detached = _detached_standard(value, spec, multiplier.dtype)
+    multipliers, all_standard, local = all_multipliers, detached, None
+    if batch is not None:
+        local = batch.local
+        multipliers, all_standard = all_multipliers[local], batch.standard
     slack_rows = None
     projected = spec.treatment == "projection"
     if rule.penalty is not None:
         equality = spec.kind == "equality"
         projected = not equality
         output = value
-        residual = aug.augmented_residual(detached, multipliers, rule.penalty, equality)
+        residual = aug.augmented_residual(all_standard, all_multipliers, rule.penalty, equality)
         estimates = _estimates(detached, multipliers, rule, spec)
         weights = term_weights(spec, estimates, indices, False, objective_weight)
         terms = aug.augmented_value(detached, multipliers, rule.penalty, equality)
@@ -346,10 +375,12 @@ def _term(
         # times 0, carries a NaN or an infinity into the one finiteness check.
         term_value = terms.sum() * scale + detached.sum() * 0
         if spec.has_slack:
-            write_closed_form_slack(constraint, detached, multipliers, rule.penalty, indices, undo)
+            write_closed_form_slack(
+                constraint, all_standard, all_multipliers, rule.penalty, all_indices, undo
+            )
     elif not spec.has_slack:
         output = value
-        residual = detached
+        residual = all_standard
         weights = term_weights(spec, multipliers, indices, False, objective_weight)
         # The weights carry the standard form's sign, and so does `detached`.
         term_value = (weights * detached).sum()
@@ -360,19 +391,25 @@ def _term(
         if indices is None:
             output = dense_slack_residual(constraint, standard, detached, undo)
         else:
+            assert all_indices is not None
             output, slack_rows = indexed_slack_residual(
-                constraint, standard, detached, indices, undo
+                constraint, standard, all_standard, all_indices, undo, local
             )
         # The output has the promoted dtype of the value and the slack (the primal side);
         # its detached copy steps the multipliers, in their dtype.
-        residual = output.detach().to(multiplier.dtype)
+        if batch is None:
+            residual = output.detach().to(multiplier.dtype)
+        else:
+            assert slack_rows is not None
+            every_slack = slack_rows.values.detach()[slack_rows.inverse]
+            residual = lag.slack_residual(all_standard, every_slack).to(multiplier.dtype)
         weights = term_weights(spec, multipliers, indices, True, objective_weight)
-        term_value = (weights * residual).sum()
+        term_value = (weights * output.detach().to(multiplier.dtype)).sum()
     if rule.dual_scale is not None:
         residual = residual * rule.dual_scale
     return Term(
-        constraint, multiplier, output, weights, indices, multipliers, residual, detached,
-        slack_rows, rule, objective_weight, projected, term_value,
+        constraint, multiplier, output, weights, all_indices, all_multipliers, residual,
+        all_standard, slack_rows, rule, objective_weight, projected, term_value, local,
     )  # fmt: skip
 
 
@@ -383,6 +420,7 @@ def evaluate(
     expected_indices: Mapping[str, Tensor | None] | None = None,
     formulation: Formulation = PLAIN,
     check_values: bool = True,
+    sync: Synchronizer | None = None,
 ) -> Evaluation:
     """Calls the closure, validates its result and forms every observed constraint's residual.
 
@@ -405,15 +443,16 @@ def evaluate(
         formulation: The objective's weight and each constraint's rule.
         check_values: Check the values now (one host synchronisation); ``False`` leaves it
             to a :func:`check_finite` after backward, which checks the gradients too.
+        sync: The collectives of a data-parallel step: the closure's result is then checked
+            whole on this rank (values, index ranges, gradient paths: one more host
+            synchronisation) before every rank agrees to go on, and the dense values are
+            averaged and the indexed batches gathered across ranks (:mod:`._distributed`).
     """
-    if torch.is_grad_enabled():
-        state = closure()
+    if sync is None:
+        objective, checked = _call(problem, closure, expected_indices)
+        batches: dict[str, GlobalBatch] = {}
     else:
-        with torch.enable_grad():
-            state = closure()
-    objective, checked = check_state(problem, state)
-    if expected_indices is not None:
-        _check_same_batch(problem, checked, expected_indices)
+        objective, checked, batches = _call_synchronized(problem, closure, expected_indices, sync)
     terms = []
     penalties = []
     standards = []
@@ -445,7 +484,9 @@ def evaluate(
             check_index_range(name, constraint, indices)
         try:
             rule = formulation.rules.get(name, UNIT_RULE)
-            term = _term(constraint, constraint_value, indices, undo, rule, weight)
+            term = _term(
+                constraint, constraint_value, indices, undo, rule, weight, batches.get(name)
+            )
         except IndexError:
             if indices is not None:
                 check_index_range(name, constraint, indices)
@@ -460,11 +501,67 @@ def evaluate(
         raise ValueError(fault)
     evaluation = Evaluation(
         objective, terms, penalties, standards, value / weight if weight != 1.0 else value,
-        weight, checked, value,
+        weight, checked, value, sync,
     )  # fmt: skip
     if check_values:
         check_finite(evaluation)
     return evaluation
+
+
+def _call(
+    problem: ConstrainedProblem,
+    closure: Callable[[], ProblemState],
+    expected_indices: Mapping[str, Tensor | None] | None,
+) -> tuple[Tensor, Checked]:
+    """Calls the closure (with gradients enabled) and validates what it returned."""
+    if torch.is_grad_enabled():
+        state = closure()
+    else:
+        with torch.enable_grad():
+            state = closure()
+    objective, checked = check_state(problem, state)
+    if expected_indices is not None:
+        _check_same_batch(problem, checked, expected_indices)
+    return objective, checked
+
+
+def _call_synchronized(
+    problem: ConstrainedProblem,
+    closure: Callable[[], ProblemState],
+    expected_indices: Mapping[str, Tensor | None] | None,
+    sync: Synchronizer,
+) -> tuple[Tensor, Checked, dict[str, GlobalBatch]]:
+    """:func:`_call` on every rank, then the collectives of :func:`evaluate`.
+
+    Everything that can fail on one rank only is checked before the agreement (the index
+    ranges and the values too, which :func:`evaluate` otherwise leaves to the one
+    finiteness check after backward): after it, every rank forms its terms from the same
+    gathered data, and a failure there would leave the other ranks waiting in a collective.
+    """
+    try:
+        objective, checked = _call(problem, closure, expected_indices)
+        own = objective.detach().sum()
+        for name, constraint, value, indices in checked:
+            if indices is not None:
+                check_index_range(name, constraint, indices)
+            own = own + value.detach().sum() * 0
+        if not math.isfinite(own.item()):
+            _raise_for_bad_values(objective, checked, [])
+        fault = gradient_path_fault(objective, checked)
+        if fault is not None:
+            raise ValueError(fault)
+    except BaseException as error:
+        sync.agree(error)
+        raise
+    sync.agree(None, [name for name, _, _, _ in checked])
+    averaged = sync.average_dense(checked)
+    gathered = [
+        (name, indices, _detached_standard(value, constraint.spec, constraint.multiplier.dtype))
+        for name, constraint, value, indices in checked
+        if indices is not None and constraint.multiplier is not None
+    ]
+    batches = sync.gather_indexed([(indices, standard) for _, indices, standard in gathered])
+    return objective, averaged, {name: batch for (name, _, _), batch in zip(gathered, batches)}
 
 
 def _check_same_batch(
@@ -524,8 +621,29 @@ def check_finite(
         if term.slack is not None and (grad := term.slack.values.grad) is not None:
             sums.append(grad.sum())
     total = torch.stack(sums).sum() if len(sums) > 1 else sums[0]
-    if math.isfinite(total.item()):
+    sync = evaluation.sync
+    if sync is None:
+        if not math.isfinite(total.item()):
+            _search_bad_values(evaluation, params, describe, slacks)
         return
+    # Every rank takes part in the agreement, finite or not: the failing rank raises its
+    # own error, the others one that names it.
+    try:
+        if not math.isfinite(total.item()):
+            _search_bad_values(evaluation, params, describe, slacks)
+    except BaseException as error:
+        sync.agree(error)
+        raise
+    sync.agree(None)
+
+
+def _search_bad_values(
+    evaluation: Evaluation,
+    params: Sequence[Tensor],
+    describe: Callable[[Tensor], str] | None,
+    slacks: bool,
+) -> None:
+    """The detailed search of :func:`check_finite`, once its cheap check failed."""
     _raise_for_bad_values(evaluation.objective, evaluation.values, evaluation.terms)
     for param in params:
         if param.grad is not None and not bool(torch.isfinite(param.grad).all()):

@@ -8,6 +8,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from torch import distributed as dist
 
 from ._augmented import AugmentedLagrangian
 from ._evaluation import Evaluation, Term
@@ -78,6 +79,7 @@ class ExtraGradient(ConstrainedOptimizer):
             default :class:`AdaptiveStep`) or an :class:`AdaptiveStep`.
         same_randomness: Make every evaluation of a step draw the same random numbers and
             update the running statistics once per step.
+        process_group: See :class:`ConstrainedOptimizer` (docs/distributed.md).
 
     Example:
         >>> import torch
@@ -111,14 +113,16 @@ class ExtraGradient(ConstrainedOptimizer):
         scaling: bool = False,
         step_size: Literal["fixed", "adaptive"] | AdaptiveStep = "fixed",
         same_randomness: bool = False,
+        process_group: dist.ProcessGroup | Literal["default"] | None = None,
     ) -> None:
         self.adaptive: AdaptiveStep | None = _check_step_size(step_size)
         """The adaptive step's settings, ``None`` with a fixed step."""
         if not isinstance(same_randomness, bool):
             raise TypeError(f"same_randomness must be a bool, got {type(same_randomness).__name__}")
         super().__init__(
-            problem, primal_optimizer, dual_optimizer, formulation=formulation, scaling=scaling
-        )
+            problem, primal_optimizer, dual_optimizer, formulation=formulation, scaling=scaling,
+            process_group=process_group,
+        )  # fmt: skip
         self.same_randomness = same_randomness
         self._factor = 1.0 if self.adaptive is None else self.adaptive.initial
         self._base_lrs = [float(group["lr"]) for group in self.param_groups]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import abc
 import copy
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from torch import distributed as dist
 
 from ._augmented import AugmentedLagrangian
+from ._distributed import synchronizer
 from ._evaluation import Evaluation, check_finite, current_weights, evaluate
 from ._formulation_state import FormulationState
 from ._kkt import ConstraintFigures, ConstraintReport
@@ -89,6 +91,9 @@ class ConstrainedOptimizer(abc.ABC):
         scaling: Divide the objective and each constraint by the largest entry of its
             gradient at the first step (if above one); the first step then calls the
             closure once more. Every figure the user sees stays in the user's units.
+        process_group: Data-parallel training (docs/distributed.md): ``"default"`` (the
+            default ``torch.distributed`` process group) or a ``ProcessGroup``; every rank
+            evaluates its shard and takes the same step. ``None``: a single process.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class ConstrainedOptimizer(abc.ABC):
         *,
         formulation: FormulationName | AugmentedLagrangian = "lagrangian",
         scaling: bool = False,
+        process_group: dist.ProcessGroup | Literal["default"] | None = None,
     ) -> None:
         if not isinstance(problem, ConstrainedProblem):
             raise TypeError(f"problem must be a ConstrainedProblem, got {type(problem).__name__}")
@@ -127,6 +133,10 @@ class ConstrainedOptimizer(abc.ABC):
         self._statistics = running_statistics(problem)
         self._point = SavedPoint()
         self._names = {id(param): name for name, param in problem.named_parameters()}
+        # ddp: the collectives of a data-parallel step (lagrange_opt._distributed).
+        self._sync = synchronizer(
+            process_group, problem, params_of(primal_optimizer), self._indexed_tables
+        )
 
     def _penalty_steps_dual(self) -> bool:
         """Whether the multipliers' gradient carries the penalty coefficient (the adaptive
@@ -156,14 +166,22 @@ class ConstrainedOptimizer(abc.ABC):
         measured = self._formulation.needs_scales
         try:
             if measured:
+                params = params_of(self.primal_optimizer)
                 self._formulation.set_scales(
-                    measure_scales(self.problem, closure, params_of(self.primal_optimizer))
+                    measure_scales(self.problem, closure, params)
+                    if self._sync is None
+                    else self._sync.measure_scales(self.problem, closure, params)
                 )
                 # The measuring call leaves no trace: the step's first evaluation sees the
                 # same random numbers and statistics.
                 rollback.rewind()
             result = self._step(closure, int(measured), rollback)
-        except BaseException:
+            if self._sync is not None:
+                # ddp: a rank that failed after the step's last agreement tells the others.
+                self._sync.agree(None)
+        except BaseException as error:
+            if self._sync is not None:
+                self._sync.settle(error)
             self._clear_grads()
             rollback.restore()
             if measured:
@@ -259,7 +277,7 @@ class ConstrainedOptimizer(abc.ABC):
         """Evaluates without checking the values: :meth:`_backward` checks them."""
         return evaluate(
             self.problem, closure, undo, expected_indices, self._formulation.current(),
-            check_values=False,
+            check_values=False, sync=self._sync,
         )  # fmt: skip
 
     def _evaluate_and_backward(
@@ -434,6 +452,9 @@ class AlternatingGDA(ConstrainedOptimizer):
         self._save_point(rollback, evaluation, sizes.primal is None, dual=True)
         with torch.no_grad():
             rollback.keep(dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, True))
+        if self._sync is not None:
+            # ddp: a dual step that raised on one rank stops every rank before DDP's backward.
+            self._sync.agree(None)
         self._backward(evaluation, [current_weights(term) for term in evaluation.terms])
         with torch.no_grad():
             rollback.keep(

@@ -1,0 +1,100 @@
+"""Data-parallel steps (issue 11): 2 gloo ranks on the CPU take the step that one process
+takes on the whole batch, hold bitwise the same multipliers, and fail together.
+
+The ranks are spawned once for the module (``tests/distributed_worker.py`` runs every case
+and saves each rank's results); the single-process references run here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from distributed_worker import CASES, build, run_case
+from torch import distributed as dist
+
+from lagrange_opt import SimultaneousGDA, default_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"
+)
+
+
+def _run_ranks(outdir: Path) -> list[dict[str, Any]]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "distributed_worker.py"), str(outdir)],
+        check=True, cwd=ROOT, env=env, timeout=240,
+    )  # fmt: skip
+    return [torch.load(outdir / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return _run_ranks(tmp_path_factory.mktemp("distributed"))
+
+
+@pytest.mark.parametrize("case", CASES, ids="-".join)
+def test_two_ranks_equal_one_process_on_the_whole_batch(
+    ranks: list[dict[str, Any]], case: tuple[str, str, str]
+) -> None:
+    reference = run_case(case, None)
+    for rank in ranks:
+        result = rank["cases"][case]
+        assert result.keys() == reference.keys()
+        for name, value in reference.items():
+            torch.testing.assert_close(result[name], value, rtol=0, atol=1e-6, msg=name)
+    # Every rank holds bitwise the same multipliers, slacks and parameters.
+    first, second = (rank["cases"][case] for rank in ranks)
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+
+
+def test_the_cases_move_the_multipliers(ranks: list[dict[str, Any]]) -> None:
+    # The comparison above is not of states that never left their start.
+    moved = ranks[0]["cases"][("simultaneous", "lagrangian", "projection")]
+    assert float(moved["constraints.nonnegative.multiplier"].abs().sum()) > 0
+    assert float(moved["constraints.floor.multiplier"].abs().sum()) > 0
+
+
+def test_a_closure_raising_on_one_rank_raises_on_every_rank(
+    ranks: list[dict[str, Any]],
+) -> None:
+    failing, other = ranks[1]["raise"], ranks[0]["raise"]
+    assert failing["raised"][0] == "KeyError"
+    assert other["raised"][0] == "RuntimeError"
+    assert "rank 1" in other["raised"][1]
+    assert failing["unchanged"] and other["unchanged"]
+    for name, value in failing["after"].items():
+        assert torch.equal(value, other["after"][name]), name
+
+
+@pytest.mark.parametrize("key", ["nan", "nan_alternating"])
+def test_a_nan_on_one_rank_raises_on_every_rank(ranks: list[dict[str, Any]], key: str) -> None:
+    failing, other = ranks[0][key], ranks[1][key]
+    assert failing["raised"][0] == "NonFiniteError"
+    assert "floor" in failing["raised"][1]
+    assert other["raised"][0] == "NonFiniteError"
+    assert "rank 0" in other["raised"][1]
+    assert failing["unchanged"] and other["unchanged"]
+    for name, value in failing["after"].items():
+        assert torch.equal(value, other["after"][name]), name
+
+
+def test_process_group_needs_an_initialised_group() -> None:
+    problem, _ = build("simultaneous", "lagrangian", "projection", None)
+    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.1)
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True)
+    with pytest.raises(RuntimeError, match="not initialized"):
+        SimultaneousGDA(problem, primal, dual, process_group="default")
+    with pytest.raises(TypeError, match="process_group must be"):
+        SimultaneousGDA(problem, primal, dual, process_group="world")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="not initialized"):
+        default_optimizer(problem, process_group="default")
