@@ -19,7 +19,7 @@ value's own dtype, the cotangent of backward being cast to it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -28,6 +28,9 @@ from torch.overrides import has_torch_function
 
 from . import _augmented as aug
 from . import _lagrangian as lag
+from ._closure_call import ObservedIndices, call, call_synchronized, detached_standard
+from ._finiteness import check_finite as check_finite
+from ._finiteness import raise_for_bad_values, slack_variable
 from ._formulation import PLAIN, UNIT_RULE, Formulation, TermRule
 from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, ProblemState
 from ._slacks import (
@@ -37,19 +40,15 @@ from ._slacks import (
     indexed_slack_residual,
     write_closed_form_slack,
 )
+from ._validation import (
+    Checked,
+    any_outside_table,
+    check_index_range,
+    gradient_path_fault,
+)
 
 if TYPE_CHECKING:
     from ._distributed import GlobalBatch, Synchronizer
-from ._validation import (
-    Checked,
-    NonFiniteError,
-    any_outside_table,
-    check_index_range,
-    check_state,
-    first_non_finite,
-    first_out_of_range,
-    gradient_path_fault,
-)
 
 
 def _find_engine() -> Callable[..., object] | None:
@@ -78,16 +77,6 @@ def _run_backward(roots: list[Tensor], cotangents: list[Tensor]) -> None:
         tuple(roots), tuple(cotangents), False, False, (),
         allow_unreachable=True, accumulate_grad=True,
     )  # fmt: skip
-
-
-class ObservedIndices(dict[str, Tensor | None]):
-    """The constraints one evaluation observed, each with its indices (``None`` if dense).
-
-    Given to :func:`evaluate` as ``expected_indices``, it says that a constraint missing
-    from it was absent from the earlier evaluation, so that a later evaluation of the same
-    step that observes it is refused (a plain mapping covers the constraints with
-    multipliers only).
-    """
 
 
 class Term(NamedTuple):
@@ -269,67 +258,8 @@ def current_weights(term: Term) -> Tensor:
     spec = term.constraint.spec
     estimates = _estimates(standard, multipliers, term.rule, spec)
     return term_weights(
-        spec, estimates, indices, _slack_variable(spec, term.rule), term.objective_weight
+        spec, estimates, indices, slack_variable(spec, term.rule), term.objective_weight
     )
-
-
-def _slack_variable(spec: ConstraintSpec, rule: TermRule) -> bool:
-    """Whether the term's slack is a variable that the primal optimizer steps; in the
-    augmented Lagrangian it is minimised in closed form instead."""
-    return spec.has_slack and rule.penalty is None
-
-
-def _raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term]) -> None:
-    """Names the value at fault; called only once the cheap combined check has failed."""
-    if not bool(torch.isfinite(objective.detach())):
-        raise NonFiniteError(f"objective is not finite: {float(objective.detach())}")
-    for name, constraint, value, indices in checked:
-        if not bool(torch.isfinite(value.detach()).all()):
-            raise NonFiniteError(f"constraint '{name}' has {first_non_finite(value)}")
-        if indices is not None:
-            check_index_range(name, constraint, indices)
-    values = {name: value for name, _, value, _ in checked}
-    for term in terms:
-        name = term.constraint.spec.name
-        if not bool(torch.isfinite(term.standard).all()):
-            dtype = term.standard.dtype
-            raise NonFiniteError(
-                f"constraint '{name}' has {first_out_of_range(values[name], dtype)}, the dtype "
-                "of its multipliers (problem.to(dtype) sets it)"
-            )
-        if not bool(torch.isfinite(term.multipliers_read).all()):
-            raise NonFiniteError(
-                f"the multipliers of constraint '{name}' read in this step have "
-                f"{first_non_finite(term.multipliers_read)}: the dual iteration diverged"
-            )
-        if not bool(torch.isfinite(term.residual).all()):
-            if term.slack is not None or _slack_variable(term.constraint.spec, term.rule):
-                raise NonFiniteError(
-                    f"the slack residual of constraint '{name}' has "
-                    f"{first_non_finite(term.residual)}: the slacks diverged"
-                )
-            raise NonFiniteError(
-                f"the multipliers' gradient of constraint '{name}' has "
-                f"{first_non_finite(term.residual)}"
-            )
-
-
-def _detached_standard(value: Tensor, spec: ConstraintSpec, dtype: torch.dtype) -> Tensor:
-    """The standard form of a value, detached, in memory of its own, in ``dtype``.
-
-    Where a constraint's value is cast to the dual side's dtype, its multipliers' (a
-    penalised constraint, which has none, keeps its own).
-    """
-    detached = value.detach()
-    if detached.dtype != dtype:
-        detached = detached.to(dtype)  # a copy: memory of its own
-        return detached.neg_() if spec.sense == ">=" else detached
-    if spec.sense == ">=":
-        return detached.neg()
-    if value.is_leaf or value._is_view():
-        # The value may be (a view of) a parameter, which the primal step changes.
-        return detached.clone()
-    return detached
 
 
 def _term(
@@ -355,7 +285,7 @@ def _term(
         # A copy: the dual step updates the parameter in place, and the step's figures
         # and the adaptive step's test read the multipliers the evaluation used.
         all_multipliers = multiplier.detach().clone()
-    detached = _detached_standard(value, spec, multiplier.dtype)
+    detached = detached_standard(value, spec, multiplier.dtype)
     multipliers, all_standard, local = all_multipliers, detached, None
     if batch is not None:
         local = batch.local
@@ -449,10 +379,10 @@ def evaluate(
             averaged and the indexed batches gathered across ranks (:mod:`._distributed`).
     """
     if sync is None:
-        objective, checked = _call(problem, closure, expected_indices)
+        objective, checked = call(problem, closure, expected_indices)
         batches: dict[str, GlobalBatch] = {}
     else:
-        objective, checked, batches = _call_synchronized(problem, closure, expected_indices, sync)
+        objective, checked, batches = call_synchronized(problem, closure, expected_indices, sync)
     terms = []
     penalties = []
     standards = []
@@ -463,7 +393,7 @@ def evaluate(
         if spec.penalty_weight is not None:
             standard = lag.standard_form(constraint_value, spec)
             standards.append(
-                (spec, _detached_standard(constraint_value, spec, constraint_value.dtype))
+                (spec, detached_standard(constraint_value, spec, constraint_value.dtype))
             )
             batch_size = None if indices is None else indices.shape[0]
             penalty = lag.penalty_term(standard, spec, batch_size)
@@ -497,7 +427,7 @@ def evaluate(
     fault = gradient_path_fault(objective, checked)
     if fault is not None:
         # A value at fault (non-finite, an index out of range) is named first.
-        _raise_for_bad_values(objective, checked, terms)
+        raise_for_bad_values(objective, checked, terms)
         raise ValueError(fault)
     evaluation = Evaluation(
         objective, terms, penalties, standards, value / weight if weight != 1.0 else value,
@@ -506,158 +436,3 @@ def evaluate(
     if check_values:
         check_finite(evaluation)
     return evaluation
-
-
-def _call(
-    problem: ConstrainedProblem,
-    closure: Callable[[], ProblemState],
-    expected_indices: Mapping[str, Tensor | None] | None,
-) -> tuple[Tensor, Checked]:
-    """Calls the closure (with gradients enabled) and validates what it returned."""
-    if torch.is_grad_enabled():
-        state = closure()
-    else:
-        with torch.enable_grad():
-            state = closure()
-    objective, checked = check_state(problem, state)
-    if expected_indices is not None:
-        _check_same_batch(problem, checked, expected_indices)
-    return objective, checked
-
-
-def _call_synchronized(
-    problem: ConstrainedProblem,
-    closure: Callable[[], ProblemState],
-    expected_indices: Mapping[str, Tensor | None] | None,
-    sync: Synchronizer,
-) -> tuple[Tensor, Checked, dict[str, GlobalBatch]]:
-    """:func:`_call` on every rank, then the collectives of :func:`evaluate`.
-
-    Everything that can fail on one rank only is checked before the agreement (the index
-    ranges and the values too, which :func:`evaluate` otherwise leaves to the one
-    finiteness check after backward): after it, every rank forms its terms from the same
-    gathered data, and a failure there would leave the other ranks waiting in a collective.
-    """
-    try:
-        objective, checked = _call(problem, closure, expected_indices)
-        own = objective.detach().sum()
-        for name, constraint, value, indices in checked:
-            if indices is not None:
-                check_index_range(name, constraint, indices)
-            own = own + value.detach().sum() * 0
-        if not math.isfinite(own.item()):
-            _raise_for_bad_values(objective, checked, [])
-        fault = gradient_path_fault(objective, checked)
-        if fault is not None:
-            raise ValueError(fault)
-    except BaseException as error:
-        sync.agree(error)
-        raise
-    sync.agree(None, [name for name, _, _, _ in checked])
-    averaged = sync.average_dense(checked)
-    gathered = [
-        (name, indices, _detached_standard(value, constraint.spec, constraint.multiplier.dtype))
-        for name, constraint, value, indices in checked
-        if indices is not None and constraint.multiplier is not None
-    ]
-    batches = sync.gather_indexed([(indices, standard) for _, indices, standard in gathered])
-    return objective, averaged, {name: batch for (name, _, _), batch in zip(gathered, batches)}
-
-
-def _check_same_batch(
-    problem: ConstrainedProblem, checked: Checked, expected: Mapping[str, Tensor | None]
-) -> None:
-    """Raises unless this evaluation observes the constraints an earlier one of the same
-    step observed, with the same indices (see :func:`evaluate`)."""
-    observed = {name: indices for name, _, _, indices in checked}
-    every_constraint = isinstance(expected, ObservedIndices)
-    for name, constraint in problem.declared().items():
-        before, now = name in expected, name in observed
-        if before and not now:
-            raise ValueError(
-                f"constraint '{name}': the closure returned no value for it on its second call "
-                "(left out, or of size zero) but one on its first; both evaluations of one "
-                "step must use the same batch"
-            )
-        if now and not before and (every_constraint or constraint.multiplier is not None):
-            raise ValueError(
-                f"constraint '{name}': the closure returned a value for it on its second call "
-                "but none on its first (left out, or of size zero); both evaluations of one "
-                "step must use the same batch"
-            )
-        indices, previous = observed.get(name), expected.get(name)
-        if indices is not None and previous is not None and not torch.equal(indices, previous):
-            raise ValueError(
-                f"constraint '{name}': the closure returned other indices on its second call; "
-                "both evaluations of one step must use the same batch"
-            )
-
-
-def check_finite(
-    evaluation: Evaluation,
-    params: Sequence[Tensor] = (),
-    describe: Callable[[Tensor], str] | None = None,
-    slacks: bool = True,
-) -> None:
-    """Raises :class:`NonFiniteError` if a value of the evaluation, or a gradient that its
-    backward pass left on ``params`` or on the slack rows, is NaN or infinite.
-
-    One host synchronisation: each gradient's sum joins the Lagrangian's value (a sum that
-    overflows sends the check to the detailed one, which lets finite gradients pass). A
-    finite value can have an infinite gradient (``sqrt`` at 0, an overflow of
-    ``multiplier * value`` in backward): checked before any update commits it.
-
-    Args:
-        evaluation: The evaluation, backpropagated if gradients are to be checked.
-        params: The parameters whose ``.grad`` the update will read.
-        describe: Names a parameter in the error message.
-        slacks: Whether to check the gradients of the indexed slack rows too.
-    """
-    # The sums join the value itself: finite sums add a finite number, and it saves the
-    # two operations of a product by 0 per check.
-    sums = [evaluation.total]
-    sums += [grad.sum() for param in params if (grad := param.grad) is not None]
-    for term in evaluation.terms if slacks else ():
-        if term.slack is not None and (grad := term.slack.values.grad) is not None:
-            sums.append(grad.sum())
-    total = torch.stack(sums).sum() if len(sums) > 1 else sums[0]
-    sync = evaluation.sync
-    if sync is None:
-        if not math.isfinite(total.item()):
-            _search_bad_values(evaluation, params, describe, slacks)
-        return
-    # Every rank takes part in the agreement, finite or not: the failing rank raises its
-    # own error, the others one that names it.
-    try:
-        if not math.isfinite(total.item()):
-            _search_bad_values(evaluation, params, describe, slacks)
-    except BaseException as error:
-        sync.agree(error)
-        raise
-    sync.agree(None)
-
-
-def _search_bad_values(
-    evaluation: Evaluation,
-    params: Sequence[Tensor],
-    describe: Callable[[Tensor], str] | None,
-    slacks: bool,
-) -> None:
-    """The detailed search of :func:`check_finite`, once its cheap check failed."""
-    _raise_for_bad_values(evaluation.objective, evaluation.values, evaluation.terms)
-    for param in params:
-        if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
-            name = (
-                f"parameter of shape {tuple(param.shape)}" if describe is None else describe(param)
-            )
-            raise NonFiniteError(
-                f"the gradient of {name} has {first_non_finite(param.grad)}: a finite value "
-                "with an infinite derivative (sqrt or log at 0?) or an overflow in backward"
-            )
-    for term in evaluation.terms if slacks else ():
-        grad = None if term.slack is None else term.slack.values.grad
-        if grad is not None and not bool(torch.isfinite(grad).all()):
-            raise NonFiniteError(
-                f"the gradient of the slacks of constraint '{term.constraint.spec.name}' has "
-                f"{first_non_finite(grad)}"
-            )
