@@ -98,3 +98,13 @@ def test_process_group_needs_an_initialised_group() -> None:
         SimultaneousGDA(problem, primal, dual, process_group="world")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="not initialized"):
         default_optimizer(problem, process_group="default")
+
+
+def test_the_example_runs_on_two_cpu_processes() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "ddp.py"), "--epochs", "1", "--samples", "64", "--batch-size", "16"],
+        check=True, cwd=ROOT, env=env, timeout=240, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "ranks: 2" in completed.stdout
+    assert "multipliers identical on every rank: True" in completed.stdout
