@@ -178,6 +178,13 @@ class Synchronizer:
             return
         self.agree(error)
 
+    def broadcast(self, tensor: Tensor) -> Tensor:
+        """Rank 0's ``tensor`` on every rank (a decision every rank must take alike)."""
+        source = 0 if self.group is None else dist.get_global_rank(self.group, 0)
+        sent = tensor.to(self.device)
+        dist.broadcast(sent, source, group=self.group)
+        return sent.to(tensor.device)
+
     # The dual side.
 
     def average_dense(self, checked: Checked) -> Checked:

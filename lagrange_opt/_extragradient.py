@@ -218,6 +218,10 @@ class ExtraGradient(ConstrainedOptimizer):
         sums = _change_norms(
             point.params, point.copies, start_grads, self._bases(), start, extrapolated
         )
+        if self._sync is not None:
+            # ddp: every rank computed these sums from the same data; rank 0's decide, so
+            # that no rounding difference can make the ranks call the closure unequally.
+            sums = self._sync.broadcast(sums)
         primal_operator, dual_operator, primal_point, dual_point, point_norm = sums.tolist()
         weight = dual_factor(self.adaptive, self._factor) / self._factor
         return judge_extrapolation(

@@ -103,7 +103,8 @@ def test_process_group_needs_an_initialised_group() -> None:
 def test_the_example_runs_on_two_cpu_processes() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "ddp.py"), "--epochs", "1", "--samples", "64", "--batch-size", "16"],
+        [sys.executable, str(ROOT / "examples" / "ddp.py"), "--epochs", "1", "--samples", "64",
+         "--batch-size", "16"],
         check=True, cwd=ROOT, env=env, timeout=240, capture_output=True, text=True,
     )  # fmt: skip
     assert "ranks: 2" in completed.stdout
