@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +28,49 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _run_ranks(outdir: Path) -> list[dict[str, Any]]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "distributed_worker.py"), str(outdir)],
-        check=True, cwd=ROOT, env=env, timeout=240,
-    )  # fmt: skip
-    return [torch.load(outdir / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+class Runs:
+    """The two spawned runs, started together (each mostly waits for its processes to
+    start and import torch, so they overlap)."""
+
+    def __init__(self, outdir: Path) -> None:
+        self.outdir = outdir
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+        worker = [sys.executable, str(ROOT / "tests" / "distributed_worker.py"), str(outdir)]
+        example = [sys.executable, str(ROOT / "examples" / "ddp.py"), "--epochs", "1",
+                   "--samples", "64", "--batch-size", "16"]  # fmt: skip
+        self.worker = subprocess.Popen(worker, cwd=ROOT, env=env)
+        self.example = subprocess.Popen(
+            example, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self._ranks: list[dict[str, Any]] | None = None
+
+    def ranks(self) -> list[dict[str, Any]]:
+        if self._ranks is None:
+            assert self.worker.wait(timeout=240) == 0
+            self._ranks = [
+                torch.load(self.outdir / f"rank{rank}.pt", weights_only=False) for rank in range(2)
+            ]
+        return self._ranks
+
+    def close(self) -> None:
+        for process in (self.worker, self.example):
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        if self.example.stdout is not None:
+            self.example.stdout.close()
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    return _run_ranks(tmp_path_factory.mktemp("distributed"))
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    started = Runs(tmp_path_factory.mktemp("distributed"))
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def ranks(runs: Runs) -> list[dict[str, Any]]:
+    return runs.ranks()
 
 
 @pytest.mark.parametrize("case", CASES, ids="-".join)
@@ -100,12 +132,8 @@ def test_process_group_needs_an_initialised_group() -> None:
         default_optimizer(problem, process_group="default")
 
 
-def test_the_example_runs_on_two_cpu_processes() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "ddp.py"), "--epochs", "1", "--samples", "64",
-         "--batch-size", "16"],
-        check=True, cwd=ROOT, env=env, timeout=240, capture_output=True, text=True,
-    )  # fmt: skip
-    assert "ranks: 2" in completed.stdout
-    assert "multipliers identical on every rank: True" in completed.stdout
+def test_the_example_runs_on_two_cpu_processes(runs: Runs) -> None:
+    output, _ = runs.example.communicate(timeout=240)
+    assert runs.example.returncode == 0, output
+    assert "ranks: 2" in output
+    assert "multipliers identical on every rank: True" in output
