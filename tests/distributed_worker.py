@@ -87,13 +87,14 @@ def batches(rank: int | None) -> list[Tensor]:
     return [batch[rank * half : (rank + 1) * half] for batch in full]
 
 
-def build(method: str, formulation: str, treatment: str, rank: int | None) -> tuple[
-    ShardedProblem, ConstrainedOptimizer
-]:  # fmt: skip
+def build(
+    method: str, formulation: str, treatment: str, rank: int | None, group: Any = "default"
+) -> tuple[ShardedProblem, ConstrainedOptimizer]:
     torch.manual_seed(0)
     model: nn.Module = nn.Linear(3, 2).to(DTYPE)
-    group = None if rank is None else "default"
-    if rank is not None:
+    if rank is None:
+        group = None
+    else:
         model = nn.parallel.DistributedDataParallel(model)
     problem = ShardedProblem(model, treatment)
     if method == "default":
@@ -117,8 +118,10 @@ def state(problem: nn.Module) -> dict[str, Tensor]:
     }
 
 
-def run_case(case: tuple[str, str, str], rank: int | None) -> dict[str, Tensor]:
-    problem, optimizer = build(*case, rank)
+def run_case(
+    case: tuple[str, str, str], rank: int | None, group: Any = "default"
+) -> dict[str, Tensor]:
+    problem, optimizer = build(*case, rank, group)
     for batch in batches(rank):
         optimizer.step(lambda batch=batch: problem(batch))
     return state(problem)
@@ -174,6 +177,8 @@ def _worker(rank: int, port: int, outdir: str) -> None:
     )  # fmt: skip
     try:
         results: dict[str, Any] = {"cases": {case: run_case(case, rank) for case in CASES}}
+        # A group of its own rather than the default one.
+        results["group"] = run_case(("default", "augmented", "slack"), rank, dist.new_group())
         results["raise"] = _failure("simultaneous", rank, _raise_on_rank_1)
         results["nan"] = _failure("default", rank, _nan_on_rank_0)
         results["nan_alternating"] = _failure("alternating", rank, _nan_on_rank_0)

@@ -89,6 +89,13 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(
         assert torch.equal(value, second[name]), name
 
 
+def test_a_process_group_of_its_own(ranks: list[dict[str, Any]]) -> None:
+    for rank in ranks:
+        default = rank["cases"][("default", "augmented", "slack")]
+        for name, value in rank["group"].items():
+            assert torch.equal(value, default[name]), name
+
+
 def test_the_cases_move_the_multipliers(ranks: list[dict[str, Any]]) -> None:
     # The comparison above is not of states that never left their start.
     moved = ranks[0]["cases"][("simultaneous", "lagrangian", "projection")]
