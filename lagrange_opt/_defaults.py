@@ -48,9 +48,10 @@ def default_optimizer(
         lr: Primal learning rate at step factor 1 (plain SGD).
         dual_lr: Dual learning rate at step factor 1, before the penalty coefficient.
         process_group: Data-parallel training over this ``torch.distributed`` process group
-            (``"default"``: the default group; docs/distributed.md). The backtracking
-            decision and the penalty-update rule read only data that every rank holds
-            alike, so every rank takes the same step.
+            (``"default"``: the default group; docs/distributed.md): the scales are
+            measured on the whole batch, the backtracking test is rank 0's and the
+            penalty-update rule reads the whole batch's violations, so every rank takes
+            the same step.
 
     Example:
         >>> from lagrange_opt import default_optimizer
