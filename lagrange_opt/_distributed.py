@@ -174,7 +174,8 @@ class Synchronizer:
     def settle(self, error: BaseException) -> None:
         """Called by a failing step: tells the other ranks, unless an agreement already did
         (the error, or its direct cause, came from one)."""
-        if error is self._agreed or error.__cause__ is self._agreed:
+        agreed = self._agreed
+        if agreed is not None and (error is agreed or error.__cause__ is agreed):
             return
         self.agree(error)
 
@@ -195,7 +196,10 @@ class Synchronizer:
         if not dense:
             return checked
         flat = torch.cat(
-            [checked[position][2].detach().reshape(-1).to(torch.float64) for position in dense]
+            [
+                checked[position][2].detach().reshape(-1).to(self.device, torch.float64)
+                for position in dense
+            ]
         )
         dist.all_reduce(flat, group=self.group)
         flat /= self.world_size
@@ -203,7 +207,8 @@ class Synchronizer:
         start = 0
         for position in dense:
             name, constraint, value, indices = checked[position]
-            average = flat[start : start + value.numel()].to(value.dtype).reshape(value.shape)
+            average = flat[start : start + value.numel()].reshape(value.shape)
+            average = average.to(value.device, value.dtype)
             start += value.numel()
             substituted = _Substitute.apply(value, average) if value.requires_grad else average
             result[position] = (name, constraint, substituted, indices)
@@ -220,16 +225,17 @@ class Synchronizer:
         """
         if not batches:
             return []
-        device = batches[0][0].device
-        sizes = torch.tensor([indices.shape[0] for indices, _ in batches], device=device)
+        sizes = torch.tensor([indices.shape[0] for indices, _ in batches], device=self.device)
         all_sizes = self._gather(sizes).tolist()
         widths = [standard[0].numel() for _, standard in batches]
         indices = self._gather_padded(
-            torch.cat([indices.to(torch.int64) for indices, _ in batches]),
+            torch.cat([indices.to(self.device, torch.int64) for indices, _ in batches]),
             [sum(rank_sizes) for rank_sizes in all_sizes],
         )
         values = self._gather_padded(
-            torch.cat([standard.reshape(-1).to(torch.float64) for _, standard in batches]),
+            torch.cat(
+                [standard.reshape(-1).to(self.device, torch.float64) for _, standard in batches]
+            ),
             [sum(n * w for n, w in zip(rank_sizes, widths)) for rank_sizes in all_sizes],
         )
         result = []
@@ -250,10 +256,10 @@ class Synchronizer:
                 start = value_offsets[rank]
                 value_parts.append(values[rank][start : start + width])
                 value_offsets[rank] += width
-            gathered = torch.cat(value_parts).to(standard.dtype)
+            gathered = torch.cat(value_parts).to(standard.device, standard.dtype)
             result.append(
                 GlobalBatch(
-                    torch.cat(parts).to(local_indices.dtype),
+                    torch.cat(parts).to(local_indices.device, local_indices.dtype),
                     gathered.reshape(total, *standard.shape[1:]),
                     local,
                 )
@@ -401,8 +407,9 @@ class Synchronizer:
 
 
 def _device_of(group: dist.ProcessGroup | None, problem: nn.Module) -> torch.device:
-    """Where the small tensors of the collectives live: the CPU for gloo, else the device
-    of the problem's first parameter (NCCL takes CUDA tensors only)."""
+    """Where the tensors of the collectives live: the CPU for gloo (which does not take
+    CUDA tensors in every collective), else the device of the problem's first parameter
+    (NCCL takes CUDA tensors only). Every payload is moved there and back."""
     if dist.get_backend(group) == dist.Backend.GLOO:
         return torch.device("cpu")
     for param in problem.parameters():

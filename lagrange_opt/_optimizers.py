@@ -341,6 +341,10 @@ class ConstrainedOptimizer(abc.ABC):
         """Saves, before the updates along ``evaluation``, each side's point whose update
         may raise after it moved something (the rows the evaluation read are copies
         already)."""
+        if self._sync is not None:
+            # ddp: the step's last agreement, after every update, may raise on this rank
+            # for another rank's failure: even an update that cannot raise must be undone.
+            primal = dual = True
         if not (primal or dual):
             return
         params: list[Tensor] = []

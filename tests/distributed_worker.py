@@ -128,24 +128,46 @@ def run_case(
 
 
 def _failure(
-    method: str, rank: int, fail: Callable[[ShardedProblem, Tensor], ProblemState]
+    method: str,
+    rank: int,
+    fail: Callable[[ShardedProblem, Tensor], ProblemState],
+    built: tuple[ShardedProblem, ConstrainedOptimizer] | None = None,
 ) -> dict[str, Any]:
     """Two steps, a step whose closure ``fail`` makes fail on one rank, then one more step:
     what each rank raised, whether the failed step left the state as it was, the end state."""
-    problem, optimizer = build(method, "augmented", "slack", rank)
+    problem, optimizer = build(method, "augmented", "slack", rank) if built is None else built
     steps = batches(rank)
     for batch in steps[:2]:
         optimizer.step(lambda batch=batch: problem(batch))
-    before = state(problem), str(optimizer.state_dict())
+    before = state(problem), _flat(optimizer.state_dict())
     try:
         optimizer.step(lambda: fail(problem, steps[2]))
     except Exception as error:
         raised = (type(error).__name__, str(error))
     else:
         raised = ("nothing", "")
-    unchanged = _equal(before[0], state(problem)) and before[1] == str(optimizer.state_dict())
+    unchanged = _equal(before[0], state(problem)) and _equal(
+        before[1], _flat(optimizer.state_dict())
+    )
     optimizer.step(lambda: problem(steps[3]))
     return {"raised": raised, "unchanged": unchanged, "after": state(problem)}
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Tensor]:
+    """A state dict's leaves by path, as tensors (the order of its entries left out)."""
+    if isinstance(tree, dict):
+        return {
+            path: leaf
+            for key, value in tree.items()
+            for path, leaf in _flat(value, f"{prefix}/{key}").items()
+        }
+    if isinstance(tree, list | tuple):
+        return {
+            path: leaf
+            for index, value in enumerate(tree)
+            for path, leaf in _flat(value, f"{prefix}/{index}").items()
+        }
+    return {prefix: tree if isinstance(tree, Tensor) else torch.tensor(hash(repr(tree)))}
 
 
 def _equal(first: dict[str, Tensor], second: dict[str, Tensor]) -> bool:
@@ -169,6 +191,51 @@ def _nan_on_rank_0(problem: ShardedProblem, batch: Tensor) -> ProblemState:
     return result
 
 
+def _hook_failing_on_rank_1(rank: int) -> tuple[ShardedProblem, ConstrainedOptimizer]:
+    """A method whose primal step (a stock ``step()``, with momentum) raises on rank 1 in
+    the third step: after the step's last agreement but one."""
+    problem, _ = build("simultaneous", "lagrangian", "slack", rank)
+    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.05, momentum=0.5)
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True)
+    calls = [0]
+
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 3 and rank == 1:
+            raise OSError("the primal step failed on rank 1")
+
+    primal.register_step_pre_hook(hook)
+    return problem, SimultaneousGDA(problem, primal, dual, process_group="default")
+
+
+def _leave_out_floor_on_rank_1(problem: ShardedProblem, batch: Tensor) -> ProblemState:
+    result = problem(batch)
+    if dist.get_rank() == 1:
+        values = {name: value for name, value in result.constraints.items() if name != "floor"}
+        return ProblemState(result.objective, values)
+    return result
+
+
+def _backtracking(rank: int) -> dict[str, Any]:
+    """The default method with a NaN at the extrapolated point of the second step on rank 0
+    only: every rank backtracks, and the ranks stay alike."""
+    problem, optimizer = build("default", "augmented", "projection", rank)
+    evaluations = []
+    for step, batch in enumerate(batches(rank)):
+        calls = [0]
+
+        def closure(batch: Tensor = batch, step: int = step, calls: list[int] = calls) -> Any:
+            calls[0] += 1
+            result = problem(batch)
+            # The second step's first extrapolation (its second call) on rank 0.
+            if step == 1 and calls[0] == 2 and rank == 0:
+                return ProblemState(result.objective * torch.nan, dict(result.constraints))
+            return result
+
+        evaluations.append(optimizer.step(closure).evaluations)
+    return {"evaluations": evaluations, "after": state(problem)}
+
+
 def _worker(rank: int, port: int, outdir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -182,6 +249,11 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         results["raise"] = _failure("simultaneous", rank, _raise_on_rank_1)
         results["nan"] = _failure("default", rank, _nan_on_rank_0)
         results["nan_alternating"] = _failure("alternating", rank, _nan_on_rank_0)
+        results["hook"] = _failure(
+            "simultaneous", rank, ShardedProblem.__call__, _hook_failing_on_rank_1(rank)
+        )
+        results["observed"] = _failure("extragradient", rank, _leave_out_floor_on_rank_1)
+        results["backtracking"] = _backtracking(rank)
         torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -127,6 +127,32 @@ def test_a_nan_on_one_rank_raises_on_every_rank(ranks: list[dict[str, Any]], key
         assert torch.equal(value, other["after"][name]), name
 
 
+def test_an_update_failing_on_one_rank_raises_on_every_rank(
+    ranks: list[dict[str, Any]],
+) -> None:
+    failing, other = ranks[1]["hook"], ranks[0]["hook"]
+    assert failing["raised"][0] == "OSError"
+    assert other["raised"][0] == "RuntimeError" and "rank 1" in other["raised"][1]
+    assert failing["unchanged"] and other["unchanged"]
+    for name, value in failing["after"].items():
+        assert torch.equal(value, other["after"][name]), name
+
+
+def test_every_rank_observes_the_same_constraints(ranks: list[dict[str, Any]]) -> None:
+    for rank in ranks:
+        assert rank["observed"]["raised"][0] == "ValueError"
+        assert "'floor'" in rank["observed"]["raised"][1]
+        assert rank["observed"]["unchanged"]
+
+
+def test_every_rank_backtracks_when_one_finds_a_nan(ranks: list[dict[str, Any]]) -> None:
+    first, second = (rank["backtracking"] for rank in ranks)
+    assert first["evaluations"] == second["evaluations"]
+    assert first["evaluations"][1] > 2  # the rejected try, then the accepted one
+    for name, value in first["after"].items():
+        assert torch.equal(value, second["after"][name]), name
+
+
 def test_process_group_needs_an_initialised_group() -> None:
     problem, _ = build("simultaneous", "lagrangian", "projection", None)
     primal = torch.optim.SGD(problem.primal_parameters(), lr=0.1)
