@@ -113,6 +113,7 @@ class Synchronizer:
         self.names = list(problem.declared())
         skip = _ddp_parameters(problem) | indexed_tables
         self.params = [param for param in params if id(param) not in skip]
+        self.tables = indexed_tables
         self.device = _device_of(group, problem)
         self._agreed: BaseException | None = None
 
@@ -329,7 +330,9 @@ class Synchronizer:
         gradient vectors, once per run); an indexed constraint takes the largest over the
         ranks of each rank's largest over its first rows (equal to the whole batch's when
         the batch holds at most :data:`._scaling.MAX_ROWS` entries)."""
-        params = [param for param in params if param.requires_grad]
+        # The closure reads no indexed table (the evaluation reads their rows): a table's
+        # gradient is None, and a vector of its zeros would be O(table).
+        params = [param for param in params if param.requires_grad and id(param) not in self.tables]
         try:
             with torch.enable_grad():
                 objective, checked = check_state(problem, closure())

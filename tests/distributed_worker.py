@@ -49,7 +49,7 @@ class ShardedProblem(ConstrainedProblem):
     """A linear model with a bare offset, a dense equality, a dense inequality and an
     indexed inequality (the last two with ``treatment``)."""
 
-    def __init__(self, model: nn.Module, treatment: str) -> None:
+    def __init__(self, model: nn.Module, treatment: str, num_samples: int = NUM_SAMPLES) -> None:
         super().__init__()
         self.model = model
         self.offset = nn.Parameter(torch.zeros(2, dtype=DTYPE))
@@ -57,16 +57,17 @@ class ShardedProblem(ConstrainedProblem):
         self.add_equality("balance")
         self.add_inequality("floor", ">=", shape=(2,), treatment=treatment, penalty_weight=weight)
         self.add_inequality(
-            "nonnegative", ">=", num_samples=NUM_SAMPLES, treatment=treatment,
+            "nonnegative", ">=", num_samples=num_samples, treatment=treatment,
             penalty_weight=weight,
         )  # fmt: skip
         self.to(DTYPE)
 
     def forward(self, indices: Tensor) -> ProblemState:
-        pred = self.model(X[indices]) + self.offset
+        samples = indices % NUM_SAMPLES  # a larger table reuses the data (_payloads)
+        pred = self.model(X[samples]) + self.offset
         mean = pred.mean(0)
         return ProblemState(
-            (pred - Y[indices]).square().mean(),
+            (pred - Y[samples]).square().mean(),
             {
                 "balance": mean[0] - mean[1] - 0.1,
                 "floor": mean - 0.2,
@@ -236,6 +237,48 @@ def _backtracking(rank: int) -> dict[str, Any]:
     return {"evaluations": evaluations, "after": state(problem)}
 
 
+def _payloads(rank: int) -> int:
+    """The largest tensor any collective of ours carries in steps of every method on a
+    table of a million rows (DDP's own are the model's gradients): O(batch), not O(table)."""
+    largest = [0]
+    originals = dist.all_gather, dist.all_reduce, dist.broadcast
+
+    def all_gather(tensors: list[Tensor], tensor: Tensor, **kwargs: Any) -> Any:
+        largest[0] = max(largest[0], tensor.numel())
+        return originals[0](tensors, tensor, **kwargs)
+
+    def all_reduce(tensor: Tensor, *args: Any, **kwargs: Any) -> Any:
+        largest[0] = max(largest[0], tensor.numel())
+        return originals[1](tensor, *args, **kwargs)
+
+    def broadcast(tensor: Tensor, *args: Any, **kwargs: Any) -> Any:
+        largest[0] = max(largest[0], tensor.numel())
+        return originals[2](tensor, *args, **kwargs)
+
+    dist.all_gather, dist.all_reduce, dist.broadcast = all_gather, all_reduce, broadcast
+    try:
+        for method in ("simultaneous", "alternating", "default"):
+            torch.manual_seed(0)
+            model = nn.parallel.DistributedDataParallel(nn.Linear(3, 2).to(DTYPE))
+            problem = ShardedProblem(model, "slack", num_samples=1_000_000)
+            if method == "default":
+                optimizer: ConstrainedOptimizer = default_optimizer(
+                    problem, process_group="default"
+                )
+            else:
+                kind = SimultaneousGDA if method == "simultaneous" else AlternatingGDA
+                optimizer = kind(
+                    problem, torch.optim.SGD(problem.primal_parameters(), lr=0.05),
+                    torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True),
+                    process_group="default",
+                )  # fmt: skip
+            for batch in batches(rank)[:2]:
+                optimizer.step(lambda batch=batch, problem=problem: problem(batch * 166_667))
+    finally:
+        dist.all_gather, dist.all_reduce, dist.broadcast = originals
+    return largest[0]
+
+
 def _worker(rank: int, port: int, outdir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -254,6 +297,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         )
         results["observed"] = _failure("extragradient", rank, _leave_out_floor_on_rank_1)
         results["backtracking"] = _backtracking(rank)
+        results["payload"] = _payloads(rank)
         torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

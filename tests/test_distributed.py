@@ -153,6 +153,13 @@ def test_every_rank_backtracks_when_one_finds_a_nan(ranks: list[dict[str, Any]])
         assert torch.equal(value, second["after"][name]), name
 
 
+def test_indexed_tables_are_not_communicated(ranks: list[dict[str, Any]]) -> None:
+    # A table of a million rows; the largest payload is the dense gradients' (the offset,
+    # the dense slacks and the presence flags) or the measured gradients of the scaling.
+    for rank in ranks:
+        assert rank["payload"] <= 64
+
+
 def test_process_group_needs_an_initialised_group() -> None:
     problem, _ = build("simultaneous", "lagrangian", "projection", None)
     primal = torch.optim.SGD(problem.primal_parameters(), lr=0.1)
