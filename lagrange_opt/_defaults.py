@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from torch import distributed as dist
 
 from ._extragradient import ExtraGradient
+from ._optimizers import GradientHook
 from ._problem import ConstrainedProblem
 
 DEFAULT_LR = 1.0
@@ -15,7 +19,13 @@ DEFAULT_DUAL_LR = 1.0
 
 
 def default_optimizer(
-    problem: ConstrainedProblem, lr: float = DEFAULT_LR, dual_lr: float = DEFAULT_DUAL_LR
+    problem: ConstrainedProblem,
+    lr: float = DEFAULT_LR,
+    dual_lr: float = DEFAULT_DUAL_LR,
+    *,
+    process_group: dist.ProcessGroup | Literal["default"] | None = None,
+    gradient_hook: GradientHook | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> ExtraGradient:
     """The configuration that needs no tuning: extra-gradient on the augmented Lagrangian,
     with a backtracking step, gradient-based scaling at the first step and the
@@ -40,6 +50,15 @@ def default_optimizer(
             Lagrangian they take no step) get ``lr``, its multipliers ``dual_lr``.
         lr: Primal learning rate at step factor 1 (plain SGD).
         dual_lr: Dual learning rate at step factor 1, before the penalty coefficient.
+        process_group: Data-parallel training over this ``torch.distributed`` process group
+            (``"default"``: the default group; docs/distributed.md): the scales are
+            measured on the whole batch, the backtracking test is rank 0's and the
+            penalty-update rule reads the whole batch's violations, so every rank takes
+            the same step.
+        gradient_hook: Runs after every backward pass, before the gradients are used
+            (gradient clipping; docs/training.md).
+        grad_scaler: Loss scaling for float16 autocast, driven by the step
+            (docs/training.md).
 
     Example:
         >>> from lagrange_opt import default_optimizer
@@ -56,4 +75,5 @@ def default_optimizer(
     return ExtraGradient(
         problem, torch.optim.SGD(problem.primal_parameters(), lr=lr), dual,
         formulation="augmented", scaling=True, step_size="adaptive", same_randomness=True,
+        process_group=process_group, gradient_hook=gradient_hook, grad_scaler=grad_scaler,
     )  # fmt: skip

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,9 @@ from torch.overrides import has_torch_function
 
 from . import _augmented as aug
 from . import _lagrangian as lag
+from ._closure_call import ObservedIndices, call, call_synchronized, detached_standard
+from ._finiteness import check_finite as check_finite
+from ._finiteness import raise_for_bad_values, slack_variable
 from ._formulation import PLAIN, UNIT_RULE, Formulation, TermRule
 from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, ProblemState
 from ._slacks import (
@@ -39,14 +42,13 @@ from ._slacks import (
 )
 from ._validation import (
     Checked,
-    NonFiniteError,
     any_outside_table,
     check_index_range,
-    check_state,
-    first_non_finite,
-    first_out_of_range,
     gradient_path_fault,
 )
+
+if TYPE_CHECKING:
+    from ._distributed import GlobalBatch, Synchronizer
 
 
 def _find_engine() -> Callable[..., object] | None:
@@ -75,16 +77,6 @@ def _run_backward(roots: list[Tensor], cotangents: list[Tensor]) -> None:
         tuple(roots), tuple(cotangents), False, False, (),
         allow_unreachable=True, accumulate_grad=True,
     )  # fmt: skip
-
-
-class ObservedIndices(dict[str, Tensor | None]):
-    """The constraints one evaluation observed, each with its indices (``None`` if dense).
-
-    Given to :func:`evaluate` as ``expected_indices``, it says that a constraint missing
-    from it was absent from the earlier evaluation, so that a later evaluation of the same
-    step that observes it is refused (a plain mapping covers the constraints with
-    multipliers only).
-    """
 
 
 class Term(NamedTuple):
@@ -117,6 +109,10 @@ class Term(NamedTuple):
         objective_weight: The weight of the Lagrangian (the objective's inverse scale).
         projected: Whether the dual step projects the multipliers onto ``>= 0``.
         value: The term's value in the (scaled) Lagrangian, detached.
+        local: With a process group, this rank's entries of an indexed constraint within
+            ``indices``, ``multipliers_read``, ``residual`` and ``standard``, which hold
+            every rank's batch (``output`` and ``weights`` hold this rank's only); else
+            ``None``.
     """
 
     constraint: Constraint
@@ -132,6 +128,7 @@ class Term(NamedTuple):
     objective_weight: float
     projected: bool
     value: Tensor
+    local: slice | None = None
 
 
 class Evaluation(NamedTuple):
@@ -149,6 +146,7 @@ class Evaluation(NamedTuple):
             constraint, its value and its indices (the detailed finiteness check reads it).
         total: The (scaled) Lagrangian's value, detached: finite only if every value,
             multiplier and residual that entered it is (:func:`check_finite`).
+        sync: The collectives of a data-parallel step (:mod:`._distributed`), or ``None``.
     """
 
     objective: Tensor
@@ -159,6 +157,7 @@ class Evaluation(NamedTuple):
     objective_weight: float
     values: Checked
     total: Tensor
+    sync: Synchronizer | None = None
 
     def backward(self, weights: list[Tensor] | None = None, scale: Tensor | None = None) -> None:
         """Backpropagates the Lagrangian into the primal variables' ``.grad``.
@@ -192,6 +191,11 @@ class Evaluation(NamedTuple):
             # multiplier does, not along the batch average's.
             if term.slack is not None and term.slack.values.grad is not None:
                 term.slack.values.grad.mul_(term.output.shape[0])
+        if self.sync is not None:
+            # DDP averaged its modules' gradients in backward; the rest are reduced here.
+            self.sync.reduce_gradients(
+                [term.slack.values for term in self.terms if term.slack is not None]
+            )
 
     def gradients(self, params: Sequence[Tensor]) -> list[Tensor]:
         """The gradients backward left on ``params`` and on the indexed slack rows read."""
@@ -258,72 +262,18 @@ def _estimates(
 def current_weights(term: Term) -> Tensor:
     """The term's weights with the multipliers as they are now (after a dual step)."""
     multipliers = term.multiplier.detach()
-    if term.indices is not None:
-        multipliers = multipliers.index_select(0, term.indices)
+    indices, standard = term.indices, term.standard
+    if term.local is not None:
+        # The weights are this rank's cotangents: its own entries only.
+        assert indices is not None
+        indices, standard = indices[term.local], standard[term.local]
+    if indices is not None:
+        multipliers = multipliers.index_select(0, indices)
     spec = term.constraint.spec
-    estimates = _estimates(term.standard, multipliers, term.rule, spec)
+    estimates = _estimates(standard, multipliers, term.rule, spec)
     return term_weights(
-        spec, estimates, term.indices, _slack_variable(spec, term.rule), term.objective_weight
+        spec, estimates, indices, slack_variable(spec, term.rule), term.objective_weight
     )
-
-
-def _slack_variable(spec: ConstraintSpec, rule: TermRule) -> bool:
-    """Whether the term's slack is a variable that the primal optimizer steps; in the
-    augmented Lagrangian it is minimised in closed form instead."""
-    return spec.has_slack and rule.penalty is None
-
-
-def _raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term]) -> None:
-    """Names the value at fault; called only once the cheap combined check has failed."""
-    if not bool(torch.isfinite(objective.detach())):
-        raise NonFiniteError(f"objective is not finite: {float(objective.detach())}")
-    for name, constraint, value, indices in checked:
-        if not bool(torch.isfinite(value.detach()).all()):
-            raise NonFiniteError(f"constraint '{name}' has {first_non_finite(value)}")
-        if indices is not None:
-            check_index_range(name, constraint, indices)
-    values = {name: value for name, _, value, _ in checked}
-    for term in terms:
-        name = term.constraint.spec.name
-        if not bool(torch.isfinite(term.standard).all()):
-            dtype = term.standard.dtype
-            raise NonFiniteError(
-                f"constraint '{name}' has {first_out_of_range(values[name], dtype)}, the dtype "
-                "of its multipliers (problem.to(dtype) sets it)"
-            )
-        if not bool(torch.isfinite(term.multipliers_read).all()):
-            raise NonFiniteError(
-                f"the multipliers of constraint '{name}' read in this step have "
-                f"{first_non_finite(term.multipliers_read)}: the dual iteration diverged"
-            )
-        if not bool(torch.isfinite(term.residual).all()):
-            if term.slack is not None or _slack_variable(term.constraint.spec, term.rule):
-                raise NonFiniteError(
-                    f"the slack residual of constraint '{name}' has "
-                    f"{first_non_finite(term.residual)}: the slacks diverged"
-                )
-            raise NonFiniteError(
-                f"the multipliers' gradient of constraint '{name}' has "
-                f"{first_non_finite(term.residual)}"
-            )
-
-
-def _detached_standard(value: Tensor, spec: ConstraintSpec, dtype: torch.dtype) -> Tensor:
-    """The standard form of a value, detached, in memory of its own, in ``dtype``.
-
-    Where a constraint's value is cast to the dual side's dtype, its multipliers' (a
-    penalised constraint, which has none, keeps its own).
-    """
-    detached = value.detach()
-    if detached.dtype != dtype:
-        detached = detached.to(dtype)  # a copy: memory of its own
-        return detached.neg_() if spec.sense == ">=" else detached
-    if spec.sense == ">=":
-        return detached.neg()
-    if value.is_leaf or value._is_view():
-        # The value may be (a view of) a parameter, which the primal step changes.
-        return detached.clone()
-    return detached
 
 
 def _term(
@@ -333,25 +283,34 @@ def _term(
     undo: UndoLog,
     rule: TermRule,
     objective_weight: float,
+    batch: GlobalBatch | None = None,
 ) -> Term:
+    """One constraint's term; with a process group, ``batch`` holds an indexed constraint's
+    batch over every rank: the dual side (residual, multipliers read, slacks written) is
+    formed over it, the primal side (output, weights, value) over this rank's entries."""
     multiplier = constraint.multiplier
     assert multiplier is not None
     spec = constraint.spec
-    if indices is not None:
+    all_indices = indices if batch is None else batch.indices
+    if all_indices is not None:
         # Reads first (an index out of range fails here, before anything is written).
-        multipliers = multiplier.detach().index_select(0, indices)
+        all_multipliers = multiplier.detach().index_select(0, all_indices)
     else:
         # A copy: the dual step updates the parameter in place, and the step's figures
         # and the adaptive step's test read the multipliers the evaluation used.
-        multipliers = multiplier.detach().clone()
-    detached = _detached_standard(value, spec, multiplier.dtype)
+        all_multipliers = multiplier.detach().clone()
+    detached = detached_standard(value, spec, multiplier.dtype)
+    multipliers, all_standard, local = all_multipliers, detached, None
+    if batch is not None:
+        local = batch.local
+        multipliers, all_standard = all_multipliers[local], batch.standard
     slack_rows = None
     projected = spec.treatment == "projection"
     if rule.penalty is not None:
         equality = spec.kind == "equality"
         projected = not equality
         output = value
-        residual = aug.augmented_residual(detached, multipliers, rule.penalty, equality)
+        residual = aug.augmented_residual(all_standard, all_multipliers, rule.penalty, equality)
         estimates = _estimates(detached, multipliers, rule, spec)
         weights = term_weights(spec, estimates, indices, False, objective_weight)
         terms = aug.augmented_value(detached, multipliers, rule.penalty, equality)
@@ -360,10 +319,12 @@ def _term(
         # times 0, carries a NaN or an infinity into the one finiteness check.
         term_value = terms.sum() * scale + detached.sum() * 0
         if spec.has_slack:
-            write_closed_form_slack(constraint, detached, multipliers, rule.penalty, indices, undo)
+            write_closed_form_slack(
+                constraint, all_standard, all_multipliers, rule.penalty, all_indices, undo
+            )
     elif not spec.has_slack:
         output = value
-        residual = detached
+        residual = all_standard
         weights = term_weights(spec, multipliers, indices, False, objective_weight)
         # The weights carry the standard form's sign, and so does `detached`.
         term_value = (weights * detached).sum()
@@ -374,19 +335,25 @@ def _term(
         if indices is None:
             output = dense_slack_residual(constraint, standard, detached, undo)
         else:
+            assert all_indices is not None
             output, slack_rows = indexed_slack_residual(
-                constraint, standard, detached, indices, undo
+                constraint, standard, all_standard, all_indices, undo, local
             )
         # The output has the promoted dtype of the value and the slack (the primal side);
         # its detached copy steps the multipliers, in their dtype.
-        residual = output.detach().to(multiplier.dtype)
+        if batch is None:
+            residual = output.detach().to(multiplier.dtype)
+        else:
+            assert slack_rows is not None
+            every_slack = slack_rows.values.detach()[slack_rows.inverse]
+            residual = lag.slack_residual(all_standard, every_slack).to(multiplier.dtype)
         weights = term_weights(spec, multipliers, indices, True, objective_weight)
-        term_value = (weights * residual).sum()
+        term_value = (weights * output.detach().to(multiplier.dtype)).sum()
     if rule.dual_scale is not None:
         residual = residual * rule.dual_scale
     return Term(
-        constraint, multiplier, output, weights, indices, multipliers, residual, detached,
-        slack_rows, rule, objective_weight, projected, term_value,
+        constraint, multiplier, output, weights, all_indices, all_multipliers, residual,
+        all_standard, slack_rows, rule, objective_weight, projected, term_value, local,
     )  # fmt: skip
 
 
@@ -397,6 +364,7 @@ def evaluate(
     expected_indices: Mapping[str, Tensor | None] | None = None,
     formulation: Formulation = PLAIN,
     check_values: bool = True,
+    sync: Synchronizer | None = None,
 ) -> Evaluation:
     """Calls the closure, validates its result and forms every observed constraint's residual.
 
@@ -419,15 +387,16 @@ def evaluate(
         formulation: The objective's weight and each constraint's rule.
         check_values: Check the values now (one host synchronisation); ``False`` leaves it
             to a :func:`check_finite` after backward, which checks the gradients too.
+        sync: The collectives of a data-parallel step: the closure's result is then checked
+            whole on this rank (values, index ranges, gradient paths: one more host
+            synchronisation) before every rank agrees to go on, and the dense values are
+            averaged and the indexed batches gathered across ranks (:mod:`._distributed`).
     """
-    if torch.is_grad_enabled():
-        state = closure()
+    if sync is None:
+        objective, checked = call(problem, closure, expected_indices)
+        batches: dict[str, GlobalBatch] = {}
     else:
-        with torch.enable_grad():
-            state = closure()
-    objective, checked = check_state(problem, state)
-    if expected_indices is not None:
-        _check_same_batch(problem, checked, expected_indices)
+        objective, checked, batches = call_synchronized(problem, closure, expected_indices, sync)
     terms = []
     penalties = []
     standards = []
@@ -438,7 +407,7 @@ def evaluate(
         if spec.penalty_weight is not None:
             standard = lag.standard_form(constraint_value, spec)
             standards.append(
-                (spec, _detached_standard(constraint_value, spec, constraint_value.dtype))
+                (spec, detached_standard(constraint_value, spec, constraint_value.dtype))
             )
             batch_size = None if indices is None else indices.shape[0]
             penalty = lag.penalty_term(standard, spec, batch_size)
@@ -459,7 +428,9 @@ def evaluate(
             check_index_range(name, constraint, indices)
         try:
             rule = formulation.rules.get(name, UNIT_RULE)
-            term = _term(constraint, constraint_value, indices, undo, rule, weight)
+            term = _term(
+                constraint, constraint_value, indices, undo, rule, weight, batches.get(name)
+            )
         except IndexError:
             if indices is not None:
                 check_index_range(name, constraint, indices)
@@ -470,90 +441,12 @@ def evaluate(
     fault = gradient_path_fault(objective, checked)
     if fault is not None:
         # A value at fault (non-finite, an index out of range) is named first.
-        _raise_for_bad_values(objective, checked, terms)
+        raise_for_bad_values(objective, checked, terms)
         raise ValueError(fault)
     evaluation = Evaluation(
         objective, terms, penalties, standards, value / weight if weight != 1.0 else value,
-        weight, checked, value,
+        weight, checked, value, sync,
     )  # fmt: skip
     if check_values:
         check_finite(evaluation)
     return evaluation
-
-
-def _check_same_batch(
-    problem: ConstrainedProblem, checked: Checked, expected: Mapping[str, Tensor | None]
-) -> None:
-    """Raises unless this evaluation observes the constraints an earlier one of the same
-    step observed, with the same indices (see :func:`evaluate`)."""
-    observed = {name: indices for name, _, _, indices in checked}
-    every_constraint = isinstance(expected, ObservedIndices)
-    for name, constraint in problem.declared().items():
-        before, now = name in expected, name in observed
-        if before and not now:
-            raise ValueError(
-                f"constraint '{name}': the closure returned no value for it on its second call "
-                "(left out, or of size zero) but one on its first; both evaluations of one "
-                "step must use the same batch"
-            )
-        if now and not before and (every_constraint or constraint.multiplier is not None):
-            raise ValueError(
-                f"constraint '{name}': the closure returned a value for it on its second call "
-                "but none on its first (left out, or of size zero); both evaluations of one "
-                "step must use the same batch"
-            )
-        indices, previous = observed.get(name), expected.get(name)
-        if indices is not None and previous is not None and not torch.equal(indices, previous):
-            raise ValueError(
-                f"constraint '{name}': the closure returned other indices on its second call; "
-                "both evaluations of one step must use the same batch"
-            )
-
-
-def check_finite(
-    evaluation: Evaluation,
-    params: Sequence[Tensor] = (),
-    describe: Callable[[Tensor], str] | None = None,
-    slacks: bool = True,
-) -> None:
-    """Raises :class:`NonFiniteError` if a value of the evaluation, or a gradient that its
-    backward pass left on ``params`` or on the slack rows, is NaN or infinite.
-
-    One host synchronisation: each gradient's sum joins the Lagrangian's value (a sum that
-    overflows sends the check to the detailed one, which lets finite gradients pass). A
-    finite value can have an infinite gradient (``sqrt`` at 0, an overflow of
-    ``multiplier * value`` in backward): checked before any update commits it.
-
-    Args:
-        evaluation: The evaluation, backpropagated if gradients are to be checked.
-        params: The parameters whose ``.grad`` the update will read.
-        describe: Names a parameter in the error message.
-        slacks: Whether to check the gradients of the indexed slack rows too.
-    """
-    # The sums join the value itself: finite sums add a finite number, and it saves the
-    # two operations of a product by 0 per check.
-    sums = [evaluation.total]
-    sums += [grad.sum() for param in params if (grad := param.grad) is not None]
-    for term in evaluation.terms if slacks else ():
-        if term.slack is not None and (grad := term.slack.values.grad) is not None:
-            sums.append(grad.sum())
-    total = torch.stack(sums).sum() if len(sums) > 1 else sums[0]
-    if math.isfinite(total.item()):
-        return
-    _raise_for_bad_values(evaluation.objective, evaluation.values, evaluation.terms)
-    for param in params:
-        if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
-            name = (
-                f"parameter of shape {tuple(param.shape)}" if describe is None else describe(param)
-            )
-            raise NonFiniteError(
-                f"the gradient of {name} has {first_non_finite(param.grad)}: a finite value "
-                "with an infinite derivative (sqrt or log at 0?) or an overflow in backward"
-            )
-    for term in evaluation.terms if slacks else ():
-        grad = None if term.slack is None else term.slack.values.grad
-        if grad is not None and not bool(torch.isfinite(grad).all()):
-            raise NonFiniteError(
-                f"the gradient of the slacks of constraint '{term.constraint.spec.name}' has "
-                f"{first_non_finite(grad)}"
-            )

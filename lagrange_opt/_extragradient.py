@@ -8,6 +8,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from torch import distributed as dist
 
 from ._augmented import AugmentedLagrangian
 from ._evaluation import Evaluation, Term
@@ -88,6 +89,7 @@ class ExtraGradient(ConstrainedOptimizer):
             update the running statistics once per step.
         gradient_hook: See :class:`ConstrainedOptimizer`.
         grad_scaler: See :class:`ConstrainedOptimizer`.
+        process_group: See :class:`ConstrainedOptimizer` (docs/distributed.md).
 
     Example:
         >>> import torch
@@ -123,6 +125,7 @@ class ExtraGradient(ConstrainedOptimizer):
         same_randomness: bool = False,
         gradient_hook: GradientHook | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
+        process_group: dist.ProcessGroup | Literal["default"] | None = None,
     ) -> None:
         self.adaptive: AdaptiveStep | None = _check_step_size(step_size)
         """The adaptive step's settings, ``None`` with a fixed step."""
@@ -131,6 +134,7 @@ class ExtraGradient(ConstrainedOptimizer):
         super().__init__(
             problem, primal_optimizer, dual_optimizer, formulation=formulation, scaling=scaling,
             gradient_hook=gradient_hook, grad_scaler=grad_scaler,
+            process_group=process_group,
         )  # fmt: skip
         self.same_randomness = same_randomness
         self._factor = 1.0 if self.adaptive is None else self.adaptive.initial
@@ -234,6 +238,10 @@ class ExtraGradient(ConstrainedOptimizer):
         sums = _change_norms(
             point.params, point.copies, start_grads, self._bases(), start, extrapolated
         )
+        if self._sync is not None:
+            # ddp: every rank computed these sums from the same data; rank 0's decide, so
+            # that no rounding difference can make the ranks call the closure unequally.
+            sums = self._sync.broadcast(sums)
         primal_operator, dual_operator, primal_point, dual_point, point_norm = sums.tolist()
         weight = dual_factor(self.adaptive, self._factor) / self._factor
         return judge_extrapolation(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import abc
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from torch import distributed as dist
 
 from ._augmented import AugmentedLagrangian
+from ._distributed import synchronizer
 from ._evaluation import Evaluation, check_finite, current_weights, evaluate
 from ._formulation_state import FormulationState
 from ._kkt import ConstraintFigures, ConstraintReport
@@ -131,6 +133,9 @@ class ConstrainedOptimizer(abc.ABC):
             (:attr:`StepResult.skipped`) when one overflowed and moves the scale along the
             scaler's schedule. Do not call the scaler's ``step`` or ``update`` yourself;
             checkpoint its ``state_dict`` beside this optimizer's.
+        process_group: Data-parallel training (docs/distributed.md): ``"default"`` (the
+            default ``torch.distributed`` process group) or a ``ProcessGroup``; every rank
+            evaluates its shard and takes the same step. ``None``: a single process.
     """
 
     def __init__(
@@ -143,6 +148,7 @@ class ConstrainedOptimizer(abc.ABC):
         scaling: bool = False,
         gradient_hook: GradientHook | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
+        process_group: dist.ProcessGroup | Literal["default"] | None = None,
     ) -> None:
         if not isinstance(problem, ConstrainedProblem):
             raise TypeError(f"problem must be a ConstrainedProblem, got {type(problem).__name__}")
@@ -177,6 +183,8 @@ class ConstrainedOptimizer(abc.ABC):
         self._names = {id(param): name for name, param in problem.named_parameters()}
         self.gradient_hook = gradient_hook
         self._loss_scaling = None if scaler is None else LossScaling(scaler)
+        # ddp: the collectives of a data-parallel step (lagrange_opt._distributed).
+        self._sync = synchronizer(process_group, problem, params_of(primal), self._indexed_tables)
 
     def _penalty_steps_dual(self) -> bool:
         """Whether the multipliers' gradient carries the penalty coefficient (the adaptive
@@ -207,14 +215,22 @@ class ConstrainedOptimizer(abc.ABC):
         closure = counted = StepClosure(closure)
         try:
             if measured:
+                params = params_of(self.primal_optimizer)
                 self._formulation.set_scales(
-                    measure_scales(self.problem, closure, params_of(self.primal_optimizer))
+                    measure_scales(self.problem, closure, params)
+                    if self._sync is None
+                    else self._sync.measure_scales(self.problem, closure, params)
                 )
                 # The measuring call leaves no trace: the step's first evaluation sees the
                 # same random numbers and statistics.
                 rollback.rewind()
             result = self._step(closure, int(measured), rollback)
+            if self._sync is not None:
+                # ddp: a rank that failed after the step's last agreement tells the others.
+                self._sync.agree(None)
         except BaseException as error:
+            if self._sync is not None:
+                self._sync.settle(error)
             self._clear_grads()
             rollback.restore()
             if measured:
@@ -329,7 +345,7 @@ class ConstrainedOptimizer(abc.ABC):
         """Evaluates without checking the values: :meth:`_backward` checks them."""
         return evaluate(
             self.problem, closure, undo, expected_indices, self._formulation.current(),
-            check_values=False,
+            check_values=False, sync=self._sync,
         )  # fmt: skip
 
     def _evaluate_and_backward(
@@ -414,6 +430,10 @@ class ConstrainedOptimizer(abc.ABC):
         """Saves, before the updates along ``evaluation``, each side's point whose update
         may raise after it moved something (the rows the evaluation read are copies
         already)."""
+        if self._sync is not None:
+            # ddp: the step's last agreement, after every update, may raise on this rank
+            # for another rank's failure: even an update that cannot raise must be undone.
+            primal = dual = True
         if not (primal or dual):
             return
         params: list[Tensor] = []
@@ -525,6 +545,9 @@ class AlternatingGDA(ConstrainedOptimizer):
         self._save_point(rollback, evaluation, sizes.primal is None, dual=True)
         with torch.no_grad():
             rollback.keep(dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, True))
+        if self._sync is not None:
+            # ddp: a dual step that raised on one rank stops every rank before DDP's backward.
+            self._sync.agree(None)
         self._backward(evaluation, [current_weights(term) for term in evaluation.terms])
         with torch.no_grad():
             rollback.keep(

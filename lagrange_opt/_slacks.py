@@ -112,10 +112,20 @@ def dense_slack_residual(
 
 
 def indexed_slack_residual(
-    constraint: Constraint, standard: Tensor, detached: Tensor, indices: Tensor, undo: UndoLog
+    constraint: Constraint,
+    standard: Tensor,
+    detached: Tensor,
+    indices: Tensor,
+    undo: UndoLog,
+    local: slice | None = None,
 ) -> tuple[Tensor, SlackRows]:
     """The batch's ``g + s**2``, with the rows' slacks set as in :func:`dense_slack_residual`
-    (O(batch): only the batch's rows are read and written)."""
+    (O(batch): only the batch's rows are read and written).
+
+    With a process group, ``indices`` and ``detached`` hold every rank's batch, so that every
+    rank sets the same rows alike, and ``standard`` (with its graph) this rank's entries,
+    ``local`` within them: the output is this rank's.
+    """
     slack, seen = constraint.slack, constraint.slack_seen
     assert slack is not None and seen is not None
     spec = constraint.spec
@@ -132,5 +142,6 @@ def indexed_slack_residual(
     seen.index_fill_(0, rows, True)
     # The table holds the point the step starts from, new rows' initial values included.
     slack.data.index_copy_(0, rows, slack_values.detach())
-    output = lag.slack_residual(standard, slack_values[inverse])
+    entries = inverse if local is None else inverse[local]
+    output = lag.slack_residual(standard, slack_values[entries])
     return output, SlackRows(slack, rows, inverse, slack_values)

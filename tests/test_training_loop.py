@@ -21,6 +21,7 @@ from lagrange_opt import (
     NonFiniteError,
     OptimizerGroup,
     SimultaneousGDA,
+    default_optimizer,
 )
 from lagrange_opt.problems import PositiveOutputs
 
@@ -439,16 +440,6 @@ AUTOCAST = [("cpu", torch.bfloat16)] + (
 )
 
 
-def _default_like(problem: PositiveOutputs, **options: Any) -> ExtraGradient:
-    """``default_optimizer``'s configuration, with options."""
-    return ExtraGradient(
-        problem, torch.optim.SGD(problem.primal_parameters(), lr=1.0),
-        torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
-        formulation="augmented", scaling=True, step_size="adaptive", same_randomness=True,
-        **options,
-    )  # fmt: skip
-
-
 AUTOCAST_RUNS: dict[str, tuple[Callable[..., ConstrainedOptimizer], int]] = {
     "extragradient": (
         lambda problem, **kw: build(
@@ -456,7 +447,7 @@ AUTOCAST_RUNS: dict[str, tuple[Callable[..., ConstrainedOptimizer], int]] = {
         ),
         300,
     ),
-    "default": (_default_like, 150),
+    "default": (default_optimizer, 150),
 }
 
 

@@ -1,0 +1,132 @@
+"""The closure's call in an evaluation: its result validated against the declarations and
+the batch of an earlier evaluation of the step, and with a process group checked whole on
+each rank before every rank agrees to go on (:mod:`._distributed`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ._finiteness import raise_for_bad_values
+from ._problem import ConstrainedProblem, ConstraintSpec, ProblemState
+from ._validation import Checked, check_index_range, check_state, gradient_path_fault
+
+if TYPE_CHECKING:
+    from ._distributed import GlobalBatch, Synchronizer
+
+
+class ObservedIndices(dict[str, Tensor | None]):
+    """The constraints one evaluation observed, each with its indices (``None`` if dense).
+
+    Given to :func:`evaluate` as ``expected_indices``, it says that a constraint missing
+    from it was absent from the earlier evaluation, so that a later evaluation of the same
+    step that observes it is refused (a plain mapping covers the constraints with
+    multipliers only).
+    """
+
+
+def detached_standard(value: Tensor, spec: ConstraintSpec, dtype: torch.dtype) -> Tensor:
+    """The standard form of a value, detached, in memory of its own, in ``dtype``.
+
+    Where a constraint's value is cast to the dual side's dtype, its multipliers' (a
+    penalised constraint, which has none, keeps its own).
+    """
+    detached = value.detach()
+    if detached.dtype != dtype:
+        detached = detached.to(dtype)  # a copy: memory of its own
+        return detached.neg_() if spec.sense == ">=" else detached
+    if spec.sense == ">=":
+        return detached.neg()
+    if value.is_leaf or value._is_view():
+        # The value may be (a view of) a parameter, which the primal step changes.
+        return detached.clone()
+    return detached
+
+
+def call(
+    problem: ConstrainedProblem,
+    closure: Callable[[], ProblemState],
+    expected_indices: Mapping[str, Tensor | None] | None,
+) -> tuple[Tensor, Checked]:
+    """Calls the closure (with gradients enabled) and validates what it returned."""
+    if torch.is_grad_enabled():
+        state = closure()
+    else:
+        with torch.enable_grad():
+            state = closure()
+    objective, checked = check_state(problem, state)
+    if expected_indices is not None:
+        _check_same_batch(problem, checked, expected_indices)
+    return objective, checked
+
+
+def call_synchronized(
+    problem: ConstrainedProblem,
+    closure: Callable[[], ProblemState],
+    expected_indices: Mapping[str, Tensor | None] | None,
+    sync: Synchronizer,
+) -> tuple[Tensor, Checked, dict[str, GlobalBatch]]:
+    """:func:`call` on every rank, then the collectives of :func:`evaluate`.
+
+    Everything that can fail on one rank only is checked before the agreement (the index
+    ranges and the values too, which :func:`evaluate` otherwise leaves to the one
+    finiteness check after backward): after it, every rank forms its terms from the same
+    gathered data, and a failure there would leave the other ranks waiting in a collective.
+    """
+    try:
+        objective, checked = call(problem, closure, expected_indices)
+        own = objective.detach().sum()
+        for name, constraint, value, indices in checked:
+            if indices is not None:
+                check_index_range(name, constraint, indices)
+            own = own + value.detach().sum() * 0
+        if not math.isfinite(own.item()):
+            raise_for_bad_values(objective, checked, [])
+        fault = gradient_path_fault(objective, checked)
+        if fault is not None:
+            raise ValueError(fault)
+    except BaseException as error:
+        sync.agree(error)
+        raise
+    sync.agree(None, [name for name, _, _, _ in checked])
+    averaged = sync.average_dense(checked)
+    gathered = [
+        (name, indices, detached_standard(value, constraint.spec, constraint.multiplier.dtype))
+        for name, constraint, value, indices in checked
+        if indices is not None and constraint.multiplier is not None
+    ]
+    batches = sync.gather_indexed([(indices, standard) for _, indices, standard in gathered])
+    return objective, averaged, {name: batch for (name, _, _), batch in zip(gathered, batches)}
+
+
+def _check_same_batch(
+    problem: ConstrainedProblem, checked: Checked, expected: Mapping[str, Tensor | None]
+) -> None:
+    """Raises unless this evaluation observes the constraints an earlier one of the same
+    step observed, with the same indices (see :func:`evaluate`)."""
+    observed = {name: indices for name, _, _, indices in checked}
+    every_constraint = isinstance(expected, ObservedIndices)
+    for name, constraint in problem.declared().items():
+        before, now = name in expected, name in observed
+        if before and not now:
+            raise ValueError(
+                f"constraint '{name}': the closure returned no value for it on its second call "
+                "(left out, or of size zero) but one on its first; both evaluations of one "
+                "step must use the same batch"
+            )
+        if now and not before and (every_constraint or constraint.multiplier is not None):
+            raise ValueError(
+                f"constraint '{name}': the closure returned a value for it on its second call "
+                "but none on its first (left out, or of size zero); both evaluations of one "
+                "step must use the same batch"
+            )
+        indices, previous = observed.get(name), expected.get(name)
+        if indices is not None and previous is not None and not torch.equal(indices, previous):
+            raise ValueError(
+                f"constraint '{name}': the closure returned other indices on its second call; "
+                "both evaluations of one step must use the same batch"
+            )

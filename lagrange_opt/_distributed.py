@@ -1,0 +1,461 @@
+"""Data-parallel steps with ``torch.distributed``: what makes every rank take the same step.
+
+Each rank evaluates the closure on its own shard of the batch; a :class:`Synchronizer`
+then makes the dual side and the decisions of the step identical on every rank, with a few
+collectives at fixed points of a step (docs/distributed.md lists them):
+
+- **Agreement** (:meth:`Synchronizer.agree`): after each closure call and its local
+  validation, after each finiteness check and at the end of a step, every rank sends one
+  status code (an ``all_gather`` of a few numbers). If any rank failed, every rank raises:
+  the failing rank its own error, the others a :class:`~._validation.NonFiniteError` (if that
+  rank's error was one: the adaptive step then backtracks on every rank alike) or a
+  ``RuntimeError`` naming the rank. Every error that can happen on one rank only happens
+  just before an agreement, so no rank waits in another collective for a rank that raised.
+- **Dense constraint values** (:meth:`Synchronizer.average_dense`) are averaged across ranks
+  before anything is formed from them (the augmented Lagrangian's weights, a penalty's
+  gradient and the slack's initial value depend on the value), with their graphs kept:
+  backward sends the averaged value's cotangent into each rank's own graph, and
+  ``DistributedDataParallel`` averages the resulting gradients, which is the gradient of the
+  averaged value.
+- **Indexed constraints** (:meth:`Synchronizer.gather_indexed`): each rank's indices and
+  residuals (the standard form, detached) are gathered, O(batch) per rank, so that every
+  rank updates the same rows with the same residuals in the same order; a row drawn on two
+  ranks steps twice, as a row drawn twice in one batch. The cotangents stay per rank (each
+  sample's term divided by the rank's batch size, averaged by DDP: the full batch's mean
+  when the shards are equal, as a ``DistributedSampler`` makes them).
+- **Gradients that DDP does not average** (:meth:`Synchronizer.reduce_gradients`): those of
+  primal parameters outside every ``DistributedDataParallel`` submodule of the problem
+  (dense slacks, the problem's bare parameters) are averaged; those of the indexed slack
+  rows are summed (each rank's holds its own samples' terms).
+
+The objective and the Lagrangian in a step's result are the rank's own; the violations of
+the constraints with multipliers, and the multipliers, are the whole batch's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch import distributed as dist
+
+from ._formulation import Scales
+from ._problem import ConstrainedProblem, ProblemState
+from ._scaling import MAX_ROWS
+from ._validation import Checked, NonFiniteError, check_state
+
+_OK, _NON_FINITE, _FAILED = 0.0, 1.0, 2.0
+
+
+class GlobalBatch:
+    """An indexed constraint's batch over every rank, in rank order.
+
+    Attributes:
+        indices: Every rank's indices, concatenated.
+        standard: Every rank's value in standard form, detached, in the table's dtype.
+        local: This rank's entries within them.
+    """
+
+    __slots__ = ("indices", "local", "standard")
+
+    def __init__(self, indices: Tensor, standard: Tensor, local: slice) -> None:
+        self.indices = indices
+        self.standard = standard
+        self.local = local
+
+
+class _Substitute(torch.autograd.Function):
+    """The averaged value in the forward pass, the identity in the backward pass: the
+    cotangent of the average reaches the rank's own value unchanged."""
+
+    @staticmethod
+    def forward(ctx: object, value: Tensor, replacement: Tensor) -> Tensor:
+        return replacement.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+def _ddp_parameters(problem: nn.Module) -> set[int]:
+    """The parameters (by ``id``) whose gradients a DDP submodule of the problem averages."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    return {
+        id(param)
+        for module in problem.modules()
+        if isinstance(module, ddp)
+        for param in module.parameters()
+    }
+
+
+class Synchronizer:
+    """The collectives of a data-parallel step, over one process group.
+
+    Args:
+        group: The process group (``None``: the default group).
+        problem: The problem; its ``DistributedDataParallel`` submodules average their
+            parameters' gradients themselves.
+        params: The primal optimizer's parameters.
+        indexed_tables: The ``id`` of every indexed table (stepped by rows, not reduced).
+    """
+
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None,
+        problem: ConstrainedProblem,
+        params: Sequence[Tensor],
+        indexed_tables: set[int],
+    ) -> None:
+        self.group = group
+        self.world_size = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+        self.names = list(problem.declared())
+        skip = _ddp_parameters(problem) | indexed_tables
+        self.params = [param for param in params if id(param) not in skip]
+        self.tables = indexed_tables
+        self.device = _device_of(group, problem)
+        self._agreed: BaseException | None = None
+
+    # Agreement.
+
+    def agree(self, error: BaseException | None, observed: Sequence[str] | None = None) -> None:
+        """Tells every rank whether this one failed; raises on every rank if one did.
+
+        Args:
+            error: This rank's error, or ``None``. With an error the call returns (the
+                caller raises it) once every rank knows.
+            observed: The constraints this rank's evaluation observed: every rank must
+                observe the same ones (their collectives depend on it).
+
+        Raises:
+            NonFiniteError: If another rank failed with one (the adaptive step backtracks).
+            RuntimeError: If another rank failed otherwise.
+            ValueError: If the ranks observed different constraints.
+        """
+        code = _OK if error is None else _FAILED
+        if isinstance(error, NonFiniteError):
+            code = _NON_FINITE
+        # A fixed size whatever the rank's state: gloo and NCCL need matching sizes.
+        mask = [0.0 if observed is None else float(name in observed) for name in self.names]
+        payload = torch.tensor([code, *mask], dtype=torch.float64, device=self.device)
+        gathered = [torch.empty_like(payload) for _ in range(self.world_size)]
+        dist.all_gather(gathered, payload, group=self.group)
+        rows = torch.stack(gathered).cpu().tolist()
+        if error is not None:
+            self._agreed = error
+            return
+        failed = [(rank, row[0]) for rank, row in enumerate(rows) if row[0] != _OK]
+        if failed:
+            rank, failure = failed[0]
+            what = "found a non-finite value or gradient" if failure == _NON_FINITE else "failed"
+            message = (
+                f"rank {rank} of the process group {what} in this step (its own error says "
+                "what); every rank raises and puts the step back"
+            )
+            raised: BaseException = (
+                NonFiniteError(message) if failure == _NON_FINITE else RuntimeError(message)
+            )
+            self._agreed = raised
+            raise raised
+        if observed is not None and any(row[1:] != rows[0][1:] for row in rows):
+            differing = [
+                name
+                for position, name in enumerate(self.names, start=1)
+                if len({row[position] for row in rows}) > 1
+            ]
+            raised = ValueError(
+                f"constraint(s) {differing} were observed on some ranks but not on others: "
+                "with a process group, every rank must return the same constraints (an "
+                "indexed one with at least one sample on every rank)"
+            )
+            self._agreed = raised
+            raise raised
+
+    def settle(self, error: BaseException) -> None:
+        """Called by a failing step: tells the other ranks, unless an agreement already did
+        (the error, or its direct cause, came from one)."""
+        agreed = self._agreed
+        if agreed is not None and (error is agreed or error.__cause__ is agreed):
+            return
+        self.agree(error)
+
+    def broadcast(self, tensor: Tensor) -> Tensor:
+        """Rank 0's ``tensor`` on every rank (a decision every rank must take alike)."""
+        source = 0 if self.group is None else dist.get_global_rank(self.group, 0)
+        sent = tensor.to(self.device)
+        dist.broadcast(sent, source, group=self.group)
+        return sent.to(tensor.device)
+
+    # The dual side.
+
+    def average_dense(self, checked: Checked) -> Checked:
+        """The closure's values with every dense one averaged across ranks (one
+        ``all_reduce``), its graph kept: backward passes the average's cotangent to the
+        rank's own value."""
+        dense = [position for position, entry in enumerate(checked) if entry[3] is None]
+        if not dense:
+            return checked
+        flat = torch.cat(
+            [
+                checked[position][2].detach().reshape(-1).to(self.device, torch.float64)
+                for position in dense
+            ]
+        )
+        dist.all_reduce(flat, group=self.group)
+        flat /= self.world_size
+        result = list(checked)
+        start = 0
+        for position in dense:
+            name, constraint, value, indices = checked[position]
+            average = flat[start : start + value.numel()].reshape(value.shape)
+            average = average.to(value.device, value.dtype)
+            start += value.numel()
+            substituted = _Substitute.apply(value, average) if value.requires_grad else average
+            result[position] = (name, constraint, substituted, indices)
+        return result
+
+    def gather_indexed(self, batches: Sequence[tuple[Tensor, Tensor]]) -> list[GlobalBatch]:
+        """Every rank's indices and standard values, per indexed constraint, in rank order.
+
+        Three ``all_gather`` calls whatever the number of constraints: the sizes, then the
+        indices and the values padded to the largest rank's.
+
+        Args:
+            batches: Per constraint, this rank's indices and detached standard values.
+        """
+        if not batches:
+            return []
+        sizes = torch.tensor([indices.shape[0] for indices, _ in batches], device=self.device)
+        all_sizes = self._gather(sizes).tolist()
+        widths = [standard[0].numel() for _, standard in batches]
+        indices = self._gather_padded(
+            torch.cat([indices.to(self.device, torch.int64) for indices, _ in batches]),
+            [sum(rank_sizes) for rank_sizes in all_sizes],
+        )
+        values = self._gather_padded(
+            torch.cat(
+                [standard.reshape(-1).to(self.device, torch.float64) for _, standard in batches]
+            ),
+            [sum(n * w for n, w in zip(rank_sizes, widths)) for rank_sizes in all_sizes],
+        )
+        result = []
+        offsets = [0] * self.world_size
+        value_offsets = [0] * self.world_size
+        for position, (local_indices, standard) in enumerate(batches):
+            parts, value_parts = [], []
+            local = slice(0)
+            total = 0
+            for rank in range(self.world_size):
+                size = all_sizes[rank][position]
+                if rank == self.rank:
+                    local = slice(total, total + size)
+                total += size
+                parts.append(indices[rank][offsets[rank] : offsets[rank] + size])
+                offsets[rank] += size
+                width = size * widths[position]
+                start = value_offsets[rank]
+                value_parts.append(values[rank][start : start + width])
+                value_offsets[rank] += width
+            gathered = torch.cat(value_parts).to(standard.device, standard.dtype)
+            result.append(
+                GlobalBatch(
+                    torch.cat(parts).to(local_indices.device, local_indices.dtype),
+                    gathered.reshape(total, *standard.shape[1:]),
+                    local,
+                )
+            )
+        return result
+
+    def _gather(self, tensor: Tensor) -> Tensor:
+        gathered = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(gathered, tensor, group=self.group)
+        return torch.stack(gathered)
+
+    def _gather_padded(self, tensor: Tensor, lengths: list[int]) -> list[Tensor]:
+        padded = tensor.new_zeros(max(lengths))
+        padded[: tensor.shape[0]] = tensor
+        gathered = self._gather(padded)
+        return [gathered[rank, :length] for rank, length in enumerate(lengths)]
+
+    # The primal side.
+
+    def reduce_gradients(self, slack_rows: Sequence[Tensor]) -> None:
+        """Averages the gradients of the primal parameters outside DDP and sums those of
+        the indexed slack rows (each rank's holds its own samples' terms), in one
+        ``all_reduce``. A gradient absent on a rank counts as zero; absent on every rank
+        it stays ``None``."""
+        params = [param for param in self.params if param.requires_grad]
+        if not params and not slack_rows:
+            return
+        parts = [
+            (torch.zeros(param.numel()) if param.grad is None else param.grad.reshape(-1)).to(
+                device=self.device, dtype=torch.float64
+            )
+            for param in params
+        ]
+        parts.append(
+            torch.tensor(
+                [float(param.grad is not None) for param in params],
+                dtype=torch.float64,
+                device=self.device,
+            )
+        )
+        for values in slack_rows:
+            grad = torch.zeros_like(values) if values.grad is None else values.grad
+            parts.append(grad.reshape(-1).to(device=self.device, dtype=torch.float64))
+        flat = torch.cat(parts)
+        dist.all_reduce(flat, group=self.group)
+        sizes = [param.numel() for param in params]
+        chunks = flat.split([*sizes, len(params), *(values.numel() for values in slack_rows)])
+        present = chunks[len(params)].tolist()
+        for param, chunk, count in zip(params, chunks, present):
+            if count:
+                average = (chunk / self.world_size).reshape(param.shape)
+                param.grad = average.to(device=param.device, dtype=param.dtype)
+        for values, chunk in zip(slack_rows, chunks[len(params) + 1 :]):
+            values.grad = chunk.reshape(values.shape).to(device=values.device, dtype=values.dtype)
+
+    # Scaling.
+
+    def measure_scales(
+        self,
+        problem: ConstrainedProblem,
+        closure: Callable[[], ProblemState],
+        params: Sequence[Tensor],
+    ) -> Scales:
+        """:func:`._scaling.measure_scales` on the whole batch: the gradients of the
+        objective and of each dense constraint element are averaged across ranks before
+        their largest entry is taken (one ``all_reduce`` of ``1 + dense elements``
+        gradient vectors, once per run); an indexed constraint takes the largest over the
+        ranks of each rank's largest over its first rows (equal to the whole batch's when
+        the batch holds at most :data:`._scaling.MAX_ROWS` entries)."""
+        # The closure reads no indexed table (the evaluation reads their rows): a table's
+        # gradient is None, and a vector of its zeros would be O(table).
+        params = [param for param in params if param.requires_grad and id(param) not in self.tables]
+        try:
+            with torch.enable_grad():
+                objective, checked = check_state(problem, closure())
+                outputs: list[tuple[str, Tensor]] = [("the objective", objective)]
+                indexed: list[tuple[str, Tensor]] = []
+                for name, constraint, value, indices in checked:
+                    if constraint.multiplier is None:
+                        continue
+                    flat = value.reshape(-1)
+                    count = min(MAX_ROWS, flat.numel())
+                    labelled = [
+                        (f"constraint '{name}' (element {i})", flat[i]) for i in range(count)
+                    ]
+                    (outputs if indices is None else indexed).extend(labelled)
+                dense = torch.stack([self._flat_grad(*output, params) for output in outputs])
+                largest = torch.tensor(
+                    [float(self._flat_grad(*output, params).abs().amax()) for output in indexed],
+                    dtype=torch.float64,
+                )
+        except BaseException as error:
+            self.agree(error)
+            raise
+        self.agree(None, [name for name, _, _, _ in checked])
+        dense = dense.to(self.device)
+        dist.all_reduce(dense, group=self.group)
+        norms = (dense / self.world_size).abs().amax(dim=1).clamp(min=1.0).tolist()
+        largest = largest.to(self.device)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=self.group)
+        maxima = largest.tolist()
+        scales: dict[str, Tensor] = {
+            name: torch.ones((), dtype=multiplier.dtype, device=multiplier.device)
+            for name, constraint in problem.constraint_items()
+            if (multiplier := constraint.multiplier) is not None
+        }
+        dense_position, indexed_position = 1, 0
+        for name, constraint, value, indices in checked:
+            multiplier = constraint.multiplier
+            if multiplier is None:
+                continue
+            count = min(MAX_ROWS, value.numel())
+            if indices is None:
+                rows = norms[dense_position : dense_position + count]
+                dense_position += count
+            else:
+                rows = [max(1.0, m) for m in maxima[indexed_position : indexed_position + count]]
+                indexed_position += count
+            if indices is None and value.numel() <= MAX_ROWS:
+                scale = torch.tensor(rows, dtype=multiplier.dtype).reshape(value.shape)
+            else:
+                scale = torch.tensor(max(rows), dtype=multiplier.dtype)
+            scales[name] = scale.to(multiplier.device)
+        return Scales(norms[0], scales)
+
+    @staticmethod
+    def _flat_grad(label: str, output: Tensor, params: Sequence[Tensor]) -> Tensor:
+        """The gradient of ``output`` with respect to ``params``, flattened, in float64."""
+        if not bool(torch.isfinite(output.detach())):
+            raise NonFiniteError(
+                f"{label} is not finite at the first point: {float(output.detach())}"
+            )
+        if not output.requires_grad or not params:
+            return torch.zeros(sum(param.numel() for param in params), dtype=torch.float64)
+        grads = torch.autograd.grad(output, params, retain_graph=True, allow_unused=True)
+        flat = torch.cat(
+            [
+                (torch.zeros(param.numel()) if grad is None else grad.reshape(-1)).to(
+                    device="cpu", dtype=torch.float64
+                )
+                for param, grad in zip(params, grads)
+            ]
+        )
+        if not bool(torch.isfinite(flat).all()):
+            raise NonFiniteError(f"the gradient of {label} at the first point is not finite")
+        return flat
+
+
+def _device_of(group: dist.ProcessGroup | None, problem: nn.Module) -> torch.device:
+    """Where the tensors of the collectives live: the CPU for gloo (which does not take
+    CUDA tensors in every collective), else the device of the problem's first parameter
+    (NCCL takes CUDA tensors only). Every payload is moved there and back."""
+    if dist.get_backend(group) == dist.Backend.GLOO:
+        return torch.device("cpu")
+    for param in problem.parameters():
+        return param.device
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def synchronizer(
+    process_group: object,
+    problem: ConstrainedProblem,
+    params: Sequence[Tensor],
+    indexed_tables: set[int],
+) -> Synchronizer | None:
+    """Validates a method's ``process_group`` argument and builds its :class:`Synchronizer`.
+
+    Args:
+        process_group: ``None`` (a single process: no collective), ``"default"`` (the
+            default process group) or a ``torch.distributed.ProcessGroup``.
+
+    Raises:
+        TypeError: If ``process_group`` is none of these.
+        RuntimeError: If ``torch.distributed`` is unavailable or not initialised.
+    """
+    if process_group is None:
+        return None
+    if not (process_group == "default" or _is_group(process_group)):
+        raise TypeError(
+            "process_group must be None, 'default' or a torch.distributed.ProcessGroup, got "
+            f"{type(process_group).__name__}"
+        )
+    if not dist.is_available():
+        raise RuntimeError("process_group given, but torch.distributed is not available")
+    if not dist.is_initialized():
+        raise RuntimeError(
+            "process_group given, but the default process group is not initialized: call "
+            "torch.distributed.init_process_group() first (torchrun sets its environment)"
+        )
+    group = None if process_group == "default" else process_group
+    assert group is None or isinstance(group, dist.ProcessGroup)
+    if dist.get_rank(group) < 0:
+        raise ValueError("process_group: this process is not a member of the group")
+    return Synchronizer(group, problem, params, indexed_tables)
+
+
+def _is_group(value: object) -> bool:
+    return dist.is_available() and isinstance(value, dist.ProcessGroup)

@@ -1,0 +1,179 @@
+"""Data-parallel steps (issue 11): 2 gloo ranks on the CPU take the step that one process
+takes on the whole batch, hold bitwise the same multipliers, and fail together.
+
+The ranks are spawned once for the module (``tests/distributed_worker.py`` runs every case
+and saves each rank's results); the single-process references run here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from distributed_worker import CASES, build, run_case
+from torch import distributed as dist
+
+from lagrange_opt import SimultaneousGDA, default_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"
+)
+
+
+class Runs:
+    """The two spawned runs, started together (each mostly waits for its processes to
+    start and import torch, so they overlap)."""
+
+    def __init__(self, outdir: Path) -> None:
+        self.outdir = outdir
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+        worker = [sys.executable, str(ROOT / "tests" / "distributed_worker.py"), str(outdir)]
+        example = [sys.executable, str(ROOT / "examples" / "ddp.py"), "--epochs", "1",
+                   "--samples", "64", "--batch-size", "16"]  # fmt: skip
+        self.worker = subprocess.Popen(worker, cwd=ROOT, env=env)
+        self.example = subprocess.Popen(
+            example, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self._ranks: list[dict[str, Any]] | None = None
+
+    def ranks(self) -> list[dict[str, Any]]:
+        if self._ranks is None:
+            assert self.worker.wait(timeout=240) == 0
+            self._ranks = [
+                torch.load(self.outdir / f"rank{rank}.pt", weights_only=False) for rank in range(2)
+            ]
+        return self._ranks
+
+    def close(self) -> None:
+        for process in (self.worker, self.example):
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        if self.example.stdout is not None:
+            self.example.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    started = Runs(tmp_path_factory.mktemp("distributed"))
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def ranks(runs: Runs) -> list[dict[str, Any]]:
+    return runs.ranks()
+
+
+@pytest.mark.parametrize("case", CASES, ids="-".join)
+def test_two_ranks_equal_one_process_on_the_whole_batch(
+    ranks: list[dict[str, Any]], case: tuple[str, str, str]
+) -> None:
+    reference = run_case(case, None)
+    for rank in ranks:
+        result = rank["cases"][case]
+        assert result.keys() == reference.keys()
+        for name, value in reference.items():
+            torch.testing.assert_close(result[name], value, rtol=0, atol=1e-6, msg=name)
+    # Every rank holds bitwise the same multipliers, slacks and parameters.
+    first, second = (rank["cases"][case] for rank in ranks)
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+
+
+def test_a_process_group_of_its_own(ranks: list[dict[str, Any]]) -> None:
+    for rank in ranks:
+        default = rank["cases"][("default", "augmented", "slack")]
+        for name, value in rank["group"].items():
+            assert torch.equal(value, default[name]), name
+
+
+def test_the_cases_move_the_multipliers(ranks: list[dict[str, Any]]) -> None:
+    # The comparison above is not of states that never left their start.
+    moved = ranks[0]["cases"][("simultaneous", "lagrangian", "projection")]
+    assert float(moved["constraints.nonnegative.multiplier"].abs().sum()) > 0
+    assert float(moved["constraints.floor.multiplier"].abs().sum()) > 0
+
+
+def test_a_closure_raising_on_one_rank_raises_on_every_rank(
+    ranks: list[dict[str, Any]],
+) -> None:
+    failing, other = ranks[1]["raise"], ranks[0]["raise"]
+    assert failing["raised"][0] == "KeyError"
+    assert other["raised"][0] == "RuntimeError"
+    assert "rank 1" in other["raised"][1]
+    assert failing["unchanged"] and other["unchanged"]
+    for name, value in failing["after"].items():
+        assert torch.equal(value, other["after"][name]), name
+
+
+@pytest.mark.parametrize("key", ["nan", "nan_alternating"])
+def test_a_nan_on_one_rank_raises_on_every_rank(ranks: list[dict[str, Any]], key: str) -> None:
+    failing, other = ranks[0][key], ranks[1][key]
+    assert failing["raised"][0] == "NonFiniteError"
+    assert "floor" in failing["raised"][1]
+    assert other["raised"][0] == "NonFiniteError"
+    assert "rank 0" in other["raised"][1]
+    assert failing["unchanged"] and other["unchanged"]
+    for name, value in failing["after"].items():
+        assert torch.equal(value, other["after"][name]), name
+
+
+def test_an_update_failing_on_one_rank_raises_on_every_rank(
+    ranks: list[dict[str, Any]],
+) -> None:
+    failing, other = ranks[1]["hook"], ranks[0]["hook"]
+    assert failing["raised"][0] == "OSError"
+    assert other["raised"][0] == "RuntimeError" and "rank 1" in other["raised"][1]
+    assert failing["unchanged"] and other["unchanged"]
+    for name, value in failing["after"].items():
+        assert torch.equal(value, other["after"][name]), name
+
+
+def test_every_rank_observes_the_same_constraints(ranks: list[dict[str, Any]]) -> None:
+    for rank in ranks:
+        assert rank["observed"]["raised"][0] == "ValueError"
+        assert "'floor'" in rank["observed"]["raised"][1]
+        assert rank["observed"]["unchanged"]
+
+
+def test_every_rank_backtracks_when_one_finds_a_nan(ranks: list[dict[str, Any]]) -> None:
+    first, second = (rank["backtracking"] for rank in ranks)
+    assert first["evaluations"] == second["evaluations"]
+    assert first["evaluations"][1] > 2  # the rejected try, then the accepted one
+    for name, value in first["after"].items():
+        assert torch.equal(value, second["after"][name]), name
+
+
+def test_indexed_tables_are_not_communicated(ranks: list[dict[str, Any]]) -> None:
+    # A table of a million rows; the largest payload is the dense gradients' (the offset,
+    # the dense slacks and the presence flags) or the measured gradients of the scaling.
+    for rank in ranks:
+        assert rank["payload"] <= 64
+
+
+def test_process_group_needs_an_initialised_group() -> None:
+    problem, _ = build("simultaneous", "lagrangian", "projection", None)
+    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.1)
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True)
+    with pytest.raises(RuntimeError, match="not initialized"):
+        SimultaneousGDA(problem, primal, dual, process_group="default")
+    with pytest.raises(TypeError, match="process_group must be"):
+        SimultaneousGDA(problem, primal, dual, process_group="world")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="not initialized"):
+        default_optimizer(problem, process_group="default")
+
+
+def test_the_example_runs_on_two_cpu_processes(runs: Runs) -> None:
+    output, _ = runs.example.communicate(timeout=240)
+    assert runs.example.returncode == 0, output
+    assert "ranks: 2" in output
+    assert "multipliers identical on every rank: True" in output
