@@ -45,6 +45,10 @@ CASES = [
 ] + [("default", "augmented", treatment) for treatment in ("slack", "projection", "penalty")]
 
 
+# Gradient clipping and loss scaling under a process group.
+HOOK_CASES = [("extragradient", "augmented", "slack"), ("default", "augmented", "projection")]
+
+
 class ShardedProblem(ConstrainedProblem):
     """A linear model with a bare offset, a dense equality, a dense inequality and an
     indexed inequality (the last two with ``treatment``)."""
@@ -89,7 +93,12 @@ def batches(rank: int | None) -> list[Tensor]:
 
 
 def build(
-    method: str, formulation: str, treatment: str, rank: int | None, group: Any = "default"
+    method: str,
+    formulation: str,
+    treatment: str,
+    rank: int | None,
+    group: Any = "default",
+    hooks: bool = False,
 ) -> tuple[ShardedProblem, ConstrainedOptimizer]:
     torch.manual_seed(0)
     model: nn.Module = nn.Linear(3, 2).to(DTYPE)
@@ -98,8 +107,15 @@ def build(
     else:
         model = nn.parallel.DistributedDataParallel(model)
     problem = ShardedProblem(model, treatment)
+    options: dict[str, Any] = {}
+    if hooks:
+        # Clipping of the averaged gradients, and a loss scale that grows every two steps
+        # (exact in float64: a power of two).
+        clipped = [*model.parameters(), problem.offset]
+        options["gradient_hook"] = lambda: nn.utils.clip_grad_norm_(clipped, 0.05)
+        options["grad_scaler"] = torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=2)
     if method == "default":
-        return problem, default_optimizer(problem, process_group=group)
+        return problem, default_optimizer(problem, process_group=group, **options)
     primal = torch.optim.SGD(problem.primal_parameters(), lr=0.05)
     dual = torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True)
     kinds: dict[str, type[ConstrainedOptimizer]] = {
@@ -107,7 +123,9 @@ def build(
         "alternating": AlternatingGDA,
         "extragradient": ExtraGradient,
     }
-    optimizer = kinds[method](problem, primal, dual, formulation=formulation, process_group=group)
+    optimizer = kinds[method](
+        problem, primal, dual, formulation=formulation, process_group=group, **options
+    )
     return problem, optimizer
 
 
@@ -120,9 +138,9 @@ def state(problem: nn.Module) -> dict[str, Tensor]:
 
 
 def run_case(
-    case: tuple[str, str, str], rank: int | None, group: Any = "default"
+    case: tuple[str, str, str], rank: int | None, group: Any = "default", hooks: bool = False
 ) -> dict[str, Tensor]:
-    problem, optimizer = build(*case, rank, group)
+    problem, optimizer = build(*case, rank, group, hooks)
     for batch in batches(rank):
         optimizer.step(lambda batch=batch: problem(batch))
     return state(problem)
@@ -289,6 +307,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         results: dict[str, Any] = {"cases": {case: run_case(case, rank) for case in CASES}}
         # A group of its own rather than the default one.
         results["group"] = run_case(("default", "augmented", "slack"), rank, dist.new_group())
+        results["hooks"] = {case: run_case(case, rank, hooks=True) for case in HOOK_CASES}
         results["raise"] = _failure("simultaneous", rank, _raise_on_rank_1)
         results["nan"] = _failure("default", rank, _nan_on_rank_0)
         results["nan_alternating"] = _failure("alternating", rank, _nan_on_rank_0)

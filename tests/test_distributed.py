@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from distributed_worker import CASES, build, run_case
+from distributed_worker import CASES, HOOK_CASES, build, run_case
 from torch import distributed as dist
 
 from lagrange_opt import SimultaneousGDA, default_optimizer
@@ -87,6 +87,21 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(
     first, second = (rank["cases"][case] for rank in ranks)
     for name, value in first.items():
         assert torch.equal(value, second[name]), name
+
+
+@pytest.mark.parametrize("case", HOOK_CASES, ids="-".join)
+def test_clipping_and_loss_scaling_on_two_ranks_equal_one_process(
+    ranks: list[dict[str, Any]], case: tuple[str, str, str]
+) -> None:
+    """The gradient hook clips the averaged gradients, the same on every rank, and the loss
+    scale (a power of two in float64) changes nothing: the runs equal one process's with
+    the same hooks, and differ from the runs without them."""
+    reference = run_case(case, None, hooks=True)
+    unhooked = run_case(case, None)
+    assert any(not torch.allclose(unhooked[name], value) for name, value in reference.items())
+    for rank in ranks:
+        for name, value in reference.items():
+            torch.testing.assert_close(rank["hooks"][case][name], value, rtol=0, atol=1e-6)
 
 
 def test_a_process_group_of_its_own(ranks: list[dict[str, Any]]) -> None:
