@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.optim import optimizer as optimizer_module
 
 from ._evaluation import Term
+from ._fast_optimizers import plan
 from ._lagrangian import project_nonnegative_
 from ._rows import RowView, StateUndo, step_optimizer
 
@@ -59,6 +60,18 @@ def sgd_step_sizes(optimizer: torch.optim.Optimizer) -> list[float] | None:
             return None
         sizes.append(float(learning_rate) if group["maximize"] else -float(learning_rate))
     return sizes
+
+
+def step(
+    optimizer: torch.optim.Optimizer, views: Sequence[RowView], commit_state: bool
+) -> StateUndo | None:
+    """The optimizer's own update, on its parameters with a gradient and on ``views``:
+    functional for a stock Adam or AdamW (:mod:`._fast_optimizers`, the same iterates),
+    else through ``optimizer.step()`` (:func:`._rows.step_optimizer`)."""
+    functional = plan(optimizer, views)
+    if functional is not None:
+        return functional.step(commit_state)
+    return step_optimizer(optimizer, views, commit_state)
 
 
 def _size_of(optimizer: torch.optim.Optimizer, sizes: list[float]) -> dict[int, float]:
@@ -108,7 +121,7 @@ def primal_update(
             )
             for read in slacks
         ]  # fmt: skip
-        return step_optimizer(optimizer, views, commit_state)
+        return step(optimizer, views, commit_state)
     for group, size in zip(optimizer.param_groups, sizes):
         params = [param for param in group["params"] if param.grad is not None]
         if origins is not None:
@@ -186,7 +199,7 @@ def _stock_dual_update(
         values = multiplier.detach().index_select(0, rows)
         views.append(RowView(multiplier, rows, values, grad, term.projected))
     try:
-        undo = step_optimizer(optimizer, views, commit_state)
+        undo = step(optimizer, views, commit_state)
     finally:
         for term in terms:
             if term.indices is None:
