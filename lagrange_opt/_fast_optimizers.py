@@ -24,7 +24,7 @@ yet (the first step creates it through ``step()``).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -57,32 +57,19 @@ def copy_all(targets: Sequence[Tensor], sources: Sequence[Tensor]) -> None:
         target.copy_(source)
 
 
-class Buffers:
-    """Tensors reused from call to call to hold copies (no allocation once warm)."""
-
-    def __init__(self) -> None:
-        self._tensors: list[Tensor] = []
-
-    def copies_of(self, sources: Sequence[Tensor]) -> list[Tensor]:
-        """Copies of ``sources`` in this pool's tensors (reallocated where they differ)."""
-        tensors = self._tensors
-        if len(tensors) != len(sources) or any(
-            t.shape != s.shape or t.dtype != s.dtype or t.device != s.device
-            for t, s in zip(tensors, sources)
-        ):
-            tensors = [torch.empty_like(s, memory_format=torch.preserve_format) for s in sources]
-            self._tensors = tensors
-        copy_all(tensors, sources)
-        return list(tensors)
+Buffers = dict[int, list[Tensor]]
+"""Per parameter (by ``id``), tensors reused from step to step."""
 
 
 class _Pools:
-    """An optimizer's two pools: the extrapolation's scratch state and the committed
-    step's undo copy (a method commits each optimizer once per step)."""
+    """An optimizer's reused tensors: the extrapolation's moments (``scratch``), the
+    committed step's new moments (``spare``: they become the state, and the old moments,
+    kept to undo the step, the next step's spare) and the denominators."""
 
     def __init__(self) -> None:
-        self.scratch = Buffers()
-        self.undo = Buffers()
+        self.scratch: Buffers = {}
+        self.spare: Buffers = {}
+        self.denominators: Buffers = {}
 
 
 _POOLS: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Pools] = weakref.WeakKeyDictionary()
@@ -93,6 +80,23 @@ def _pools(optimizer: torch.optim.Optimizer) -> _Pools:
     if pools is None:
         pools = _POOLS[optimizer] = _Pools()
     return pools
+
+
+def _buffers(pool: Buffers, key: int, sources: Sequence[Tensor]) -> list[Tensor]:
+    """``pool``'s tensors for ``key`` shaped like ``sources``, reallocated where they
+    differ or where they are the sources themselves (a state put back by an undo)."""
+    tensors = pool.get(key)
+    if (
+        tensors is None
+        or len(tensors) != len(sources)
+        or any(
+            t is s or t.shape != s.shape or t.dtype != s.dtype or t.device != s.device
+            for t, s in zip(tensors, sources)
+        )
+    ):
+        tensors = [torch.empty_like(s, memory_format=torch.preserve_format) for s in sources]
+        pool[key] = tensors
+    return tensors
 
 
 def is_fast(optimizer: torch.optim.Optimizer) -> bool:
@@ -179,22 +183,73 @@ def _keys(group: dict[str, Any]) -> tuple[str, ...]:
 def _call_adam(
     group: dict[str, Any], params: list[Tensor], grads: list[Tensor], state: list[list[Tensor]]
 ) -> None:
-    """``torch.optim.adam.adam`` with the arguments ``Adam.step()`` passes it."""
+    """``torch.optim.adam.adam`` with the arguments ``Adam.step()`` passes it: the state
+    lists in the order of :func:`_keys`, stepped in place."""
     if not params:
         return
     beta1, beta2 = group["betas"]
     amsgrad = group["amsgrad"]
-    exp_avgs, exp_avg_sqs = state[0], state[1]
-    max_exp_avg_sqs = state[2] if amsgrad else []
-    steps = state[-1]
     adam(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+        params, grads, state[0], state[1], state[2] if amsgrad else [], state[-1],
         foreach=group["foreach"], capturable=False, differentiable=False, fused=None,
         grad_scale=None, found_inf=None, has_complex=any(torch.is_complex(p) for p in params),
         decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=amsgrad, beta1=beta1,
         beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
         maximize=group["maximize"],
     )  # fmt: skip
+
+
+def _single_tensor(group: dict[str, Any], tensors: Sequence[Tensor]) -> bool:
+    """Whether ``Adam.step()`` takes its single-tensor loop here (``foreach`` not asked
+    for, every tensor real and on the CPU, where torch has no foreach default): the loop
+    :func:`_adam_into` writes out of place, operation for operation."""
+    return group["foreach"] is not True and all(
+        t.device.type == "cpu" and not torch.is_complex(t) for t in tensors
+    )
+
+
+def _adam_into(
+    group: dict[str, Any],
+    param: Tensor,
+    grad: Tensor,
+    sources: Sequence[Tensor],
+    targets: Sequence[Tensor],
+    origin: Tensor | None,
+    denominator: Tensor,
+) -> None:
+    """One parameter's update of ``torch.optim.adam._single_tensor_adam`` (torch 2.x,
+    ``capturable`` and ``differentiable`` off, float hyperparameters), with the state read
+    from ``sources`` and written to ``targets`` (moments, then the step count, as
+    :func:`_keys` orders them; the same tensors for an update in place) and the parameter
+    stepped from ``origin`` (``None``: from itself). The same operations on the same
+    values, so the same bits; ``tests/test_fast_optimizers.py`` checks it against
+    ``step()``.
+    """
+    beta1, beta2 = group["betas"]
+    lr, weight_decay, eps = group["lr"], group["weight_decay"], group["eps"]
+    if group["maximize"]:
+        grad = -grad
+    step_t = torch.add(sources[-1], 1, out=targets[-1])
+    base = param if origin is None else origin
+    if weight_decay != 0:
+        if group["decoupled_weight_decay"]:
+            base = torch.mul(base, 1 - lr * weight_decay, out=param)
+        else:
+            grad = grad.add(base, alpha=weight_decay)
+    exp_avg = torch.lerp(sources[0], grad, 1 - beta1, out=targets[0])
+    exp_avg_sq = torch.mul(sources[1], beta2, out=targets[1])
+    exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
+    step = step_t.item()
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2**0.5
+    second = exp_avg_sq
+    if group["amsgrad"]:
+        second = torch.maximum(sources[2], exp_avg_sq, out=targets[2])
+    denom = torch.sqrt(second, out=denominator)
+    torch.div(denom, bias_correction2_sqrt, out=denom).add_(eps)
+    torch.addcdiv(base, exp_avg, denom, value=-step_size, out=param)
 
 
 class Plan:
@@ -213,61 +268,81 @@ class Plan:
         self._groups = groups
         self._table_states = table_states
 
-    def step(self, commit_state: bool) -> StateUndo | None:
+    def step(
+        self, commit_state: bool, origins: Mapping[int, Tensor] | None = None
+    ) -> StateUndo | None:
         """What :func:`._rows.step_optimizer` does, functionally.
 
         Runs under the caller's ``torch.no_grad()``. The dense parameters and the viewed
         tables' rows move; the viewed rows are projected where their view says so.
 
+        An extrapolation writes the new moments into scratch tensors: the state is not
+        read back or copied. A committed step writes them into spare tensors that then
+        replace the state's (the undo puts the old ones back): no copy either.
+
         Args:
             commit_state: If False, the optimizer's state is left as it was
                 (extrapolation).
+            origins: For each dense parameter (by ``id``), the point to step from instead
+                of its current value, written straight into the parameter.
 
         Returns:
             With ``commit_state``, what puts the optimizer's state back; else ``None``.
         """
         optimizer = self._optimizer
         pools = _pools(optimizer)
-        # Every group's dense state, flattened, copied in one call: into the scratch that
-        # the extrapolation steps, or into the undo copy before the state is stepped in
-        # place.
-        layout = [_keys(group) for group in optimizer.param_groups]
-        originals = [
-            param_state[key]
-            for keys, collected in zip(layout, self._groups)
-            for key in keys
-            for param_state in collected.states
-        ]
-        copies = (pools.undo if commit_state else pools.scratch).copies_of(originals)
-        stepped = originals if commit_state else copies
+        pool = pools.spare if commit_state else pools.scratch
         undo = StateUndo(optimizer.state) if commit_state else None
-        if undo is not None:
-            undo.keep_copies(originals, copies)
         tables = {
             id(view.table): (view, table_state)
             for view, table_state in zip(self._views, self._table_states)
         }
-        position = 0
-        for group, keys, collected in zip(optimizer.param_groups, layout, self._groups):
-            count = len(collected.params)
-            state = []
-            for _ in keys:
-                state.append(stepped[position : position + count])
-                position += count
-            params, grads = list(collected.params), list(collected.grads)
+        for group, collected in zip(optimizer.param_groups, self._groups):
+            keys = _keys(group)
+            sources = [[state[key] for key in keys] for state in collected.states]
+            targets = [
+                _buffers(pool, id(param), source)
+                for param, source in zip(collected.params, sources)
+            ]
             rows: list[tuple[RowView, State, State]] = []
             for param in group["params"]:
                 entry = tables.get(id(param))
-                if entry is None:
+                if entry is not None:
+                    view, table_state = entry
+                    row_state = gather_state(table_state, view.rows, view.table.shape)
+                    rows.append((view, table_state, row_state))
+            # The rows' state is gathered into copies: stepped in place.
+            row_tensors = [[row_state[key] for key in keys] for _, _, row_state in rows]
+            params = [*collected.params, *(view.values for view, _, _ in rows)]
+            grads = [*collected.grads, *(view.grad for view, _, _ in rows)]
+            if _single_tensor(group, [*params, *grads]):
+                for index, (param, grad) in enumerate(zip(params, grads)):
+                    dense = index < len(sources)
+                    source = sources[index] if dense else row_tensors[index - len(sources)]
+                    target = targets[index] if dense else source
+                    origin = origins.get(id(param)) if origins is not None and dense else None
+                    denominator = _buffers(pools.denominators, id(param), [param])[0]
+                    _adam_into(group, param, grad, source, target, origin, denominator)
+            else:
+                copy_all(
+                    [t for target in targets for t in target],
+                    [s for source in sources for s in source],
+                )
+                if origins is not None:
+                    moved = [p for p in collected.params if id(p) in origins]
+                    copy_all(moved, [origins[id(p)] for p in moved])
+                state_lists = [list(column) for column in zip(*targets, *row_tensors)]
+                _call_adam(group, params, grads, state_lists)
+            for param, state, source, target in zip(
+                collected.params, collected.states, sources, targets
+            ):
+                if undo is None:
                     continue
-                view, table_state = entry
-                row_state = gather_state(table_state, view.rows, view.table.shape)
-                rows.append((view, table_state, row_state))
-                params.append(view.values)
-                grads.append(view.grad)
-                for index, key in enumerate(keys):
-                    state[index].append(row_state[key])
-            _call_adam(group, params, grads, state)
+                undo.keep_entries(state, dict(zip(keys, source)))
+                state.update(zip(keys, target))
+                # The old tensors, kept by the undo until the method's step ends, are
+                # the next committed step's spare (a method commits once per step).
+                pool[id(param)] = source
             for view, table_state, row_state in rows:
                 _write_rows(optimizer, view, table_state, row_state, undo)
         return undo

@@ -107,8 +107,8 @@ class StateUndo:
     """What puts an optimizer's state back as it was before one committed step.
 
     The stock step worked on copies of the dense parameters' states: the originals are
-    kept. The functional step (:mod:`._fast_optimizers`) stepped them in place: copies of
-    their old values are kept. A table's state was written in the batch's rows only: the
+    kept. The functional step (:mod:`._fast_optimizers`) replaced the state's tensors with
+    new ones: the old ones are kept. A table's state was written in the batch's rows only: the
     rows' old values are kept.
     """
 
@@ -116,11 +116,11 @@ class StateUndo:
         self._state = state
         self._params: list[tuple[Tensor, State | None]] = []
         self._tables: list[tuple[Tensor, State, Tensor, State]] = []
-        self._copies: list[tuple[list[Tensor], list[Tensor]]] = []
+        self._entries: list[tuple[State, State]] = []
 
-    def keep_copies(self, targets: list[Tensor], copies: list[Tensor]) -> None:
-        """Remembers state tensors stepped in place, and copies of their old values."""
-        self._copies.append((targets, copies))
+    def keep_entries(self, param_state: State, old: State) -> None:
+        """Remembers a parameter's state whose entries ``old`` are being replaced."""
+        self._entries.append((param_state, old))
 
     def keep_param(self, param: Tensor, original: State | None) -> None:
         self._params.append((param, original))
@@ -129,10 +129,8 @@ class StateUndo:
         self._tables.append((table, table_state, rows, before))
 
     def restore(self) -> None:
-        with torch.no_grad():
-            for targets, copies in reversed(self._copies):
-                for target, copy in zip(targets, copies):
-                    target.copy_(copy)
+        for param_state, old in reversed(self._entries):
+            param_state.update(old)
         state = self._state
         for param, original in reversed(self._params):
             state.pop(param, None)

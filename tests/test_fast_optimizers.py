@@ -3,6 +3,7 @@ iterates, and anything non-standard takes the stock path."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -102,17 +103,24 @@ def test_the_functional_step_gives_the_stock_iterates_bitwise(method: Any, build
     assert_bitwise_equal(_everything(fast_problem, fast), _everything(stock_problem, stock))
 
 
-def test_the_functional_step_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("build", "kernel"), [("adam", "_adam_into"), ("adamw-amsgrad-groups-foreach", "adam")]
+)
+def test_each_functional_kernel_is_taken(
+    monkeypatch: pytest.MonkeyPatch, build: str, kernel: str
+) -> None:
+    # The CPU's single-tensor loop is written out of place (_adam_into); with foreach
+    # asked for, torch's functional adam() steps copies of the state.
     calls = []
-    original = fast_optimizers.adam
+    original = getattr(fast_optimizers, kernel)
     monkeypatch.setattr(
-        fast_optimizers, "adam", lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+        fast_optimizers, kernel, lambda *a, **k: (calls.append(1), original(*a, **k))[1]
     )
-    problem, optimizer = _build(ExtraGradient, BUILDS["adam"], stock=False)
-    _train(problem, optimizer, 3)
-    # The first step creates the state through step(); the others are functional: two
-    # updates a side (extrapolation and final), two sides.
-    assert len(calls) == 2 * 2 * 2
+    problem, optimizer = _build(ExtraGradient, BUILDS[build], stock=False)
+    _train(problem, optimizer, 1)
+    assert not calls, "the first step creates the state through step()"
+    _train(problem, optimizer, 2)
+    assert calls
 
 
 class Subclass(torch.optim.Adam):
@@ -179,14 +187,38 @@ def test_copy_all_with_and_without_the_fused_copy(
     assert_bitwise_equal(targets, sources)
 
 
-def test_the_extrapolation_reuses_its_scratch_and_leaves_the_state() -> None:
+def test_the_steps_reuse_their_tensors() -> None:
     problem, optimizer = _build(ExtraGradient, BUILDS["adam"], stock=False)
     _train(problem, optimizer, 2)
-    primal = optimizer.primal_optimizer
-    before = {key: value.clone() for key, value in primal.state[problem.model.weight].items()}
-    scratch = fast_optimizers._pools(primal).scratch
-    tensors = list(scratch._tensors)
+    primal, weight = optimizer.primal_optimizer, problem.model.weight
+    pools = fast_optimizers._pools(primal)
+    scratch, spare = pools.scratch[id(weight)], pools.spare[id(weight)]
+    state = dict(primal.state[weight])
     _train(problem, optimizer, 1)
-    assert all(a is b for a, b in zip(tensors, scratch._tensors)) and tensors
-    after = primal.state[problem.model.weight]
-    assert int(after["step"]) == int(before["step"]) + 1
+    # The extrapolation wrote into the same scratch; the committed step into the spare
+    # tensors, which became the state, and the old state the next spare.
+    assert all(a is b for a, b in zip(scratch, pools.scratch[id(weight)]))
+    assert [primal.state[weight][key] for key in ("exp_avg", "exp_avg_sq", "step")] == spare
+    assert [state[key] for key in ("exp_avg", "exp_avg_sq", "step")] == pools.spare[id(weight)]
+    assert int(primal.state[weight]["step"]) == int(state["step"]) + 1
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_a_stock_dual_step_that_raises_after_the_functional_primal_step_changes_nothing(
+    method: type,
+) -> None:
+    problem, optimizer = _build(method, BUILDS["adam-amsgrad-decay-groups"], stock=False)
+    _train(problem, optimizer, 3)
+    calls = 0
+
+    def fail(*_: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == (2 if method is ExtraGradient else 1):
+            raise RuntimeError("hook failed")
+
+    optimizer.dual_optimizer.register_step_post_hook(fail)
+    before = copy.deepcopy(_everything(problem, optimizer))
+    with pytest.raises(RuntimeError, match="hook failed"):
+        _train(problem, optimizer, 1)
+    assert_bitwise_equal(before, _everything(problem, optimizer))
