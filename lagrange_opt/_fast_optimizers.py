@@ -69,7 +69,7 @@ class _Pools:
     def __init__(self) -> None:
         self.scratch: Buffers = {}
         self.spare: Buffers = {}
-        self.denominators: Buffers = {}
+        self.denominators: dict[int, Tensor] = {}
 
 
 _POOLS: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Pools] = weakref.WeakKeyDictionary()
@@ -84,18 +84,23 @@ def _pools(optimizer: torch.optim.Optimizer) -> _Pools:
 
 def _buffers(pool: Buffers, key: int, sources: Sequence[Tensor]) -> list[Tensor]:
     """``pool``'s tensors for ``key`` shaped like ``sources``, reallocated where they
-    differ or where they are the sources themselves (a state put back by an undo)."""
+    differ or where they are the sources themselves (a state put back by an undo).
+
+    The tensors of one parameter's state are its moments, of its shape, dtype and
+    device, and its step count: the first tensor stands for the others.
+    """
     tensors = pool.get(key)
-    if (
-        tensors is None
-        or len(tensors) != len(sources)
-        or any(
-            t is s or t.shape != s.shape or t.dtype != s.dtype or t.device != s.device
-            for t, s in zip(tensors, sources)
-        )
-    ):
-        tensors = [torch.empty_like(s, memory_format=torch.preserve_format) for s in sources]
-        pool[key] = tensors
+    if tensors is not None and len(tensors) == len(sources):
+        first, source = tensors[0], sources[0]
+        if (
+            first.shape == source.shape
+            and first.dtype == source.dtype
+            and first.device == source.device
+            and all(t is not s for t, s in zip(tensors, sources))
+        ):
+            return tensors
+    tensors = [torch.empty_like(s, memory_format=torch.preserve_format) for s in sources]
+    pool[key] = tensors
     return tensors
 
 
@@ -199,12 +204,13 @@ def _call_adam(
     )  # fmt: skip
 
 
-def _single_tensor(group: dict[str, Any], tensors: Sequence[Tensor]) -> bool:
+def _single_tensor(group: dict[str, Any], params: Sequence[Tensor]) -> bool:
     """Whether ``Adam.step()`` takes its single-tensor loop here (``foreach`` not asked
-    for, every tensor real and on the CPU, where torch has no foreach default): the loop
-    :func:`_adam_into` writes out of place, operation for operation."""
+    for, every parameter real and on the CPU, where torch has no foreach default; Adam
+    requires gradients like their parameters): the loop :func:`_adam_into` writes out of
+    place, operation for operation."""
     return group["foreach"] is not True and all(
-        t.device.type == "cpu" and not torch.is_complex(t) for t in tensors
+        p.device.type == "cpu" and not p.is_complex() for p in params
     )
 
 
@@ -250,6 +256,18 @@ def _adam_into(
     denom = torch.sqrt(second, out=denominator)
     torch.div(denom, bias_correction2_sqrt, out=denom).add_(eps)
     torch.addcdiv(base, exp_avg, denom, value=-step_size, out=param)
+
+
+def _denominator(pool: dict[int, Tensor], param: Tensor) -> Tensor:
+    """A reused tensor like ``param`` for Adam's denominator."""
+    tensor = pool.get(id(param))
+    if tensor is None or (tensor.shape, tensor.dtype, tensor.device) != (
+        param.shape,
+        param.dtype,
+        param.device,
+    ):
+        tensor = pool[id(param)] = torch.empty_like(param)
+    return tensor
 
 
 class Plan:
@@ -315,13 +333,13 @@ class Plan:
             row_tensors = [[row_state[key] for key in keys] for _, _, row_state in rows]
             params = [*collected.params, *(view.values for view, _, _ in rows)]
             grads = [*collected.grads, *(view.grad for view, _, _ in rows)]
-            if _single_tensor(group, [*params, *grads]):
+            if _single_tensor(group, params):
                 for index, (param, grad) in enumerate(zip(params, grads)):
                     dense = index < len(sources)
                     source = sources[index] if dense else row_tensors[index - len(sources)]
                     target = targets[index] if dense else source
                     origin = origins.get(id(param)) if origins is not None and dense else None
-                    denominator = _buffers(pools.denominators, id(param), [param])[0]
+                    denominator = _denominator(pools.denominators, param)
                     _adam_into(group, param, grad, source, target, origin, denominator)
             else:
                 copy_all(
