@@ -4,8 +4,9 @@
 
 writes ``DIR/speed.json`` (records with ``case``, ``variant``, ``threads``, ``ms_per_step``,
 ``ratio``; ``ratio`` is against the case's plain baseline) and ``DIR/speed.md``. Records
-named ``ours / cooper-...`` (no ``ms_per_step``) give our time over Cooper's, for the
-targets stated against Cooper.
+named ``ours / other`` (no ``ms_per_step``) give the paired ratio of one variant's time
+over another's in the same case, for the targets stated against Cooper, the stock
+``optimizer.step()`` path or the fixed step.
 
 Every case is timed at 1 and at 2 threads. The variants of a case are timed in turns, block
 by block, after a warm-up. ``ms_per_step`` is a variant's median block; ``ratio`` is the

@@ -6,7 +6,9 @@ momentum or weight decay, whose update is :math:`p \\leftarrow p + \\eta\\, g` w
 step size :math:`\\eta`, the same update is applied directly with fused in-place tensor
 operations: an indexed multiplier table then takes its batch entries' gradients with one
 ``index_add_`` (repeated indices add up), and the per-call cost of ``optimizer.step()``
-(profiler hooks, state bookkeeping) is not paid.
+(profiler hooks, state bookkeeping) is not paid. A stock ``torch.optim.Adam`` or ``AdamW``
+is stepped functionally (:mod:`._fast_optimizers`): the same iterates, without the copies
+of its state that a call of ``step()`` needs to be undone.
 """
 
 from __future__ import annotations
