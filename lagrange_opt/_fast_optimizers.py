@@ -142,30 +142,38 @@ class _Group:
         self.states: list[State] = []
 
 
+def _complete(param_state: State, keys: tuple[str, ...]) -> bool:
+    """Whether a parameter's state holds every tensor ``keys`` names (a state loaded from
+    another configuration, or a step count kept as a number, takes the stock path)."""
+    return all(isinstance(param_state.get(key), Tensor) for key in keys)
+
+
 def _collect(
     optimizer: torch.optim.Optimizer, views: Sequence[RowView]
 ) -> tuple[list[_Group], list[State]] | None:
     """Each group's dense parameters with a gradient, and the viewed tables' states.
 
     Returns:
-        ``None`` if a parameter has no state yet or a gradient is sparse (the stock path
-        then creates the state, or raises as ``step()`` does).
+        ``None`` if a parameter has no state yet (or not the state of its group's
+        settings) or a gradient is sparse (the stock path then creates the state, or
+        raises as ``step()`` does).
     """
     state = optimizer.state
-    keys = ("step", *_MOMENTS)
     viewed = {id(view.table) for view in views}
+    table_keys: dict[int, tuple[str, ...]] = {}
     groups = []
     for group in optimizer.param_groups:
         collected = _Group()
-        needed = (*keys, "max_exp_avg_sq") if group["amsgrad"] else keys
+        keys = _keys(group)
         for param in group["params"]:
             grad = param.grad
-            if grad is None or id(param) in viewed:
+            if id(param) in viewed:
+                table_keys[id(param)] = keys
+                continue
+            if grad is None:
                 continue
             param_state = state.get(param)
-            if not param_state or any(key not in param_state for key in needed):
-                return None
-            if grad.is_sparse:
+            if param_state is None or not _complete(param_state, keys) or grad.is_sparse:
                 return None
             collected.params.append(param)
             collected.grads.append(grad)
@@ -174,7 +182,7 @@ def _collect(
     table_states = []
     for view in views:
         table_state = state.get(view.table)
-        if not table_state:
+        if table_state is None or not _complete(table_state, table_keys[id(view.table)]):
             return None
         table_states.append(table_state)
     return groups, table_states

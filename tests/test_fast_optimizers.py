@@ -171,6 +171,15 @@ def test_hooks_wrappers_and_missing_state_take_the_stock_path() -> None:
     assert plan(optimizer, []) is None, "no state yet: step() creates it"
     optimizer.step()
     assert plan(optimizer, []) is not None
+    state = optimizer.state[param]
+    optimizer.param_groups[0]["amsgrad"] = True
+    assert plan(optimizer, []) is None, "no max_exp_avg_sq yet"
+    optimizer.param_groups[0]["amsgrad"] = False
+    step = state["step"]
+    state["step"] = float(step)
+    assert plan(optimizer, []) is None, "a step count kept as a number"
+    state["step"] = step
+    assert plan(optimizer, []) is not None
     StepLR(optimizer, step_size=1)  # wraps the instance's step()
     assert not is_fast(optimizer)
 
