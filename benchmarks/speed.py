@@ -4,8 +4,9 @@
 
 writes ``DIR/speed.json`` (records with ``case``, ``variant``, ``threads``, ``ms_per_step``,
 ``ratio``; ``ratio`` is against the case's plain baseline) and ``DIR/speed.md``. Records
-named ``ours / cooper-...`` (no ``ms_per_step``) give our time over Cooper's, for the
-targets stated against Cooper.
+named ``ours / other`` (no ``ms_per_step``) give the paired ratio of one variant's time
+over another's in the same case, for the targets stated against Cooper, the stock
+``optimizer.step()`` path or the fixed step.
 
 Every case is timed at 1 and at 2 threads. The variants of a case are timed in turns, block
 by block, after a warm-up. ``ms_per_step`` is a variant's median block; ``ratio`` is the
@@ -18,6 +19,14 @@ of the machine, which slows both sides of a pair alike, cancels out.
 - ``mlp-32`` and ``mlp-784``: networks 784-32-32-2 and 784-784-784-2, batch 256 of 10,240
   samples, every output of every sample constrained ``>= 0`` (indexed, projection).
   Baseline: one plain SGD step on the MSE (one forward and backward pass).
+- ``adam-32-bB`` and ``adam-784-bB``: the same networks and constraints at batch ``B`` (128,
+  256) with Adam on the primal side (plain SGD ascent on the multipliers). Baseline: one
+  plain Adam step (forward, backward, ``Adam.step()``). ``-stock`` variants force the stock
+  ``optimizer.step()`` path (a no-op step hook), which the functional Adam step replaces;
+  ``cooper-extrapolation`` is Cooper's extrapolation with its ``ExtraAdam``.
+- ``default`` variants of the networks' SGD cases: :func:`~lagrange_opt.default_optimizer`
+  (extra-gradient with the adaptive step on the augmented Lagrangian), compared per step
+  with the fixed-step ``extragradient`` of the same case.
 - ``indexed-N``: ``N`` indexed constraints in all, 512 seen per step, on a linear model of
   features computed from the sample index (so nothing scales with ``N`` but the tables).
   Baseline: the same step at ``N = 2e4``.
@@ -36,6 +45,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import cooper
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -46,6 +56,7 @@ from lagrange_opt import (
     IndexedValue,
     ProblemState,
     SimultaneousGDA,
+    default_optimizer,
 )
 from lagrange_opt.problems import PositiveOutputs
 
@@ -215,6 +226,14 @@ def network_case(hidden: int, num_samples: int = 10_240, batch_size: int = 256) 
             optimizer.step(lambda: problem(*batch))
 
         steps[name] = constrained_step
+    default_problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
+    default = default_optimizer(default_problem, lr=lr, dual_lr=dual_lr)
+
+    def default_step() -> None:
+        batch = next_batch()
+        default.step(lambda: default_problem(*batch))
+
+    steps["default"] = default_step
     for scheme in ("simultaneous", "extrapolation"):
         problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
         cooper = CooperMethod(problem, scheme, lr, dual_lr / batch_size)  # type: ignore[arg-type]
@@ -223,6 +242,73 @@ def network_case(hidden: int, num_samples: int = 10_240, batch_size: int = 256) 
             cooper.step(*next_batch())
 
         steps[f"cooper-{scheme}"] = cooper_step
+    return steps
+
+
+def _batches(num_samples: int, batch_size: int) -> Callable[[], tuple[Tensor, Tensor, Tensor]]:
+    """Draws the next of 16 fixed batches (cycling) of a random data set."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(num_samples, 784, generator=generator)
+    targets = torch.randn(num_samples, 2, generator=generator)
+    batches = [torch.randperm(num_samples, generator=generator)[:batch_size] for _ in range(16)]
+    cycle = itertools.cycle(batches)
+
+    def next_batch() -> tuple[Tensor, Tensor, Tensor]:
+        indices = next(cycle)
+        return inputs[indices], targets[indices], indices
+
+    return next_batch
+
+
+def cooper_extra_adam(problem: ConstrainedProblem, lr: float, dual_lr: float) -> CooperMethod:
+    """Cooper's extrapolation with ``ExtraAdam`` on the primal side, ``ExtraSGD`` ascent."""
+    method = CooperMethod(problem, "extrapolation", lr, dual_lr)
+    method.optimizer = cooper.optim.ExtrapolationConstrainedOptimizer(
+        cmp=method.cmp,
+        primal_optimizers=cooper.optim.ExtraAdam(problem.primal_parameters(), lr=lr),
+        dual_optimizers=cooper.optim.ExtraSGD(
+            list(method.cmp.dual_parameters()), lr=dual_lr, maximize=True
+        ),
+    )
+    return method
+
+
+def adam_case(hidden: int, batch_size: int, num_samples: int = 10_240) -> dict[str, Step]:
+    """Adam on the primal side: ours (functional Adam step, and forced through the stock
+    ``optimizer.step()``), a plain Adam step, Cooper's ``ExtraAdam`` extrapolation."""
+    next_batch = _batches(num_samples, batch_size)
+    lr, dual_lr = 1e-3, 0.1
+    steps: dict[str, Step] = {}
+    network = _mlp(hidden)
+    plain = torch.optim.Adam(network.parameters(), lr=lr)
+
+    def plain_step() -> None:
+        batch_inputs, batch_targets, _ = next_batch()
+        plain.zero_grad()
+        nn.functional.mse_loss(network(batch_inputs), batch_targets).backward()
+        plain.step()
+
+    steps["plain-adam"] = plain_step
+    for name, method in (("simultaneous", SimultaneousGDA), ("extragradient", ExtraGradient)):
+        for stock in (False, True):
+            problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
+            primal = torch.optim.Adam(problem.primal_parameters(), lr=lr)
+            if stock:
+                primal.register_step_pre_hook(lambda *_: None)
+            optimizer = method(
+                problem, primal,
+                torch.optim.SGD(problem.dual_parameters(), lr=dual_lr, maximize=True),
+            )  # fmt: skip
+
+            def constrained_step(optimizer: Any = optimizer, problem: Any = problem) -> None:
+                batch = next_batch()
+                optimizer.step(lambda: problem(*batch))
+
+            steps[f"{name}-stock" if stock else name] = constrained_step
+    cooper_method = cooper_extra_adam(
+        PositiveOutputs(_mlp(hidden), num_samples, "projection"), lr, dual_lr / batch_size
+    )
+    steps["cooper-extrapolation"] = lambda: cooper_method.step(*next_batch())
     return steps
 
 
@@ -300,6 +386,8 @@ def memory_records(hidden: int = 784) -> list[dict[str, Any]]:
 
 
 BASELINES = {"mlp-32": "plain-sgd", "mlp-784": "plain-sgd", "indexed": "extragradient-2e+04"}
+ADAM_CASES = [(hidden, batch) for hidden in (32, 784) for batch in (128, 256)]
+BASELINES.update({f"adam-{hidden}-b{batch}": "plain-adam" for hidden, batch in ADAM_CASES})
 
 
 def _baseline(case: str, variant: str) -> str:
@@ -310,12 +398,24 @@ def _baseline(case: str, variant: str) -> str:
     return BASELINES[case]
 
 
-# Targets stated against Cooper: (case, ours, Cooper's), recorded as paired ratios.
+# Targets stated against another variant of the same case (Cooper's, the stock path, the
+# fixed step): (case, ours, other), recorded as paired ratios.
 AGAINST_COOPER = [
     ("tiny", "extragradient", "cooper-extrapolation"),
     ("mlp-32", "simultaneous", "cooper-simultaneous"),
     ("mlp-32", "extragradient", "cooper-extrapolation"),
     ("mlp-784", "extragradient", "cooper-extrapolation"),
+    *(
+        (f"adam-{hidden}-b{batch}", ours, other)
+        for hidden, batch in ADAM_CASES
+        for ours, other in (
+            ("extragradient", "cooper-extrapolation"),
+            ("extragradient", "extragradient-stock"),
+            ("simultaneous", "simultaneous-stock"),
+        )
+    ),
+    ("mlp-32", "default", "extragradient"),
+    ("mlp-784", "default", "extragradient"),
 ]
 
 
@@ -331,6 +431,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("tiny", lambda: tiny_case(args.quick), 50, 200),
         ("mlp-32", lambda: network_case(32), 20, 60),
         ("mlp-784", lambda: network_case(784), 3, 8),
+        *(
+            (f"adam-{hidden}-b{batch}", lambda h=hidden, b=batch: adam_case(h, b), *sizes_of)
+            for hidden, batch in ADAM_CASES
+            for sizes_of in [(20, 60) if hidden == 32 else (3, 8)]
+        ),
         ("indexed", lambda: indexed_case(sizes), 20, 100),
     ]
     records: list[dict[str, Any]] = []
@@ -345,11 +450,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                     {"case": case, "variant": variant, "threads": threads,
                      "ms_per_step": round(statistics.median(times), 4), "ratio": round(ratio, 3)}
                 )  # fmt: skip
-            for cooper_case, ours, cooper in AGAINST_COOPER:
-                if cooper_case == case:
-                    ratio = paired_ratio(samples[ours], samples[cooper])
+            for pair_case, ours, other in AGAINST_COOPER:
+                if pair_case == case:
+                    ratio = paired_ratio(samples[ours], samples[other])
                     records.append(
-                        {"case": case, "variant": f"{ours} / {cooper}", "threads": threads,
+                        {"case": case, "variant": f"{ours} / {other}", "threads": threads,
                          "ms_per_step": None, "ratio": round(ratio, 3)}
                     )  # fmt: skip
             progress.update()

@@ -32,7 +32,7 @@ from ._stepsize import (
     judge_extrapolation,
     next_factor,
 )
-from ._updates import dual_update, primal_update
+from ._updates import dual_update, primal_update, steps_from_origins
 from ._validation import NonFiniteError, first_non_finite
 
 
@@ -198,19 +198,20 @@ class ExtraGradient(ConstrainedOptimizer):
         self, rollback: Rollback, point: SavedPoint, extrapolated: Evaluation, sizes: StepSizes
     ) -> None:
         """The step from the saved point along the extrapolated point's gradients."""
-        if sizes.primal is None:
+        if not steps_from_origins(self.primal_optimizer, sizes.primal):
             point.restore()
             self._update(extrapolated, sizes, rollback)
             return
-        # Plain SGD steps from the saved point straight into the parameters it moves: one
-        # pass over them instead of a copy back and an update.
+        # Plain SGD and torch's Adam step from the saved point straight into the
+        # parameters they move: one pass over them instead of a copy back and an update.
         origins = point.origins()
         moved = {id(param) for param in params_of(self.primal_optimizer) if param.grad is not None}
         point.restore(skip=moved)
-        primal_update(
+        undo = primal_update(
             self.primal_optimizer, sizes.primal, extrapolated.terms, commit_state=True,
             origins=origins,
         )  # fmt: skip
+        rollback.keep(undo)
         self.problem.project_bounds_()
         rollback.keep(dual_update(self.dual_optimizer, sizes.dual, extrapolated.terms, True))
 

@@ -65,7 +65,8 @@ def _copy_state(state: State) -> State:
     }
 
 
-def _gather_state(state: State, rows: Tensor, table_shape: torch.Size) -> State:
+def gather_state(state: State, rows: Tensor, table_shape: torch.Size) -> State:
+    """The rows ``rows`` of a table's state (copies); scalars copied whole."""
     return {
         key: (value[rows] if value.shape == table_shape else value.clone())
         if isinstance(value, Tensor)
@@ -84,9 +85,11 @@ def _check_row_state(name: str, row_state: State, row_shape: torch.Size) -> None
             )
 
 
-def _scatter_state(
+def scatter_state(
     table_state: State, row_state: State, rows: Tensor, table_shape: torch.Size
 ) -> State:
+    """A table's state with ``row_state`` written in its rows ``rows`` (the table's tensors
+    are written in place; scalars are replaced in a new dict)."""
     merged = dict(table_state)
     for key, value in row_state.items():
         if not isinstance(value, Tensor) or value.ndim == 0:
@@ -103,14 +106,21 @@ def _scatter_state(
 class StateUndo:
     """What puts an optimizer's state back as it was before one committed step.
 
-    The step worked on copies of the dense parameters' states: the originals are kept. A
-    table's state was written in the batch's rows only: the rows' old values are kept.
+    The stock step worked on copies of the dense parameters' states: the originals are
+    kept. The functional step (:mod:`._fast_optimizers`) replaced the state's tensors with
+    new ones: the old ones are kept. A table's state was written in the batch's rows only: the
+    rows' old values are kept.
     """
 
     def __init__(self, state: dict[Any, State]) -> None:
         self._state = state
         self._params: list[tuple[Tensor, State | None]] = []
         self._tables: list[tuple[Tensor, State, Tensor, State]] = []
+        self._entries: list[tuple[State, State]] = []
+
+    def keep_entries(self, param_state: State, old: State) -> None:
+        """Remembers a parameter's state whose entries ``old`` are being replaced."""
+        self._entries.append((param_state, old))
 
     def keep_param(self, param: Tensor, original: State | None) -> None:
         self._params.append((param, original))
@@ -119,6 +129,8 @@ class StateUndo:
         self._tables.append((table, table_state, rows, before))
 
     def restore(self) -> None:
+        for param_state, old in reversed(self._entries):
+            param_state.update(old)
         state = self._state
         for param, original in reversed(self._params):
             state.pop(param, None)
@@ -168,7 +180,7 @@ def step_optimizer(
             table.grad = view.grad
             swapped.append((view, full, table_state))
             if table_state:
-                state[table] = _gather_state(table_state, view.rows, full.shape)
+                state[table] = gather_state(table_state, view.rows, full.shape)
         viewed = {id(view.table) for view in views}
         for group in optimizer.param_groups:
             for param in group["params"]:
@@ -209,7 +221,7 @@ def step_optimizer(
                 full.index_copy_(0, view.rows, values)
             if undo is not None and row_states[index]:
                 undo.keep_rows(
-                    table, table_state, view.rows, _gather_state(table_state, view.rows, full.shape)
+                    table, table_state, view.rows, gather_state(table_state, view.rows, full.shape)
                 )
-                state[table] = _scatter_state(table_state, row_states[index], view.rows, full.shape)
+                state[table] = scatter_state(table_state, row_states[index], view.rows, full.shape)
     return undo

@@ -6,7 +6,9 @@ momentum or weight decay, whose update is :math:`p \\leftarrow p + \\eta\\, g` w
 step size :math:`\\eta`, the same update is applied directly with fused in-place tensor
 operations: an indexed multiplier table then takes its batch entries' gradients with one
 ``index_add_`` (repeated indices add up), and the per-call cost of ``optimizer.step()``
-(profiler hooks, state bookkeeping) is not paid.
+(profiler hooks, state bookkeeping) is not paid. A stock ``torch.optim.Adam`` or ``AdamW``
+is stepped functionally (:mod:`._fast_optimizers`): the same iterates, without the copies
+of its state that a call of ``step()`` needs to be undone.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from torch import Tensor
 from torch.optim import optimizer as optimizer_module
 
 from ._evaluation import Term
+from ._fast_optimizers import is_fast, plan
 from ._lagrangian import project_nonnegative_
+from ._method_checks import params_of
 from ._rows import RowView, StateUndo, step_optimizer
 
 
@@ -61,6 +65,38 @@ def sgd_step_sizes(optimizer: torch.optim.Optimizer) -> list[float] | None:
     return sizes
 
 
+def steps_from_origins(optimizer: torch.optim.Optimizer, sizes: list[float] | None) -> bool:
+    """Whether :func:`primal_update` can step from given origins without a copy back
+    first: plain SGD (``sizes``) and the functional Adam step (:func:`is_fast`)."""
+    return sizes is not None or is_fast(optimizer)
+
+
+def step(
+    optimizer: torch.optim.Optimizer,
+    views: Sequence[RowView],
+    commit_state: bool,
+    origins: Mapping[int, Tensor] | None = None,
+) -> StateUndo | None:
+    """The optimizer's own update, on its parameters with a gradient and on ``views``:
+    functional for a stock Adam or AdamW (:mod:`._fast_optimizers`, the same iterates),
+    else through ``optimizer.step()`` (:func:`._rows.step_optimizer`).
+
+    Args:
+        origins: For each dense parameter with a gradient (by ``id``), the point to step
+            from instead of its current value.
+    """
+    functional = plan(optimizer, views)
+    if functional is not None:
+        return functional.step(commit_state, origins)
+    if origins is not None:
+        # step() steps from the parameters' values: put the origins there first.
+        moved = [param for param in params_of(optimizer) if param.grad is not None]
+        moved = [param for param in moved if id(param) in origins]
+        for param in moved:
+            param.copy_(origins[id(param)])
+    return step_optimizer(optimizer, views, commit_state)
+
+
 def _size_of(optimizer: torch.optim.Optimizer, sizes: list[float]) -> dict[int, float]:
     return {
         id(param): size
@@ -93,11 +129,13 @@ def primal_update(
         terms: The terms of the evaluation whose gradients are stepped along.
         commit_state: If False the optimizer's state is left as it was (extrapolation).
 
+        origins: For each dense parameter with a gradient (by ``id``), the point to step
+            from instead of its current value, written straight into the parameter by plain
+            SGD and the functional Adam step (extra-gradient steps from its saved point
+            without first copying it back; see :func:`steps_from_origins`).
+
     Returns:
-        What puts the optimizer's state back, if a stock ``optimizer.step()`` committed it.
-        origins: With plain SGD only: for each parameter (by ``id``), the point to step from
-            instead of its current value, written straight into the parameter (extra-gradient
-            steps from its saved point without first copying it back).
+        What puts the optimizer's state back, if the optimizer's own update committed it.
     """
     slacks = [term.slack for term in terms if term.slack is not None]
     if sizes is None:
@@ -108,7 +146,7 @@ def primal_update(
             )
             for read in slacks
         ]  # fmt: skip
-        return step_optimizer(optimizer, views, commit_state)
+        return step(optimizer, views, commit_state, origins)
     for group, size in zip(optimizer.param_groups, sizes):
         params = [param for param in group["params"] if param.grad is not None]
         if origins is not None:
@@ -186,7 +224,7 @@ def _stock_dual_update(
         values = multiplier.detach().index_select(0, rows)
         views.append(RowView(multiplier, rows, values, grad, term.projected))
     try:
-        undo = step_optimizer(optimizer, views, commit_state)
+        undo = step(optimizer, views, commit_state)
     finally:
         for term in terms:
             if term.indices is None:

@@ -6,6 +6,8 @@ import pytest
 
 from benchmarks.speed import (
     AGAINST_COOPER,
+    BASELINES,
+    adam_case,
     memory_records,
     paired_ratio,
     time_side_by_side,
@@ -40,3 +42,17 @@ def test_memory_records_count_the_saved_point() -> None:
     assert held["bytes"] == 26_242 * 4
     assert primal["bytes"] == held["bytes"] + 10_240 * 2 * 4
     assert held["ratio"] == pytest.approx(held["bytes"] / primal["bytes"], abs=1e-3)
+
+
+def test_adam_case_times_every_variant() -> None:
+    steps = adam_case(hidden=32, batch_size=16, num_samples=256)
+    samples = time_side_by_side(steps, warmup=1, blocks=2, steps_per_block=2)
+    assert set(samples) == {
+        "plain-adam", "simultaneous", "simultaneous-stock", "extragradient",
+        "extragradient-stock", "cooper-extrapolation",
+    }  # fmt: skip
+    assert all(len(times) == 2 and min(times) > 0 for times in samples.values())
+    for case, ours, other in AGAINST_COOPER:
+        if case.startswith("adam-"):
+            assert ours in samples and other in samples
+            assert BASELINES[case] == "plain-adam"
