@@ -427,9 +427,9 @@ class ConstrainedOptimizer(abc.ABC):
     def _save_point(
         self, rollback: Rollback, evaluation: Evaluation, primal: bool, dual: bool
     ) -> None:
-        """Saves, before the updates along ``evaluation``, each side's point whose update
-        may raise after it moved something (the rows the evaluation read are copies
-        already)."""
+        """Saves, before the updates along ``evaluation``, each side's point that a later
+        phase of the step may have to put back (an update that raises puts back what it
+        moved itself; the rows the evaluation read are copies already)."""
         if self._sync is not None:
             # ddp: the step's last agreement, after every update, may raise on this rank
             # for another rank's failure: even an update that cannot raise must be undone.
@@ -511,11 +511,11 @@ class SimultaneousGDA(ConstrainedOptimizer):
         evaluation = self._evaluate_and_backward(closure, rollback.undo)
         result = self._result(evaluation, calls + 1)
         sizes = self._step_sizes()
-        # A stock optimizer.step() is user code and may raise half-way; the direct SGD
-        # update cannot, once the gradients passed their check. The primal side moves
-        # first: a dual step that raises must find it saved too.
-        stock_dual = sizes.dual is None
-        self._save_point(rollback, evaluation, sizes.primal is None or stock_dual, stock_dual)
+        # A stock optimizer.step() is user code and may raise half-way (it puts back what
+        # it moved); the direct SGD and functional Adam updates cannot, once the gradients
+        # passed their check. The primal side moves first: a stock dual step that raises
+        # must find it saved.
+        self._save_point(rollback, evaluation, sizes.dual is None, dual=False)
         with torch.no_grad():
             self._update(evaluation, sizes, rollback)
         self._clear_grads()
@@ -542,7 +542,7 @@ class AlternatingGDA(ConstrainedOptimizer):
         sizes = self._step_sizes()
         # The dual step comes before the check of the values (done with the gradients,
         # after backward): the saved point lets a failed check undo it.
-        self._save_point(rollback, evaluation, sizes.primal is None, dual=True)
+        self._save_point(rollback, evaluation, primal=False, dual=True)
         with torch.no_grad():
             rollback.keep(dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, True))
         if self._sync is not None:

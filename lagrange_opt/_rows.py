@@ -152,9 +152,9 @@ def step_optimizer(
 ) -> StateUndo | None:
     """Calls ``optimizer.step()`` with each viewed table reduced to its rows.
 
-    The step works on copies of the states it changes: if it raises (an optimizer hook, a
-    state that is not elementwise), the parameters' states, the tables and their states
-    are as they were; the caller puts back the dense parameters it moved.
+    The step works on copies of the states it changes, and keeps a copy of the dense
+    parameters it steps: if it raises (an optimizer hook, a state that is not elementwise),
+    the parameters, their states, the tables and their states are as they were.
 
     Args:
         optimizer: A stock optimizer whose parameters' ``.grad`` are set, except the viewed
@@ -170,6 +170,7 @@ def step_optimizer(
     state = optimizer.state
     swapped: list[tuple[RowView, Tensor, State]] = []
     kept: list[tuple[Tensor, State | None]] = []
+    moved: list[tuple[Tensor, Tensor]] = []
     row_states: list[State] | None = None
     try:
         for view in views:
@@ -190,12 +191,17 @@ def step_optimizer(
                 kept.append((param, original))
                 if original:
                     state[param] = _copy_state(original)
+        moved = [(param, param.detach().clone()) for param, _ in kept]
         optimizer.step()
         stepped = [state.get(view.table) or {} for view in views]
         for view, row_state in zip(views, stepped):
             _check_row_state(type(optimizer).__name__, row_state, view.values.shape)
         row_states = stepped
     finally:
+        if row_states is None:
+            with torch.no_grad():
+                for param, value in moved:
+                    param.copy_(value)
         committed = commit_state and row_states is not None
         undo = StateUndo(state) if committed else None
         for param, original in kept:
