@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ._accumulation import MicroBatches, Replay, first_pass
 from ._finiteness import raise_for_bad_values
 from ._problem import ConstrainedProblem, ConstraintSpec, ProblemState
 from ._validation import Checked, check_index_range, check_state, gradient_path_fault
@@ -62,6 +63,19 @@ def call(
     if expected_indices is not None:
         _check_same_batch(problem, checked, expected_indices)
     return objective, checked
+
+
+def call_micro_batches(
+    problem: ConstrainedProblem,
+    micro: MicroBatches,
+    expected_indices: Mapping[str, Tensor | None] | None,
+) -> tuple[Tensor, Checked, Replay]:
+    """The first pass over the micro-batches (:mod:`._accumulation`), validated as one
+    batch's values."""
+    objective, checked, replay = first_pass(problem, micro)
+    if expected_indices is not None:
+        _check_same_batch(problem, checked, expected_indices)
+    return objective, checked, replay
 
 
 def call_synchronized(

@@ -42,7 +42,7 @@ from torch import distributed as dist
 
 from ._formulation import Scales
 from ._problem import ConstrainedProblem, ProblemState
-from ._scaling import MAX_ROWS
+from ._scaling import MAX_ROWS, flat_grad
 from ._validation import Checked, NonFiniteError, check_state
 
 _OK, _NON_FINITE, _FAILED = 0.0, 1.0, 2.0
@@ -347,9 +347,9 @@ class Synchronizer:
                         (f"constraint '{name}' (element {i})", flat[i]) for i in range(count)
                     ]
                     (outputs if indices is None else indexed).extend(labelled)
-                dense = torch.stack([self._flat_grad(*output, params) for output in outputs])
+                dense = torch.stack([flat_grad(*output, params) for output in outputs])
                 largest = torch.tensor(
-                    [float(self._flat_grad(*output, params).abs().amax()) for output in indexed],
+                    [float(flat_grad(*output, params).abs().amax()) for output in indexed],
                     dtype=torch.float64,
                 )
         except BaseException as error:
@@ -385,28 +385,6 @@ class Synchronizer:
                 scale = torch.tensor(max(rows), dtype=multiplier.dtype)
             scales[name] = scale.to(multiplier.device)
         return Scales(norms[0], scales)
-
-    @staticmethod
-    def _flat_grad(label: str, output: Tensor, params: Sequence[Tensor]) -> Tensor:
-        """The gradient of ``output`` with respect to ``params``, flattened, in float64."""
-        if not bool(torch.isfinite(output.detach())):
-            raise NonFiniteError(
-                f"{label} is not finite at the first point: {float(output.detach())}"
-            )
-        if not output.requires_grad or not params:
-            return torch.zeros(sum(param.numel() for param in params), dtype=torch.float64)
-        grads = torch.autograd.grad(output, params, retain_graph=True, allow_unused=True)
-        flat = torch.cat(
-            [
-                (torch.zeros(param.numel()) if grad is None else grad.reshape(-1)).to(
-                    device="cpu", dtype=torch.float64
-                )
-                for param, grad in zip(params, grads)
-            ]
-        )
-        if not bool(torch.isfinite(flat).all()):
-            raise NonFiniteError(f"the gradient of {label} at the first point is not finite")
-        return flat
 
 
 def _device_of(group: dist.ProcessGroup | None, problem: nn.Module) -> torch.device:

@@ -28,7 +28,14 @@ from torch.overrides import has_torch_function
 
 from . import _augmented as aug
 from . import _lagrangian as lag
-from ._closure_call import ObservedIndices, call, call_synchronized, detached_standard
+from ._accumulation import MicroBatches, Replay
+from ._closure_call import (
+    ObservedIndices,
+    call,
+    call_micro_batches,
+    call_synchronized,
+    detached_standard,
+)
 from ._finiteness import check_finite as check_finite
 from ._finiteness import raise_for_bad_values, slack_variable
 from ._formulation import PLAIN, UNIT_RULE, Formulation, TermRule
@@ -147,6 +154,8 @@ class Evaluation(NamedTuple):
         total: The (scaled) Lagrangian's value, detached: finite only if every value,
             multiplier and residual that entered it is (:func:`check_finite`).
         sync: The collectives of a data-parallel step (:mod:`._distributed`), or ``None``.
+        replay: For micro-batches (:mod:`._accumulation`), the second pass: the values
+            above are then the combined ones, leaves without the micro-batches' graphs.
     """
 
     objective: Tensor
@@ -158,6 +167,7 @@ class Evaluation(NamedTuple):
     values: Checked
     total: Tensor
     sync: Synchronizer | None = None
+    replay: Replay | None = None
 
     def backward(self, weights: list[Tensor] | None = None, scale: Tensor | None = None) -> None:
         """Backpropagates the Lagrangian into the primal variables' ``.grad``.
@@ -169,6 +179,8 @@ class Evaluation(NamedTuple):
         """
         if weights is None:
             weights = [term.weights for term in self.terms]
+        if self.replay is not None:
+            self.replay.clear_cotangents()
         roots = [root for root in (self.objective, *self.penalties) if root.requires_grad]
         objective = self.objective
         cotangents = [
@@ -186,6 +198,11 @@ class Evaluation(NamedTuple):
             cotangents = [cotangent * scale for cotangent in cotangents]
         if roots:
             _run_backward(roots, cotangents)
+        if self.replay is not None:
+            # The combined values' cotangents (scaled already) into each micro-batch's graph.
+            for micro_roots, micro_cotangents in self.replay.passes():
+                if micro_roots:
+                    _run_backward(micro_roots, micro_cotangents)
         for term in self.terms:
             # A sample's own slack steps along the gradient of that sample's term, as its
             # multiplier does, not along the batch average's.
@@ -392,9 +409,12 @@ def evaluate(
             synchronisation) before every rank agrees to go on, and the dense values are
             averaged and the indexed batches gathered across ranks (:mod:`._distributed`).
     """
-    if sync is None:
+    replay = None
+    batches: dict[str, GlobalBatch] = {}
+    if isinstance(closure, MicroBatches):
+        objective, checked, replay = call_micro_batches(problem, closure, expected_indices)
+    elif sync is None:
         objective, checked = call(problem, closure, expected_indices)
-        batches: dict[str, GlobalBatch] = {}
     else:
         objective, checked, batches = call_synchronized(problem, closure, expected_indices, sync)
     terms = []
@@ -445,7 +465,7 @@ def evaluate(
         raise ValueError(fault)
     evaluation = Evaluation(
         objective, terms, penalties, standards, value / weight if weight != 1.0 else value,
-        weight, checked, value, sync,
+        weight, checked, value, sync, replay,
     )  # fmt: skip
     if check_values:
         check_finite(evaluation)

@@ -23,7 +23,8 @@ from ._optimizers import (
     StepSizes,
 )
 from ._problem import ConstrainedProblem
-from ._rollback import Buffers, Rollback, SavedPoint, evaluation_rows, rng_state, set_rng_state
+from ._randomness import Buffers, rng_state, set_rng_state
+from ._rollback import Rollback, SavedPoint, evaluation_rows
 from ._stepsize import (
     AdaptiveStep,
     Trial,

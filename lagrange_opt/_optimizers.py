@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch import distributed as dist
 
+from ._accumulation import MicroBatches
 from ._augmented import AugmentedLagrangian
 from ._distributed import synchronizer
 from ._evaluation import Evaluation, check_finite, current_weights, evaluate
@@ -27,8 +28,9 @@ from ._method_checks import (
 )
 from ._optimizer_group import as_optimizer
 from ._problem import ConstrainedProblem, ProblemState
-from ._rollback import Rollback, SavedPoint, evaluation_rows, running_statistics
-from ._scaling import measure_scales
+from ._randomness import running_statistics
+from ._rollback import Rollback, SavedPoint, evaluation_rows
+from ._scaling import measure_scales, measure_scales_over
 from ._slacks import UndoLog
 from ._updates import dual_update, primal_update, sgd_step_sizes
 from ._validation import NonFiniteError
@@ -191,7 +193,7 @@ class ConstrainedOptimizer(abc.ABC):
         step's dual metric); fixed-step methods step along the plain gradient."""
         return False
 
-    def step(self, closure: Closure) -> StepResult:
+    def step(self, closure: Closure | Sequence[Closure]) -> StepResult:
         """Takes one step.
 
         A step that raises, in any phase, leaves every parameter, slack and multiplier,
@@ -200,7 +202,11 @@ class ConstrainedOptimizer(abc.ABC):
 
         Args:
             closure: Re-evaluates the problem on the current batch and returns its
-                :class:`ProblemState`, e.g. ``lambda: problem(inputs, targets, indices)``.
+                :class:`ProblemState`, e.g. ``lambda: problem(inputs, targets, indices)``;
+                or a list of them, one per micro-batch of equal size (gradient
+                accumulation, :mod:`._accumulation`: the step is the whole batch's, with one
+                micro-batch's graph held at a time, at one forward pass more per
+                micro-batch).
 
         Returns:
             The objective, Lagrangian and violations at the point the step started from.
@@ -212,12 +218,23 @@ class ConstrainedOptimizer(abc.ABC):
         self._check_declarations()
         rollback = Rollback(self._point, self._statistics)
         measured = self._formulation.needs_scales
-        closure = counted = StepClosure(closure)
+        counted: StepClosure | MicroBatches
+        if isinstance(closure, Sequence):
+            if self._sync is not None:
+                raise ValueError(
+                    "gradient accumulation (a list of closures) is not supported with a "
+                    "process_group yet: give each rank one closure"
+                )
+            closure = counted = MicroBatches(closure)
+        else:
+            closure = counted = StepClosure(closure)
         try:
             if measured:
                 params = params_of(self.primal_optimizer)
                 self._formulation.set_scales(
-                    measure_scales(self.problem, closure, params)
+                    measure_scales_over(self.problem, closure.each(), params)
+                    if isinstance(closure, MicroBatches)
+                    else measure_scales(self.problem, closure, params)
                     if self._sync is None
                     else self._sync.measure_scales(self.problem, closure, params)
                 )

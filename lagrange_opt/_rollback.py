@@ -19,62 +19,15 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._evaluation import Evaluation
+from ._randomness import Buffers, rng_state, set_rng_state
 from ._rows import StateUndo
 from ._slacks import UndoLog
 
 Rows = list[tuple[Tensor, Tensor, Tensor]]
 """Indexed rows: (table, row indices, their values)."""
-
-RngState = tuple[Tensor, list[Tensor] | None]
-
-NORMALIZATION_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-)
-"""Layers whose forward pass updates buffers (their running statistics)."""
-
-
-def rng_state() -> RngState:
-    """The CPU generator's state and, once CUDA is in use, every CUDA device's."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), cuda
-
-
-def set_rng_state(state: RngState) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def running_statistics(module: nn.Module) -> list[Tensor]:
-    """The buffers that the forward passes of ``module``'s normalisation layers update."""
-    return [
-        buffer
-        for layer in module.modules()
-        if isinstance(layer, NORMALIZATION_LAYERS)
-        for buffer in layer.buffers(recurse=False)
-    ]
-
-
-class Buffers:
-    """A copy of some buffers, to put back."""
-
-    def __init__(self, buffers: Sequence[Tensor]) -> None:
-        self._saved = [(buffer, buffer.clone()) for buffer in buffers]
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            for buffer, saved in self._saved:
-                buffer.copy_(saved)
 
 
 class SavedPoint:

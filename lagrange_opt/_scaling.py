@@ -93,3 +93,88 @@ def measure_scales(
                 scale = torch.tensor(max(rows), dtype=multiplier.dtype)
             scales[name] = scale.to(multiplier.device)
     return Scales(objective_scale, scales)
+
+
+def measure_scales_over(
+    problem: ConstrainedProblem,
+    closures: Sequence[Callable[[], ProblemState]],
+    params: Sequence[Tensor],
+) -> Scales:
+    """:func:`measure_scales` on the batch that micro-batches of equal size make up, holding
+    one micro-batch's graph at a time (:mod:`._accumulation`).
+
+    The objective and a dense constraint's element are averages over the micro-batches:
+    their gradients are summed over them, then divided, before the largest entry is taken
+    (one vector of the parameters' size per such function). An indexed constraint's rows
+    belong each to one micro-batch: its scale is the largest over its first rows in the
+    batch, as for one closure.
+    """
+    params = [param for param in params if param.requires_grad]
+    sums: dict[str, Tensor] = {}
+    rows: dict[str, list[float]] = {}
+    shapes: dict[str, torch.Size] = {}
+    for closure in closures:
+        with torch.enable_grad():
+            objective, checked = check_state(problem, closure())
+            outputs = [("the objective", objective)]
+            for name, constraint, value, indices in checked:
+                if constraint.multiplier is None:
+                    continue
+                flat = value.reshape(-1)
+                if indices is None:
+                    shapes[name] = value.shape
+                    outputs += [
+                        (f"constraint '{name}' (element {i})", flat[i])
+                        for i in range(min(MAX_ROWS, flat.numel()))
+                    ]
+                    continue
+                seen = rows.setdefault(name, [])
+                for i in range(min(MAX_ROWS - len(seen), flat.numel())):
+                    label = f"constraint '{name}' (element {len(seen)})"
+                    seen.append(_grad_inf_norm(label, flat[i], params))
+            for label, output in outputs:
+                grad = flat_grad(label, output, params)
+                sums[label] = grad if label not in sums else sums[label] + grad
+    count = len(closures)
+
+    def norm(label: str) -> float:
+        return max(1.0, float((sums[label] / count).abs().amax()))
+
+    scales = {
+        name: torch.ones((), dtype=multiplier.dtype, device=multiplier.device)
+        for name, constraint in problem.constraint_items()
+        if (multiplier := constraint.multiplier) is not None
+    }
+    for name, shape in shapes.items():
+        multiplier = problem.declared()[name].multiplier
+        assert multiplier is not None
+        numel = shape.numel()
+        elements = [norm(f"constraint '{name}' (element {i})") for i in range(min(MAX_ROWS, numel))]
+        scale = torch.tensor(elements, dtype=multiplier.dtype)
+        scale = scale.reshape(shape) if numel <= MAX_ROWS else scale.amax()
+        scales[name] = scale.to(multiplier.device)
+    for name, maxima in rows.items():
+        multiplier = problem.declared()[name].multiplier
+        assert multiplier is not None
+        scales[name] = torch.tensor(max(maxima), dtype=multiplier.dtype, device=multiplier.device)
+    return Scales(norm("the objective"), scales)
+
+
+def flat_grad(label: str, output: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """The gradient of ``output`` with respect to ``params``, flattened, checked finite."""
+    if not bool(torch.isfinite(output.detach())):
+        raise NonFiniteError(f"{label} is not finite at the first point: {float(output.detach())}")
+    if not output.requires_grad or not params:
+        return torch.zeros(sum(param.numel() for param in params), dtype=torch.float64)
+    grads = torch.autograd.grad(output, params, retain_graph=True, allow_unused=True)
+    flat = torch.cat(
+        [
+            (torch.zeros(param.numel()) if grad is None else grad.reshape(-1)).to(
+                device="cpu", dtype=torch.float64
+            )
+            for param, grad in zip(params, grads)
+        ]
+    )
+    if not bool(torch.isfinite(flat).all()):
+        raise NonFiniteError(f"the gradient of {label} at the first point is not finite")
+    return flat

@@ -1,0 +1,234 @@
+"""Gradient accumulation (docs/training.md): a step over micro-batches equals the step over
+their whole batch, for every method, formulation and treatment, dense and indexed."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import pytest
+import torch
+from helpers import DEVICES, assert_bitwise_equal, snapshot
+from torch import Tensor, nn
+
+from lagrange_opt import (
+    AlternatingGDA,
+    ConstrainedOptimizer,
+    ConstrainedProblem,
+    ExtraGradient,
+    IndexedValue,
+    ProblemState,
+    SimultaneousGDA,
+    default_optimizer,
+)
+
+SAMPLES = 8
+
+
+class Accumulated(ConstrainedProblem):
+    """A linear model with a bare offset, a dense equality, a dense inequality and an
+    indexed inequality (the last two with ``treatment``), over fixed data."""
+
+    def __init__(self, treatment: str, device: str) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        self.model = nn.Linear(3, 2)
+        self.offset = nn.Parameter(torch.zeros(2))
+        self.register_buffer("X", torch.randn(SAMPLES, 3, generator=generator))
+        self.register_buffer("Y", torch.randn(SAMPLES, 2, generator=generator) - 1.0)
+        weight = 2.0 if treatment == "penalty" else None
+        self.add_equality("balance")
+        self.add_inequality("floor", ">=", shape=(2,), treatment=treatment, penalty_weight=weight)
+        self.add_inequality(
+            "nonnegative", ">=", num_samples=SAMPLES, treatment=treatment, penalty_weight=weight
+        )
+        self.to(device=device, dtype=torch.float64)
+
+    def forward(self, indices: Tensor) -> ProblemState:
+        pred = self.model(self.X[indices]) + self.offset
+        mean = pred.mean(0)
+        return ProblemState(
+            (pred - self.Y[indices]).square().mean(),
+            {
+                "balance": mean[0] - mean[1] - 0.1,
+                "floor": mean - 0.2,
+                "nonnegative": IndexedValue(pred[:, 0] + 0.2, indices),
+            },
+        )
+
+
+CASES = [
+    (method, formulation, treatment)
+    for method in ("simultaneous", "alternating", "extragradient")
+    for formulation in ("lagrangian", "augmented")
+    for treatment in ("slack", "projection", "penalty")
+] + [("default", "augmented", treatment) for treatment in ("slack", "projection", "penalty")]
+
+
+def build(method: str, formulation: str, problem: Accumulated) -> ConstrainedOptimizer:
+    if method == "default":
+        return default_optimizer(problem)
+    kinds: dict[str, type[ConstrainedOptimizer]] = {
+        "simultaneous": SimultaneousGDA,
+        "alternating": AlternatingGDA,
+        "extragradient": ExtraGradient,
+    }
+    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.05)
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True)
+    return kinds[method](problem, primal, dual, formulation=formulation)  # type: ignore[arg-type]
+
+
+def batches(device: str) -> list[Tensor]:
+    """Each step's batch of 8, some samples drawn twice."""
+    generator = torch.Generator().manual_seed(1)
+    full = [torch.tensor([0, 1, 2, 3, 3, 4, 5, 0])]
+    full += [torch.randint(0, SAMPLES, (8,), generator=generator) for _ in range(5)]
+    return [batch.to(device) for batch in full]
+
+
+def micro(problem: Accumulated, batch: Tensor, count: int) -> list[Any]:
+    return [lambda part=part: problem(part) for part in batch.chunk(count)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("count", [2, 4])
+@pytest.mark.parametrize("case", CASES, ids="-".join)
+def test_micro_batches_take_the_whole_batch_step(
+    device: str, count: int, case: tuple[str, str, str]
+) -> None:
+    method, formulation, treatment = case
+    whole = Accumulated(treatment, device)
+    accumulated = copy.deepcopy(whole)
+    reference = build(method, formulation, whole)
+    optimizer = build(method, formulation, accumulated)
+    for batch in batches(device):
+        expected = reference.step(lambda batch=batch: whole(batch))
+        result = optimizer.step(micro(accumulated, batch, count))
+        assert result.evaluations == expected.evaluations
+        torch.testing.assert_close(result.max_violation, expected.max_violation)
+    moved = False
+    for (name, mine), theirs in zip(accumulated.state_dict().items(), whole.state_dict().values()):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-10, msg=name)
+        if "multiplier" in name and mine.dtype.is_floating_point:
+            moved |= bool(mine.abs().sum() > 0)
+    assert moved, "the multipliers must have moved"
+
+
+def test_a_failing_micro_batch_changes_nothing() -> None:
+    problem = Accumulated("slack", "cpu")
+    optimizer = build("extragradient", "augmented", problem)
+    batch = batches("cpu")[0]
+    optimizer.step(micro(problem, batch, 2))
+    before = snapshot(problem, optimizer)
+    calls = {"n": 0}
+
+    def failing() -> ProblemState:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second pass of the first evaluation
+            raise RuntimeError("micro-batch failed")
+        return problem(batch[4:])
+
+    with pytest.raises(RuntimeError, match="micro-batch failed"):
+        optimizer.step([lambda: problem(batch[:4]), failing])
+    assert_bitwise_equal(snapshot(problem, optimizer), before)
+
+
+def test_micro_batches_must_agree() -> None:
+    problem = Accumulated("projection", "cpu")
+    optimizer = build("simultaneous", "lagrangian", problem)
+    batch = batches("cpu")[0]
+
+    def without_floor() -> ProblemState:
+        state = problem(batch[4:])
+        return ProblemState(
+            state.objective, {k: v for k, v in state.constraints.items() if k != "floor"}
+        )
+
+    with pytest.raises(ValueError, match=re.escape("micro-batch 1 observed the constraints")):
+        optimizer.step([lambda: problem(batch[:4]), without_floor])
+    with pytest.raises(ValueError, match="gradient accumulation needs at least one micro-batch"):
+        optimizer.step([])
+    with pytest.raises(
+        TypeError, match=re.escape("micro-batch 1: a closure must be callable, got int")
+    ):
+        optimizer.step([lambda: problem(batch[:4]), 3])  # type: ignore[list-item]
+
+
+def test_dropout_masks_are_replayed() -> None:
+    """The second pass draws each micro-batch's first-pass masks: with dropout, a step over
+    one micro-batch equals the step over the same batch given as one closure."""
+
+    class Dropped(Accumulated):
+        def forward(self, indices: Tensor) -> ProblemState:
+            state = super().forward(indices)
+            noise = nn.functional.dropout(torch.ones(2, dtype=torch.float64), 0.5)
+            return ProblemState(state.objective * noise.sum(), state.constraints)
+
+    whole = Dropped("projection", "cpu")
+    accumulated = copy.deepcopy(whole)
+    reference = build("extragradient", "augmented", whole)
+    optimizer = build("extragradient", "augmented", accumulated)
+    for batch in batches("cpu"):
+        torch.manual_seed(int(batch.sum()))
+        reference.step(lambda batch=batch: whole(batch))
+        torch.manual_seed(int(batch.sum()))
+        optimizer.step([lambda batch=batch: accumulated(batch)])
+    for mine, theirs in zip(accumulated.state_dict().values(), whole.state_dict().values()):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-12)
+
+
+def test_normalisation_statistics_are_updated_once_per_micro_batch() -> None:
+    """As in a plain accumulation loop: each micro-batch's forward pass updates the running
+    statistics once (the first pass, without a graph, leaves them as they were)."""
+
+    class Normalised(Accumulated):
+        def __init__(self) -> None:
+            super().__init__("projection", "cpu")
+            self.norm = nn.BatchNorm1d(3, dtype=torch.float64)
+
+        def forward(self, indices: Tensor) -> ProblemState:
+            pred = self.model(self.norm(self.X[indices])) + self.offset
+            return ProblemState(
+                (pred - self.Y[indices]).square().mean(),
+                {"nonnegative": IndexedValue(pred[:, 0] + 0.2, indices)},
+            )
+
+    problem = Normalised()
+    expected = copy.deepcopy(problem.norm)
+    batch = batches("cpu")[0]
+    for part in batch.chunk(4):
+        expected(problem.X[part])
+    optimizer = build("simultaneous", "augmented", problem)
+    optimizer.step(micro(problem, batch, 4))
+    assert torch.equal(problem.norm.running_mean, expected.running_mean)
+    assert torch.equal(problem.norm.running_var, expected.running_var)
+    assert int(problem.norm.num_batches_tracked) == 4
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_micro_batches_with_a_process_group_are_refused() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist = torch.distributed
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        problem = Accumulated("projection", "cpu")
+        optimizer = SimultaneousGDA(
+            problem,
+            torch.optim.SGD(problem.primal_parameters(), lr=0.1),
+            torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
+            process_group="default",
+        )
+        batch = batches("cpu")[0]
+        with pytest.raises(
+            ValueError,
+            match=re.escape("gradient accumulation (a list of closures) is not supported"),
+        ):
+            optimizer.step(micro(problem, batch, 2))
+    finally:
+        dist.destroy_process_group()
