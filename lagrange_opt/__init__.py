@@ -11,14 +11,10 @@ solution. Problems with known solutions to try settings on are in
 from ._augmented import AugmentedLagrangian
 from ._defaults import DEFAULT_DUAL_LR, DEFAULT_LR, default_optimizer
 from ._extragradient import ExtraGradient
+from ._gda import AlternatingGDA, SimultaneousGDA
 from ._kkt import ConstraintFigures, KKTResiduals, kkt
 from ._optimizer_group import OptimizerGroup
-from ._optimizers import (
-    AlternatingGDA,
-    ConstrainedOptimizer,
-    SimultaneousGDA,
-    StepResult,
-)
+from ._optimizers import ConstrainedOptimizer, StepResult
 from ._problem import (
     Bounds,
     ConstrainedProblem,

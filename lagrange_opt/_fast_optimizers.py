@@ -4,13 +4,16 @@ The stock path (:func:`._rows.step_optimizer`) calls ``optimizer.step()``, which
 code as far as a method's step is concerned (hooks, wrappers, subclasses): it may raise
 half-way, so the step hands it fresh clones of the states it changes and keeps the
 originals. For an unmodified ``torch.optim.Adam`` or ``torch.optim.AdamW`` the update is
-known: this module calls the same function ``step()`` calls, ``torch.optim.adam.adam``,
-with the same arguments, so the iterates are bitwise those of the stock path, and
+known: this module computes what ``step()`` computes, with bitwise the same iterates, and
 
-- an extrapolation (the state left as it was) steps from copies of the state taken into
-  scratch buffers that are reused from step to step: no allocation, no clone;
-- a committed step updates the state in place, as ``step()`` does, after copying it into
-  reusable undo buffers (what puts it back if a later phase of the method's step fails);
+- an extrapolation (the state left as it was) writes the would-be moments into scratch
+  tensors reused from step to step: the state is read, never copied or written;
+- a committed step writes the new moments into spare tensors that then replace the
+  state's; the old tensors, kept by the undo until the method's step ends, are the next
+  commit's spares: no copy, no allocation;
+- on the CPU, torch's single-tensor update is written out of place, operation for
+  operation; with ``foreach=True`` or off the CPU, the public ``torch.optim.adam.adam``
+  (what ``step()`` calls) steps the target tensors after the state is copied into them;
 - the per-call cost of ``step()`` (profiler hooks, the graph-capture check, the lazy
   state initialisation) is not paid.
 
