@@ -191,28 +191,13 @@ def _mlp(hidden: int) -> nn.Sequential:
 
 
 def network_case(hidden: int, num_samples: int = 10_240, batch_size: int = 256) -> dict[str, Step]:
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(num_samples, 784, generator=generator)
-    targets = torch.randn(num_samples, 2, generator=generator)
-    batches = [torch.randperm(num_samples, generator=generator)[:batch_size] for _ in range(16)]
-    cycle = itertools.cycle(batches)
-
-    def next_batch() -> tuple[Tensor, Tensor, Tensor]:
-        indices = next(cycle)
-        return inputs[indices], targets[indices], indices
-
+    next_batch = _batches(num_samples, batch_size)
     lr, dual_lr = 0.01, 0.1
     steps: dict[str, Step] = {}
     network = _mlp(hidden)
-    plain = torch.optim.SGD(network.parameters(), lr=lr)
-
-    def plain_step() -> None:
-        batch_inputs, batch_targets, _ = next_batch()
-        plain.zero_grad()
-        nn.functional.mse_loss(network(batch_inputs), batch_targets).backward()
-        plain.step()
-
-    steps["plain-sgd"] = plain_step
+    steps["plain-sgd"] = _plain_step(
+        network, torch.optim.SGD(network.parameters(), lr=lr), next_batch
+    )
     for name, method in (("simultaneous", SimultaneousGDA), ("extragradient", ExtraGradient)):
         problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
         optimizer = method(
@@ -243,6 +228,22 @@ def network_case(hidden: int, num_samples: int = 10_240, batch_size: int = 256) 
 
         steps[f"cooper-{scheme}"] = cooper_step
     return steps
+
+
+def _plain_step(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    next_batch: Callable[[], tuple[Tensor, Tensor, Tensor]],
+) -> Step:
+    """One step of the unconstrained loss: the baseline of a network case."""
+
+    def step() -> None:
+        batch_inputs, batch_targets, _ = next_batch()
+        optimizer.zero_grad()
+        nn.functional.mse_loss(network(batch_inputs), batch_targets).backward()
+        optimizer.step()
+
+    return step
 
 
 def _batches(num_samples: int, batch_size: int) -> Callable[[], tuple[Tensor, Tensor, Tensor]]:
@@ -281,14 +282,7 @@ def adam_case(hidden: int, batch_size: int, num_samples: int = 10_240) -> dict[s
     steps: dict[str, Step] = {}
     network = _mlp(hidden)
     plain = torch.optim.Adam(network.parameters(), lr=lr)
-
-    def plain_step() -> None:
-        batch_inputs, batch_targets, _ = next_batch()
-        plain.zero_grad()
-        nn.functional.mse_loss(network(batch_inputs), batch_targets).backward()
-        plain.step()
-
-    steps["plain-adam"] = plain_step
+    steps["plain-adam"] = _plain_step(network, plain, next_batch)
     for name, method in (("simultaneous", SimultaneousGDA), ("extragradient", ExtraGradient)):
         for stock in (False, True):
             problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
