@@ -232,3 +232,33 @@ def test_micro_batches_with_a_process_group_are_refused() -> None:
             optimizer.step(micro(problem, batch, 2))
     finally:
         dist.destroy_process_group()
+
+
+def test_the_hook_and_the_scaler_act_on_the_accumulated_gradients() -> None:
+    """Clipping sees the whole batch's gradient (once per evaluation) and the loss scale
+    reaches every micro-batch's backward pass: equal to the whole batch's step with both."""
+    runs = []
+    for count in (1, 4):
+        problem = Accumulated("slack", "cpu")
+        calls: list[int] = []
+
+        def clip(problem: Accumulated = problem, calls: list[int] = calls) -> None:
+            calls.append(1)
+            nn.utils.clip_grad_norm_([*problem.model.parameters(), problem.offset], 0.05)
+
+        optimizer = ExtraGradient(
+            problem,
+            torch.optim.SGD(problem.primal_parameters(), lr=0.05),
+            torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True),
+            gradient_hook=clip,
+            grad_scaler=torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=2),
+        )
+        for batch in batches("cpu"):
+            if count == 1:
+                optimizer.step(lambda batch=batch, problem=problem: problem(batch))
+            else:
+                optimizer.step(micro(problem, batch, count))
+        assert len(calls) == 2 * len(batches("cpu"))
+        runs.append(problem.state_dict())
+    for name, value in runs[0].items():
+        torch.testing.assert_close(runs[1][name], value, rtol=0, atol=1e-10, msg=name)
