@@ -190,6 +190,10 @@ def _mlp(hidden: int) -> nn.Sequential:
     )  # fmt: skip
 
 
+MICRO_BATCHES = 4
+"""Micro-batches of the gradient-accumulation variant of the network cases."""
+
+
 def network_case(hidden: int, num_samples: int = 10_240, batch_size: int = 256) -> dict[str, Step]:
     next_batch = _batches(num_samples, batch_size)
     lr, dual_lr = 0.01, 0.1
@@ -211,6 +215,31 @@ def network_case(hidden: int, num_samples: int = 10_240, batch_size: int = 256) 
             optimizer.step(lambda: problem(*batch))
 
         steps[name] = constrained_step
+    micro_problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
+    micro = ExtraGradient(
+        micro_problem,
+        torch.optim.SGD(micro_problem.primal_parameters(), lr=lr),
+        torch.optim.SGD(micro_problem.dual_parameters(), lr=dual_lr, maximize=True),
+    )
+
+    def micro_step() -> None:
+        # The batch as 4 micro-batches (gradient accumulation): the same step, in two passes.
+        parts = zip(*(part.chunk(MICRO_BATCHES) for part in next_batch()))
+        micro.step([lambda part=part: micro_problem(*part) for part in parts])
+
+    steps[f"extragradient-micro{MICRO_BATCHES}"] = micro_step
+    accumulating = _mlp(hidden)
+    accumulated = torch.optim.SGD(accumulating.parameters(), lr=lr)
+
+    def plain_micro_step() -> None:
+        # A plain accumulation loop over the same micro-batches: its baseline.
+        accumulated.zero_grad()
+        for inputs, targets, _ in zip(*(part.chunk(MICRO_BATCHES) for part in next_batch())):
+            loss = nn.functional.mse_loss(accumulating(inputs), targets) / MICRO_BATCHES
+            loss.backward()
+        accumulated.step()
+
+    steps[f"plain-sgd-micro{MICRO_BATCHES}"] = plain_micro_step
     default_problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
     default = default_optimizer(default_problem, lr=lr, dual_lr=dual_lr)
 
@@ -410,6 +439,10 @@ AGAINST_COOPER = [
     ),
     ("mlp-32", "default", "extragradient"),
     ("mlp-784", "default", "extragradient"),
+    ("mlp-32", f"extragradient-micro{MICRO_BATCHES}", "extragradient"),
+    ("mlp-784", f"extragradient-micro{MICRO_BATCHES}", "extragradient"),
+    ("mlp-32", f"extragradient-micro{MICRO_BATCHES}", f"plain-sgd-micro{MICRO_BATCHES}"),
+    ("mlp-784", f"extragradient-micro{MICRO_BATCHES}", f"plain-sgd-micro{MICRO_BATCHES}"),
 ]
 
 
