@@ -98,6 +98,9 @@ def _run(args: argparse.Namespace) -> None:
     dist.init_process_group(args.backend)
     try:
         train(args)
+        # Every rank reaches the teardown together: gloo aborts a process whose peer has
+        # already closed its connections.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -318,6 +318,9 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         results["backtracking"] = _backtracking(rank)
         results["payload"] = _payloads(rank)
         torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
+        # Both ranks reach the teardown together: gloo aborts a process whose peer has
+        # already closed its connections.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
