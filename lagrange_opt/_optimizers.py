@@ -15,6 +15,7 @@ from ._accumulation import MicroBatches
 from ._augmented import AugmentedLagrangian
 from ._distributed import synchronizer
 from ._evaluation import Evaluation, check_finite, evaluate
+from ._formulation import Scales
 from ._formulation_state import FormulationState
 from ._kkt import ConstraintFigures, ConstraintReport
 from ._loss_scaling import GradientOverflow, LossScaling, check_grad_scaler, unscale_
@@ -230,14 +231,7 @@ class ConstrainedOptimizer(abc.ABC):
             closure = counted = StepClosure(closure)
         try:
             if measured:
-                params = params_of(self.primal_optimizer)
-                self._formulation.set_scales(
-                    measure_scales_over(self.problem, closure.each(), params)
-                    if isinstance(closure, MicroBatches)
-                    else measure_scales(self.problem, closure, params)
-                    if self._sync is None
-                    else self._sync.measure_scales(self.problem, closure, params)
-                )
+                self._formulation.set_scales(self._measure_scales(closure))
                 # The measuring call leaves no trace: the step's first evaluation sees the
                 # same random numbers and statistics.
                 rollback.rewind()
@@ -250,6 +244,9 @@ class ConstrainedOptimizer(abc.ABC):
                 self._sync.settle(error)
             self._clear_grads()
             rollback.restore()
+            # The parameters moved back in place: what follows in the user's autocast
+            # region must not see stale casts.
+            torch.clear_autocast_cache()
             if measured:
                 self._formulation.set_scales(None)
             if self._loss_scaling is None or not isinstance(error, GradientOverflow):
@@ -257,14 +254,21 @@ class ConstrainedOptimizer(abc.ABC):
             self._loss_scaling.end_step(skipped=True)
             skipped = self._result(error.evaluation, counted.calls)
             return skipped._replace(skipped=True)
-        finally:
-            # The parameters moved in place: what follows in the user's autocast region must
-            # not see stale casts either.
-            torch.clear_autocast_cache()
+        torch.clear_autocast_cache()  # as above: the parameters moved
         self._formulation.observe(result.evaluation)
         if self._loss_scaling is not None:
             self._loss_scaling.end_step(skipped=False)
         return result.result
+
+    def _measure_scales(self, closure: StepClosure | MicroBatches) -> Scales:
+        """The first step's scales, on the whole batch: over the micro-batches, or across
+        the ranks of a process group."""
+        params = params_of(self.primal_optimizer)
+        if isinstance(closure, MicroBatches):
+            return measure_scales_over(self.problem, closure.each(), params)
+        if self._sync is not None:
+            return self._sync.measure_scales(self.problem, closure, params)
+        return measure_scales(self.problem, closure, params)
 
     def _check_declarations(self) -> None:
         declared = self.problem.declared()

@@ -25,6 +25,7 @@ What the tests establish (docs/compile.md):
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -197,6 +198,28 @@ def test_compiled_network_compiles_once_and_matches_eager(method: str, kind: str
     initial, _ = run(method, kind, None, steps=0)
     moved = [not torch.equal(a, b) for a, b in zip(initial, eager)]
     assert sum(moved) >= len(list(network().parameters())), "the runs must move the point"
+
+
+@pytest.mark.parametrize("method", ["simultaneous", "extragradient"])
+def test_a_compiled_step_traces_and_matches_eager(method: str) -> None:
+    """``torch.compile(optimizer.step)`` (which does not pay: docs/compile.md) still runs,
+    with graph breaks, and gives the eager iterates: dynamo must be able to trace the step
+    (a ``finally`` around it once made its bytecode transformation fail)."""
+    results = []
+    for compiled in (False, True):
+        torch.compiler.reset()
+        torch.manual_seed(0)
+        problem = Outputs(network(), "dense")
+        optimizer = METHODS[method](problem)
+        step = torch.compile(optimizer.step, backend=CountingBackend()) if compiled else None
+        inputs, targets = data()
+        for batch in batches((16, 16, 16)):
+            (step or optimizer.step)(
+                functools.partial(problem, inputs[batch], targets[batch], batch)
+            )
+        results.append([tensor.detach().clone() for tensor in problem.parameters()])
+    for got, expected in zip(results[1], results[0]):
+        assert torch.equal(got, expected), float((got - expected).abs().max())
 
 
 def test_no_recompilation_under_fail_on_recompile_stance() -> None:
