@@ -37,7 +37,6 @@ difference of the parameters from the eager run.
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +48,7 @@ from torch import Tensor, nn
 from lagrange_opt import ExtraGradient
 from lagrange_opt.problems import PositiveOutputs
 
-from .speed import _mlp, paired_ratio, time_side_by_side
+from .speed import _batches, _mlp, _plain_step, paired_ratio, time_side_by_side
 
 Step = Callable[[], object]
 NUM_SAMPLES, BATCH, LR, DUAL_LR = 10_240, 256, 0.01, 0.1
@@ -79,25 +78,6 @@ def inductor_available() -> tuple[bool, str]:
         torch.compiler.reset()
 
 
-class Data:
-    """Inputs, targets and a cycle of 16 batches, as in :func:`benchmarks.speed.network_case`."""
-
-    def __init__(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self.inputs = torch.randn(NUM_SAMPLES, 784, generator=generator)
-        self.targets = torch.randn(NUM_SAMPLES, 2, generator=generator)
-        self.batches = [torch.randperm(NUM_SAMPLES, generator=generator)[:BATCH] for _ in range(16)]
-
-    def cycle(self) -> Callable[[], tuple[Tensor, Tensor, Tensor]]:
-        batches = itertools.cycle(self.batches)
-
-        def next_batch() -> tuple[Tensor, Tensor, Tensor]:
-            indices = next(batches)
-            return self.inputs[indices], self.targets[indices], indices
-
-        return next_batch
-
-
 def build(
     variant: str, backend: Any, primal: str = "sgd", hidden: int = 32
 ) -> tuple[PositiveOutputs, ExtraGradient, Callable[[Callable[[], Any]], Any]]:
@@ -125,9 +105,9 @@ def build(
     return problem, optimizer, step
 
 
-def constrained_step(variant: str, backend: Any, data: Data, hidden: int) -> Step:
+def constrained_step(variant: str, backend: Any, hidden: int) -> Step:
     problem, _, step = build(variant, backend, hidden=hidden)
-    next_batch = data.cycle()
+    next_batch = _batches(NUM_SAMPLES, BATCH)
 
     def run() -> None:
         batch = next_batch()
@@ -136,20 +116,12 @@ def constrained_step(variant: str, backend: Any, data: Data, hidden: int) -> Ste
     return run
 
 
-def plain_step(compiled: bool, backend: Any, data: Data, hidden: int) -> Step:
+def plain_step(compiled: bool, backend: Any, hidden: int) -> Step:
     network: nn.Module = _mlp(hidden)
     sgd = torch.optim.SGD(network.parameters(), lr=LR)
     if compiled:
         network = torch.compile(network, backend=backend)
-    next_batch = data.cycle()
-
-    def run() -> None:
-        inputs, targets, _ = next_batch()
-        sgd.zero_grad()
-        nn.functional.mse_loss(network(inputs), targets).backward()
-        sgd.step()
-
-    return run
+    return _plain_step(network, sgd, _batches(NUM_SAMPLES, BATCH))
 
 
 TIMED = ["eager", "compiled-network", "compiled-problem", "compiled-step", "compiled-primal-sgd"]
@@ -160,13 +132,12 @@ def timings(
 ) -> list[dict[str, Any]]:
     torch.set_num_threads(threads)
     torch.compiler.reset()
-    data = Data()
     steps: dict[str, Step] = {}
     compile_seconds: dict[str, float] = {}
     for variant in TIMED:
-        steps[variant] = constrained_step(variant, backend, data, hidden)
-    steps["plain-sgd"] = plain_step(False, backend, data, hidden)
-    steps["plain-sgd-compiled"] = plain_step(True, backend, data, hidden)
+        steps[variant] = constrained_step(variant, backend, hidden)
+    steps["plain-sgd"] = plain_step(False, backend, hidden)
+    steps["plain-sgd-compiled"] = plain_step(True, backend, hidden)
     for name, step in steps.items():  # the first calls compile: timed apart
         start = time.perf_counter()
         for _ in range(3):
@@ -189,7 +160,6 @@ def timings(
 
 def correctness(steps: int = 8) -> list[dict[str, Any]]:
     """Each way of compiling the update beside an eager run, with a counting backend."""
-    data = Data()
     rows = []
     for primal in ("sgd", "adam"):
         for variant in ("compiled-network", "compiled-step", "compiled-primal-step"):
@@ -197,7 +167,7 @@ def correctness(steps: int = 8) -> list[dict[str, Any]]:
             counter = CountingBackend()
             eager_problem, _, eager_step = build("eager", None, primal)
             problem, optimizer, step = build(variant, counter, primal)
-            next_batch = data.cycle()
+            next_batch = _batches(NUM_SAMPLES, BATCH)
             counts = []
             for _ in range(steps):
                 batch = next_batch()
