@@ -42,7 +42,7 @@ from torch import distributed as dist
 
 from ._formulation import Scales
 from ._problem import ConstrainedProblem, ProblemState
-from ._scaling import MAX_ROWS, flat_grad
+from ._scaling import MAX_ROWS, constraint_scale, flat_grad, unit_scales
 from ._validation import Checked, NonFiniteError, check_state
 
 _OK, _NON_FINITE, _FAILED = 0.0, 1.0, 2.0
@@ -362,11 +362,7 @@ class Synchronizer:
         largest = largest.to(self.device)
         dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=self.group)
         maxima = largest.tolist()
-        scales: dict[str, Tensor] = {
-            name: torch.ones((), dtype=multiplier.dtype, device=multiplier.device)
-            for name, constraint in problem.constraint_items()
-            if (multiplier := constraint.multiplier) is not None
-        }
+        scales = unit_scales(problem)
         dense_position, indexed_position = 1, 0
         for name, constraint, value, indices in checked:
             multiplier = constraint.multiplier
@@ -379,11 +375,7 @@ class Synchronizer:
             else:
                 rows = [max(1.0, m) for m in maxima[indexed_position : indexed_position + count]]
                 indexed_position += count
-            if indices is None and value.numel() <= MAX_ROWS:
-                scale = torch.tensor(rows, dtype=multiplier.dtype).reshape(value.shape)
-            else:
-                scale = torch.tensor(max(rows), dtype=multiplier.dtype)
-            scales[name] = scale.to(multiplier.device)
+            scales[name] = constraint_scale(rows, value.shape, indices is not None, multiplier)
         return Scales(norms[0], scales)
 
 

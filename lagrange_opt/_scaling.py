@@ -35,10 +35,36 @@ MAX_ROWS = 64
 """Constraint elements whose gradients are measured one by one."""
 
 
-def _grad_inf_norm(label: str, output: Tensor, params: Sequence[Tensor]) -> float:
-    """``max(1, ||d output / d params||_inf)``."""
+def _check_finite_output(label: str, output: Tensor) -> None:
     if not bool(torch.isfinite(output.detach())):
         raise NonFiniteError(f"{label} is not finite at the first point: {float(output.detach())}")
+
+
+def unit_scales(problem: ConstrainedProblem) -> dict[str, Tensor]:
+    """Scale 1 for every constraint with multipliers, in their dtype and on their device
+    (what a constraint not observed at the first step keeps)."""
+    return {
+        name: torch.ones((), dtype=multiplier.dtype, device=multiplier.device)
+        for name, constraint in problem.constraint_items()
+        if (multiplier := constraint.multiplier) is not None
+    }
+
+
+def constraint_scale(
+    rows: Sequence[float], shape: torch.Size, indexed: bool, multiplier: Tensor
+) -> Tensor:
+    """A constraint's scale from its first elements' (rows') scales: one per element for a
+    dense constraint of at most :data:`MAX_ROWS` elements, else the largest as one."""
+    if not indexed and shape.numel() <= MAX_ROWS:
+        scale = torch.tensor(list(rows), dtype=multiplier.dtype).reshape(shape)
+    else:
+        scale = torch.tensor(max(rows), dtype=multiplier.dtype)
+    return scale.to(multiplier.device)
+
+
+def _grad_inf_norm(label: str, output: Tensor, params: Sequence[Tensor]) -> float:
+    """``max(1, ||d output / d params||_inf)``."""
+    _check_finite_output(label, output)
     if not output.requires_grad:
         return 1.0
     grads = torch.autograd.grad(output, params, retain_graph=True, allow_unused=True)
@@ -73,11 +99,7 @@ def measure_scales(
     with torch.enable_grad():
         objective, checked = check_state(problem, closure())
         objective_scale = _grad_inf_norm("the objective", objective, params)
-        scales = {
-            name: torch.ones((), dtype=multiplier.dtype, device=multiplier.device)
-            for name, constraint in problem.constraint_items()
-            if (multiplier := constraint.multiplier) is not None
-        }
+        scales = unit_scales(problem)
         for name, constraint, value, indices in checked:
             multiplier = constraint.multiplier
             if multiplier is None:
@@ -87,11 +109,7 @@ def measure_scales(
                 _grad_inf_norm(f"constraint '{name}' (element {i})", flat[i], params)
                 for i in range(min(MAX_ROWS, flat.numel()))
             ]
-            if indices is None and flat.numel() <= MAX_ROWS:
-                scale = torch.tensor(rows, dtype=multiplier.dtype).reshape(value.shape)
-            else:
-                scale = torch.tensor(max(rows), dtype=multiplier.dtype)
-            scales[name] = scale.to(multiplier.device)
+            scales[name] = constraint_scale(rows, value.shape, indices is not None, multiplier)
     return Scales(objective_scale, scales)
 
 
@@ -140,30 +158,24 @@ def measure_scales_over(
     def norm(label: str) -> float:
         return max(1.0, float((sums[label] / count).abs().amax()))
 
-    scales = {
-        name: torch.ones((), dtype=multiplier.dtype, device=multiplier.device)
-        for name, constraint in problem.constraint_items()
-        if (multiplier := constraint.multiplier) is not None
-    }
+    scales = unit_scales(problem)
     for name, shape in shapes.items():
         multiplier = problem.declared()[name].multiplier
         assert multiplier is not None
-        numel = shape.numel()
-        elements = [norm(f"constraint '{name}' (element {i})") for i in range(min(MAX_ROWS, numel))]
-        scale = torch.tensor(elements, dtype=multiplier.dtype)
-        scale = scale.reshape(shape) if numel <= MAX_ROWS else scale.amax()
-        scales[name] = scale.to(multiplier.device)
+        elements = [
+            norm(f"constraint '{name}' (element {i})") for i in range(min(MAX_ROWS, shape.numel()))
+        ]
+        scales[name] = constraint_scale(elements, shape, False, multiplier)
     for name, maxima in rows.items():
         multiplier = problem.declared()[name].multiplier
         assert multiplier is not None
-        scales[name] = torch.tensor(max(maxima), dtype=multiplier.dtype, device=multiplier.device)
+        scales[name] = constraint_scale(maxima, torch.Size(), True, multiplier)
     return Scales(norm("the objective"), scales)
 
 
 def flat_grad(label: str, output: Tensor, params: Sequence[Tensor]) -> Tensor:
     """The gradient of ``output`` with respect to ``params``, flattened, checked finite."""
-    if not bool(torch.isfinite(output.detach())):
-        raise NonFiniteError(f"{label} is not finite at the first point: {float(output.detach())}")
+    _check_finite_output(label, output)
     if not output.requires_grad or not params:
         return torch.zeros(sum(param.numel() for param in params), dtype=torch.float64)
     grads = torch.autograd.grad(output, params, retain_graph=True, allow_unused=True)
