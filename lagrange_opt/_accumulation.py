@@ -69,14 +69,21 @@ class MicroBatches:
         """Evaluations of the whole batch so far (first passes)."""
 
     def __call__(self) -> ProblemState:
-        return _call(self.closures[0])
+        return call_with_fresh_casts(self.closures[0])
 
     def each(self) -> list[Closure]:
         """The closures, each clearing autocast's cache when called."""
-        return [functools.partial(_call, closure) for closure in self.closures]
+        return [functools.partial(call_with_fresh_casts, closure) for closure in self.closures]
 
 
-def _call(closure: Closure) -> ProblemState:
+def call_with_fresh_casts(closure: Closure) -> ProblemState:
+    """Calls ``closure`` after clearing autocast's cache of parameter casts.
+
+    Autocast keeps its low-precision copies of the parameters until the outermost autocast
+    region ends; a step runs inside the region and moves the parameters in place between
+    its evaluations (else extra-gradient's extrapolated point would be evaluated with the
+    casts of the point the step started from).
+    """
     torch.clear_autocast_cache()
     return closure()
 
@@ -117,7 +124,7 @@ class Replay(NamedTuple):
         for index, closure in enumerate(self.closures):
             set_rng_state(self.draws[index])
             with torch.enable_grad():
-                objective, checked = check_state(self.problem, _call(closure))
+                objective, checked = check_state(self.problem, call_with_fresh_casts(closure))
             fault = gradient_path_fault(objective, checked)
             if fault is not None:
                 raise ValueError(f"micro-batch {index}: {fault}")
@@ -191,7 +198,7 @@ def first_pass(problem: ConstrainedProblem, micro: MicroBatches) -> tuple[Tensor
     for closure in micro.closures:
         draws.append(rng_state())
         with torch.no_grad():
-            states.append(check_state(problem, _call(closure)))
+            states.append(check_state(problem, call_with_fresh_casts(closure)))
     # The second pass updates the statistics, once per micro-batch.
     buffers.restore()
     objective, combined, values = _combine(states)

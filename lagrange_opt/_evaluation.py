@@ -214,10 +214,11 @@ class Evaluation(NamedTuple):
                 [term.slack.values for term in self.terms if term.slack is not None]
             )
 
-    def gradients(self, params: Sequence[Tensor]) -> list[Tensor]:
-        """The gradients backward left on ``params`` and on the indexed slack rows read."""
+    def gradients(self, params: Sequence[Tensor], slacks: bool = True) -> list[Tensor]:
+        """The gradients backward left on ``params`` and (with ``slacks``) on the indexed
+        slack rows read."""
         grads = [grad for param in params if (grad := param.grad) is not None]
-        for term in self.terms:
+        for term in self.terms if slacks else ():
             if term.slack is not None and (grad := term.slack.values.grad) is not None:
                 grads.append(grad)
         return grads

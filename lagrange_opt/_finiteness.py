@@ -89,10 +89,7 @@ def check_finite(
     # The sums join the value itself: finite sums add a finite number, and it saves the
     # two operations of a product by 0 per check.
     sums = [evaluation.total]
-    sums += [grad.sum() for param in params if (grad := param.grad) is not None]
-    for term in evaluation.terms if slacks else ():
-        if term.slack is not None and (grad := term.slack.values.grad) is not None:
-            sums.append(grad.sum())
+    sums += [grad.sum() for grad in evaluation.gradients(params, slacks)]
     total = torch.stack(sums).sum() if len(sums) > 1 else sums[0]
     sync = evaluation.sync
     if sync is None:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch import distributed as dist
 
-from ._accumulation import MicroBatches
+from ._accumulation import MicroBatches, call_with_fresh_casts
 from ._augmented import AugmentedLagrangian
 from ._distributed import synchronizer
 from ._evaluation import Evaluation, check_finite, evaluate
@@ -75,13 +75,8 @@ class StepResult(NamedTuple):
 
 
 class StepClosure:
-    """The user's closure as a step calls it: with fresh autocast casts, counted.
-
-    Autocast caches its low-precision copies of the parameters until the outermost autocast
-    region ends; a step runs inside the region and moves the parameters in place between its
-    evaluations, so each call clears the cache (else the extrapolated point would be
-    evaluated with the casts of the point the step started from).
-    """
+    """The user's closure as a step calls it: with fresh autocast casts
+    (:func:`._accumulation.call_with_fresh_casts`), counted."""
 
     def __init__(self, closure: Closure) -> None:
         self._closure = closure
@@ -89,8 +84,7 @@ class StepClosure:
 
     def __call__(self) -> ProblemState:
         self.calls += 1
-        torch.clear_autocast_cache()
-        return self._closure()
+        return call_with_fresh_casts(self._closure)
 
 
 class StepSizes(NamedTuple):
