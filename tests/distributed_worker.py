@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from helpers import CASES
 from torch import Tensor, nn
 from torch import distributed as dist
 
@@ -35,14 +36,6 @@ DTYPE = torch.float64
 _generator = torch.Generator().manual_seed(0)
 X = torch.randn(NUM_SAMPLES, 3, generator=_generator, dtype=DTYPE)
 Y = torch.randn(NUM_SAMPLES, 2, generator=_generator, dtype=DTYPE) - 1.0
-
-# (method, formulation, treatment); "default" is default_optimizer (adaptive, scaled).
-CASES = [
-    (method, formulation, treatment)
-    for method in ("simultaneous", "alternating", "extragradient")
-    for formulation in ("lagrangian", "augmented")
-    for treatment in ("slack", "projection", "penalty")
-] + [("default", "augmented", treatment) for treatment in ("slack", "projection", "penalty")]
 
 
 # Gradient clipping and loss scaling under a process group.

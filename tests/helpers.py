@@ -27,6 +27,15 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 METHODS: list[type[ConstrainedOptimizer]] = [ExtraGradient, SimultaneousGDA, AlternatingGDA]
 TREATMENTS = ["slack", "projection"]
 
+# (method, formulation, treatment); "default" is default_optimizer (adaptive, scaled): the
+# cases that the distributed and the accumulation tests run against one whole batch.
+CASES = [
+    (method, formulation, treatment)
+    for method in ("simultaneous", "alternating", "extragradient")
+    for formulation in ("lagrangian", "augmented")
+    for treatment in ("slack", "projection", "penalty")
+] + [("default", "augmented", treatment) for treatment in ("slack", "projection", "penalty")]
+
 
 class QuadraticProgram(ConstrainedProblem):
     """min 1/2 x'Qx - p'x s.t. x1 + x2 >= 2, Q = [[3, 1], [1, 2]], p = (1, 1).

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import DEVICES, assert_bitwise_equal, snapshot
+from helpers import CASES, DEVICES, assert_bitwise_equal, snapshot
 from torch import Tensor, nn
 
 from lagrange_opt import (
@@ -57,14 +57,6 @@ class Accumulated(ConstrainedProblem):
                 "nonnegative": IndexedValue(pred[:, 0] + 0.2, indices),
             },
         )
-
-
-CASES = [
-    (method, formulation, treatment)
-    for method in ("simultaneous", "alternating", "extragradient")
-    for formulation in ("lagrangian", "augmented")
-    for treatment in ("slack", "projection", "penalty")
-] + [("default", "augmented", treatment) for treatment in ("slack", "projection", "penalty")]
 
 
 def build(method: str, formulation: str, problem: Accumulated) -> ConstrainedOptimizer:
