@@ -75,18 +75,27 @@ class Timing(NamedTuple):
 
 
 def time_side_by_side(
-    steps: dict[str, Step], warmup: int, blocks: int, steps_per_block: int
+    steps: dict[str, Step],
+    warmup: int,
+    blocks: int,
+    steps_per_block: int,
+    synchronize: Callable[[], object] = lambda: None,
 ) -> dict[str, list[float]]:
-    """Milliseconds per step of each variant in each block, the variants timed in turns."""
+    """Milliseconds per step of each variant in each block, the variants timed in turns.
+
+    ``synchronize`` waits for queued device work (``torch.cuda.synchronize`` on a GPU), so
+    that a block's time includes the kernels its steps launched."""
     for step in steps.values():
         for _ in range(warmup):
             step()
     samples: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(blocks):
         for name, step in steps.items():
+            synchronize()
             start = time.perf_counter()
             for _ in range(steps_per_block):
                 step()
+            synchronize()
             samples[name].append((time.perf_counter() - start) * 1e3 / steps_per_block)
     return samples
 
@@ -277,10 +286,15 @@ def _plain_step(
 
 def _batches(num_samples: int, batch_size: int) -> Callable[[], tuple[Tensor, Tensor, Tensor]]:
     """Draws the next of 16 fixed batches (cycling) of a random data set."""
+    # Drawn on the CPU (the same data on every device), then moved to the default device.
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(num_samples, 784, generator=generator)
-    targets = torch.randn(num_samples, 2, generator=generator)
-    batches = [torch.randperm(num_samples, generator=generator)[:batch_size] for _ in range(16)]
+    device = torch.get_default_device()
+    inputs = torch.randn(num_samples, 784, generator=generator, device="cpu").to(device)
+    targets = torch.randn(num_samples, 2, generator=generator, device="cpu").to(device)
+    batches = [
+        torch.randperm(num_samples, generator=generator, device="cpu")[:batch_size].to(device)
+        for _ in range(16)
+    ]
     cycle = itertools.cycle(batches)
 
     def next_batch() -> tuple[Tensor, Tensor, Tensor]:
@@ -450,27 +464,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="fewer blocks, smaller sizes")
+    parser.add_argument(
+        "--device", default="cpu", help="device of the network cases (e.g. cuda); the tiny, "
+        "indexed and memory cases run on the CPU only",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    # A GPU times the networks only, at one thread setting: threads drive only the host there.
+    on_cpu = device.type == "cpu"
+    synchronize = (lambda: None) if on_cpu else torch.cuda.synchronize
     blocks = 3 if args.quick else 11
     sizes = [20_000, 200_000] if args.quick else [20_000, 200_000, 2_000_000, 20_000_000]
     cases: list[tuple[str, Callable[[], dict[str, Step]], int, int]] = [
-        ("tiny", lambda: tiny_case(args.quick), 50, 200),
+        *([("tiny", lambda: tiny_case(args.quick), 50, 200)] if on_cpu else []),
         ("mlp-32", lambda: network_case(32), 20, 60),
-        ("mlp-784", lambda: network_case(784), 3, 8),
+        ("mlp-784", lambda: network_case(784), 3 if on_cpu else 20, 8 if on_cpu else 60),
         *(
             (f"adam-{hidden}-b{batch}", lambda h=hidden, b=batch: adam_case(h, b), *sizes_of)
             for hidden, batch in ADAM_CASES
-            for sizes_of in [(20, 60) if hidden == 32 else (3, 8)]
+            for sizes_of in [(20, 60) if hidden == 32 or not on_cpu else (3, 8)]
         ),
-        ("indexed", lambda: indexed_case(sizes), 20, 100),
+        *([("indexed", lambda: indexed_case(sizes), 20, 100)] if on_cpu else []),
     ]
+    thread_settings = (1, 2) if on_cpu else (torch.get_num_threads(),)
     records: list[dict[str, Any]] = []
-    progress = tqdm(total=2 * len(cases), desc="cases")
-    for threads in (1, 2):
+    progress = tqdm(total=len(thread_settings) * len(cases), desc="cases")
+    torch.set_default_device(device)
+    for threads in thread_settings:
         torch.set_num_threads(threads)
         for case, build, warmup, per_block in cases:
-            samples = time_side_by_side(build(), warmup, blocks, per_block)
+            samples = time_side_by_side(build(), warmup, blocks, per_block, synchronize)
             for variant, times in samples.items():
                 ratio = paired_ratio(times, samples[_baseline(case, variant)])
                 records.append(
@@ -486,7 +510,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     )  # fmt: skip
             progress.update()
     progress.close()
-    records += memory_records(32 if args.quick else 784)
+    torch.set_default_device("cpu")
+    if on_cpu:
+        records += memory_records(32 if args.quick else 784)
     (args.out / "speed.json").write_text(json.dumps(records, indent=1) + "\n")
     table = markdown(records)
     (args.out / "speed.md").write_text(table)

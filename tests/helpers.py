@@ -78,7 +78,7 @@ class MinNorm(ConstrainedProblem):
         self.register_buffer("b", b)
         self.x = nn.Parameter(torch.zeros(A.shape[1], dtype=A.dtype))
         self.add_equality("Ax=b", shape=(A.shape[0],))
-        self.to(A.dtype)
+        self.to(A.device, A.dtype)
 
     def forward(self) -> ProblemState:
         return ProblemState(self.x.square().sum(), {"Ax=b": self.A @ self.x - self.b})
