@@ -13,7 +13,7 @@ from torch import distributed as dist
 from ._augmented import AugmentedLagrangian
 from ._evaluation import Evaluation, Term
 from ._loss_scaling import GradientOverflow
-from ._method_checks import FormulationName, params_of
+from ._method_checks import FormulationName
 from ._optimizers import (
     Closure,
     ConstrainedOptimizer,
@@ -33,7 +33,6 @@ from ._stepsize import (
     judge_extrapolation,
     next_factor,
 )
-from ._updates import dual_update, primal_update, steps_from_origins
 from ._validation import NonFiniteError, first_non_finite
 
 
@@ -195,27 +194,6 @@ class ExtraGradient(ConstrainedOptimizer):
         self._factor = float(state_dict["step_factor"])
         self._base_lrs = [float(lr) for lr in state_dict["base_lrs"]]
 
-    def _final_update(
-        self, rollback: Rollback, point: SavedPoint, extrapolated: Evaluation, sizes: StepSizes
-    ) -> None:
-        """The step from the saved point along the extrapolated point's gradients."""
-        if not steps_from_origins(self.primal_optimizer, sizes.primal):
-            point.restore()
-            self._update(extrapolated, sizes, rollback)
-            return
-        # Plain SGD and torch's Adam step from the saved point straight into the
-        # parameters they move: one pass over them instead of a copy back and an update.
-        origins = point.origins()
-        moved = {id(param) for param in params_of(self.primal_optimizer) if param.grad is not None}
-        point.restore(skip=moved)
-        undo = primal_update(
-            self.primal_optimizer, sizes.primal, extrapolated.terms, commit_state=True,
-            origins=origins,
-        )  # fmt: skip
-        rollback.keep(undo)
-        self.problem.project_bounds_()
-        rollback.keep(dual_update(self.dual_optimizer, sizes.dual, extrapolated.terms, True))
-
     def _blame_start_gradient(self, point: SavedPoint, error: NonFiniteError) -> None:
         """Names the parameter whose gradient at the start (not checked with a fixed step)
         moved it to a non-finite extrapolated point, where ``error`` was found."""
@@ -276,7 +254,7 @@ class ExtraGradient(ConstrainedOptimizer):
                 # The skipped step reports the figures at the point it started from.
                 raise GradientOverflow(start) from None
             with torch.no_grad():
-                self._final_update(rollback, point, accepted.evaluation, accepted.sizes)
+                self._update_from_point(rollback, point, accepted.evaluation, accepted.sizes)
         except BaseException:
             self._factor = factor
             self._apply_factor()
@@ -306,7 +284,7 @@ class ExtraGradient(ConstrainedOptimizer):
         while True:
             sizes = self._step_sizes()
             with torch.no_grad():
-                self._update(start, sizes, None)
+                self._update(start.terms, sizes, None)
             if calls or self.same_randomness:
                 set_rng_state(rng)
             extrapolated: Evaluation | None

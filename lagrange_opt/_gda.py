@@ -55,7 +55,7 @@ class SimultaneousGDA(ConstrainedOptimizer):
         # must find it saved.
         self._save_point(rollback, evaluation, sizes.dual is None, dual=False)
         with torch.no_grad():
-            self._update(evaluation, sizes, rollback)
+            self._update(evaluation.terms, sizes, rollback)
         self._clear_grads()
         return Outcome(result, evaluation)
 

@@ -14,7 +14,7 @@ from torch import distributed as dist
 from ._accumulation import MicroBatches, call_with_fresh_casts
 from ._augmented import AugmentedLagrangian
 from ._distributed import synchronizer
-from ._evaluation import Evaluation, check_finite, evaluate
+from ._evaluation import Evaluation, Term, check_finite, evaluate
 from ._formulation import Scales
 from ._formulation_state import FormulationState
 from ._kkt import ConstraintFigures, ConstraintReport
@@ -33,7 +33,7 @@ from ._randomness import running_statistics
 from ._rollback import Rollback, SavedPoint, evaluation_rows
 from ._scaling import measure_scales, measure_scales_over
 from ._slacks import UndoLog
-from ._updates import dual_update, primal_update, sgd_step_sizes
+from ._updates import dual_update, primal_update, sgd_step_sizes, steps_from_origins
 from ._validation import NonFiniteError
 
 Closure = Callable[[], ProblemState]
@@ -425,19 +425,41 @@ class ConstrainedOptimizer(abc.ABC):
             sgd_step_sizes(self.primal_optimizer), None if dual is None else sgd_step_sizes(dual)
         )
 
-    def _update(self, evaluation: Evaluation, sizes: StepSizes, rollback: Rollback | None) -> None:
-        """Both sides' steps along the gradients of ``evaluation``, from the current point
-        (under the caller's ``torch.no_grad()``). With a ``rollback`` the optimizers' states
-        advance and it keeps what puts them back; without, they are left as they were (an
-        extrapolation)."""
+    def _update(self, terms: Sequence[Term], sizes: StepSizes, rollback: Rollback | None) -> None:
+        """Both sides' steps along the parameters' gradients and the residuals and slack
+        gradients of ``terms``, from the current point (under the caller's
+        ``torch.no_grad()``). With a ``rollback`` the optimizers' states advance and it keeps
+        what puts them back; without, they are left as they were (an extrapolation)."""
         commit = rollback is not None
-        undo = primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, commit)
+        undo = primal_update(self.primal_optimizer, sizes.primal, terms, commit)
         if rollback is not None:
             rollback.keep(undo)
         self.problem.project_bounds_()
-        undo = dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, commit)
+        undo = dual_update(self.dual_optimizer, sizes.dual, terms, commit)
         if rollback is not None:
             rollback.keep(undo)
+
+    def _update_from_point(
+        self, rollback: Rollback, point: SavedPoint, evaluation: Evaluation, sizes: StepSizes
+    ) -> None:
+        """The step from the saved point along the gradients of ``evaluation`` (taken at
+        another point: extra-gradient's extrapolated one)."""
+        if not steps_from_origins(self.primal_optimizer, sizes.primal):
+            point.restore()
+            self._update(evaluation.terms, sizes, rollback)
+            return
+        # Plain SGD and torch's Adam step from the saved point straight into the
+        # parameters they move: one pass over them instead of a copy back and an update.
+        origins = point.origins()
+        moved = {id(param) for param in params_of(self.primal_optimizer) if param.grad is not None}
+        point.restore(skip=moved)
+        undo = primal_update(
+            self.primal_optimizer, sizes.primal, evaluation.terms, commit_state=True,
+            origins=origins,
+        )  # fmt: skip
+        rollback.keep(undo)
+        self.problem.project_bounds_()
+        rollback.keep(dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, True))
 
     def _save_point(
         self, rollback: Rollback, evaluation: Evaluation, primal: bool, dual: bool

@@ -21,7 +21,7 @@ from collections.abc import Container, Sequence
 import torch
 from torch import Tensor
 
-from ._evaluation import Evaluation
+from ._evaluation import Evaluation, Term
 from ._randomness import Buffers, rng_state, set_rng_state
 from ._rows import StateUndo
 from ._slacks import UndoLog
@@ -66,8 +66,17 @@ class SavedPoint:
         with torch.no_grad():
             if targets:
                 torch._foreach_copy_(targets, sources)
+        self.restore_rows()
+
+    def restore_rows(self) -> None:
+        """Copies the saved rows back, leaving the dense parameters where they are."""
+        with torch.no_grad():
             for table, index, values in self.rows:
                 table.index_copy_(0, index, values)
+
+    def add_rows(self, rows: Rows) -> None:
+        """Saves more rows (holding copies of their values) beside those saved already."""
+        self.rows = [*self.rows, *rows]
 
     def origins(self) -> dict[int, Tensor]:
         """Each saved parameter's copy, by the parameter's ``id``."""
@@ -82,6 +91,20 @@ def evaluation_rows(evaluation: Evaluation, multipliers: bool = True) -> Rows:
             rows.append((term.multiplier.data, term.indices, term.multipliers_read))
         if term.slack is not None:
             rows.append((term.slack.table.data, term.slack.rows, term.slack.values.detach()))
+    return rows
+
+
+def current_rows(terms: Sequence[Term]) -> Rows:
+    """The indexed rows an update along ``terms`` moves, with their values read now (the
+    terms may come from an earlier step, whose reads are stale)."""
+    rows: Rows = []
+    for term in terms:
+        if term.indices is not None:
+            table = term.multiplier.data
+            rows.append((table, term.indices, table.index_select(0, term.indices)))
+        if term.slack is not None:
+            table = term.slack.table.data
+            rows.append((table, term.slack.rows, table.index_select(0, term.slack.rows)))
     return rows
 
 

@@ -17,6 +17,7 @@ from lagrange_opt import (
     ConstrainedProblem,
     ExtraGradient,
     IndexedValue,
+    OptimisticGDA,
     ProblemState,
     SimultaneousGDA,
 )
@@ -24,7 +25,9 @@ from lagrange_opt import (
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 """The devices every device-meaningful test runs on: CPU always, CUDA when present."""
 
-METHODS: list[type[ConstrainedOptimizer]] = [ExtraGradient, SimultaneousGDA, AlternatingGDA]
+METHODS: list[type[ConstrainedOptimizer]] = [
+    ExtraGradient, SimultaneousGDA, AlternatingGDA, OptimisticGDA,
+]  # fmt: skip
 TREATMENTS = ["slack", "projection"]
 
 # (method, formulation, treatment); "default" is default_optimizer (adaptive, scaled): the
