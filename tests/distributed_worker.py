@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from helpers import CASES
+from helpers import CASES, METHODS_BY_NAME
 from torch import Tensor, nn
 from torch import distributed as dist
 
@@ -20,7 +20,6 @@ from lagrange_opt import (
     AlternatingGDA,
     ConstrainedOptimizer,
     ConstrainedProblem,
-    ExtraGradient,
     IndexedValue,
     NonFiniteError,
     ProblemState,
@@ -111,12 +110,7 @@ def build(
         return problem, default_optimizer(problem, process_group=group, **options)
     primal = torch.optim.SGD(problem.primal_parameters(), lr=0.05)
     dual = torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True)
-    kinds: dict[str, type[ConstrainedOptimizer]] = {
-        "simultaneous": SimultaneousGDA,
-        "alternating": AlternatingGDA,
-        "extragradient": ExtraGradient,
-    }
-    optimizer = kinds[method](
+    optimizer = METHODS_BY_NAME[method](
         problem, primal, dual, formulation=formulation, process_group=group, **options
     )
     return problem, optimizer

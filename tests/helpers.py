@@ -32,9 +32,17 @@ TREATMENTS = ["slack", "projection"]
 
 # (method, formulation, treatment); "default" is default_optimizer (adaptive, scaled): the
 # cases that the distributed and the accumulation tests run against one whole batch.
+METHODS_BY_NAME: dict[str, type[ConstrainedOptimizer]] = {
+    "simultaneous": SimultaneousGDA,
+    "alternating": AlternatingGDA,
+    "extragradient": ExtraGradient,
+    "optimistic": OptimisticGDA,
+}
+"""The fixed-step methods of CASES."""
+
 CASES = [
     (method, formulation, treatment)
-    for method in ("simultaneous", "alternating", "extragradient")
+    for method in METHODS_BY_NAME
     for formulation in ("lagrangian", "augmented")
     for treatment in ("slack", "projection", "penalty")
 ] + [("default", "augmented", treatment) for treatment in ("slack", "projection", "penalty")]

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import CASES, DEVICES, assert_bitwise_equal, snapshot
+from helpers import CASES, DEVICES, METHODS_BY_NAME, assert_bitwise_equal, snapshot
 from torch import Tensor, nn
 
 from lagrange_opt import (
-    AlternatingGDA,
     ConstrainedOptimizer,
     ConstrainedProblem,
     ExtraGradient,
@@ -62,14 +61,9 @@ class Accumulated(ConstrainedProblem):
 def build(method: str, formulation: str, problem: Accumulated) -> ConstrainedOptimizer:
     if method == "default":
         return default_optimizer(problem)
-    kinds: dict[str, type[ConstrainedOptimizer]] = {
-        "simultaneous": SimultaneousGDA,
-        "alternating": AlternatingGDA,
-        "extragradient": ExtraGradient,
-    }
     primal = torch.optim.SGD(problem.primal_parameters(), lr=0.05)
     dual = torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True)
-    return kinds[method](problem, primal, dual, formulation=formulation)  # type: ignore[arg-type]
+    return METHODS_BY_NAME[method](problem, primal, dual, formulation=formulation)  # type: ignore[arg-type]
 
 
 def batches(device: str) -> list[Tensor]:
