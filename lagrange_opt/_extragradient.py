@@ -139,6 +139,7 @@ class ExtraGradient(ConstrainedOptimizer):
         self.same_randomness = same_randomness
         self._factor = 1.0 if self.adaptive is None else self.adaptive.initial
         self._base_lrs = [float(group["lr"]) for group in self.param_groups]
+        self._differences = DifferenceBuffers()
         self._apply_factor()
 
     def _penalty_steps_dual(self) -> bool:
@@ -216,8 +217,9 @@ class ExtraGradient(ConstrainedOptimizer):
         if extrapolated is None:
             return Trial(False, math.inf)
         sums = _change_norms(
-            point.params, point.copies, start_grads, self._bases(), start, extrapolated
-        )
+            point.params, point.copies, start_grads, self._bases(), start, extrapolated,
+            self._differences,
+        )  # fmt: skip
         if self._sync is not None:
             # ddp: every rank computed these sums from the same data; rank 0's decide, so
             # that no rounding difference can make the ranks call the closure unequally.
@@ -275,7 +277,9 @@ class ExtraGradient(ConstrainedOptimizer):
         indices = start.observed()
         start_grads: list[Tensor | None] = []
         if adaptive is not None:
-            start_grads = [None if p.grad is None else p.grad.clone() for p in point.params]
+            # Held, not copied: every backward of the step clears the gradients first and
+            # gets new tensors, and nothing writes into these.
+            start_grads = [p.grad for p in point.params]
         # Every try draws what the first one drew (or, with same_randomness, the start).
         rng = rollback.rng if self.same_randomness else rng_state()
         statistics = Buffers(self._statistics) if self.same_randomness else None
@@ -316,9 +320,8 @@ class ExtraGradient(ConstrainedOptimizer):
             self._factor = next_factor(adaptive, self._factor, trial)
             self._apply_factor()
             point.restore()
-            with torch.no_grad():
-                for param, grad in zip(point.params, start_grads):
-                    param.grad = None if grad is None else grad.clone()
+            for param, grad in zip(point.params, start_grads):
+                param.grad = grad
 
 
 class Extrapolation(NamedTuple):
@@ -356,6 +359,7 @@ def _change_norms(
     bases: Mapping[int, float],
     start: Evaluation,
     extrapolated: Evaluation,
+    differences: DifferenceBuffers,
 ) -> Tensor:
     """The operator's change and the point's move, squared, in the step's metric
     (:mod:`._stepsize`), for the primal variables and for the multipliers, and the point's
@@ -378,8 +382,8 @@ def _change_norms(
         if grad is None or param.grad is None:
             continue
         _accumulate(
-            (operator, point, norm), param.grad - grad, param.detach() - copy, copy,
-            bases[id(param)],
+            (operator, point, norm), differences.of(0, param.grad, grad),
+            differences.of(1, param.detach(), copy), copy, bases[id(param)],
         )  # fmt: skip
     for before, after in zip(start.terms, extrapolated.terms):
         moved = before.multiplier.detach()
@@ -404,6 +408,24 @@ def _change_norms(
     return torch.stack([torch.stack(part).double().sum() if part else zero for part in parts])
 
 
+class DifferenceBuffers:
+    """Memory reused from step to step for the differences whose norms the adaptive test
+    takes: a new tensor the size of a large parameter costs its page faults at every step."""
+
+    def __init__(self) -> None:
+        self._flat: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+    def of(self, slot: int, minuend: Tensor, subtrahend: Tensor) -> Tensor:
+        """``minuend - subtrahend``, written into buffer ``slot`` (valid until its next use)."""
+        key = (slot, minuend.dtype, minuend.device)
+        flat = self._flat.get(key)
+        if flat is None or flat.numel() < minuend.numel():
+            flat = torch.empty(minuend.numel(), dtype=minuend.dtype, device=minuend.device)
+            self._flat[key] = flat
+        out = flat[: minuend.numel()].view(minuend.shape)
+        return torch.sub(minuend, subtrahend, out=out)
+
+
 def _accumulate(
     sums: tuple[list[Tensor], list[Tensor], list[Tensor]],
     change: Tensor,
@@ -415,12 +437,14 @@ def _accumulate(
     """Appends one block's squared operator change, move and start norm in the metric of
     its base learning rate (and, for multipliers, of the scaling's weight)."""
     operator, point, norm = sums
-    squares = [change.square(), move.square(), start.square()]
-    if weight is not None:
-        squares = [square * weight for square in squares]
-    operator.append(squares[0].sum() * base)
-    point.append(squares[1].sum() / base)
-    norm.append(squares[2].sum() / base)
+    if weight is None:
+        # A norm reads its tensor once; squaring it first would write and read a copy.
+        squares = [torch.linalg.vector_norm(x).square() for x in (change, move, start)]
+    else:
+        squares = [(x.square() * weight).sum() for x in (change, move, start)]
+    operator.append(squares[0] * base)
+    point.append(squares[1] / base)
+    norm.append(squares[2] / base)
 
 
 def _dual_weight(term: Term) -> Tensor | float:
