@@ -23,6 +23,8 @@ of the machine, which slows both sides of a pair alike, cancels out.
   256) with Adam on the primal side (plain SGD ascent on the multipliers). Baseline: one
   plain Adam step (forward, backward, ``Adam.step()``). ``-stock`` variants force the stock
   ``optimizer.step()`` path (a no-op step hook), which the functional Adam step replaces;
+  ``-fused`` variants build every Adam with ``fused=True`` (torch's one-kernel update, on
+  the CPU too), against the fused plain step (``plain-adam-fused``) as well;
   ``cooper-extrapolation`` is Cooper's extrapolation with its ``ExtraAdam``.
 - ``default`` variants of the networks' SGD cases: :func:`~lagrange_opt.default_optimizer`
   (extra-gradient with the adaptive step on the augmented Lagrangian), compared per step
@@ -323,14 +325,17 @@ def adam_case(hidden: int, batch_size: int, num_samples: int = 10_240) -> dict[s
     next_batch = _batches(num_samples, batch_size)
     lr, dual_lr = 1e-3, 0.1
     steps: dict[str, Step] = {}
-    network = _mlp(hidden)
-    plain = torch.optim.Adam(network.parameters(), lr=lr)
-    steps["plain-adam"] = _plain_step(network, plain, next_batch)
+    for fused in (False, True):
+        network = _mlp(hidden)
+        plain = torch.optim.Adam(network.parameters(), lr=lr, fused=fused)
+        steps["plain-adam-fused" if fused else "plain-adam"] = _plain_step(
+            network, plain, next_batch
+        )
     for name, method in (("simultaneous", SimultaneousGDA), ("extragradient", ExtraGradient)):
-        for stock in (False, True):
+        for variant in ("", "-stock", "-fused"):
             problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
-            primal = torch.optim.Adam(problem.primal_parameters(), lr=lr)
-            if stock:
+            primal = torch.optim.Adam(problem.primal_parameters(), lr=lr, fused=variant == "-fused")
+            if variant == "-stock":
                 primal.register_step_pre_hook(lambda *_: None)
             optimizer = method(
                 problem, primal,
@@ -341,7 +346,7 @@ def adam_case(hidden: int, batch_size: int, num_samples: int = 10_240) -> dict[s
                 batch = next_batch()
                 optimizer.step(lambda: problem(*batch))
 
-            steps[f"{name}-stock" if stock else name] = constrained_step
+            steps[name + variant] = constrained_step
     cooper_method = cooper_extra_adam(
         PositiveOutputs(_mlp(hidden), num_samples, "projection"), lr, dual_lr / batch_size
     )
@@ -449,6 +454,9 @@ AGAINST_COOPER = [
             ("extragradient", "cooper-extrapolation"),
             ("extragradient", "extragradient-stock"),
             ("simultaneous", "simultaneous-stock"),
+            ("extragradient-fused", "plain-adam-fused"),
+            ("simultaneous-fused", "plain-adam-fused"),
+            ("extragradient-fused", "cooper-extrapolation"),
         )
     ),
     ("mlp-32", "default", "extragradient"),

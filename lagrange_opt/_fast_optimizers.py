@@ -12,14 +12,16 @@ known: this module computes what ``step()`` computes, with bitwise the same iter
   state's; the old tensors, kept by the undo until the method's step ends, are the next
   commit's spares: no copy, no allocation;
 - on the CPU, torch's single-tensor update is written out of place, operation for
-  operation; with ``foreach=True`` or off the CPU, the public ``torch.optim.adam.adam``
-  (what ``step()`` calls) steps the target tensors after the state is copied into them;
+  operation; with ``foreach=True``, with ``fused=True`` (one kernel for the whole update,
+  on the CPU too) or off the CPU, the public ``torch.optim.adam.adam`` (what ``step()``
+  calls, with the same options) steps the target tensors after the state is copied into
+  them;
 - the per-call cost of ``step()`` (profiler hooks, the graph-capture check, the lazy
   state initialisation) is not paid.
 
 Anything this module does not recognise takes the stock path: another optimizer type (a
 subclass too), a wrapped ``step()`` (a learning-rate scheduler), step hooks, a tensor
-learning rate or betas, the ``capturable``, ``fused`` or ``differentiable`` options, a
+learning rate or betas, the ``capturable`` or ``differentiable`` options, a
 gradient scaler's attributes, sparse gradients, and parameters whose state does not exist
 yet (the first step creates it through ``step()``).
 """
@@ -127,7 +129,7 @@ def is_fast(optimizer: torch.optim.Optimizer) -> bool:
     ):
         return False
     for group in optimizer.param_groups:
-        if group["capturable"] or group["fused"] or group["differentiable"]:
+        if group["capturable"] or group["differentiable"]:
             return False
         if not isinstance(group["lr"], float | int):
             return False
@@ -207,7 +209,7 @@ def _call_adam(
     amsgrad = group["amsgrad"]
     adam(
         params, grads, state[0], state[1], state[2] if amsgrad else [], state[-1],
-        foreach=group["foreach"], capturable=False, differentiable=False, fused=None,
+        foreach=group["foreach"], capturable=False, differentiable=False, fused=group["fused"],
         grad_scale=None, found_inf=None, has_complex=any(torch.is_complex(p) for p in params),
         decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=amsgrad, beta1=beta1,
         beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
@@ -220,8 +222,10 @@ def _single_tensor(group: dict[str, Any], params: Sequence[Tensor]) -> bool:
     for, every parameter real and on the CPU, where torch has no foreach default; Adam
     requires gradients like their parameters): the loop :func:`_adam_into` writes out of
     place, operation for operation."""
-    return group["foreach"] is not True and all(
-        p.device.type == "cpu" and not p.is_complex() for p in params
+    return (
+        group["foreach"] is not True
+        and not group["fused"]
+        and all(p.device.type == "cpu" and not p.is_complex() for p in params)
     )
 
 
