@@ -13,6 +13,7 @@ from ._defaults import DEFAULT_DUAL_LR, DEFAULT_LR, default_optimizer
 from ._extragradient import ExtraGradient
 from ._gda import AlternatingGDA, SimultaneousGDA
 from ._kkt import ConstraintFigures, KKTResiduals, kkt
+from ._nupi import NuPI
 from ._optimizer_group import OptimizerGroup
 from ._optimizers import ConstrainedOptimizer, StepResult
 from ._problem import (
@@ -45,6 +46,7 @@ __all__ = [
     "IndexedValue",
     "KKTResiduals",
     "NonFiniteError",
+    "NuPI",
     "OptimizerGroup",
     "ProblemState",
     "SimultaneousGDA",
