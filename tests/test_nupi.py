@@ -373,7 +373,7 @@ def test_repeated_indices_step_as_with_sgd(method: type, device: str) -> None:
         generator = torch.Generator().manual_seed(1)
         for _ in range(30):
             batch = torch.randint(NUM_SAMPLES, (16,), generator=generator).to(device)
-            optimizer.step(lambda batch=batch: problem(batch))
+            optimizer.step(lambda batch=batch, problem=problem: problem(batch))
         runs.append(problem.state_dict())
     assert int(runs[1]["constraints.rows.multiplier"].count_nonzero()) > 10
     for key, value in runs[0].items():
@@ -414,7 +414,7 @@ def test_an_indexed_table_on_full_batches_equals_the_dense_constraint(
         optimizer, dual, multiplier = _per_sample_optimizer(method, problem, primal_lr)
         batch = torch.arange(NUM_SAMPLES, device=device)
         for _ in range(25):
-            optimizer.step(lambda batch=batch: problem(batch))
+            optimizer.step(lambda batch=batch, problem=problem: problem(batch))
         runs.append(
             (multiplier.detach().clone(), dual.state[multiplier]["xi"].clone(), problem.w.detach())
         )
@@ -422,3 +422,388 @@ def test_an_indexed_table_on_full_batches_equals_the_dense_constraint(
     assert not torch.equal(runs[0][2], PerSample().w.to(device))  # the primal side moved
     for indexed_value, dense_value in zip(*runs):
         torch.testing.assert_close(indexed_value, dense_value, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# Convergence and damping.
+
+
+def _qp_run(method: type, kp: float, steps: int, device: str = "cpu") -> tuple[Tensor, Tensor]:
+    """The QP's x and multiplier after each step (SGD 0.2 on x, NuPI 0.5 on the multiplier)."""
+    problem = QuadraticProgram(treatment="projection").to(device)
+    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.2)
+    dual = NuPI(problem.dual_parameters(), lr=0.5, kp=kp, maximize=True)
+    optimizer = method(problem, primal, dual)
+    multiplier = problem.constraints["sum"].multiplier
+    xs, multipliers = [], []
+    for _ in range(steps):
+        optimizer.step(problem)
+        xs.append(problem.x.detach().cpu().clone())
+        multipliers.append(multiplier.detach().cpu().clone())
+    return torch.stack(xs), torch.stack(multipliers)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_nupi_solves_the_quadratic_program(method: type, device: str) -> None:
+    xs, multipliers = _qp_run(method, kp=0.5, steps=300, device=device)
+    solution = torch.tensor(QuadraticProgram.solution, dtype=torch.float64)
+    torch.testing.assert_close(xs[-1], solution, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        multipliers[-1], torch.tensor(QuadraticProgram.multiplier, dtype=torch.float64),
+        rtol=0, atol=1e-10,
+    )  # fmt: skip
+
+
+def test_nupi_solves_a_min_norm_problem(device: str) -> None:
+    from helpers import MinNorm
+
+    generator = torch.Generator().manual_seed(3)
+    A = torch.randn(2, 4, generator=generator, dtype=torch.float64)
+    b = torch.randn(2, generator=generator, dtype=torch.float64)
+    problem = MinNorm(A.to(device), b.to(device))
+    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.05)
+    dual = NuPI(problem.dual_parameters(), lr=0.05, kp=1.0, nu=0.5, maximize=True)
+    optimizer = ExtraGradient(problem, primal, dual)
+    for _ in range(3000):
+        optimizer.step(problem)
+    torch.testing.assert_close(
+        problem.x.detach().cpu(), torch.linalg.pinv(A) @ b, rtol=0, atol=1e-8
+    )
+    multiplier = problem.constraints["Ax=b"].multiplier.detach().cpu()
+    torch.testing.assert_close(multiplier, -2 * torch.linalg.solve(A @ A.T, b), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_the_proportional_term_damps_the_multipliers_oscillation(method: type) -> None:
+    """On the QP from x = 0 the multiplier rises past lambda* = 7/3 and oscillates back.
+    With kp = 0.5 its overshoot (max_t lambda_t - lambda*) and its excess travel (the
+    total variation of lambda_t beyond |lambda_T - lambda_0|: 0 for a monotone path) are
+    less than half those of gradient ascent (kp = 0), and it reaches lambda* (to 1e-6, for
+    good) no later."""
+    figures = {}
+    for kp in (0.0, 0.5):
+        _, multipliers = _qp_run(method, kp=kp, steps=300)
+        path = torch.cat([torch.zeros(1, dtype=torch.float64), multipliers])
+        overshoot = float((path - QuadraticProgram.multiplier).max())
+        excess = float((path[1:] - path[:-1]).abs().sum() - (path[-1] - path[0]).abs())
+        error = (path - QuadraticProgram.multiplier).abs()
+        settled = max(i for i in range(len(error)) if error[i] > 1e-6) + 1
+        figures[kp] = (overshoot, excess, settled)
+    (overshoot, excess, settled), (damped, damped_excess, damped_settled) = figures.values()
+    assert overshoot > 0.05  # gradient ascent does overshoot
+    assert damped < 0.5 * overshoot
+    assert damped_excess < 0.5 * excess
+    assert damped_settled <= settled + 10
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints and rollback.
+
+
+def _mixed(method: type, seed: int = 0, device: str = "cpu") -> tuple[Any, Any]:
+    """The helpers' Mixed problem (an indexed slack inequality, a dense projected one, an
+    equality, a dense slack inequality) with NuPI on the multipliers."""
+    from helpers import Mixed
+
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randn(64, 4, generator=generator, dtype=torch.float64)
+    targets = torch.randn(64, 2, generator=generator, dtype=torch.float64) - 0.5
+    torch.manual_seed(seed)
+    model = nn.Linear(4, 2)
+    problem = Mixed(model, data.to(device), targets.to(device)).to(device, torch.float64)
+    primal = torch.optim.SGD(
+        [*model.parameters(), *problem.slack_parameters()], lr=0.01, momentum=0.5
+    )
+    dual = NuPI(problem.dual_parameters(), lr=0.05, kp=0.5, nu=0.3, maximize=True)
+    return problem, method(problem, primal, dual)
+
+
+def _train(problem: Any, optimizer: Any, steps: range) -> None:
+    from helpers import mixed_batch
+
+    for step in steps:
+        indices = mixed_batch(step, problem.data.device)
+        optimizer.step(lambda indices=indices: problem(indices))
+
+
+def _roundtrip(obj: Any) -> Any:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_resume_is_bitwise_identical(method: type, device: str) -> None:
+    with deterministic(device):
+        straight_problem, straight = _mixed(method, device=device)
+        _train(straight_problem, straight, range(40))
+
+        first_problem, first = _mixed(method, device=device)
+        _train(first_problem, first, range(20))
+        saved = _roundtrip({"problem": first_problem.state_dict(), "optimizer": first.state_dict()})
+        assert any("xi" in entry for entry in saved["optimizer"]["dual"]["state"].values())
+
+        resumed_problem, resumed = _mixed(method, seed=7, device=device)
+        resumed_problem.load_state_dict(saved["problem"])
+        resumed.load_state_dict(saved["optimizer"])
+        _train(resumed_problem, resumed, range(20, 40))
+
+    assert_bitwise_equal(straight_problem.state_dict(), resumed_problem.state_dict())
+    assert_bitwise_equal(straight.state_dict(), resumed.state_dict())
+
+
+def _snapshot(problem: nn.Module, optimizer: Any) -> dict[str, Any]:
+    return copy.deepcopy({"problem": problem.state_dict(), "optimizer": optimizer.state_dict()})
+
+
+def test_a_closure_raising_in_the_second_evaluation_changes_nothing(device: str) -> None:
+    """ExtraGradient: the extrapolation moved the multipliers (and would have read NuPI's
+    state); the closure then raises at the extrapolated point."""
+    from helpers import mixed_batch
+
+    problem, optimizer = _mixed(ExtraGradient, device=device)
+    _train(problem, optimizer, range(5))
+    before = _snapshot(problem, optimizer)
+    calls = []
+    indices = mixed_batch(5, device)
+
+    def closure() -> ProblemState:
+        calls.append(None)
+        if len(calls) == 2:
+            raise RuntimeError("second evaluation failed")
+        return problem(indices)
+
+    with pytest.raises(RuntimeError, match=r"^second evaluation failed$"):
+        optimizer.step(closure)
+    assert len(calls) == 2
+    assert_bitwise_equal(before, _snapshot(problem, optimizer))
+    # And the next step is the one an untroubled run takes.
+    reference, reference_optimizer = _mixed(ExtraGradient, device=device)
+    _train(reference, reference_optimizer, range(6))
+    optimizer.step(lambda: problem(indices))
+    assert_bitwise_equal(_snapshot(reference, reference_optimizer), _snapshot(problem, optimizer))
+
+
+class Poisoned(PerSample):
+    """Once armed, the objective has a finite value and a NaN gradient (sqrt(|u|) at u = 0):
+    found by the check after backward, which AlternatingGDA runs after its dual step."""
+
+    armed = False
+
+    def forward(self, indices: Tensor) -> ProblemState:
+        state = super().forward(indices)
+        objective = state.objective
+        if self.armed:
+            objective = objective + (self.w[0] - self.w[0].detach()).abs().sqrt()
+        return ProblemState(objective, state.constraints)
+
+
+@pytest.mark.parametrize("indexed", [True, False], ids=["indexed", "dense"])
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_a_nan_found_after_the_dual_step_changes_nothing(
+    method: type, indexed: bool, device: str
+) -> None:
+    problem = Poisoned(indexed=indexed).to(device)
+    optimizer, dual, multiplier = _per_sample_optimizer(method, problem)
+    batch = torch.tensor([1, 2, 5, 9]) if indexed else torch.arange(NUM_SAMPLES)
+    batch = batch.to(device)
+    for _ in range(3):
+        optimizer.step(lambda: problem(batch))
+    assert bool((dual.state[multiplier]["xi"] != 0).any())
+    problem.armed = True
+    before = _snapshot(problem, optimizer)
+    with pytest.raises(NonFiniteError, match="nan"):
+        optimizer.step(lambda: problem(batch))
+    assert_bitwise_equal(before, _snapshot(problem, optimizer))
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_a_dual_step_hook_that_raises_changes_nothing(method: type, device: str) -> None:
+    """NuPI's step ran (on copies of its state) and its post-hook raises."""
+    problem, optimizer = _mixed(method, device=device)
+    _train(problem, optimizer, range(3))
+    armed = []
+
+    def hook(*_: Any) -> None:
+        if armed:
+            raise RuntimeError("hook failed")
+
+    optimizer.dual_optimizer.register_step_post_hook(hook)
+    _train(problem, optimizer, range(3, 5))
+    before = _snapshot(problem, optimizer)
+    armed.append(True)
+    with pytest.raises(RuntimeError, match=r"^hook failed$"):
+        _train(problem, optimizer, range(5, 6))
+    assert_bitwise_equal(before, _snapshot(problem, optimizer))
+
+
+# ---------------------------------------------------------------------------------------
+# Learning-rate schedules on the dual side.
+
+
+def _dual(kind: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, maximize=True)
+    return NuPI(params, lr=lr, ki=1.0, kp=0.8, nu=0.4, maximize=True)
+
+
+def _gains(kind: str) -> dict[str, float]:
+    return {"ki": 1.0, "kp": 0.0, "nu": 0.0} if kind == "sgd" else {"ki": 1.0, "kp": 0.8, "nu": 0.4}
+
+
+SCHEDULES: dict[str, tuple[Callable[[torch.optim.Optimizer], Any], Callable[[int], float]]] = {
+    # name: (the scheduler, the factor on the learning rate at step t)
+    "warm-up": (
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, k / 4)),
+        lambda t: min(1.0, t / 4),
+    ),
+    "exponential": (
+        lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.8),
+        lambda t: 0.8**t,
+    ),
+    "step": (
+        lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+        lambda t: 0.5 ** (t // 3),
+    ),
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("kind", ["sgd", "nupi"])
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_a_dual_schedule_is_followed(method: type, kind: str, schedule: str, device: str) -> None:
+    """The multipliers follow the recursion with the scheduled rate lr_t = 0.4 * f(t),
+    without a scheduler warning; under a warm-up from 0 they stay exactly 0 at the first
+    step (NuPI's average still takes in that step's residual)."""
+    build, factor = SCHEDULES[schedule]
+    drive = _drive(4)
+    problem = Driven({"h": drive}).to(device)
+    dual = _dual(kind, problem.dual_parameters(), lr=0.4)
+    scheduler = build(dual)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        iterates = torch.stack(_run_driven(method, problem, dual, after_step=scheduler.step))
+    lrs = [0.4 * factor(t) for t in range(STEPS)]
+    expected = _expected(drive, lrs, **_gains(kind))
+    torch.testing.assert_close(iterates, expected, rtol=0, atol=1e-12)
+    if schedule == "warm-up":
+        assert_bitwise_equal(iterates[0], torch.zeros(3, dtype=torch.float64))
+        assert bool((iterates[1] != 0).all())
+
+
+def _recording(
+    problem: ConstrainedProblem, optimizer: ExtraGradient, seen: list[tuple[float, float]]
+) -> Callable[[], ProblemState]:
+    def closure() -> ProblemState:
+        groups = optimizer.param_groups
+        seen.append((groups[0]["lr"], groups[-1]["lr"]))
+        return problem()
+
+    return closure
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_the_adaptive_step_honours_schedules_on_both_sides(schedule: str, device: str) -> None:
+    """default_optimizer (ExtraGradient, adaptive step) with a scheduler on each side:
+    between steps each side's lr is the scheduled one (a chained scheduler such as
+    ExponentialLR multiplies it and does not compound the step factor into it), and a
+    step's first evaluation runs with the scheduled rate times the step factor (the
+    multipliers' factor capped at 1/2). Under a warm-up the first step moves nothing."""
+    from lagrange_opt import DEFAULT_DUAL_LR, DEFAULT_LR
+
+    build, factor = SCHEDULES[schedule]
+    problem = QuadraticProgram(treatment="projection").to(device)
+    optimizer = default_optimizer(problem)
+    schedulers = [build(optimizer.primal_optimizer), build(optimizer.dual_optimizer)]
+    checked = 0
+    for step in range(40):
+        scheduled = (DEFAULT_LR * factor(step), DEFAULT_DUAL_LR * factor(step))
+        lrs = (optimizer.param_groups[0]["lr"], optimizer.param_groups[-1]["lr"])
+        assert lrs == pytest.approx(scheduled, rel=1e-12, abs=0)
+        step_factor = optimizer.step_factor
+        seen: list[tuple[float, float]] = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            optimizer.step(_recording(problem, optimizer, seen))
+        if step == 0 and schedule == "warm-up":
+            assert problem.x.detach().cpu().tolist() == [0.0, 0.0]
+            assert float(problem.constraints["sum"].multiplier.detach()) == 0.0
+        if step > 0:  # the first step's first call measures the scales
+            expected = (lrs[0] * step_factor, lrs[1] * min(step_factor, 0.5))
+            assert seen[0] == pytest.approx(expected, rel=1e-12, abs=0)
+            checked += 1
+        for scheduler in schedulers:
+            scheduler.step()
+    assert checked == 39
+    if schedule == "warm-up":
+        # After the warm-up the default's own step solves the QP.
+        for _ in range(300):
+            optimizer.step(problem)
+            for scheduler in schedulers:
+                scheduler.step()
+        solution = torch.tensor(QuadraticProgram.solution, dtype=torch.float64)
+        torch.testing.assert_close(problem.x.detach().cpu(), solution, rtol=0, atol=1e-6)
+
+
+def test_an_lr_set_by_hand_between_adaptive_steps_is_the_new_base() -> None:
+    problem = QuadraticProgram(treatment="projection")
+    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.1)
+    dual = NuPI(problem.dual_parameters(), lr=0.2, kp=0.5, maximize=True)
+    optimizer = ExtraGradient(problem, primal, dual, step_size="adaptive")
+    for _ in range(5):
+        optimizer.step(problem)
+    primal.param_groups[0]["lr"] = 0.05
+    step_factor = optimizer.step_factor
+    seen: list[tuple[float, float]] = []
+    optimizer.step(_recording(problem, optimizer, seen))
+    assert seen[0] == (0.05 * step_factor, 0.2 * min(step_factor, 0.5))
+    assert (primal.param_groups[0]["lr"], dual.param_groups[0]["lr"]) == (0.05, 0.2)
+    assert optimizer.state_dict()["base_lrs"] == [0.05, 0.2]
+
+
+# ---------------------------------------------------------------------------------------
+# Per-constraint learning rates.
+
+
+def _two_constraints(device: str) -> tuple[Driven, Tensor, Tensor]:
+    drive_a, drive_b = _drive(5, width=2), _drive(6, width=1)
+    return Driven({"a": drive_a, "b": drive_b}).to(device), drive_a, drive_b
+
+
+@pytest.mark.parametrize("kind", ["sgd", "nupi"])
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+def test_each_constraint_moves_by_its_own_rate(method: type, kind: str, device: str) -> None:
+    """Param groups by constraint: the first step moves "a" by 0.5 (ki e + kp (1 - nu) e)
+    and "b" by 0.01 ki e (NuPI: "a" with kp = 2 and nu = 0.5, "b" with the defaults kp = 0)."""
+    problem, drive_a, drive_b = _two_constraints(device)
+    declared = problem.declared()
+    a, b = declared["a"].multiplier, declared["b"].multiplier
+    assert a is not None and b is not None
+    groups: list[dict[str, Any]]
+    if kind == "sgd":
+        groups = [{"params": [a], "lr": 0.5}, {"params": [b], "lr": 0.01}]
+        dual: torch.optim.Optimizer = torch.optim.SGD(groups, maximize=True)
+        gain_a = 1.0
+    else:
+        groups = [{"params": [a], "lr": 0.5, "kp": 2.0, "nu": 0.5}, {"params": [b], "lr": 0.01}]
+        dual = NuPI(groups, maximize=True)
+        gain_a = 1.0 + 2.0 * 0.5
+    _run_driven(method, problem, dual, steps=1)
+    torch.testing.assert_close(a.detach().cpu(), 0.5 * gain_a * drive_a[0], rtol=0, atol=1e-15)
+    torch.testing.assert_close(b.detach().cpu(), 0.01 * drive_b[0], rtol=0, atol=1e-15)
+
+
+def test_each_constraint_moves_by_its_own_rate_under_the_adaptive_step(device: str) -> None:
+    """The adaptive step scales every group's rate by its factor (the multipliers' capped at
+    1/2 at the first step's factor 1)."""
+    problem, drive_a, drive_b = _two_constraints(device)
+    declared = problem.declared()
+    a, b = declared["a"].multiplier, declared["b"].multiplier
+    assert a is not None and b is not None
+    dual = torch.optim.SGD([{"params": [a], "lr": 0.5}, {"params": [b], "lr": 0.01}], maximize=True)
+    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.0)
+    optimizer = ExtraGradient(problem, primal, dual, step_size="adaptive")
+    optimizer.step(lambda: problem(0))
+    torch.testing.assert_close(a.detach().cpu(), 0.25 * drive_a[0], rtol=0, atol=1e-15)
+    torch.testing.assert_close(b.detach().cpu(), 0.005 * drive_b[0], rtol=0, atol=1e-15)
