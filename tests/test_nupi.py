@@ -807,3 +807,48 @@ def test_each_constraint_moves_by_its_own_rate_under_the_adaptive_step(device: s
     optimizer.step(lambda: problem(0))
     torch.testing.assert_close(a.detach().cpu(), 0.25 * drive_a[0], rtol=0, atol=1e-15)
     torch.testing.assert_close(b.detach().cpu(), 0.005 * drive_b[0], rtol=0, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------
+# docs/dual.md: every Python block runs and does what it says.
+
+DUAL_DOC = Path(__file__).resolve().parent.parent / "docs" / "dual.md"
+
+
+def _doc_blocks() -> list[str]:
+    blocks = re.findall(r"```python\n(.*?)```", DUAL_DOC.read_text(), flags=re.DOTALL)
+    assert len(blocks) == 4
+    return blocks
+
+
+def _run_block(index: int) -> dict[str, Any]:
+    namespace: dict[str, Any] = {}
+    exec(compile(_doc_blocks()[index], str(DUAL_DOC), "exec"), namespace)
+    return namespace
+
+
+def test_the_docs_nupi_example_solves_its_problem() -> None:
+    namespace = _run_block(0)
+    problem = namespace["problem"]
+    assert problem.x.tolist() == pytest.approx([2 / 3, 4 / 3], abs=1e-10)
+    assert problem.constraints["sum"].multiplier.item() == pytest.approx(7 / 3, abs=1e-10)
+
+
+def test_the_docs_warm_up_example_solves_its_problem() -> None:
+    namespace = _run_block(1)
+    assert namespace["problem"].x.tolist() == pytest.approx([-1.0, -1.0], abs=1e-8)
+    assert namespace["multiplier"].item() == pytest.approx(0.5, abs=1e-8)
+
+
+def test_the_docs_scheduled_default_example_reaches_f_star() -> None:
+    namespace = _run_block(2)
+    f_star = namespace["problem"].definition.f_star
+    assert abs(float(namespace["result"].objective) - f_star) / f_star <= 1e-6
+    assert namespace["optimizer"].primal_optimizer.param_groups[0]["lr"] == 1.0
+
+
+def test_the_docs_per_constraint_example_solves_its_problem() -> None:
+    namespace = _run_block(3)
+    assert namespace["problem"].x.tolist() == pytest.approx([1.0, 5.0, 5.0], abs=1e-8)
+    groups = namespace["dual"].param_groups
+    assert [(group["lr"], group["kp"]) for group in groups] == [(0.5, 0.0), (0.05, 0.5)]
