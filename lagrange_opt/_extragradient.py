@@ -54,7 +54,7 @@ class ExtraGradient(ConstrainedOptimizer):
     simultaneous descent-ascent spirals outwards, extra-gradient converges.
 
     With ``step_size=AdaptiveStep()`` (or ``"adaptive"``) the method chooses its own step
-    (:mod:`lagrange_opt._stepsize`): every learning rate is the one it was built with times a
+    (:mod:`lagrange_opt._stepsize`): every learning rate is its group's base rate times a
     factor ``t``; an extrapolation whose operator changed too much against its move is
     redone from the saved point with a smaller ``t`` (parameters, multipliers, slacks,
     optimizer state and the random number generators' state put back first), and ``t``
@@ -282,8 +282,9 @@ class ExtraGradient(ConstrainedOptimizer):
 
     def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
         factor = self._factor
-        self._read_bases()
-        self._apply_factor()
+        if self.adaptive is not None:
+            self._read_bases()
+            self._apply_factor()
         try:
             start = self._evaluate_and_backward(
                 closure, rollback.undo, check_grads=self._checks_start_gradients()
