@@ -13,6 +13,7 @@ from ._defaults import DEFAULT_DUAL_LR, DEFAULT_LR, default_optimizer
 from ._extragradient import ExtraGradient
 from ._gda import AlternatingGDA, SimultaneousGDA
 from ._kkt import ConstraintFigures, KKTResiduals, kkt
+from ._nupi import NuPI
 from ._optimistic import OptimisticGDA
 from ._optimizer_group import OptimizerGroup
 from ._optimizers import ConstrainedOptimizer, StepResult
@@ -46,6 +47,7 @@ __all__ = [
     "IndexedValue",
     "KKTResiduals",
     "NonFiniteError",
+    "NuPI",
     "OptimisticGDA",
     "OptimizerGroup",
     "ProblemState",

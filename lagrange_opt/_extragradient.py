@@ -53,7 +53,7 @@ class ExtraGradient(ConstrainedOptimizer):
     simultaneous descent-ascent spirals outwards, extra-gradient converges.
 
     With ``step_size=AdaptiveStep()`` (or ``"adaptive"``) the method chooses its own step
-    (:mod:`lagrange_opt._stepsize`): every learning rate is the one it was built with times a
+    (:mod:`lagrange_opt._stepsize`): every learning rate is its group's base rate times a
     factor ``t``; an extrapolation whose operator changed too much against its move is
     redone from the saved point with a smaller ``t`` (parameters, multipliers, slacks,
     optimizer state and the random number generators' state put back first), and ``t``
@@ -62,7 +62,9 @@ class ExtraGradient(ConstrainedOptimizer):
     the method of multipliers' dual step.
     With plain SGD the test is the one of the theory; with a stateful optimizer it acts on
     its learning rate with the same test, a heuristic (its moments are not put in the
-    metric). The method owns the learning rates then: do not attach a scheduler.
+    metric). Between steps each group's ``lr`` is its base rate, the one a learning-rate
+    scheduler reads and writes (docs/dual.md): a step takes the rates it finds as its bases
+    and steps with them times the factor.
 
     Each step calls the closure twice on the same batch (more after a rejection; the
     step's :attr:`StepResult.evaluations` says how many). The step holds one copy of the
@@ -138,9 +140,10 @@ class ExtraGradient(ConstrainedOptimizer):
         )  # fmt: skip
         self.same_randomness = same_randomness
         self._factor = 1.0 if self.adaptive is None else self.adaptive.initial
-        self._base_lrs = [float(group["lr"]) for group in self.param_groups]
+        self._base_lrs: list[float] = []
+        self._scheduled: list[Any] = []
+        self._read_bases()
         self._differences = DifferenceBuffers()
-        self._apply_factor()
 
     def _penalty_steps_dual(self) -> bool:
         return self.adaptive is not None
@@ -157,13 +160,28 @@ class ExtraGradient(ConstrainedOptimizer):
         """The factor ``t`` on the learning rates (1 with a fixed step)."""
         return self._factor
 
+    def _read_bases(self) -> None:
+        """Takes each group's ``lr`` as its base: between steps a scheduler (or the user)
+        may have changed it, and the change is honoured."""
+        self._scheduled = [group["lr"] for group in self.param_groups]
+        self._base_lrs = [float(lr) for lr in self._scheduled]
+
     def _apply_factor(self) -> None:
+        """Sets each group's ``lr`` to its base times the factor, for the step."""
         if self.adaptive is None:
             return
         primal_groups = len(self.primal_optimizer.param_groups)
         dual = dual_factor(self.adaptive, self._factor)
         for index, (group, base) in enumerate(zip(self.param_groups, self._base_lrs)):
             group["lr"] = base * (self._factor if index < primal_groups else dual)
+
+    def _restore_bases(self) -> None:
+        """Puts back the rates the step found: a scheduler that multiplies the rate it reads
+        (``StepLR``, ``ExponentialLR``) would otherwise compound the factor into its base."""
+        if self.adaptive is None:
+            return
+        for group, scheduled in zip(self.param_groups, self._scheduled):
+            group["lr"] = scheduled
 
     def state_dict(self) -> dict[str, Any]:
         """Both optimizers' states, the formulation's and the step factor."""
@@ -244,6 +262,9 @@ class ExtraGradient(ConstrainedOptimizer):
 
     def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
         factor = self._factor
+        if self.adaptive is not None:
+            self._read_bases()
+            self._apply_factor()
         try:
             start = self._evaluate_and_backward(
                 closure, rollback.undo, check_grads=self._checks_start_gradients()
@@ -259,12 +280,12 @@ class ExtraGradient(ConstrainedOptimizer):
                 self._update_from_point(rollback, point, accepted.evaluation, accepted.sizes)
         except BaseException:
             self._factor = factor
-            self._apply_factor()
+            self._restore_bases()
             raise
         self._clear_grads()
         if self.adaptive is not None:
             self._factor = next_factor(self.adaptive, self._factor, accepted.trial)
-            self._apply_factor()
+        self._restore_bases()
         return Outcome(result._replace(evaluations=result.evaluations + accepted.calls), start)
 
     def _extrapolate(
@@ -436,6 +457,10 @@ def _accumulate(
 ) -> None:
     """Appends one block's squared operator change, move and start norm in the metric of
     its base learning rate (and, for multipliers, of the scaling's weight)."""
+    if base == 0.0:
+        # A block whose learning rate is 0 (a warm-up's start) does not move: it has no
+        # place in the metric, where it would divide by 0.
+        return
     operator, point, norm = sums
     if weight is None:
         # A norm reads its tensor once; squaring it first would write and read a copy.

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ._lagrangian import project_nonnegative_
+from ._nupi import NuPI
 
 ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
     torch.optim.SGD,
@@ -33,6 +34,7 @@ ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
     torch.optim.Adagrad,
     torch.optim.Adadelta,
     torch.optim.Rprop,
+    NuPI,
 )
 """The optimizers whose state has one entry per parameter entry (plus scalars): a table's
 rows can be stepped alone. Others (Adafactor's factored moments) cannot."""
