@@ -56,11 +56,15 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lagrange_opt import (
+    DEFAULT_DUAL_LR,
+    DEFAULT_LR,
     AlternatingGDA,
     ConstrainedOptimizer,
     ConstrainedProblem,
     ExtraGradient,
     KKTResiduals,
+    NuPI,
+    OptimisticGDA,
     SimultaneousGDA,
     Treatment,
     default_optimizer,
@@ -505,6 +509,45 @@ def default_adam_method(treatment: Treatment) -> Runner:
     return run
 
 
+NUPI_KP = 0.5
+"""nuPI's proportional gain in the benchmark (``ki = 1``, ``nu = 0``), the best of a sweep
+over 0.1, 0.5, 1 and 2 on the Hock-Schittkowski set (docs/benchmarks.md)."""
+
+
+def _nupi(problem: ConstrainedProblem, lr: float, kp: float) -> NuPI | None:
+    multipliers = problem.dual_parameters()
+    return NuPI(multipliers, lr=lr, kp=kp, maximize=True) if multipliers else None
+
+
+def nupi_method(treatment: Treatment, kp: float = NUPI_KP) -> Runner:
+    """Simultaneous descent-ascent with :class:`lagrange_opt.NuPI` on the multipliers, at
+    the benchmark's rates."""
+
+    def run(benchmark: Benchmark, steps: int) -> Trace:
+        problem = benchmark.build(treatment, None)
+        primal, _ = _sgd_pair(problem, benchmark)
+        dual = _nupi(problem, benchmark.dual_lr, kp)
+        return _run_method(problem, SimultaneousGDA(problem, primal, dual), benchmark, steps)
+
+    return run
+
+
+def default_nupi_method(treatment: Treatment) -> Runner:
+    """The default configuration with :class:`lagrange_opt.NuPI` (``kp = NUPI_KP``) in
+    place of its SGD ascent on the multipliers, at the default's rates."""
+
+    def run(benchmark: Benchmark, steps: int) -> Trace:
+        problem = benchmark.build(treatment, None)
+        optimizer = ExtraGradient(
+            problem, torch.optim.SGD(problem.primal_parameters(), lr=DEFAULT_LR),
+            _nupi(problem, DEFAULT_DUAL_LR, NUPI_KP), formulation="augmented", scaling=True,
+            step_size="adaptive", same_randomness=True,
+        )  # fmt: skip
+        return _run_method(problem, optimizer, benchmark, steps)
+
+    return run
+
+
 def penalty_method(weight: float) -> Runner:
     """Gradient descent on ``f + weight * violation**2`` (no multipliers)."""
 
@@ -532,14 +575,15 @@ def reparametrised_method(output: str) -> Runner:
 
 
 def cooper_method(scheme: Scheme) -> Runner:
-    """Cooper 1.0.1: its extrapolation or simultaneous optimizer on the Lagrangian, or its
-    augmented Lagrangian (penalty coefficient 1, alternating primal-dual updates), with
-    projected multipliers (:mod:`benchmarks.cooper_adapter`)."""
+    """Cooper 1.0.1: its extrapolation or simultaneous optimizer on the Lagrangian, the
+    simultaneous one with its nuPI (``kp = NUPI_KP``), or its augmented Lagrangian (penalty
+    coefficient 1, alternating primal-dual updates), with projected multipliers
+    (:mod:`benchmarks.cooper_adapter`)."""
 
     def run(benchmark: Benchmark, steps: int) -> Trace:
         problem = benchmark.build("projection", None)
         scale = benchmark.batch_size or 1
-        method = CooperMethod(problem, scheme, benchmark.lr, benchmark.dual_lr / scale)
+        method = CooperMethod(problem, scheme, benchmark.lr, benchmark.dual_lr / scale, kp=NUPI_KP)
 
         def step(args: Args) -> tuple[Tensor, Tensor, int]:
             result = method.step(*args)
@@ -575,16 +619,24 @@ METHODS: dict[str, Runner] = {
     "simultaneous-projection": lagrange_method(SimultaneousGDA, "projection"),
     "alternating-slack": lagrange_method(AlternatingGDA, "slack"),
     "alternating-projection": lagrange_method(AlternatingGDA, "projection"),
+    "optimistic-slack": lagrange_method(OptimisticGDA, "slack"),
+    "optimistic-projection": lagrange_method(OptimisticGDA, "projection"),
+    "nupi-slack": nupi_method("slack"),
+    "nupi-projection": nupi_method("projection"),
+    "default-nupi-projection": default_nupi_method("projection"),
     **{f"penalty-{weight:g}": penalty_method(weight) for weight in (1.0, 10.0, 100.0, 1000.0)},
     "exp": reparametrised_method("exp"),
     "softplus": reparametrised_method("softplus"),
     "cooper-extrapolation": cooper_method("extrapolation"),
     "cooper-simultaneous": cooper_method("simultaneous"),
     "cooper-augmented": cooper_method("augmented"),
+    "cooper-nupi": cooper_method("nupi"),
     "slsqp": slsqp_method,
 }
 
-EXTERNAL_METHODS = ("cooper-extrapolation", "cooper-simultaneous", "cooper-augmented", "slsqp")
+EXTERNAL_METHODS = (
+    "cooper-extrapolation", "cooper-simultaneous", "cooper-augmented", "cooper-nupi", "slsqp",
+)  # fmt: skip
 """The methods that are not lagrange_opt's: their records have no KKT residuals."""
 
 

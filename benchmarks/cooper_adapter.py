@@ -16,6 +16,9 @@ and steps it with the same closure arguments as lagrange_opt's methods:
 - ``"extrapolation"``: ``ExtrapolationConstrainedOptimizer`` with ``ExtraSGD`` on both
   sides (two evaluations per step);
 - ``"simultaneous"``: ``SimultaneousOptimizer`` with ``torch.optim.SGD`` (one);
+- ``"nupi"``: ``SimultaneousOptimizer`` with ``torch.optim.SGD`` on the primal side and
+  Cooper's ``nuPI`` on the multipliers (gains ``kp``, ``ki = 1``, ``nu = 0``, its average
+  started at zero: the settings of :class:`lagrange_opt.NuPI` it is compared with);
 - ``"augmented"``: the ``AugmentedLagrangian`` formulation with the optimizer Cooper's
   documentation prescribes for it, ``AlternatingPrimalDualOptimizer`` with
   ``torch.optim.SGD`` on both sides: a primal step, then a dual step with the violations
@@ -42,9 +45,9 @@ from lagrange_opt import ConstrainedProblem, ConstraintSpec, KKTResiduals, kkt
 from lagrange_opt._lagrangian import standard_form, violation
 from lagrange_opt._validation import check_state
 
-Scheme = Literal["extrapolation", "simultaneous", "augmented"]
+Scheme = Literal["extrapolation", "simultaneous", "augmented", "nupi"]
 
-SCHEMES: tuple[Scheme, ...] = ("extrapolation", "simultaneous", "augmented")
+SCHEMES: tuple[Scheme, ...] = ("extrapolation", "simultaneous", "augmented", "nupi")
 
 
 class CooperStep(NamedTuple):
@@ -184,6 +187,7 @@ class CooperMethod:
         lr: Primal learning rate.
         dual_lr: Dual learning rate.
         penalty: The fixed penalty coefficient of the augmented scheme.
+        kp: The proportional gain of the nuPI scheme.
     """
 
     def __init__(
@@ -193,6 +197,7 @@ class CooperMethod:
         lr: float,
         dual_lr: float,
         penalty: float = 1.0,
+        kp: float = 0.0,
     ) -> None:
         if scheme not in SCHEMES:
             raise ValueError(f"invalid scheme {scheme!r}; expected one of {SCHEMES}")
@@ -218,6 +223,15 @@ class CooperMethod:
                 primal_optimizers=torch.optim.SGD(primal, lr=lr),
                 dual_optimizers=torch.optim.SGD(dual, lr=dual_lr, maximize=True),
             )
+        elif scheme == "nupi":
+            self.optimizer = cooper.optim.SimultaneousOptimizer(
+                cmp=self.cmp,
+                primal_optimizers=torch.optim.SGD(primal, lr=lr),
+                dual_optimizers=cooper.optim.nuPI(
+                    dual, lr=dual_lr, Kp=kp, Ki=1.0, ema_nu=0.0,
+                    init_type=cooper.optim.nuPIInitType.ZEROS, maximize=True,
+                ),
+            )  # fmt: skip
         else:
             self.optimizer = cooper.optim.AlternatingPrimalDualOptimizer(
                 cmp=self.cmp,

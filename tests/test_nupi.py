@@ -34,6 +34,7 @@ from lagrange_opt import (
     IndexedValue,
     NonFiniteError,
     NuPI,
+    OptimisticGDA,
     ProblemState,
     SimultaneousGDA,
     default_optimizer,
@@ -473,7 +474,9 @@ def test_nupi_solves_a_min_norm_problem(device: str) -> None:
     torch.testing.assert_close(multiplier, -2 * torch.linalg.solve(A @ A.T, b), rtol=0, atol=1e-8)
 
 
-@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "method", [m for m in METHODS if m is not OptimisticGDA], ids=lambda m: m.__name__
+)
 def test_the_proportional_term_damps_the_multipliers_oscillation(method: type) -> None:
     """On the QP from x = 0 the multiplier rises past lambda* = 7/3 and oscillates back.
     With kp = 0.5 its overshoot (max_t lambda_t - lambda*) and its excess travel (the
@@ -494,6 +497,21 @@ def test_the_proportional_term_damps_the_multipliers_oscillation(method: type) -
     assert damped < 0.5 * overshoot
     assert damped_excess < 0.5 * excess
     assert damped_settled <= settled + 10
+
+
+def test_with_optimism_the_proportional_term_adds_travel() -> None:
+    """OptimisticGDA's extrapolation already reacts to the residual's change, as a
+    proportional term does: kp = 0.5 on top lowers the overshoot less than half and makes
+    the multiplier travel back and forth several times more (docs/dual.md)."""
+    travels = {}
+    for kp in (0.0, 0.5):
+        _, multipliers = _qp_run(OptimisticGDA, kp=kp, steps=300)
+        path = torch.cat([torch.zeros(1, dtype=torch.float64), multipliers])
+        overshoot = float((path - QuadraticProgram.multiplier).max())
+        excess = float((path[1:] - path[:-1]).abs().sum() - (path[-1] - path[0]).abs())
+        travels[kp] = (overshoot, excess)
+    assert 0.5 * travels[0.0][0] < travels[0.5][0] < travels[0.0][0]
+    assert travels[0.5][1] > 3 * travels[0.0][1]
 
 
 # ---------------------------------------------------------------------------------------

@@ -48,8 +48,9 @@ def test_adam_case_times_every_variant() -> None:
     steps = adam_case(hidden=32, batch_size=16, num_samples=256)
     samples = time_side_by_side(steps, warmup=1, blocks=2, steps_per_block=2)
     assert set(samples) == {
-        "plain-adam", "simultaneous", "simultaneous-stock", "extragradient",
-        "extragradient-stock", "cooper-extrapolation",
+        "plain-adam", "plain-adam-fused", "cooper-extrapolation",
+        *(f"{method}{variant}" for method in ("simultaneous", "extragradient")
+          for variant in ("", "-stock", "-fused")),
     }  # fmt: skip
     assert all(len(times) == 2 and min(times) > 0 for times in samples.values())
     for case, ours, other in AGAINST_COOPER:
