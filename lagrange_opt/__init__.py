@@ -24,6 +24,7 @@ from ._problem import (
     ProblemState,
     Treatment,
 )
+from ._proxy import Proxy
 from ._stepsize import AdaptiveStep
 from ._validation import NonFiniteError
 
@@ -47,6 +48,7 @@ __all__ = [
     "NonFiniteError",
     "OptimizerGroup",
     "ProblemState",
+    "Proxy",
     "SimultaneousGDA",
     "StepResult",
     "Treatment",
