@@ -9,12 +9,12 @@ it enters nothing (no term, no penalty, no violation, no multiplier update).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
-from ._problem import ConstrainedProblem, Constraint, IndexedValue, ProblemState
+from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, IndexedValue, ProblemState
 from ._proxy import Proxy, proxied, proxy_parts
 
 
@@ -32,16 +32,39 @@ def _check_value_dtype(name: str, value: Tensor, what: str = "value") -> None:
         )
 
 
-def _proxy_value(name: str, proxy: Proxy, check: Callable[[Tensor, str], None]) -> Tensor:
-    """The one tensor of a :class:`Proxy` (:func:`._proxy.proxied`), each part checked by
-    ``check(part, what)`` (its dtype and shape) first."""
-    parts = (("true value", proxy.value), ("surrogate", proxy.surrogate))
-    for what, part in parts:
+def _check_dense(name: str, spec: ConstraintSpec, part: Tensor, what: str = "value") -> None:
+    _check_value_dtype(name, part, what)
+    if tuple(part.shape) != spec.shape:
+        raise ValueError(
+            f"constraint '{name}': {what} has shape {_describe_shape(part)}, "
+            f"declared shape {spec.shape}"
+        )
+
+
+def _check_rows(
+    name: str, spec: ConstraintSpec, part: Tensor, rows: int, what: str = "value"
+) -> None:
+    _check_value_dtype(name, part, what)
+    expected = (rows, *spec.shape)
+    if tuple(part.shape) != expected:
+        raise ValueError(
+            f"constraint '{name}': {what} has shape {_describe_shape(part)}, expected "
+            f"{expected} ({rows} indices, declared shape {spec.shape})"
+        )
+
+
+def _proxy_value(name: str, spec: ConstraintSpec, proxy: Proxy, rows: int | None) -> Tensor:
+    """The one tensor of a :class:`Proxy` (:func:`._proxy.proxied`), each part's dtype and
+    shape checked first (``rows``: an indexed constraint's batch size)."""
+    for what, part in (("true value", proxy.value), ("surrogate", proxy.surrogate)):
         if not isinstance(part, Tensor):
             raise TypeError(
                 f"constraint '{name}': Proxy's {what} must be a tensor, got {type(part).__name__}"
             )
-        check(part, what)
+        if rows is None:
+            _check_dense(name, spec, part, what)
+        else:
+            _check_rows(name, spec, part, rows, what)
     true, surrogate = proxy
     if true.device != surrogate.device:
         raise ValueError(
@@ -74,38 +97,19 @@ def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, T
             raise ValueError(
                 f"constraint '{name}': indices must be 1-D, got shape {_describe_shape(indices)}"
             )
-        expected = (indices.shape[0], *spec.shape)
-
-        def check_rows(part: Tensor, what: str = "value") -> None:
-            _check_value_dtype(name, part, what)
-            if tuple(part.shape) != expected:
-                raise ValueError(
-                    f"constraint '{name}': {what} has shape {_describe_shape(part)}, expected "
-                    f"{expected} ({indices.shape[0]} indices, declared shape {spec.shape})"
-                )
-
         if isinstance(value, Proxy):
-            return _proxy_value(name, value, check_rows), indices.long()
-        check_rows(value)
+            return _proxy_value(name, spec, value, indices.shape[0]), indices.long()
+        _check_rows(name, spec, value, indices.shape[0])
         return value, indices.long()
     if isinstance(entry, IndexedValue):
         raise ValueError(
             f"constraint '{name}' is not indexed: return its value as a tensor, not IndexedValue"
         )
-
-    def check_dense(part: Tensor, what: str = "value") -> None:
-        _check_value_dtype(name, part, what)
-        if tuple(part.shape) != spec.shape:
-            raise ValueError(
-                f"constraint '{name}': {what} has shape {_describe_shape(part)}, "
-                f"declared shape {spec.shape}"
-            )
-
     if isinstance(entry, Proxy):
-        return _proxy_value(name, entry, check_dense), None
+        return _proxy_value(name, spec, entry, None), None
     if not isinstance(entry, Tensor):
         raise TypeError(f"constraint '{name}': value must be a tensor, got {type(entry).__name__}")
-    check_dense(entry)
+    _check_dense(name, spec, entry)
     return entry, None
 
 
