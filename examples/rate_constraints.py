@@ -82,7 +82,7 @@ def soft_recall(logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
 class RecallConstrained(ConstrainedProblem):
     """Cross-entropy plus an L2 penalty, subject to ``recall >= target`` on every batch."""
 
-    def __init__(self, data: Data, target: float, weight_decay: float, temperature: float):
+    def __init__(self, data: Data, target: float, weight_decay: float, temperature: float) -> None:
         super().__init__()
         self.model = nn.Linear(data.train_x.shape[1], 10)
         self.data = data

@@ -305,14 +305,16 @@ def test_true_value_of_another_dtype() -> None:
         0.5 * problem.x.square().sum(),
         {"g": Proxy(_true_g(problem.x), (problem.a @ problem.x - B).float())},
     )
+    multiplier_table = problem.declared()["g"].multiplier
+    assert multiplier_table is not None
     with torch.no_grad():
-        problem.constraints["g"].multiplier.fill_(LAMBDA0)  # type: ignore[union-attr]
+        multiplier_table.fill_(LAMBDA0)
     primal = torch.optim.SGD(problem.primal_parameters(), lr=LR)
     dual = torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True)
     SimultaneousGDA(problem, primal, dual).step(problem)
     x, multiplier = _expected_first_step("projection", "inequality", "lagrangian")
     torch.testing.assert_close(problem.x.detach(), x)
-    assert float(problem.constraints["g"].multiplier.detach()) == pytest.approx(multiplier)  # type: ignore[union-attr]
+    assert float(multiplier_table.detach()) == pytest.approx(multiplier)
 
 
 def test_proxy_with_micro_batches_equals_the_whole_batch() -> None:
