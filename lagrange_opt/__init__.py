@@ -26,6 +26,7 @@ from ._problem import (
     ProblemState,
     Treatment,
 )
+from ._proxy import Proxy
 from ._stepsize import AdaptiveStep
 from ._validation import NonFiniteError
 
@@ -51,6 +52,7 @@ __all__ = [
     "OptimisticGDA",
     "OptimizerGroup",
     "ProblemState",
+    "Proxy",
     "SimultaneousGDA",
     "StepResult",
     "Treatment",

@@ -6,9 +6,11 @@ passes over them, holding one micro-batch's graph at a time:
 1. **Values.** Each closure is called under ``torch.no_grad()`` (its random number
    generators' state recorded first); the objective and the dense constraint values are
    averaged over the micro-batches (the batch's mean for micro-batches of equal size), the
-   indexed ones concatenated. The combined values are leaves that require a gradient: the
-   evaluation forms its terms from them as from one batch (the augmented Lagrangian's
-   weights and a penalty's gradient depend on the whole batch's value).
+   indexed ones concatenated (a :class:`~._proxy.Proxy` is combined by its true values,
+   and its surrogates receive the cotangent in the second pass). The combined values are
+   leaves that require a gradient: the evaluation forms its terms from them as from one
+   batch (the augmented Lagrangian's weights and a penalty's gradient depend on the whole
+   batch's value).
 2. **Gradients.** The evaluation's backward pass leaves on each combined value its
    cotangent :math:`\\partial \\mathcal{L} / \\partial \\bar v`; each closure is then called
    again, with the draws of its first call, and backward runs from its own values with
@@ -35,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ._problem import ConstrainedProblem, ProblemState
+from ._proxy import mark_combined
 from ._randomness import Buffers, RngState, rng_state, running_statistics, set_rng_state
 from ._validation import Checked, check_state, gradient_path_fault
 
@@ -163,7 +166,8 @@ def _combine(states: Sequence[tuple[Tensor, Checked]]) -> tuple[Tensor, Checked,
     combined: Checked = []
     values: Combined = {}
     for position, (name, constraint, _, indices) in enumerate(states[0][1]):
-        parts = [checked[position][2].detach() for _, checked in states]
+        values_as_returned = [checked[position][2] for _, checked in states]
+        parts = [part.detach() for part in values_as_returned]
         if indices is None:
             shapes = {tuple(part.shape) for part in parts}
             if len(shapes) > 1:
@@ -172,10 +176,12 @@ def _combine(states: Sequence[tuple[Tensor, Checked]]) -> tuple[Tensor, Checked,
                     f"{sorted(shapes)}; a dense constraint has one shape"
                 )
             value = torch.stack(parts).mean(0).requires_grad_()
+            mark_combined(value, values_as_returned, indexed=False)
             values[name] = (value, None)
             combined.append((name, constraint, value, None))
             continue
         value = torch.cat(parts).requires_grad_()
+        mark_combined(value, values_as_returned, indexed=True)
         all_indices = torch.cat(
             [part for _, checked in states if (part := checked[position][3]) is not None]
         )

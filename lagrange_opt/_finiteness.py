@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ._formulation import TermRule
 from ._problem import ConstraintSpec
+from ._proxy import proxy_parts
 from ._validation import (
     Checked,
     NonFiniteError,
@@ -37,6 +38,11 @@ def raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term])
         raise NonFiniteError(f"objective is not finite: {float(objective.detach())}")
     for name, constraint, value, indices in checked:
         if not bool(torch.isfinite(value.detach()).all()):
+            for what, part in zip(("true value", "surrogate"), proxy_parts(value) or ()):
+                if not bool(torch.isfinite(part.detach()).all()):
+                    raise NonFiniteError(
+                        f"constraint '{name}': its {what} has {first_non_finite(part)}"
+                    )
             raise NonFiniteError(f"constraint '{name}' has {first_non_finite(value)}")
         if indices is not None:
             check_index_range(name, constraint, indices)

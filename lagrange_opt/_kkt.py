@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import _lagrangian as lag
-from ._problem import ConstrainedProblem, ConstraintSpec, IndexedValue, ProblemState
+from ._problem import ConstrainedProblem, ConstraintSpec, ProblemState
 from ._validation import check_state, gradient_path_fault
 
 
@@ -188,13 +188,14 @@ def kkt(
         stationarity = max(stationarity, float(grad.abs().amax()))
     residuals = (stationarity, primal, dual, complementarity)
     # max() drops a NaN that comes second: a point with NaN anywhere is as far as can be.
-    if not all(math.isfinite(r) for r in residuals) or not _all_finite(state, grads):
+    values = [objective, *(value for _, _, value, _ in checked)]
+    if not all(math.isfinite(r) for r in residuals) or not _all_finite(values, grads):
         return KKTResiduals(math.inf, math.inf, math.inf, math.inf)
     return KKTResiduals(*residuals)
 
 
-def _all_finite(state: ProblemState, grads: Sequence[Tensor | None]) -> bool:
-    tensors = [state.objective.detach(), *(g for g in grads if g is not None)]
-    for value in state.constraints.values():
-        tensors.append((value.value if isinstance(value, IndexedValue) else value).detach())
+def _all_finite(values: Sequence[Tensor], grads: Sequence[Tensor | None]) -> bool:
+    """Whether the values (a proxy's surrogate included: its NaN is in its value, see
+    :func:`._proxy.proxied`) and the gradients are finite."""
+    tensors = [*(value.detach() for value in values), *(g for g in grads if g is not None)]
     return all(bool(torch.isfinite(t).all()) for t in tensors)

@@ -11,6 +11,8 @@ from typing import Any, Literal, NamedTuple, get_args
 import torch
 from torch import Tensor, nn
 
+from ._proxy import Proxy
+
 Kind = Literal["equality", "inequality"]
 Sense = Literal[">=", "<="]
 Treatment = Literal["slack", "projection", "penalty"]
@@ -25,11 +27,12 @@ class IndexedValue(NamedTuple):
     """The values of an indexed (per-sample) constraint on a minibatch.
 
     Attributes:
-        value: Constraint values, shape ``(batch, *shape)``.
+        value: Constraint values, shape ``(batch, *shape)``, or a :class:`Proxy` of two
+            such tensors (a true value and its surrogate).
         indices: Integer sample indices, shape ``(batch,)``, each in ``[0, num_samples)``.
     """
 
-    value: Tensor
+    value: Tensor | Proxy
     indices: Tensor
 
 
@@ -61,15 +64,24 @@ class ProblemState(NamedTuple):
     objective may be constant (a feasibility problem); when every constraint observed is
     constant too, the error says so.
 
+    **Proxy constraints.** A value with no useful gradient (a rate from hard predictions)
+    is returned as ``Proxy(value, surrogate)`` (``IndexedValue(Proxy(value, surrogate),
+    indices)`` if indexed): the true ``value`` steps the multipliers, sets the slacks and
+    the augmented Lagrangian's estimates and is what the violations report, and needs no
+    gradient path; the primal gradient follows the differentiable ``surrogate`` (each
+    term's weight times its Jacobian). Both are validated like a value (shape, dtype,
+    finiteness, naming which of the two is at fault); see docs/proxy.md. A rate over a
+    subset of the batch (the positives of a class) is left out where the subset is empty.
+
     Attributes:
         objective: The scalar objective to minimise.
         constraints: For each constraint name observed in this evaluation, its value: a
-            floating-point tensor of the declared shape, or an :class:`IndexedValue` for an
-            indexed constraint.
+            floating-point tensor of the declared shape, a :class:`Proxy` of two, or an
+            :class:`IndexedValue` for an indexed constraint.
     """
 
     objective: Tensor
-    constraints: Mapping[str, Tensor | IndexedValue]
+    constraints: Mapping[str, Tensor | Proxy | IndexedValue]
 
 
 @dataclass(frozen=True)

@@ -14,21 +14,64 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ._problem import ConstrainedProblem, Constraint, IndexedValue, ProblemState
+from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, IndexedValue, ProblemState
+from ._proxy import Proxy, proxied, proxy_parts
 
 
 def _describe_shape(tensor: Tensor) -> str:
     return str(tuple(tensor.shape))
 
 
-def _check_value_dtype(name: str, value: Tensor) -> None:
+def _check_value_dtype(name: str, value: Tensor, what: str = "value") -> None:
     """Constraint values are real floating-point numbers (any float dtype: the dual side is
     computed in the dtype of the multipliers, see :class:`ProblemState`)."""
     if not value.dtype.is_floating_point:
         raise TypeError(
-            f"constraint '{name}': value has dtype {value.dtype}; a constraint value must be a "
+            f"constraint '{name}': {what} has dtype {value.dtype}; a constraint value must be a "
             "real floating-point tensor (float16, bfloat16, float32 or float64)"
         )
+
+
+def _check_dense(name: str, spec: ConstraintSpec, part: Tensor, what: str = "value") -> None:
+    _check_value_dtype(name, part, what)
+    if tuple(part.shape) != spec.shape:
+        raise ValueError(
+            f"constraint '{name}': {what} has shape {_describe_shape(part)}, "
+            f"declared shape {spec.shape}"
+        )
+
+
+def _check_rows(
+    name: str, spec: ConstraintSpec, part: Tensor, rows: int, what: str = "value"
+) -> None:
+    _check_value_dtype(name, part, what)
+    expected = (rows, *spec.shape)
+    if tuple(part.shape) != expected:
+        raise ValueError(
+            f"constraint '{name}': {what} has shape {_describe_shape(part)}, expected "
+            f"{expected} ({rows} indices, declared shape {spec.shape})"
+        )
+
+
+def _proxy_value(name: str, spec: ConstraintSpec, proxy: Proxy, rows: int | None) -> Tensor:
+    """The one tensor of a :class:`Proxy` (:func:`._proxy.proxied`), each part's dtype and
+    shape checked first (``rows``: an indexed constraint's batch size)."""
+    for what, part in (("true value", proxy.value), ("surrogate", proxy.surrogate)):
+        if not isinstance(part, Tensor):
+            raise TypeError(
+                f"constraint '{name}': Proxy's {what} must be a tensor, got {type(part).__name__}"
+            )
+        if rows is None:
+            _check_dense(name, spec, part, what)
+        else:
+            _check_rows(name, spec, part, rows, what)
+    true, surrogate = proxy
+    if true.device != surrogate.device:
+        raise ValueError(
+            f"constraint '{name}': Proxy's true value is on {true.device}, its surrogate on "
+            f"{surrogate.device}; both must be on one device"
+        )
+    return proxied(true, surrogate)
 
 
 def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, Tensor | None]:
@@ -40,7 +83,7 @@ def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, T
                 f"evaluated without indices: return IndexedValue(value, indices)"
             )
         value, indices = entry
-        if not isinstance(value, Tensor) or not isinstance(indices, Tensor):
+        if not isinstance(indices, Tensor) or not isinstance(value, Tensor | Proxy):
             raise TypeError(f"constraint '{name}': IndexedValue must hold two tensors")
         if (
             indices.dtype.is_floating_point
@@ -54,26 +97,19 @@ def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, T
             raise ValueError(
                 f"constraint '{name}': indices must be 1-D, got shape {_describe_shape(indices)}"
             )
-        _check_value_dtype(name, value)
-        expected = (indices.shape[0], *spec.shape)
-        if tuple(value.shape) != expected:
-            raise ValueError(
-                f"constraint '{name}': value has shape {_describe_shape(value)}, expected "
-                f"{expected} ({indices.shape[0]} indices, declared shape {spec.shape})"
-            )
+        if isinstance(value, Proxy):
+            return _proxy_value(name, spec, value, indices.shape[0]), indices.long()
+        _check_rows(name, spec, value, indices.shape[0])
         return value, indices.long()
     if isinstance(entry, IndexedValue):
         raise ValueError(
             f"constraint '{name}' is not indexed: return its value as a tensor, not IndexedValue"
         )
+    if isinstance(entry, Proxy):
+        return _proxy_value(name, spec, entry, None), None
     if not isinstance(entry, Tensor):
         raise TypeError(f"constraint '{name}': value must be a tensor, got {type(entry).__name__}")
-    _check_value_dtype(name, entry)
-    if tuple(entry.shape) != spec.shape:
-        raise ValueError(
-            f"constraint '{name}': value has shape {_describe_shape(entry)}, "
-            f"declared shape {spec.shape}"
-        )
+    _check_dense(name, spec, entry)
     return entry, None
 
 
@@ -173,22 +209,31 @@ def gradient_path_fault(objective: Tensor, checked: Checked) -> str | None:
     leaving it out of that evaluation says so. The objective may be constant (a
     feasibility problem); the message says so when no constraint has a path either. The
     value the user returned is checked: a slack residual ``g + s**2`` requires grad
-    through ``s`` alone. Reading ``requires_grad`` costs no host synchronisation.
+    through ``s`` alone. A :class:`Proxy`'s true value may be constant (hard
+    predictions): its surrogate, which the primal gradient follows, must have a path.
+    Reading ``requires_grad`` costs no host synchronisation.
 
     Returns:
         An error message naming the constraint (or everything) without a path.
     """
-    constant = [name for name, _, value, _ in checked if not value.requires_grad]
+    constant = [(name, value) for name, _, value, _ in checked if not value.requires_grad]
     if not constant:
         return None
     if not objective.requires_grad and len(constant) == len(checked):
-        listed = ", ".join(f"'{name}'" for name in constant)
+        listed = ", ".join(f"'{name}'" for name, _ in constant)
         return (
             f"the objective and every constraint ({listed}) have no gradient path to the "
             "parameters (computed under torch.no_grad() or detached?)"
         )
+    name, value = constant[0]
+    if proxy_parts(value) is not None:
+        return (
+            f"constraint '{name}': its surrogate has no gradient path to the parameters "
+            "(computed under torch.no_grad() or detached?): the primal step follows the "
+            "surrogate; only the true value of a Proxy may be constant"
+        )
     return (
-        f"constraint '{constant[0]}' has no gradient path to the parameters (computed under "
+        f"constraint '{name}' has no gradient path to the parameters (computed under "
         "torch.no_grad() or detached?): no step can move it; leave it out of "
         "ProblemState.constraints where it is not observed"
     )
