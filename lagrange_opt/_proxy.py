@@ -30,9 +30,10 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
-_PARTS = "_lagrange_opt_proxy_parts"
-"""The attribute of a proxied tensor that holds its two parts (for the error messages)."""
+_PARTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+"""The two parts of each proxied tensor while it lives (for the error messages)."""
 
 
 class Proxy(NamedTuple):
@@ -101,13 +102,13 @@ def proxied(true: Tensor, surrogate: Tensor) -> Tensor:
     if true is surrogate:
         return true
     combined: Tensor = _Proxied.apply(surrogate, true.detach())
-    setattr(combined, _PARTS, (true, surrogate))
+    _PARTS[combined] = (true, surrogate)
     return combined
 
 
 def proxy_parts(value: Tensor) -> tuple[Tensor, Tensor] | None:
     """The true value and the surrogate of a tensor built by :func:`proxied`, else ``None``."""
-    parts: tuple[Tensor, Tensor] | None = getattr(value, _PARTS, None)
+    parts: tuple[Tensor, Tensor] | None = _PARTS.get(value)
     return parts
 
 
@@ -130,4 +131,4 @@ def mark_combined(value: Tensor, parts: list[Tensor], indexed: bool) -> None:
         true, surrogate = torch.cat(trues), torch.cat(surrogates)
     else:
         true, surrogate = torch.stack(trues).mean(0), torch.stack(surrogates).mean(0)
-    setattr(value, _PARTS, (true.detach(), surrogate.detach()))
+    _PARTS[value] = (true.detach(), surrogate.detach())
