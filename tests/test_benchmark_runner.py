@@ -116,26 +116,28 @@ def test_applicability() -> None:
     assert applies("hs071", "slsqp") and not applies("positive-outputs", "slsqp")
     assert applies("hs071", "cooper-extrapolation")
     for method in ("default-projection", "default-slack", "default-adam-projection",
-                   "augmented-projection", "augmented-slack", "cooper-augmented"):  # fmt: skip
+                   "augmented-projection", "augmented-slack", "cooper-augmented",
+                   "optimistic-slack", "nupi-projection", "default-nupi-projection",
+                   "cooper-nupi"):  # fmt: skip
         assert method in METHODS
         assert applies("hs071", method) and applies("positive-outputs", method)
 
 
-@pytest.mark.parametrize("scheme", ["extrapolation", "simultaneous", "augmented"])
+@pytest.mark.parametrize("scheme", ["extrapolation", "simultaneous", "augmented", "nupi"])
 def test_cooper_adapter_solves_hs035(scheme: str) -> None:
     definition = HOCK_SCHITTKOWSKI["hs035"]
     problem = NonlinearProgram(definition, "projection")
     method = CooperMethod(problem, scheme, lr=0.01, dual_lr=0.1)  # type: ignore[arg-type]
     for _ in range(3000):
         result = method.step()
-    assert result.evaluations == (1 if scheme == "simultaneous" else 2)
+    assert result.evaluations == (1 if scheme in ("simultaneous", "nupi") else 2)
     assert relative_gap(float(result.objective), definition.f_star) <= 1e-6
     assert float(result.max_violation) <= 1e-6
     # Cooper's multipliers, copied into the problem's, satisfy the KKT conditions.
     assert method.kkt().converged(1e-6)
 
 
-@pytest.mark.parametrize("scheme", ["extrapolation", "simultaneous", "augmented"])
+@pytest.mark.parametrize("scheme", ["extrapolation", "simultaneous", "augmented", "nupi"])
 def test_cooper_adapter_keeps_the_bounds(scheme: str) -> None:
     # hs004 has bounds only (no multiplier: Cooper's unconstrained optimizer); hs021 has
     # bounds and a constraint. Both optima lie on the boundary of the box.

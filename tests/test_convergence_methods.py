@@ -187,3 +187,36 @@ def test_every_method_keeps_the_variable_bounds(method: str) -> None:
     )
     assert problem.bounded_parameters()
     assert math.isfinite(float(trace.objective[-1]))
+
+
+ONE_EVALUATION_METHODS = [
+    "optimistic-slack", "optimistic-projection", "nupi-slack", "nupi-projection", "cooper-nupi",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ONE_EVALUATION_METHODS)
+def test_one_evaluation_methods_run_hs035(hs035: Benchmark, method: str) -> None:
+    trace = METHODS[method](hs035, 300)
+    assert trace is not None
+    assert trace.objective.shape == trace.max_violation.shape == (301,)
+    assert np.isfinite(trace.objective).all() and np.isfinite(trace.max_violation).all()
+    assert trace.evaluations_per_step == 1.0
+    entry = record("hs035", method, trace, hs035.f_star, hs035.lower_bound)
+    assert problems_in(entry) == []
+    assert (entry["kkt"] is None) == (not reports_kkt(method))
+
+
+def test_nupi_follows_coopers_nupi_on_the_same_settings(hs035: Benchmark) -> None:
+    # Both: simultaneous descent-ascent, SGD primal, nuPI with kp = NUPI_KP, ki = 1, nu = 0
+    # and its average started at 0: the same iteration, up to rounding.
+    ours = METHODS["nupi-projection"](hs035, 500)
+    coopers = METHODS["cooper-nupi"](hs035, 500)
+    assert ours is not None and coopers is not None
+    np.testing.assert_allclose(ours.objective, coopers.objective, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.max_violation, coopers.max_violation, rtol=1e-8, atol=1e-12)
+
+
+def test_default_with_nupi_solves_hs035(hs035: Benchmark) -> None:
+    trace = METHODS["default-nupi-projection"](hs035, 2_000)
+    assert trace is not None
+    assert record("hs035", "default-nupi-projection", trace, hs035.f_star)["solved"]
