@@ -483,16 +483,9 @@ def test_the_proportional_term_damps_the_multipliers_oscillation(method: type) -
     total variation of lambda_t beyond |lambda_T - lambda_0|: 0 for a monotone path) are
     less than half those of gradient ascent (kp = 0), and it reaches lambda* (to 1e-6, for
     good) no later."""
-    figures = {}
-    for kp in (0.0, 0.5):
-        _, multipliers = _qp_run(method, kp=kp, steps=300)
-        path = torch.cat([torch.zeros(1, dtype=torch.float64), multipliers])
-        overshoot = float((path - QuadraticProgram.multiplier).max())
-        excess = float((path[1:] - path[:-1]).abs().sum() - (path[-1] - path[0]).abs())
-        error = (path - QuadraticProgram.multiplier).abs()
-        settled = max(i for i in range(len(error)) if error[i] > 1e-6) + 1
-        figures[kp] = (overshoot, excess, settled)
-    (overshoot, excess, settled), (damped, damped_excess, damped_settled) = figures.values()
+    (overshoot, excess, settled), (damped, damped_excess, damped_settled) = (
+        _multiplier_path(method, kp) for kp in (0.0, 0.5)
+    )
     assert overshoot > 0.05  # gradient ascent does overshoot
     assert damped < 0.5 * overshoot
     assert damped_excess < 0.5 * excess
@@ -503,15 +496,23 @@ def test_with_optimism_the_proportional_term_adds_travel() -> None:
     """OptimisticGDA's extrapolation already reacts to the residual's change, as a
     proportional term does: kp = 0.5 on top lowers the overshoot less than half and makes
     the multiplier travel back and forth several times more (docs/dual.md)."""
-    travels = {}
-    for kp in (0.0, 0.5):
-        _, multipliers = _qp_run(OptimisticGDA, kp=kp, steps=300)
-        path = torch.cat([torch.zeros(1, dtype=torch.float64), multipliers])
-        overshoot = float((path - QuadraticProgram.multiplier).max())
-        excess = float((path[1:] - path[:-1]).abs().sum() - (path[-1] - path[0]).abs())
-        travels[kp] = (overshoot, excess)
-    assert 0.5 * travels[0.0][0] < travels[0.5][0] < travels[0.0][0]
-    assert travels[0.5][1] > 3 * travels[0.0][1]
+    (overshoot, excess, _), (damped, damped_excess, _) = (
+        _multiplier_path(OptimisticGDA, kp) for kp in (0.0, 0.5)
+    )
+    assert 0.5 * overshoot < damped < overshoot
+    assert damped_excess > 3 * excess
+
+
+def _multiplier_path(method: type, kp: float) -> tuple[float, float, int]:
+    """The QP's multiplier over 300 steps from 0: its overshoot past lambda*, its excess
+    travel, and the step after which it stays within 1e-6 of lambda*."""
+    _, multipliers = _qp_run(method, kp=kp, steps=300)
+    path = torch.cat([torch.zeros(1, dtype=torch.float64), multipliers])
+    overshoot = float((path - QuadraticProgram.multiplier).max())
+    excess = float((path[1:] - path[:-1]).abs().sum() - (path[-1] - path[0]).abs())
+    error = (path - QuadraticProgram.multiplier).abs()
+    settled = max(i for i in range(len(error)) if error[i] > 1e-6) + 1
+    return overshoot, excess, settled
 
 
 # ---------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ class Network(ConstrainedProblem):
         self.add_inequality("nonnegative", ">=", num_samples=NUM_SAMPLES, **options)
         self.add_inequality("norm", "<=", **options)
         self.add_equality("mean", shape=(1,))
+        self.to(device)  # the multiplier and slack tables too
         self.wrap = wrap
 
     def forward(self, indices: Tensor) -> ProblemState:
@@ -174,7 +175,7 @@ class StepFunction(ConstrainedProblem):
                 "g", "<=", treatment=treatment, penalty_weight=weight,  # type: ignore[arg-type]
                 slack_margin=MARGIN,
             )  # fmt: skip
-        self.to(F64)
+        self.to(device, F64)
 
     def forward(self) -> ProblemState:
         surrogate = self.a @ self.x - B
