@@ -9,6 +9,7 @@ solution. Problems with known solutions to try settings on are in
 """
 
 from ._augmented import AugmentedLagrangian
+from ._bounds import Bounds
 from ._defaults import DEFAULT_DUAL_LR, DEFAULT_LR, default_optimizer
 from ._extragradient import ExtraGradient
 from ._gda import AlternatingGDA, SimultaneousGDA
@@ -16,9 +17,8 @@ from ._kkt import ConstraintFigures, KKTResiduals, kkt
 from ._nupi import NuPI
 from ._optimistic import OptimisticGDA
 from ._optimizer_group import OptimizerGroup
-from ._optimizers import ConstrainedOptimizer, StepResult
+from ._optimizers import ConstrainedOptimizer
 from ._problem import (
-    Bounds,
     ConstrainedProblem,
     Constraint,
     ConstraintSpec,
@@ -27,6 +27,7 @@ from ._problem import (
     Treatment,
 )
 from ._proxy import Proxy
+from ._step_result import StepResult
 from ._stepsize import AdaptiveStep
 from ._validation import NonFiniteError
 

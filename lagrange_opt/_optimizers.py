@@ -17,7 +17,7 @@ from ._distributed import synchronizer
 from ._evaluation import Evaluation, Term, check_finite, evaluate
 from ._formulation import Scales
 from ._formulation_state import FormulationState
-from ._kkt import ConstraintFigures, ConstraintReport
+from ._kkt import ConstraintReport
 from ._loss_scaling import GradientOverflow, LossScaling, check_grad_scaler, unscale_
 from ._method_checks import (
     FormulationName,
@@ -33,6 +33,7 @@ from ._randomness import running_statistics
 from ._rollback import Rollback, SavedPoint, evaluation_rows
 from ._scaling import measure_scales, measure_scales_over
 from ._slacks import UndoLog
+from ._step_result import StepResult
 from ._updates import dual_update, primal_update, sgd_step_sizes, steps_from_origins
 from ._validation import NonFiniteError
 
@@ -43,35 +44,6 @@ GradientHook = Callable[[], object]
 checked and used (gradient clipping)."""
 
 PrimalOptimizer = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
-
-
-class StepResult(NamedTuple):
-    """What a step returns, measured at the point the step started from.
-
-    The figures are detached 0-dim tensors: logging them costs no host synchronisation
-    until they are converted with ``float()``.
-
-    Attributes:
-        objective: The objective.
-        lagrangian: The Lagrangian (the augmented one under that formulation), in the
-            user's units.
-        max_violation: The largest violation of any constraint element in the evaluation.
-        mean_violation: The mean violation over every constraint element in the evaluation.
-        constraints: Per constraint name, its :class:`ConstraintFigures` (largest violation,
-            largest absolute multiplier), computed when read: only the constraints
-            observed in the step's evaluation (one left out, or of size zero, has no entry).
-        evaluations: How many times the step called the closure.
-        skipped: Whether the step was skipped because a gradient overflowed under loss
-            scaling (``grad_scaler``): nothing moved, the scale was backed off.
-    """
-
-    objective: Tensor
-    lagrangian: Tensor
-    max_violation: Tensor
-    mean_violation: Tensor
-    constraints: Mapping[str, ConstraintFigures] = {}
-    evaluations: int = 1
-    skipped: bool = False
 
 
 class StepClosure:
