@@ -26,6 +26,8 @@ of the machine, which slows both sides of a pair alike, cancels out.
   ``-fused`` variants build every Adam with ``fused=True`` (torch's one-kernel update, on
   the CPU too), against the fused plain step (``plain-adam-fused``) as well;
   ``cooper-extrapolation`` is Cooper's extrapolation with its ``ExtraAdam``.
+- ``optimistic`` variants of the networks' SGD cases: :class:`~lagrange_opt.OptimisticGDA`
+  (one evaluation per step), compared with ``simultaneous`` as well.
 - ``default`` variants of the networks' SGD cases: :func:`~lagrange_opt.default_optimizer`
   (extra-gradient with the adaptive step on the augmented Lagrangian), compared per step
   with the fixed-step ``extragradient`` of the same case.
@@ -56,6 +58,7 @@ from lagrange_opt import (
     ConstrainedProblem,
     ExtraGradient,
     IndexedValue,
+    OptimisticGDA,
     ProblemState,
     SimultaneousGDA,
     default_optimizer,
@@ -213,7 +216,11 @@ def network_case(hidden: int, num_samples: int = 10_240, batch_size: int = 256) 
     steps["plain-sgd"] = _plain_step(
         network, torch.optim.SGD(network.parameters(), lr=lr), next_batch
     )
-    for name, method in (("simultaneous", SimultaneousGDA), ("extragradient", ExtraGradient)):
+    methods = (
+        ("simultaneous", SimultaneousGDA), ("extragradient", ExtraGradient),
+        ("optimistic", OptimisticGDA),
+    )  # fmt: skip
+    for name, method in methods:
         problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
         optimizer = method(
             problem,
@@ -459,6 +466,8 @@ AGAINST_COOPER = [
             ("extragradient-fused", "cooper-extrapolation"),
         )
     ),
+    ("mlp-32", "optimistic", "simultaneous"),
+    ("mlp-784", "optimistic", "simultaneous"),
     ("mlp-32", "default", "extragradient"),
     ("mlp-784", "default", "extragradient"),
     ("mlp-32", f"extragradient-micro{MICRO_BATCHES}", "extragradient"),

@@ -9,6 +9,7 @@ from benchmarks.speed import (
     BASELINES,
     adam_case,
     memory_records,
+    network_case,
     paired_ratio,
     time_side_by_side,
     tiny_case,
@@ -57,3 +58,17 @@ def test_adam_case_times_every_variant() -> None:
         if case.startswith("adam-"):
             assert ours in samples and other in samples
             assert BASELINES[case] == "plain-adam"
+
+
+def test_network_case_times_every_variant() -> None:
+    steps = network_case(hidden=8, num_samples=256, batch_size=16)
+    samples = time_side_by_side(steps, warmup=1, blocks=2, steps_per_block=2)
+    assert set(samples) == {
+        "plain-sgd", "simultaneous", "extragradient", "optimistic", "extragradient-micro4",
+        "plain-sgd-micro4", "default", "cooper-simultaneous", "cooper-extrapolation",
+    }  # fmt: skip
+    assert all(len(times) == 2 and min(times) > 0 for times in samples.values())
+    for case, ours, other in AGAINST_COOPER:
+        if case.startswith("mlp-"):
+            assert ours in samples and other in samples
+            assert BASELINES[case] == "plain-sgd"
