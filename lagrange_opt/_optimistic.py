@@ -23,8 +23,9 @@ class Past(NamedTuple):
     Attributes:
         grads: The gradient of each dense primal parameter (``None``: it had none), in the
             order of :meth:`OptimisticGDA._dense_primal`.
-        terms: The evaluation's terms without their graphs: each multiplier's residual
-            (its gradient) on the rows read, and an indexed slack's rows with their gradient.
+        terms: What the evaluation's terms hold for the extrapolation (:func:`_past_term`):
+            each multiplier's residual (its gradient) on the rows read, and an indexed
+            slack's rows with their gradient.
     """
 
     grads: list[Tensor | None]
@@ -116,7 +117,13 @@ class OptimisticGDA(ConstrainedOptimizer):
             self._update_from_point(rollback, point, evaluation, sizes)
         grads = [param.grad for param in self._dense_primal()]
         self._clear_grads()
-        self._past = Past(grads, [_without_graph(term) for term in evaluation.terms])
+        self._past = Past(
+            grads,
+            [
+                _past_term(t.constraint, t.indices, t.residual, t.projected, t.slack)
+                for t in evaluation.terms
+            ],
+        )
         return Outcome(result, evaluation)
 
     def state_dict(self) -> dict[str, Any]:
@@ -139,11 +146,6 @@ class OptimisticGDA(ConstrainedOptimizer):
         past = None if saved is None else _load_past(saved, self.problem, self._dense_primal())
         super().load_state_dict(state_dict)
         self._past = past
-
-
-def _without_graph(term: Term) -> Term:
-    """The term as the next extrapolation reads it; the graph of its output is dropped."""
-    return term._replace(output=term.output.detach(), weights=term.weights.detach())
 
 
 def _past_state(past: Past) -> dict[str, Any]:
@@ -191,19 +193,31 @@ def _load_past(
 
 
 def _restored_term(constraint: Any, entry: dict[str, Any]) -> Term:
-    """A term holding what an extrapolation reads (multiplier, rows, residual, projection,
-    an indexed slack's rows and gradient); the fields only an evaluation's own step reads
-    are left empty."""
-    multiplier = constraint.multiplier
-    residual: Tensor = entry["residual"]
+    """A term of the past, from what :func:`_past_state` saved of it."""
     slack = None
     if entry["slack_rows"] is not None:
         rows: Tensor = entry["slack_rows"]
+        # Only the gradient of the rows' values is read.
         values = constraint.slack.detach().index_select(0, rows)
         values.grad = entry["slack_grad"]
         slack = SlackRows(constraint.slack, rows, rows.new_empty(0), values)
+    return _past_term(
+        constraint, entry["indices"], entry["residual"], bool(entry["projected"]), slack
+    )
+
+
+def _past_term(
+    constraint: Any,
+    indices: Tensor | None,
+    residual: Tensor,
+    projected: bool,
+    slack: SlackRows | None,
+) -> Term:
+    """A term holding what an extrapolation reads (the multiplier, its rows and residual,
+    the projection, an indexed slack's rows and their gradient); the fields only the
+    evaluation's own step reads (its graph, weights, values) are left empty."""
     empty = residual.new_empty(0)
     return Term(
-        constraint, multiplier, empty, empty, entry["indices"], empty, residual, empty, slack,
-        UNIT_RULE, 1.0, bool(entry["projected"]), residual.new_zeros(()),
+        constraint, constraint.multiplier, empty, empty, indices, empty, residual, empty,
+        slack, UNIT_RULE, 1.0, projected, residual.new_zeros(()),
     )  # fmt: skip
