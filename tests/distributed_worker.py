@@ -4,11 +4,12 @@ process over the whole batch by the test itself (:func:`run_case` with ``rank=No
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -284,13 +285,25 @@ def _payloads(rank: int) -> int:
     return largest[0]
 
 
-def _worker(rank: int, port: int, outdir: str) -> None:
+@contextlib.contextmanager
+def gloo_rank(rank: int, port: int) -> Iterator[None]:
+    """This process as rank ``rank`` of a gloo group of WORLD on ``port``, for the block."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
         timeout=datetime.timedelta(seconds=60),
     )  # fmt: skip
     try:
+        yield
+        # Both ranks reach the teardown together: gloo aborts a process whose peer has
+        # already closed its connections.
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, port: int, outdir: str) -> None:
+    with gloo_rank(rank, port):
         results: dict[str, Any] = {"cases": {case: run_case(case, rank) for case in CASES}}
         # A group of its own rather than the default one.
         results["group"] = run_case(("default", "augmented", "slack"), rank, dist.new_group())
@@ -305,11 +318,6 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         results["backtracking"] = _backtracking(rank)
         results["payload"] = _payloads(rank)
         torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
-        # Both ranks reach the teardown together: gloo aborts a process whose peer has
-        # already closed its connections.
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 def free_port() -> int:

@@ -7,15 +7,13 @@ The true values are means of hard decisions over the samples, so that the ranks'
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 from typing import Any
 
 import torch
-from distributed_worker import DTYPE, WORLD, X, Y, batches, free_port, state
+from distributed_worker import DTYPE, WORLD, X, Y, batches, free_port, gloo_rank, state
 from torch import Tensor, nn
-from torch import distributed as dist
 
 from lagrange_opt import (
     AlternatingGDA,
@@ -92,17 +90,9 @@ def run_case(case: tuple[str, str, str], rank: int | None) -> dict[str, Tensor]:
 
 
 def _worker(rank: int, port: int, outdir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-        timeout=datetime.timedelta(seconds=60),
-    )  # fmt: skip
-    try:
+    with gloo_rank(rank, port):
         results = {case: run_case(case, rank) for case in CASES}
         torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
