@@ -318,9 +318,7 @@ Step = Callable[[Args], tuple[Tensor, Tensor, int]]
 """One step on a batch: the objective and max violation at its start, and its closure calls."""
 
 
-def _sgd_pair(
-    problem: ConstrainedProblem, benchmark: Benchmark
-) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+def _sgd_primal(problem: ConstrainedProblem, benchmark: Benchmark) -> torch.optim.Optimizer:
     slacks = problem.slack_parameters()
     slack_ids = {id(slack) for slack in slacks}
     groups: list[dict[str, Any]] = [
@@ -328,7 +326,13 @@ def _sgd_pair(
     ]
     if slacks:
         groups.append({"params": slacks, "lr": benchmark.slack_lr})
-    primal = torch.optim.SGD(groups, lr=benchmark.lr)
+    return torch.optim.SGD(groups, lr=benchmark.lr)
+
+
+def _sgd_pair(
+    problem: ConstrainedProblem, benchmark: Benchmark
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    primal = _sgd_primal(problem, benchmark)
     multipliers = problem.dual_parameters()
     dual = (
         torch.optim.SGD(multipliers, lr=benchmark.dual_lr, maximize=True) if multipliers else None
@@ -530,7 +534,7 @@ def nupi_method(treatment: Treatment, kp: float = NUPI_KP) -> Runner:
 
     def run(benchmark: Benchmark, steps: int) -> Trace:
         problem = benchmark.build(treatment, None)
-        primal, _ = _sgd_pair(problem, benchmark)
+        primal = _sgd_primal(problem, benchmark)
         dual = _nupi(problem, benchmark.dual_lr, kp)
         return _run_method(problem, SimultaneousGDA(problem, primal, dual), benchmark, steps)
 
