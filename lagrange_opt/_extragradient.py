@@ -30,6 +30,7 @@ from ._stepsize import (
     Trial,
     check_adaptive,
     dual_factor,
+    interpolation_weight,
     judge_extrapolation,
     next_factor,
 )
@@ -55,18 +56,20 @@ class ExtraGradient(ConstrainedOptimizer):
     With ``step_size=AdaptiveStep()`` (or ``"adaptive"``) the method chooses its own step
     (:mod:`lagrange_opt._stepsize`): every learning rate is its group's base rate times a
     factor ``t``; an extrapolation whose operator changed too much against its move is
-    redone from the saved point with a smaller ``t`` (parameters, multipliers, slacks,
-    optimizer state and the random number generators' state put back first), and ``t``
-    grows after accepted steps. Under the augmented Lagrangian the multipliers step ``c``
-    times ``min(t, 1/2)`` (:attr:`AdaptiveStep.max_dual_factor`): at factor 1 it would be
-    the method of multipliers' dual step.
+    shortened, its operator interpolated between the two evaluations, if it failed by a
+    small margin, and otherwise redone from the saved point with a smaller ``t``
+    (parameters, multipliers, slacks, optimizer state and the random number generators'
+    state put back first); ``t`` grows after accepted steps. Under the augmented
+    Lagrangian the multipliers step ``c`` times ``min(t, 1/2)``
+    (:attr:`AdaptiveStep.max_dual_factor`): at factor 1 it would be the method of
+    multipliers' dual step.
     With plain SGD the test is the one of the theory; with a stateful optimizer it acts on
     its learning rate with the same test, a heuristic (its moments are not put in the
     metric). Between steps each group's ``lr`` is its base rate, the one a learning-rate
     scheduler reads and writes (docs/dual.md): a step takes the rates it finds as its bases
     and steps with them times the factor.
 
-    Each step calls the closure twice on the same batch (more after a rejection; the
+    Each step calls the closure twice on the same batch (more after a redone rejection; the
     step's :attr:`StepResult.evaluations` says how many). The step holds one copy of the
     parameters and multipliers for the duration of the step (reused from step to step),
     and with the adaptive step one copy of their gradients.
@@ -143,7 +146,7 @@ class ExtraGradient(ConstrainedOptimizer):
         self._base_lrs: list[float] = []
         self._scheduled: list[Any] = []
         self._read_bases()
-        self._differences = DifferenceBuffers()
+        self._start_grads = GradientBuffers()
 
     def _penalty_steps_dual(self) -> bool:
         return self.adaptive is not None
@@ -166,12 +169,14 @@ class ExtraGradient(ConstrainedOptimizer):
         self._scheduled = [group["lr"] for group in self.param_groups]
         self._base_lrs = [float(lr) for lr in self._scheduled]
 
-    def _apply_factor(self) -> None:
-        """Sets each group's ``lr`` to its base times the factor, for the step."""
+    def _apply_factor(self, dual: float | None = None) -> None:
+        """Sets each group's ``lr`` to its base times the factor, for the step (the
+        multipliers' factor ``dual``, by default the capped :func:`dual_factor`)."""
         if self.adaptive is None:
             return
         primal_groups = len(self.primal_optimizer.param_groups)
-        dual = dual_factor(self.adaptive, self._factor)
+        if dual is None:
+            dual = dual_factor(self.adaptive, self._factor)
         for index, (group, base) in enumerate(zip(self.param_groups, self._base_lrs)):
             group["lr"] = base * (self._factor if index < primal_groups else dual)
 
@@ -228,22 +233,25 @@ class ExtraGradient(ConstrainedOptimizer):
 
     def _judge(
         self, point: SavedPoint, start_grads: list[Tensor | None], start: Evaluation,
-        extrapolated: Evaluation | None,
+        extrapolated: Evaluation | None, sizes: StepSizes,
     ) -> Trial:  # fmt: skip
         """Tests the extrapolation (``None``: its evaluation was not finite)."""
         assert self.adaptive is not None
         if extrapolated is None:
             return Trial(False, math.inf)
-        sums = _change_norms(
-            point.params, point.copies, start_grads, self._bases(), start, extrapolated,
-            self._differences,
-        )  # fmt: skip
-        if self._sync is not None:
-            # ddp: every rank computed these sums from the same data; rank 0's decide, so
-            # that no rounding difference can make the ranks call the closure unequally.
-            sums = self._sync.broadcast(sums)
-        primal_operator, dual_operator, primal_point, dual_point, point_norm = sums.tolist()
+        bases = self._bases()
+        moves = self._sgd_moves(sizes)
+        sums = self._agreed(
+            _change_norms(
+                point.params, point.copies, start_grads, bases, moves, start, extrapolated
+            )
+        )
+        primal_operator, dual_operator, primal_point, dual_point = sums.tolist()
         weight = dual_factor(self.adaptive, self._factor) / self._factor
+
+        def point_norm() -> float:
+            return float(self._agreed(_point_norm(point.params, point.copies, bases, start)))
+
         return judge_extrapolation(
             self.adaptive,
             self._factor,
@@ -251,6 +259,26 @@ class ExtraGradient(ConstrainedOptimizer):
             primal_point + dual_point / weight,
             point_norm,
         )
+
+    def _sgd_moves(self, sizes: StepSizes) -> dict[int, float]:
+        """For each primal parameter that plain SGD moved by exactly ``size * grad`` (before
+        rounding; not projected onto bounds), ``abs(size)`` by ``id``: its move's norm is then
+        read from its gradient, one pass where the difference of the points takes three.
+        Low-precision parameters are left out: there rounding the point changes the move."""
+        if sizes.primal is None:
+            return {}
+        bounded = {id(param) for param, _ in self.problem.bounded_parameters()}
+        return {
+            id(param): abs(size)
+            for group, size in zip(self.primal_optimizer.param_groups, sizes.primal)
+            for param in group["params"]
+            if id(param) not in bounded and param.dtype in (torch.float32, torch.float64)
+        }
+
+    def _agreed(self, sums: Tensor) -> Tensor:
+        """``sums`` as every rank will read them: rank 0's under data parallelism, so that no
+        rounding difference can make the ranks call the closure unequally."""
+        return sums if self._sync is None else self._sync.broadcast(sums)
 
     def _bases(self) -> dict[int, float]:
         """Each parameter's learning rate at ``t = 1``, by ``id`` (indexed tables too)."""
@@ -298,9 +326,7 @@ class ExtraGradient(ConstrainedOptimizer):
         indices = start.observed()
         start_grads: list[Tensor | None] = []
         if adaptive is not None:
-            # Held, not copied: every backward of the step clears the gradients first and
-            # gets new tensors, and nothing writes into these.
-            start_grads = [p.grad for p in point.params]
+            start_grads = self._start_grads.hold([p.grad for p in point.params])
         # Every try draws what the first one drew (or, with same_randomness, the start).
         rng = rollback.rng if self.same_randomness else rng_state()
         statistics = Buffers(self._statistics) if self.same_randomness else None
@@ -328,10 +354,23 @@ class ExtraGradient(ConstrainedOptimizer):
             if adaptive is None:
                 assert extrapolated is not None
                 return Extrapolation(extrapolated, sizes, Trial(True, 0.0), calls)
-            trial = self._judge(point, start_grads, start, extrapolated)
+            trial = self._judge(point, start_grads, start, extrapolated, sizes)
             if trial.accepted:
                 assert extrapolated is not None
                 return Extrapolation(extrapolated, sizes, trial, calls)
+            weight = interpolation_weight(adaptive, self._factor, trial)
+            if weight is not None:
+                assert extrapolated is not None
+                # The shorter extrapolation scales both sides' moves by the weight, so its
+                # multipliers' factor is the weight times theirs, not the cap's rule at the
+                # shorter factor.
+                dual = weight * dual_factor(adaptive, self._factor)
+                self._factor *= weight
+                self._apply_factor(dual)
+                interpolated = _interpolate(point.params, start_grads, start, extrapolated, weight)
+                return Extrapolation(
+                    interpolated, self._step_sizes(), Trial(True, trial.lipschitz), calls
+                )
             if calls > adaptive.max_retries:
                 raise RuntimeError(
                     f"the adaptive step was rejected {calls} times in one step (step "
@@ -361,6 +400,73 @@ class Extrapolation(NamedTuple):
     calls: int
 
 
+class GradientBuffers:
+    """Memory reused from step to step for the start's gradients, which the adaptive test
+    reads after the second backward pass. Held as they are, they would keep the first
+    pass's gradients alive, and the second pass's would take fresh memory and pay its page
+    faults at every step; copied here, the first pass's memory goes back to the allocator
+    before the second pass and is reused warm."""
+
+    def __init__(self) -> None:
+        self._buffers: list[Tensor | None] = []
+
+    def hold(self, grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+        """Copies of ``grads`` (``None`` and sparse ones are kept as they are), valid until
+        the next call."""
+        if len(self._buffers) != len(grads):
+            self._buffers = [None] * len(grads)
+        held: list[Tensor | None] = []
+        for index, grad in enumerate(grads):
+            if grad is None or grad.is_sparse:
+                held.append(grad)
+                continue
+            buffer = self._buffers[index]
+            if buffer is None or not _same_layout(buffer, grad):
+                buffer = self._buffers[index] = torch.empty_like(grad)
+            held.append(buffer.copy_(grad))
+        return held
+
+
+def _same_layout(buffer: Tensor, grad: Tensor) -> bool:
+    return (buffer.shape, buffer.dtype, buffer.device, buffer.stride()) == (
+        grad.shape,
+        grad.dtype,
+        grad.device,
+        grad.stride(),
+    )
+
+
+def _interpolate(
+    dense: Sequence[Tensor],
+    start_grads: Sequence[Tensor | None],
+    start: Evaluation,
+    extrapolated: Evaluation,
+    weight: float,
+) -> Evaluation:
+    """The operator at the point ``weight`` of the way from the start to the extrapolated
+    point, interpolated linearly (:mod:`._stepsize`): the dense parameters' gradients and the
+    slack rows' gradients in place, the residuals in the returned evaluation's terms.
+
+    A gradient absent at one end is zero there.
+    """
+    for param, grad in zip(dense, start_grads):
+        if param.grad is not None and grad is not None:
+            param.grad.lerp_(grad, 1.0 - weight)
+        elif param.grad is not None:
+            param.grad.mul_(weight)
+        elif grad is not None:
+            param.grad = grad * (1.0 - weight)
+    terms = []
+    for before, after in zip(start.terms, extrapolated.terms):
+        if before.slack is not None and after.slack is not None:
+            values = after.slack.values
+            values.grad = torch.lerp(
+                _grad_or_zero(before.slack.values), _grad_or_zero(values), weight
+            )
+        terms.append(after._replace(residual=torch.lerp(before.residual, after.residual, weight)))
+    return extrapolated._replace(terms=terms)
+
+
 def _check_step_size(step_size: object) -> AdaptiveStep | None:
     if isinstance(step_size, AdaptiveStep):
         return check_adaptive(step_size)
@@ -378,98 +484,125 @@ def _change_norms(
     copies: Sequence[Tensor],
     start_grads: Sequence[Tensor | None],
     bases: Mapping[int, float],
+    sgd_moves: Mapping[int, float],
     start: Evaluation,
     extrapolated: Evaluation,
-    differences: DifferenceBuffers,
 ) -> Tensor:
     """The operator's change and the point's move, squared, in the step's metric
-    (:mod:`._stepsize`), for the primal variables and for the multipliers, and the point's
-    norm: five sums stacked so that one host sync reads them all.
+    (:mod:`._stepsize`), for the primal variables and for the multipliers: four sums
+    stacked so that one host sync reads them all.
 
-    Dense parameters (the multipliers among them) move from their copies and their gradient
-    changes; an indexed multiplier's rows move from the values read and their gradient (the
-    residual) changes; an indexed slack's rows likewise. A multiplier's entries weigh
-    ``objective_weight / dual_scale``: the scaled problem's units.
+    Dense parameters (the multipliers among them) move from their copies (or by
+    ``sgd_moves[id] * grad``) and their gradient changes; an indexed multiplier's rows move
+    from the values read and their gradient (the residual) changes; an indexed slack's rows
+    likewise. A multiplier's entries weigh ``objective_weight / dual_scale``: the scaled
+    problem's units.
     """
-    operator: list[Tensor] = []
-    point: list[Tensor] = []
-    dual_operator: list[Tensor] = []
-    dual_point: list[Tensor] = []
-    norm: list[Tensor] = []
+    sums = _SquaredNorms(4)
+    operator, dual_operator, point, dual_point = range(4)
     multipliers = {id(term.multiplier) for term in start.terms}
     for param, copy, grad in zip(dense, copies, start_grads):
         if id(param) in multipliers:
             continue  # the multipliers' gradients are the residuals, below
         if grad is None or param.grad is None:
             continue
-        _accumulate(
-            (operator, point, norm), differences.of(0, param.grad, grad),
-            differences.of(1, param.detach(), copy), copy, bases[id(param)],
-        )  # fmt: skip
+        base = bases[id(param)]
+        sums.add(operator, torch.dist(param.grad, grad), base)
+        size = sgd_moves.get(id(param))
+        if size is None:
+            sums.add(point, torch.dist(param.detach(), copy), _inverse(base))
+        else:
+            sums.add(point, torch.linalg.vector_norm(grad), size * size * _inverse(base))
     for before, after in zip(start.terms, extrapolated.terms):
         moved = before.multiplier.detach()
         if before.indices is not None:
             moved = moved.index_select(0, before.indices)
-        _accumulate(
-            (dual_operator, dual_point, norm), after.residual - before.residual,
-            moved - before.multipliers_read, before.multipliers_read,
-            bases[id(before.multiplier)], _dual_weight(before),
-        )  # fmt: skip
+        base = bases[id(before.multiplier)]
+        weight = _dual_weight(before)
+        sums.add_weighted(dual_operator, after.residual - before.residual, base, weight)
+        sums.add_weighted(dual_point, moved - before.multipliers_read, _inverse(base), weight)
         if before.slack is not None and after.slack is not None:
             slack = before.slack
             rows = slack.table.detach().index_select(0, slack.rows)
-            _accumulate(
-                (operator, point, norm),
-                _grad_or_zero(after.slack.values) - _grad_or_zero(slack.values),
-                rows - slack.values.detach(), slack.values.detach(), bases[id(slack.table)],
-            )  # fmt: skip
-    parts = (operator, dual_operator, point, dual_point, norm)
-    device = next((part[0].device for part in parts if part), None)
-    zero = torch.zeros((), dtype=torch.float64, device=device)
-    return torch.stack([torch.stack(part).double().sum() if part else zero for part in parts])
+            base = bases[id(slack.table)]
+            change = _grad_or_zero(after.slack.values) - _grad_or_zero(slack.values)
+            sums.add(operator, torch.linalg.vector_norm(change), base)
+            sums.add(point, torch.dist(rows, slack.values.detach()), _inverse(base))
+    return sums.sums(start.total.device)
 
 
-class DifferenceBuffers:
-    """Memory reused from step to step for the differences whose norms the adaptive test
-    takes: a new tensor the size of a large parameter costs its page faults at every step."""
+def _point_norm(
+    dense: Sequence[Tensor], copies: Sequence[Tensor], bases: Mapping[int, float],
+    start: Evaluation,
+) -> Tensor:  # fmt: skip
+    """:math:`\\lVert z \\rVert_{\\beta^{-1}}^2` at the start, in the metric of
+    :func:`_change_norms`: the noise level's scale."""
+    norm = _SquaredNorms(1)
+    multipliers = {id(term.multiplier) for term in start.terms}
+    for param, copy in zip(dense, copies):
+        if id(param) not in multipliers and param.grad is not None:
+            norm.add(0, torch.linalg.vector_norm(copy), _inverse(bases[id(param)]))
+    for term in start.terms:
+        norm.add_weighted(
+            0, term.multipliers_read, _inverse(bases[id(term.multiplier)]), _dual_weight(term)
+        )
+        if term.slack is not None:
+            slack = term.slack
+            norm.add(
+                0,
+                torch.linalg.vector_norm(slack.values.detach()),
+                _inverse(bases[id(slack.table)]),
+            )
+    return norm.sums(start.total.device)[0]
 
-    def __init__(self) -> None:
-        self._flat: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
 
-    def of(self, slot: int, minuend: Tensor, subtrahend: Tensor) -> Tensor:
-        """``minuend - subtrahend``, written into buffer ``slot`` (valid until its next use)."""
-        key = (slot, minuend.dtype, minuend.device)
-        flat = self._flat.get(key)
-        if flat is None or flat.numel() < minuend.numel():
-            flat = torch.empty(minuend.numel(), dtype=minuend.dtype, device=minuend.device)
-            self._flat[key] = flat
-        out = flat[: minuend.numel()].view(minuend.shape)
-        return torch.sub(minuend, subtrahend, out=out)
+class _SquaredNorms:
+    """Weighted sums of squared norms, ``slots`` of them, gathered block by block and
+    reduced together: a block costs one reduction of its own, and the sums a few more
+    operations in all (the test runs at every step; a network has many small blocks)."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = slots
+        self._norms: list[Tensor] = []
+        self._squares: list[Tensor] = []
+        self._norm_weights: list[tuple[int, float]] = []
+        self._square_weights: list[tuple[int, float]] = []
+
+    def add(self, slot: int, norm: Tensor, weight: float) -> None:
+        """Adds ``weight * norm**2`` to sum ``slot``; a block of learning rate 0 (a warm-up's
+        start) does not move and has no place in the metric, where it would divide by 0."""
+        if weight != 0.0:
+            self._norms.append(norm)
+            self._norm_weights.append((slot, weight))
+
+    def add_weighted(
+        self, slot: int, values: Tensor, weight: float, entries: Tensor | float
+    ) -> None:
+        """Adds ``weight * sum(entries * values**2)`` (a multiplier's block in the scaling's
+        units) to sum ``slot``."""
+        if weight != 0.0:
+            self._squares.append((values.square() * entries).sum())
+            self._square_weights.append((slot, weight))
+
+    def sums(self, device: torch.device) -> Tensor:
+        """The sums, in float64, in one tensor."""
+        parts = []
+        if self._norms:
+            parts.append(torch.stack(self._norms).double().square())
+        if self._squares:
+            parts.append(torch.stack(self._squares).double())
+        if not parts:
+            return torch.zeros(self._slots, dtype=torch.float64, device=device)
+        values = torch.cat(parts).to(device)
+        coefficients = [[0.0] * values.numel() for _ in range(self._slots)]
+        for column, (slot, weight) in enumerate(self._norm_weights + self._square_weights):
+            coefficients[slot][column] = weight
+        return torch.tensor(coefficients, dtype=torch.float64, device=device) @ values
 
 
-def _accumulate(
-    sums: tuple[list[Tensor], list[Tensor], list[Tensor]],
-    change: Tensor,
-    move: Tensor,
-    start: Tensor,
-    base: float,
-    weight: Tensor | float | None = None,
-) -> None:
-    """Appends one block's squared operator change, move and start norm in the metric of
-    its base learning rate (and, for multipliers, of the scaling's weight)."""
-    if base == 0.0:
-        # A block whose learning rate is 0 (a warm-up's start) does not move: it has no
-        # place in the metric, where it would divide by 0.
-        return
-    operator, point, norm = sums
-    if weight is None:
-        # A norm reads its tensor once; squaring it first would write and read a copy.
-        squares = [torch.linalg.vector_norm(x).square() for x in (change, move, start)]
-    else:
-        squares = [(x.square() * weight).sum() for x in (change, move, start)]
-    operator.append(squares[0] * base)
-    point.append(squares[1] / base)
-    norm.append(squares[2] / base)
+def _inverse(base: float) -> float:
+    """``1 / base``, and 0 for a learning rate of 0: such a block does not move."""
+    return 0.0 if base == 0.0 else 1.0 / base
 
 
 def _dual_weight(term: Term) -> Tensor | float:

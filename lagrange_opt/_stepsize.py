@@ -24,11 +24,31 @@ step :math:`t` grows again, never past what the estimate allows:
 
     t \\leftarrow \\min(\\gamma t, \\; \\sigma \\delta / L) \\text{ (accepted)}, \\qquad
     t \\leftarrow \\min(\\rho t, \\; \\sigma \\delta / L) \\text{ (rejected)}
+
+A rejection by a small margin, :math:`\\delta < t L \\le \\kappa`, of a short move,
+:math:`\\lVert \\bar z - z \\rVert \\le \\mu \\lVert z \\rVert` (:math:`\\kappa`, :math:`\\mu`: the
+settings ``max_interpolated``, ``max_interpolated_move``), is not redone: the
+shorter extrapolation :math:`z_\\theta = z + \\theta (\\bar z - z)` with
+:math:`\\theta = \\sigma \\delta / (t L)` lies on the segment already evaluated (the
+extrapolation moves along one direction; a projection onto a box keeps the segment's points
+feasible), and the operator there is interpolated from the two evaluations:
+
+.. math::
+
+    F(z_\\theta) \\approx (1 - \\theta) F(z) + \\theta F(\\bar z), \\qquad
+    t \\leftarrow \\theta t
+
+exact for an affine operator (a quadratic objective with linear constraints, a bilinear
+game), and off by :math:`O(\\theta (1 - \\theta) \\lVert \\bar z - z \\rVert^2)` times the
+operator's curvature otherwise: hence the bound on the move, relative to the point. The
+step then costs two evaluations where a retry costs three: with stochastic batches the local
+estimate varies from batch to batch, and most rejections are of this kind.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 
@@ -54,6 +74,12 @@ class AdaptiveStep(NamedTuple):
             projects it to zero, where its gradient vanishes: it stops moving.
         max_factor: Upper bound of ``t``: where the operator does not change (a linear
             objective, or a point held at its bounds) ``t`` would otherwise double forever.
+        max_interpolated: A rejected extrapolation with :math:`t L` at most this is
+            shortened by interpolation (no new evaluation); above it, or if the operator
+            was not finite, it is redone. ``0`` redoes every rejected extrapolation.
+        max_interpolated_move: Nor is an extrapolation that moved the point by more than
+            this fraction of its norm (in the metric) shortened: over a long segment a
+            curved operator is far from its interpolation (``inf``: any move).
     """
 
     initial: float = 1.0
@@ -65,6 +91,8 @@ class AdaptiveStep(NamedTuple):
     noise: float = 1e-13
     max_dual_factor: float = 0.5
     max_factor: float = 1e6
+    max_interpolated: float = 2.0
+    max_interpolated_move: float = 0.1
 
 
 def check_adaptive(config: AdaptiveStep) -> AdaptiveStep:
@@ -92,6 +120,10 @@ def check_adaptive(config: AdaptiveStep) -> AdaptiveStep:
         raise ValueError(f"Invalid max_dual_factor: {config.max_dual_factor}")
     if not (math.isfinite(config.max_factor) and config.max_factor >= config.initial):
         raise ValueError(f"Invalid max_factor: {config.max_factor}")
+    if not (math.isfinite(config.max_interpolated) and config.max_interpolated >= 0):
+        raise ValueError(f"Invalid max_interpolated: {config.max_interpolated}")
+    if not config.max_interpolated_move >= 0:
+        raise ValueError(f"Invalid max_interpolated_move: {config.max_interpolated_move}")
     return config
 
 
@@ -111,10 +143,13 @@ class Trial(NamedTuple):
     Attributes:
         accepted: Whether the extrapolation passes the test.
         lipschitz: The local estimate :math:`L` (0 if the operator did not change).
+        relative_move: :math:`\\lVert \\bar z - z \\rVert / \\lVert z \\rVert` in the
+            metric, measured only for a rejected extrapolation (else ``inf``).
     """
 
     accepted: bool
     lipschitz: float
+    relative_move: float = math.inf
 
 
 def judge_extrapolation(
@@ -122,7 +157,7 @@ def judge_extrapolation(
     factor: float,
     operator_change: float,
     point_change: float,
-    point_norm: float,
+    point_norm: Callable[[], float],
 ) -> Trial:
     """Tests an extrapolation taken with the step factor ``factor``.
 
@@ -131,12 +166,14 @@ def judge_extrapolation(
         factor: The factor ``t`` the extrapolation was taken with.
         operator_change: :math:`\\lVert F(\\bar z) - F(z) \\rVert_\\beta^2`.
         point_change: :math:`\\lVert \\bar z - z \\rVert_{\\beta^{-1}}^2`.
-        point_norm: :math:`\\lVert z \\rVert_{\\beta^{-1}}^2`, for the noise level.
+        point_norm: Returns :math:`\\lVert z \\rVert_{\\beta^{-1}}^2`, for the noise level:
+            called only if the test fails (it reads every parameter once more), and then
+            also gives the move's size relative to the point.
 
     Example:
         >>> judge_extrapolation(AdaptiveStep(), 1.0, operator_change=4.0, point_change=1.0,
-        ...                    point_norm=1.0)
-        Trial(accepted=False, lipschitz=2.0)
+        ...                    point_norm=lambda: 4.0)
+        Trial(accepted=False, lipschitz=2.0, relative_move=0.5)
     """
     if not (math.isfinite(operator_change) and math.isfinite(point_change)):
         return Trial(False, math.inf)
@@ -145,8 +182,10 @@ def judge_extrapolation(
     lipschitz = math.sqrt(operator_change / point_change)
     if factor * lipschitz <= config.delta:
         return Trial(True, lipschitz)
-    noise_floor = config.noise**2 * (point_norm + 1.0)
-    return Trial(point_change <= noise_floor, lipschitz)
+    norm = point_norm()
+    noise_floor = config.noise**2 * (norm + 1.0)
+    relative_move = math.sqrt(point_change / norm) if norm > 0.0 else math.inf
+    return Trial(point_change <= noise_floor, lipschitz, relative_move)
 
 
 def next_factor(config: AdaptiveStep, factor: float, trial: Trial) -> float:
@@ -163,3 +202,21 @@ def next_factor(config: AdaptiveStep, factor: float, trial: Trial) -> float:
     if trial.lipschitz == 0.0 or not math.isfinite(trial.lipschitz):
         return proposed
     return min(proposed, config.safety * config.delta / trial.lipschitz)
+
+
+def interpolation_weight(config: AdaptiveStep, factor: float, trial: Trial) -> float | None:
+    """The fraction :math:`\\theta` of a rejected extrapolation to keep, its operator
+    interpolated, or ``None`` if the extrapolation must be redone.
+
+    Example:
+        >>> interpolation_weight(AdaptiveStep(), 1.0, Trial(False, 1.2, relative_move=0.01))
+        0.675
+        >>> interpolation_weight(AdaptiveStep(), 1.0, Trial(False, 3.0, relative_move=0.01))
+        >>> interpolation_weight(AdaptiveStep(), 1.0, Trial(False, 1.2, relative_move=0.5))
+    """
+    if trial.accepted or not math.isfinite(trial.lipschitz):
+        return None
+    product = factor * trial.lipschitz
+    if product > config.max_interpolated or trial.relative_move > config.max_interpolated_move:
+        return None
+    return config.safety * config.delta / product

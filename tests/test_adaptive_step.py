@@ -12,17 +12,24 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import assert_bitwise_equal, sgd_pair
-from torch import nn
+from helpers import assert_bitwise_equal, sgd_pair, snapshot
+from torch import Tensor, nn
 
+import lagrange_opt._extragradient as extragradient_module
 from lagrange_opt import (
     AdaptiveStep,
     ConstrainedProblem,
     ExtraGradient,
+    IndexedValue,
     ProblemState,
     default_optimizer,
 )
-from lagrange_opt._stepsize import Trial, judge_extrapolation, next_factor
+from lagrange_opt._stepsize import (
+    Trial,
+    interpolation_weight,
+    judge_extrapolation,
+    next_factor,
+)
 
 F64 = torch.float64
 DEFAULT = AdaptiveStep()
@@ -55,9 +62,26 @@ def test_judge_extrapolation(
     config: AdaptiveStep, factor: float, operator: float, point: float, norm: float,
     expected: Trial,
 ) -> None:  # fmt: skip
-    trial = judge_extrapolation(config, factor, operator, point, norm)
+    reads = []
+
+    def point_norm() -> float:
+        reads.append(norm)
+        return norm
+
+    trial = judge_extrapolation(config, factor, operator, point, point_norm)
     assert trial.accepted is expected.accepted
     assert trial.lipschitz == pytest.approx(expected.lipschitz, rel=1e-15)
+    # The point's norm (a pass over every parameter) is read only for the noise level of a
+    # move that failed the test.
+    failed = math.isfinite(expected.lipschitz) and factor * expected.lipschitz > config.delta
+    assert len(reads) == int(failed)
+
+
+def test_a_rejected_trial_measures_its_move_relative_to_the_point() -> None:
+    rejected = judge_extrapolation(DEFAULT, 1.0, 4.0, 1e-2, lambda: 4.0)
+    assert rejected.relative_move == pytest.approx(0.05, rel=1e-15)  # sqrt(1e-2 / 4)
+    assert judge_extrapolation(DEFAULT, 1.0, 4.0, 1.0, lambda: 0.0).relative_move == math.inf
+    assert judge_extrapolation(DEFAULT, 0.1, 4.0, 1.0, lambda: 4.0).relative_move == math.inf
 
 
 NEXT_FACTOR_CASES = [
@@ -78,6 +102,33 @@ NEXT_FACTOR_CASES = [
 @pytest.mark.parametrize(("config", "factor", "trial", "expected"), NEXT_FACTOR_CASES)
 def test_next_factor(config: AdaptiveStep, factor: float, trial: Trial, expected: float) -> None:
     assert next_factor(config, factor, trial) == pytest.approx(expected, rel=1e-15)
+
+
+INTERPOLATION_CASES = [
+    # (config, factor, trial, expected fraction kept; None: redo the extrapolation)
+    (DEFAULT, 1.0, Trial(False, 1.0, 0.05), 0.81),  # t L = 1: keep 0.81 / 1
+    (DEFAULT, 0.5, Trial(False, 4.0, 0.05), 0.405),  # t L = 2: at max_interpolated
+    (DEFAULT, 0.5, Trial(False, 4.5, 0.05), None),  # t L = 2.25: redone
+    (DEFAULT, 1.0, Trial(False, 1.0, 0.1), 0.81),  # a move of 10 % of the point: kept
+    (DEFAULT, 1.0, Trial(False, 1.0, 0.11), None),  # a longer move: redone
+    (DEFAULT, 1.0, Trial(False, 1.0), None),  # move not measured (a point at 0): redone
+    (DEFAULT, 1.0, Trial(False, math.inf, 0.05), None),  # not finite: redone
+    (DEFAULT, 1.0, Trial(True, 0.5), None),  # accepted: nothing to shorten
+    (AdaptiveStep(max_interpolated=0.0), 1.0, Trial(False, 1.0, 0.05), None),
+    (AdaptiveStep(max_interpolated_move=math.inf), 1.0, Trial(False, 1.0), 0.81),
+    (AdaptiveStep(max_interpolated=10.0, safety=0.5), 1.0, Trial(False, 9.0, 0.05), 0.05),
+]
+
+
+@pytest.mark.parametrize(("config", "factor", "trial", "expected"), INTERPOLATION_CASES)
+def test_interpolation_weight(
+    config: AdaptiveStep, factor: float, trial: Trial, expected: float | None
+) -> None:
+    weight = interpolation_weight(config, factor, trial)
+    if expected is None:
+        assert weight is None
+    else:
+        assert weight == pytest.approx(expected, rel=1e-15)
 
 
 class Stiff(ConstrainedProblem):
@@ -190,17 +241,96 @@ class OnlyDualMoves(ConstrainedProblem):
 
 def test_the_extrapolation_test_counts_the_multipliers_move(device: str) -> None:
     problem = OnlyDualMoves().to(device)
-    # No cap on the multipliers' factor: both sides step with t, as in the docstring.
+    # No cap on the multipliers' factor: both sides step with t, as in the docstring; no
+    # interpolation: the rejected extrapolation is redone.
     optimizer = ExtraGradient(
         problem,
         *sgd_pair(problem, 1.0),
-        step_size=AdaptiveStep(max_dual_factor=100.0),
+        step_size=AdaptiveStep(max_dual_factor=100.0, max_interpolated=0.0),
     )
     result = optimizer.step(problem)
     assert result.evaluations == 3
     assert optimizer.step_factor == pytest.approx(0.81, rel=1e-15)
     assert float(problem.x.detach()) == 0.25
     assert float(problem.constraints["h"].multiplier.detach()) == -0.5
+
+
+def test_a_mild_rejection_is_interpolated_exactly_for_an_affine_operator(device: str) -> None:
+    """OnlyDualMoves' operator is affine. From (0, 0) with t = 1 the extrapolation is
+    rejected with t L = 1 <= max_interpolated = 2: the step keeps the fraction
+    theta = 0.81 / 1 of it, whose operator (-0.81, 1) is interpolated, not evaluated, and
+    steps from (0, 0) with t = 0.81 to (0.6561, -0.81): what a retry with t = 0.81 gives,
+    at two evaluations instead of three."""
+    runs = []
+    for config in (
+        # The point starts at 0: any move is long relative to it, unless allowed.
+        AdaptiveStep(max_dual_factor=100.0, max_interpolated_move=math.inf),
+        # Redone instead, shrinking to min(0.9 t, 0.81 / L) = 0.81.
+        AdaptiveStep(max_dual_factor=100.0, max_interpolated=0.0, shrink=0.9),
+    ):
+        problem = OnlyDualMoves().to(device)
+        optimizer = ExtraGradient(problem, *sgd_pair(problem, 1.0), step_size=config)
+        result = optimizer.step(problem)
+        multiplier = float(problem.constraints["h"].multiplier.detach())
+        runs.append(
+            (result.evaluations, optimizer.step_factor, float(problem.x.detach()), multiplier)
+        )
+    (calls, factor, x, multiplier), (retried_calls, *retried) = runs
+    assert (calls, retried_calls) == (2, 3)
+    assert factor == pytest.approx(0.81, rel=1e-15)
+    assert x == pytest.approx(0.6561, rel=1e-15)
+    assert multiplier == pytest.approx(-0.81, rel=1e-15)
+    assert retried == pytest.approx([factor, x, multiplier], rel=1e-15)
+
+
+def test_an_interpolated_step_scales_the_capped_multipliers_move_too(device: str) -> None:
+    """From t = 2 the multipliers' factor is capped at 1/2: the extrapolation (0, -0.5)
+    changes F by (-0.5, 0), L = 0.5 in the metric where the multiplier weighs 1/4, and
+    t L = 1 is rejected. The kept fraction theta = 0.81 scales both moves: the primal factor
+    to 1.62 and the multipliers' to 0.81 * 0.5 = 0.405 (not the cap's 0.5 at 1.62), so the
+    interpolated point (0, -0.405) is on the evaluated segment; its operator (-0.405, 1)
+    steps (0, 0) to (1.62 * 0.405, -0.405)."""
+    problem = OnlyDualMoves().to(device)
+    optimizer = ExtraGradient(
+        problem,
+        *sgd_pair(problem, 1.0),
+        step_size=AdaptiveStep(initial=2.0, max_interpolated_move=math.inf),
+    )
+    result = optimizer.step(problem)
+    assert result.evaluations == 2
+    assert optimizer.step_factor == pytest.approx(1.62, rel=1e-15)
+    assert float(problem.x.detach()) == pytest.approx(1.62 * 0.405, rel=1e-15)
+    multiplier = float(problem.constraints["h"].multiplier.detach())
+    assert multiplier == pytest.approx(-0.405, rel=1e-15)
+
+
+def test_an_update_that_raises_after_an_interpolated_extrapolation_changes_nothing(
+    device: str,
+) -> None:
+    """The dual step is a stock ``step()`` (a hook on it); its second call, the update after
+    the interpolated extrapolation of OnlyDualMoves' first step, raises."""
+    calls = []
+
+    def hook(*_: Any) -> None:
+        calls.append(None)
+        if len(calls) == 2:
+            raise RuntimeError("hook failed")
+
+    problem = OnlyDualMoves().to(device)
+    optimizer = ExtraGradient(
+        problem,
+        *sgd_pair(problem, 1.0),
+        step_size=AdaptiveStep(max_dual_factor=100.0, max_interpolated_move=math.inf),
+    )
+    optimizer.dual_optimizer.register_step_pre_hook(hook)
+    before = snapshot(problem, optimizer)
+    with pytest.raises(RuntimeError, match=r"^hook failed$"):
+        optimizer.step(problem)
+    assert_bitwise_equal(before, snapshot(problem, optimizer))
+    assert optimizer.step_factor == 1.0
+    result = optimizer.step(problem)  # the hook passes from now on: the interpolated step
+    assert result.evaluations == 2
+    assert float(problem.x.detach()) == pytest.approx(0.6561, rel=1e-15)
 
 
 class Quartic(ConstrainedProblem):
@@ -224,7 +354,9 @@ class Quartic(ConstrainedProblem):
         return ProblemState(objective, {"sum": x.sum() - 4})
 
 
-def _quartic_optimizer(problem: Quartic, base: str, formulation: str) -> ExtraGradient:
+def _quartic_optimizer(
+    problem: Quartic, base: str, formulation: str, interpolate: bool = True
+) -> ExtraGradient:
     primal_params, dual_params = problem.primal_parameters(), problem.dual_parameters()
     if base == "adam":
         primal: torch.optim.Optimizer = torch.optim.Adam(primal_params, lr=0.5)
@@ -235,14 +367,15 @@ def _quartic_optimizer(problem: Quartic, base: str, formulation: str) -> ExtraGr
     else:
         primal = torch.optim.SGD(primal_params, lr=1.0)
         dual = torch.optim.SGD(dual_params, lr=1.0, maximize=True)
-    return ExtraGradient(problem, primal, dual, formulation=formulation, step_size="adaptive")
+    step_size = AdaptiveStep() if interpolate else AdaptiveStep(max_interpolated=0.0)
+    return ExtraGradient(problem, primal, dual, formulation=formulation, step_size=step_size)
 
 
 def test_retried_extrapolations_see_the_same_random_draws(device: str) -> None:
     # The closure draws from the CPU generator on every device.
     torch.manual_seed(0)
     problem = Quartic().to(device)
-    optimizer = _quartic_optimizer(problem, "sgd", "lagrangian")
+    optimizer = _quartic_optimizer(problem, "sgd", "lagrangian", interpolate=False)
     retried = 0
     for _ in range(60):
         problem.draws.clear()
@@ -386,6 +519,11 @@ INVALID_STEPS = [
     (dict(max_retries=True), "Invalid max_retries: True"),
     (dict(noise=-1e-3), "Invalid noise level: -0.001"),
     (dict(noise=1.0), "Invalid noise level: 1.0"),
+    (dict(max_interpolated=-0.5), "Invalid max_interpolated: -0.5"),
+    (dict(max_interpolated=math.inf), "Invalid max_interpolated: inf"),
+    (dict(max_interpolated=math.nan), "Invalid max_interpolated: nan"),
+    (dict(max_interpolated_move=-1.0), "Invalid max_interpolated_move: -1.0"),
+    (dict(max_interpolated_move=math.nan), "Invalid max_interpolated_move: nan"),
 ]  # fmt: skip
 
 
@@ -518,3 +656,84 @@ def test_the_factor_stops_growing_at_max_factor() -> None:
             torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0),
             step_size=AdaptiveStep(max_factor=0.5),
         )
+
+
+class AffineGame(ConstrainedProblem):
+    """min |A x - b|^2 s.t. C x = d (dense) and e_i . x = f_i (indexed, 6 rows): a
+    quadratic objective with linear equalities, so the operator is affine and an
+    interpolated extrapolation is exactly the extrapolation it stands for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        self.x = nn.Parameter(torch.zeros(5, dtype=F64))
+        self.A, self.b, self.C, self.d, self.E, self.f = (
+            torch.randn(shape, generator=generator, dtype=F64)
+            for shape in ((8, 5), (8,), (2, 5), (2,), (6, 5), (6,))
+        )
+        self.add_equality("dense", shape=(2,))
+        self.add_equality("rows", num_samples=6)
+        self.to(F64)
+
+    def forward(self, indices: Tensor) -> ProblemState:
+        residual = self.E[indices] @ self.x - self.f[indices]
+        return ProblemState(
+            (self.A @ self.x - self.b).square().sum(),
+            {"dense": self.C @ self.x - self.d, "rows": IndexedValue(residual, indices)},
+        )
+
+
+def test_interpolated_steps_equal_redone_ones_on_an_affine_operator() -> None:
+    """40 steps on batches of 3 of the 6 indexed rows, from a factor 8 (many rejections):
+    interpolating mild rejections follows the trajectory of redoing them with the same
+    shorter factor (a shrink of 0.9999 makes the retry's factor the estimate's 0.81 / L),
+    to rounding, at fewer closure calls."""
+    runs = []
+    for config in (
+        AdaptiveStep(initial=8.0, max_dual_factor=1e6, max_interpolated_move=math.inf),
+        AdaptiveStep(initial=8.0, max_dual_factor=1e6, max_interpolated=0.0, shrink=0.9999),
+    ):
+        problem = AffineGame()
+        optimizer = ExtraGradient(problem, *sgd_pair(problem, 0.02), step_size=config)
+        calls, trajectory = 0, []
+        for step in range(40):
+            indices = torch.tensor([step % 6, (step + 2) % 6, (step + 3) % 6])
+            result = optimizer.step(lambda i=indices, p=problem: p(i))
+            calls += result.evaluations
+            trajectory.append(
+                torch.cat(
+                    [problem.x.detach(), *(p.detach().flatten() for p in problem.dual_parameters())]
+                )
+            )
+        runs.append((calls, torch.stack(trajectory), optimizer.step_factor))
+    (calls, trajectory, factor), (retried_calls, retried, retried_factor) = runs
+    assert calls < retried_calls - 5
+    torch.testing.assert_close(trajectory, retried, rtol=1e-10, atol=1e-12)
+    assert factor == pytest.approx(retried_factor, rel=1e-10)
+
+
+def test_the_test_reads_a_plain_sgd_move_from_the_gradient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With plain SGD an unbounded parameter moved by ``size * grad``: the test reads the
+    move's norm from the gradient instead of differencing the points. Both give the same
+    sums (to rounding) on every step of a run, and the run took the gradient's way."""
+    compared = []
+
+    def both_ways(*args: Any) -> Tensor:
+        dense, copies, start_grads, bases, sgd_moves, start, extrapolated = args
+        assert sgd_moves, "plain SGD: the moves are read from the gradients"
+        from_points = change_norms(dense, copies, start_grads, bases, {}, start, extrapolated)
+        from_gradients = change_norms(*args)
+        torch.testing.assert_close(from_gradients, from_points, rtol=1e-12, atol=0.0)
+        compared.append(None)
+        return from_gradients
+
+    change_norms = extragradient_module._change_norms
+    monkeypatch.setattr(extragradient_module, "_change_norms", both_ways)
+    problem = AffineGame()
+    optimizer = ExtraGradient(problem, *sgd_pair(problem, 0.02), step_size="adaptive")
+    for step in range(10):
+        indices = torch.tensor([step % 6, (step + 1) % 6])
+        optimizer.step(lambda i=indices: problem(i))
+    assert len(compared) >= 10
