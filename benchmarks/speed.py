@@ -30,7 +30,9 @@ of the machine, which slows both sides of a pair alike, cancels out.
   (one evaluation per step), compared with ``simultaneous`` as well.
 - ``default`` variants of the networks' SGD cases: :func:`~lagrange_opt.default_optimizer`
   (extra-gradient with the adaptive step on the augmented Lagrangian), compared per step
-  with the fixed-step ``extragradient`` of the same case.
+  with the fixed-step ``extragradient`` of the same case and with ``default-fixed``, the
+  default's configuration (augmented Lagrangian, scaling, ``same_randomness``) with the
+  fixed step: the cost of the adaptive step alone.
 - ``indexed-N``: ``N`` indexed constraints in all, 512 seen per step, on a linear model of
   features computed from the sample index (so nothing scales with ``N`` but the tables).
   Baseline: the same step at ``N = 2e4``.
@@ -266,6 +268,20 @@ def network_case(hidden: int, num_samples: int = 10_240, batch_size: int = 256) 
         default.step(lambda: default_problem(*batch))
 
     steps["default"] = default_step
+    # The default's configuration with the fixed step: what the adaptive step itself costs.
+    fixed_problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
+    fixed = ExtraGradient(
+        fixed_problem,
+        torch.optim.SGD(fixed_problem.primal_parameters(), lr=lr),
+        torch.optim.SGD(fixed_problem.dual_parameters(), lr=dual_lr, maximize=True),
+        formulation="augmented", scaling=True, same_randomness=True,
+    )  # fmt: skip
+
+    def default_fixed_step() -> None:
+        batch = next_batch()
+        fixed.step(lambda: fixed_problem(*batch))
+
+    steps["default-fixed"] = default_fixed_step
     for scheme in ("simultaneous", "extrapolation"):
         problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
         cooper = CooperMethod(problem, scheme, lr, dual_lr / batch_size)  # type: ignore[arg-type]
@@ -470,6 +486,8 @@ AGAINST_COOPER = [
     ("mlp-784", "optimistic", "simultaneous"),
     ("mlp-32", "default", "extragradient"),
     ("mlp-784", "default", "extragradient"),
+    ("mlp-32", "default", "default-fixed"),
+    ("mlp-784", "default", "default-fixed"),
     ("mlp-32", f"extragradient-micro{MICRO_BATCHES}", "extragradient"),
     ("mlp-784", f"extragradient-micro{MICRO_BATCHES}", "extragradient"),
     ("mlp-32", f"extragradient-micro{MICRO_BATCHES}", f"plain-sgd-micro{MICRO_BATCHES}"),

@@ -358,7 +358,12 @@ class ExtraGradient(ConstrainedOptimizer):
             if trial.accepted:
                 assert extrapolated is not None
                 return Extrapolation(extrapolated, sizes, trial, calls)
-            weight = interpolation_weight(adaptive, self._factor, trial)
+            # Only under plain SGD, where the step is the theory's: with Adam the factor
+            # scales a normalised step, which the interpolation misjudged (the default with
+            # Adam diverged on the benchmark's network with it, not without).
+            weight = None
+            if sizes.primal is not None:
+                weight = interpolation_weight(adaptive, self._factor, trial)
             if weight is not None:
                 assert extrapolated is not None
                 # The shorter extrapolation scales both sides' moves by the weight, so its

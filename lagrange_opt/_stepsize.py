@@ -75,8 +75,9 @@ class AdaptiveStep(NamedTuple):
         max_factor: Upper bound of ``t``: where the operator does not change (a linear
             objective, or a point held at its bounds) ``t`` would otherwise double forever.
         max_interpolated: A rejected extrapolation with :math:`t L` at most this is
-            shortened by interpolation (no new evaluation); above it, or if the operator
-            was not finite, it is redone. ``0`` redoes every rejected extrapolation.
+            shortened by interpolation (no new evaluation) when the primal step is plain
+            SGD; above it, if the operator was not finite, or with another primal optimizer
+            (Adam), it is redone. ``0`` redoes every rejected extrapolation.
         max_interpolated_move: Nor is an extrapolation that moved the point by more than
             this fraction of its norm (in the metric) shortened: over a long segment a
             curved operator is far from its interpolation (``inf``: any move).

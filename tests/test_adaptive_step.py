@@ -737,3 +737,28 @@ def test_the_test_reads_a_plain_sgd_move_from_the_gradient(
         indices = torch.tensor([step % 6, (step + 1) % 6])
         optimizer.step(lambda i=indices: problem(i))
     assert len(compared) >= 10
+
+
+def test_under_adam_a_rejected_extrapolation_is_always_redone() -> None:
+    """Adam scales a normalised step: the interpolation is left to plain SGD, and with Adam
+    the run is bitwise the one that redoes every rejection."""
+    runs = []
+    for config in (
+        AdaptiveStep(initial=8.0, max_interpolated_move=math.inf),
+        AdaptiveStep(initial=8.0, max_interpolated=0.0),
+    ):
+        problem = AffineGame()
+        optimizer = ExtraGradient(
+            problem,
+            torch.optim.Adam(problem.primal_parameters(), lr=0.05),
+            torch.optim.SGD(problem.dual_parameters(), lr=0.05, maximize=True),
+            step_size=config,
+        )
+        calls = 0
+        for step in range(30):
+            indices = torch.tensor([step % 6, (step + 3) % 6])
+            calls += optimizer.step(lambda i=indices, p=problem: p(i)).evaluations
+        runs.append((calls, snapshot(problem, optimizer)))
+    (calls, state), (redone_calls, redone_state) = runs
+    assert calls == redone_calls > 60  # rejections happened, and were redone in both
+    assert_bitwise_equal(state, redone_state)

@@ -65,7 +65,8 @@ def test_network_case_times_every_variant() -> None:
     samples = time_side_by_side(steps, warmup=1, blocks=2, steps_per_block=2)
     assert set(samples) == {
         "plain-sgd", "simultaneous", "extragradient", "optimistic", "extragradient-micro4",
-        "plain-sgd-micro4", "default", "cooper-simultaneous", "cooper-extrapolation",
+        "plain-sgd-micro4", "default", "default-fixed", "cooper-simultaneous",
+        "cooper-extrapolation",
     }  # fmt: skip
     assert all(len(times) == 2 and min(times) > 0 for times in samples.values())
     for case, ours, other in AGAINST_COOPER:
