@@ -83,16 +83,21 @@ def call_synchronized(
     closure: Callable[[], ProblemState],
     expected_indices: Mapping[str, Tensor | None] | None,
     sync: Synchronizer,
-) -> tuple[Tensor, Checked, dict[str, GlobalBatch]]:
-    """:func:`call` on every rank, then the collectives of :func:`evaluate`.
+) -> tuple[Tensor, Checked, dict[str, GlobalBatch], Replay | None]:
+    """:func:`call` (or, for micro-batches, :func:`call_micro_batches`: the rank's batch is
+    their combination) on every rank, then the collectives of :func:`evaluate`.
 
     Everything that can fail on one rank only is checked before the agreement (the index
     ranges and the values too, which :func:`evaluate` otherwise leaves to the one
     finiteness check after backward): after it, every rank forms its terms from the same
     gathered data, and a failure there would leave the other ranks waiting in a collective.
     """
+    replay = None
     try:
-        objective, checked = call(problem, closure, expected_indices)
+        if isinstance(closure, MicroBatches):
+            objective, checked, replay = call_micro_batches(problem, closure, expected_indices)
+        else:
+            objective, checked = call(problem, closure, expected_indices)
         own = objective.detach().sum()
         for name, constraint, value, indices in checked:
             if indices is not None:
@@ -114,7 +119,8 @@ def call_synchronized(
         if indices is not None and constraint.multiplier is not None
     ]
     batches = sync.gather_indexed([(indices, standard) for _, indices, standard in gathered])
-    return objective, averaged, {name: batch for (name, _, _), batch in zip(gathered, batches)}
+    global_batches = {name: batch for (name, _, _), batch in zip(gathered, batches)}
+    return objective, averaged, global_batches, replay
 
 
 def _check_same_batch(

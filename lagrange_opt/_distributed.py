@@ -42,8 +42,8 @@ from torch import distributed as dist
 
 from ._formulation import Scales
 from ._problem import ConstrainedProblem, ProblemState
-from ._scaling import MAX_ROWS, constraint_scale, flat_grad, unit_scales
-from ._validation import Checked, NonFiniteError, check_state
+from ._scaling import local_gradients, scales_from
+from ._validation import Checked, NonFiniteError
 
 _OK, _NON_FINITE, _FAILED = 0.0, 1.0, 2.0
 
@@ -321,62 +321,33 @@ class Synchronizer:
     def measure_scales(
         self,
         problem: ConstrainedProblem,
-        closure: Callable[[], ProblemState],
+        closures: Sequence[Callable[[], ProblemState]],
         params: Sequence[Tensor],
     ) -> Scales:
-        """:func:`._scaling.measure_scales` on the whole batch: the gradients of the
-        objective and of each dense constraint element are averaged across ranks before
-        their largest entry is taken (one ``all_reduce`` of ``1 + dense elements``
-        gradient vectors, once per run); an indexed constraint takes the largest over the
-        ranks of each rank's largest over its first rows (equal to the whole batch's when
-        the batch holds at most :data:`._scaling.MAX_ROWS` entries)."""
+        """:func:`._scaling.measure_scales` on the whole batch (this rank's closure, or its
+        micro-batches: :func:`._scaling.local_gradients`): the gradients of the objective
+        and of each dense constraint element are averaged across ranks before their
+        largest entry is taken (one ``all_reduce`` of ``1 + dense elements`` gradient
+        vectors, once per run); an indexed constraint takes the largest over the ranks of
+        each rank's largest over its first rows (equal to the whole batch's when the batch
+        holds at most :data:`._scaling.MAX_ROWS` entries)."""
         # The closure reads no indexed table (the evaluation reads their rows): a table's
         # gradient is None, and a vector of its zeros would be O(table).
         params = [param for param in params if param.requires_grad and id(param) not in self.tables]
         try:
-            with torch.enable_grad():
-                objective, checked = check_state(problem, closure())
-                outputs: list[tuple[str, Tensor]] = [("the objective", objective)]
-                indexed: list[tuple[str, Tensor]] = []
-                for name, constraint, value, indices in checked:
-                    if constraint.multiplier is None:
-                        continue
-                    flat = value.reshape(-1)
-                    count = min(MAX_ROWS, flat.numel())
-                    labelled = [
-                        (f"constraint '{name}' (element {i})", flat[i]) for i in range(count)
-                    ]
-                    (outputs if indices is None else indexed).extend(labelled)
-                dense = torch.stack([flat_grad(*output, params) for output in outputs])
-                largest = torch.tensor(
-                    [float(flat_grad(*output, params).abs().amax()) for output in indexed],
-                    dtype=torch.float64,
-                )
+            local = local_gradients(problem, closures, params)
         except BaseException as error:
             self.agree(error)
             raise
-        self.agree(None, [name for name, _, _, _ in checked])
-        dense = dense.to(self.device)
+        self.agree(None, local.observed)
+        dense = local.dense.to(self.device)
         dist.all_reduce(dense, group=self.group)
         norms = (dense / self.world_size).abs().amax(dim=1).clamp(min=1.0).tolist()
+        largest = torch.tensor(list(local.indexed.values()), dtype=torch.float64)
         largest = largest.to(self.device)
         dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=self.group)
-        maxima = largest.tolist()
-        scales = unit_scales(problem)
-        dense_position, indexed_position = 1, 0
-        for name, constraint, value, indices in checked:
-            multiplier = constraint.multiplier
-            if multiplier is None:
-                continue
-            count = min(MAX_ROWS, value.numel())
-            if indices is None:
-                rows = norms[dense_position : dense_position + count]
-                dense_position += count
-            else:
-                rows = [max(1.0, m) for m in maxima[indexed_position : indexed_position + count]]
-                indexed_position += count
-            scales[name] = constraint_scale(rows, value.shape, indices is not None, multiplier)
-        return Scales(norms[0], scales)
+        indexed = dict(zip(local.indexed, largest.tolist()))
+        return scales_from(problem, norms, local.dense_shapes, indexed)
 
 
 def _device_of(group: dist.ProcessGroup | None, problem: nn.Module) -> torch.device:

@@ -412,12 +412,14 @@ def evaluate(
     """
     replay = None
     batches: dict[str, GlobalBatch] = {}
-    if isinstance(closure, MicroBatches):
+    if sync is not None:
+        objective, checked, batches, replay = call_synchronized(
+            problem, closure, expected_indices, sync
+        )
+    elif isinstance(closure, MicroBatches):
         objective, checked, replay = call_micro_batches(problem, closure, expected_indices)
-    elif sync is None:
-        objective, checked = call(problem, closure, expected_indices)
     else:
-        objective, checked, batches = call_synchronized(problem, closure, expected_indices, sync)
+        objective, checked = call(problem, closure, expected_indices)
     terms = []
     penalties = []
     standards = []

@@ -187,11 +187,6 @@ class ConstrainedOptimizer(abc.ABC):
         measured = self._formulation.needs_scales
         counted: StepClosure | MicroBatches
         if isinstance(closure, Sequence):
-            if self._sync is not None:
-                raise ValueError(
-                    "gradient accumulation (a list of closures) is not supported with a "
-                    "process_group yet: give each rank one closure"
-                )
             closure = counted = MicroBatches(closure)
         else:
             closure = counted = StepClosure(closure)
@@ -230,10 +225,11 @@ class ConstrainedOptimizer(abc.ABC):
         """The first step's scales, on the whole batch: over the micro-batches, or across
         the ranks of a process group."""
         params = params_of(self.primal_optimizer)
-        if isinstance(closure, MicroBatches):
-            return measure_scales_over(self.problem, closure.each(), params)
+        closures = closure.each() if isinstance(closure, MicroBatches) else [closure]
         if self._sync is not None:
-            return self._sync.measure_scales(self.problem, closure, params)
+            return self._sync.measure_scales(self.problem, closures, params)
+        if isinstance(closure, MicroBatches):
+            return measure_scales_over(self.problem, closures, params)
         return measure_scales(self.problem, closure, params)
 
     def _check_declarations(self) -> None:

@@ -23,6 +23,7 @@ in the dtype of the constraint's multipliers (the dual side's, see :mod:`._evalu
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -113,17 +114,37 @@ def measure_scales(
     return Scales(objective_scale, scales)
 
 
-def measure_scales_over(
+class LocalGradients(NamedTuple):
+    """What one process measures for the scales over its micro-batches (one closure, or
+    several of equal size).
+
+    Attributes:
+        dense: The gradients of the objective (first row) and of each dense constraint's
+            first :data:`MAX_ROWS` elements, averaged over the micro-batches, flattened, in
+            float64 on the CPU: the rows of an average over the batch.
+        dense_shapes: Each dense constraint with multipliers, in the order of its rows, with
+            its value's shape.
+        indexed: Each indexed constraint with multipliers and the largest
+            ``max(1, ||grad||_inf)`` over its first :data:`MAX_ROWS` rows in the batch.
+        observed: The constraints the first micro-batch observed.
+    """
+
+    dense: Tensor
+    dense_shapes: list[tuple[str, torch.Size]]
+    indexed: dict[str, float]
+    observed: list[str]
+
+
+def local_gradients(
     problem: ConstrainedProblem,
     closures: Sequence[Callable[[], ProblemState]],
     params: Sequence[Tensor],
-) -> Scales:
-    """:func:`measure_scales` on the batch that micro-batches of equal size make up, holding
-    one micro-batch's graph at a time (:mod:`._accumulation`).
+) -> LocalGradients:
+    """Calls each closure once, holding one micro-batch's graph at a time, and measures the
+    gradients the scales are read from (:class:`LocalGradients`).
 
     The objective and a dense constraint's element are averages over the micro-batches:
-    their gradients are summed over them, then divided, before the largest entry is taken
-    (one vector of the parameters' size per such function). An indexed constraint's rows
+    their gradients are summed over them, then divided. An indexed constraint's rows
     belong each to one micro-batch: its scale is the largest over its first rows in the
     batch, as for one closure.
     """
@@ -131,9 +152,12 @@ def measure_scales_over(
     sums: dict[str, Tensor] = {}
     rows: dict[str, list[float]] = {}
     shapes: dict[str, torch.Size] = {}
-    for closure in closures:
+    observed: list[str] = []
+    for index, closure in enumerate(closures):
         with torch.enable_grad():
             objective, checked = check_state(problem, closure())
+            if index == 0:
+                observed = [name for name, _, _, _ in checked]
             outputs = [("the objective", objective)]
             for name, constraint, value, indices in checked:
                 if constraint.multiplier is None:
@@ -153,24 +177,52 @@ def measure_scales_over(
             for label, output in outputs:
                 grad = flat_grad(label, output, params)
                 sums[label] = grad if label not in sums else sums[label] + grad
-    count = len(closures)
+    labels = ["the objective"] + [
+        f"constraint '{name}' (element {i})"
+        for name, shape in shapes.items()
+        for i in range(min(MAX_ROWS, shape.numel()))
+    ]
+    dense = torch.stack([sums[label] for label in labels]) / len(closures)
+    indexed = {name: max(maxima) for name, maxima in rows.items()}
+    return LocalGradients(dense, list(shapes.items()), indexed, observed)
 
-    def norm(label: str) -> float:
-        return max(1.0, float((sums[label] / count).abs().amax()))
 
+def scales_from(
+    problem: ConstrainedProblem,
+    norms: Sequence[float],
+    dense_shapes: Sequence[tuple[str, torch.Size]],
+    indexed: dict[str, float],
+) -> Scales:
+    """The scales from the rows' ``max(1, ||grad||_inf)`` (``norms``: the objective's, then
+    each dense constraint's elements in ``dense_shapes`` order) and the indexed
+    constraints' largest."""
     scales = unit_scales(problem)
-    for name, shape in shapes.items():
+    position = 1
+    for name, shape in dense_shapes:
         multiplier = problem.declared()[name].multiplier
         assert multiplier is not None
-        elements = [
-            norm(f"constraint '{name}' (element {i})") for i in range(min(MAX_ROWS, shape.numel()))
-        ]
-        scales[name] = constraint_scale(elements, shape, False, multiplier)
-    for name, maxima in rows.items():
+        count = min(MAX_ROWS, shape.numel())
+        scales[name] = constraint_scale(
+            norms[position : position + count], shape, False, multiplier
+        )
+        position += count
+    for name, largest in indexed.items():
         multiplier = problem.declared()[name].multiplier
         assert multiplier is not None
-        scales[name] = constraint_scale(maxima, torch.Size(), True, multiplier)
-    return Scales(norm("the objective"), scales)
+        scales[name] = constraint_scale([largest], torch.Size(), True, multiplier)
+    return Scales(norms[0], scales)
+
+
+def measure_scales_over(
+    problem: ConstrainedProblem,
+    closures: Sequence[Callable[[], ProblemState]],
+    params: Sequence[Tensor],
+) -> Scales:
+    """:func:`measure_scales` on the batch that micro-batches of equal size make up, holding
+    one micro-batch's graph at a time (:mod:`._accumulation`, :func:`local_gradients`)."""
+    local = local_gradients(problem, closures, params)
+    norms = local.dense.abs().amax(dim=1).clamp(min=1.0).tolist()
+    return scales_from(problem, norms, local.dense_shapes, local.indexed)
 
 
 def flat_grad(label: str, output: Tensor, params: Sequence[Tensor]) -> Tensor:

@@ -41,6 +41,15 @@ Y = torch.randn(NUM_SAMPLES, 2, generator=_generator, dtype=DTYPE) - 1.0
 # Gradient clipping and loss scaling under a process group.
 HOOK_CASES = [("extragradient", "augmented", "slack"), ("default", "augmented", "projection")]
 
+# Gradient accumulation under a process group: each rank's half of the batch as 2
+# micro-batches.
+MICRO_CASES = [
+    *((method, "lagrangian", "projection") for method in METHODS_BY_NAME),
+    *((method, "augmented", "slack") for method in METHODS_BY_NAME),
+    *(("default", "augmented", treatment) for treatment in ("slack", "projection", "penalty")),
+]
+MICRO_BATCHES = 2
+
 
 class ShardedProblem(ConstrainedProblem):
     """A linear model with a bare offset, a dense equality, a dense inequality and an
@@ -126,11 +135,19 @@ def state(problem: nn.Module) -> dict[str, Tensor]:
 
 
 def run_case(
-    case: tuple[str, str, str], rank: int | None, group: Any = "default", hooks: bool = False
+    case: tuple[str, str, str],
+    rank: int | None,
+    group: Any = "default",
+    hooks: bool = False,
+    micro: bool = False,
 ) -> dict[str, Tensor]:
     problem, optimizer = build(*case, rank, group, hooks)
     for batch in batches(rank):
-        optimizer.step(lambda batch=batch: problem(batch))
+        if micro:
+            parts = batch.chunk(MICRO_BATCHES)
+            optimizer.step([lambda part=part: problem(part) for part in parts])
+        else:
+            optimizer.step(lambda batch=batch: problem(batch))
     return state(problem)
 
 
@@ -308,6 +325,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         # A group of its own rather than the default one.
         results["group"] = run_case(("default", "augmented", "slack"), rank, dist.new_group())
         results["hooks"] = {case: run_case(case, rank, hooks=True) for case in HOOK_CASES}
+        results["micro"] = {case: run_case(case, rank, micro=True) for case in MICRO_CASES}
         results["raise"] = _failure("simultaneous", rank, _raise_on_rank_1)
         results["nan"] = _failure("default", rank, _nan_on_rank_0)
         results["nan_alternating"] = _failure("alternating", rank, _nan_on_rank_0)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from distributed_worker import CASES, HOOK_CASES, build, run_case
+from distributed_worker import CASES, HOOK_CASES, MICRO_CASES, build, run_case
 from torch import distributed as dist
 
 from lagrange_opt import SimultaneousGDA, default_optimizer
@@ -85,6 +85,22 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(
             torch.testing.assert_close(result[name], value, rtol=0, atol=1e-6, msg=name)
     # Every rank holds bitwise the same multipliers, slacks and parameters.
     first, second = (rank["cases"][case] for rank in ranks)
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+
+
+@pytest.mark.parametrize("case", MICRO_CASES, ids="-".join)
+def test_micro_batches_on_two_ranks_equal_one_process_on_the_whole_batch(
+    ranks: list[dict[str, Any]], case: tuple[str, str, str]
+) -> None:
+    """Gradient accumulation under a process group: each rank gives its half of the batch
+    as 2 micro-batches; the step is the whole batch's, as one process takes it, and the
+    ranks stay bitwise alike."""
+    reference = run_case(case, None)
+    for rank in ranks:
+        for name, value in reference.items():
+            torch.testing.assert_close(rank["micro"][case][name], value, rtol=0, atol=1e-6)
+    first, second = (rank["micro"][case] for rank in ranks)
     for name, value in first.items():
         assert torch.equal(value, second[name]), name
 
