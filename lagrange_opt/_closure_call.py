@@ -112,7 +112,7 @@ def call_synchronized(
         sync.agree(error)
         raise
     sync.agree(None, [name for name, _, _, _ in checked])
-    averaged = sync.average_dense(checked)
+    objective, averaged = sync.average_dense(objective, checked)
     gathered = [
         (name, indices, detached_standard(value, constraint.spec, constraint.multiplier.dtype))
         for name, constraint, value, indices in checked

@@ -11,8 +11,8 @@ collectives at fixed points of a step (docs/distributed.md lists them):
   rank's error was one: the adaptive step then backtracks on every rank alike) or a
   ``RuntimeError`` naming the rank. Every error that can happen on one rank only happens
   just before an agreement, so no rank waits in another collective for a rank that raised.
-- **Dense constraint values** (:meth:`Synchronizer.average_dense`) are averaged across ranks
-  before anything is formed from them (the augmented Lagrangian's weights, a penalty's
+- **The objective and the dense constraint values** (:meth:`Synchronizer.average_dense`)
+  are averaged across ranks before anything is formed from them (the augmented Lagrangian's weights, a penalty's
   gradient and the slack's initial value depend on the value), with their graphs kept:
   backward sends the averaged value's cotangent into each rank's own graph, and
   ``DistributedDataParallel`` averages the resulting gradients, which is the gradient of the
@@ -28,8 +28,9 @@ collectives at fixed points of a step (docs/distributed.md lists them):
   (dense slacks, the problem's bare parameters) are averaged; those of the indexed slack
   rows are summed (each rank's holds its own samples' terms).
 
-The objective and the Lagrangian in a step's result are the rank's own; the violations of
-the constraints with multipliers, and the multipliers, are the whole batch's.
+A step's result is the whole batch's: the objective averaged, the Lagrangian's indexed
+terms summed over the gathered batch, the violations of the constraints with multipliers
+read from it (a penalised indexed constraint's penalty and violations stay the rank's).
 """
 
 from __future__ import annotations
@@ -189,31 +190,30 @@ class Synchronizer:
 
     # The dual side.
 
-    def average_dense(self, checked: Checked) -> Checked:
-        """The closure's values with every dense one averaged across ranks (one
-        ``all_reduce``), its graph kept: backward passes the average's cotangent to the
-        rank's own value."""
+    def average_dense(self, objective: Tensor, checked: Checked) -> tuple[Tensor, Checked]:
+        """The objective and every dense constraint value averaged across ranks (one
+        ``all_reduce``), their graphs kept: backward passes the average's cotangent to the
+        rank's own value. The objective's average is the whole batch's (for shards of equal
+        size), which the step reports."""
         dense = [position for position, entry in enumerate(checked) if entry[3] is None]
-        if not dense:
-            return checked
+        values = [objective] + [checked[position][2] for position in dense]
         flat = torch.cat(
-            [
-                checked[position][2].detach().reshape(-1).to(self.device, torch.float64)
-                for position in dense
-            ]
+            [value.detach().reshape(-1).to(self.device, torch.float64) for value in values]
         )
         dist.all_reduce(flat, group=self.group)
         flat /= self.world_size
-        result = list(checked)
+        averages = []
         start = 0
-        for position in dense:
-            name, constraint, value, indices = checked[position]
+        for value in values:
             average = flat[start : start + value.numel()].reshape(value.shape)
             average = average.to(value.device, value.dtype)
             start += value.numel()
-            substituted = _Substitute.apply(value, average) if value.requires_grad else average
-            result[position] = (name, constraint, substituted, indices)
-        return result
+            averages.append(_Substitute.apply(value, average) if value.requires_grad else average)
+        result = list(checked)
+        for position, average in zip(dense, averages[1:]):
+            name, constraint, _, indices = checked[position]
+            result[position] = (name, constraint, average, indices)
+        return averages[0], result
 
     def gather_indexed(self, batches: Sequence[tuple[Tensor, Tensor]]) -> list[GlobalBatch]:
         """Every rank's indices and standard values, per indexed constraint, in rank order.

@@ -294,6 +294,22 @@ def current_weights(term: Term) -> Tensor:
     )
 
 
+def _value_weights(
+    weights: Tensor,
+    spec: ConstraintSpec,
+    batch: GlobalBatch | None,
+    all_multipliers: Tensor,
+    slack_output: bool,
+    objective_weight: float,
+) -> Tensor:
+    """The weights of a term's reported value: ``weights`` (this rank's entries), or with a
+    process group the whole batch's, so that every rank reports the whole batch's
+    Lagrangian."""
+    if batch is None:
+        return weights
+    return term_weights(spec, all_multipliers, batch.indices, slack_output, objective_weight)
+
+
 def _term(
     constraint: Constraint,
     value: Tensor,
@@ -331,8 +347,8 @@ def _term(
         residual = aug.augmented_residual(all_standard, all_multipliers, rule.penalty, equality)
         estimates = _estimates(detached, multipliers, rule, spec)
         weights = term_weights(spec, estimates, indices, False, objective_weight)
-        terms = aug.augmented_value(detached, multipliers, rule.penalty, equality)
-        scale = objective_weight if indices is None else objective_weight / indices.shape[0]
+        terms = aug.augmented_value(all_standard, all_multipliers, rule.penalty, equality)
+        scale = objective_weight if all_indices is None else objective_weight / all_indices.shape[0]
         # An inactive inequality's term does not depend on its value: the value's own sum,
         # times 0, carries a NaN or an infinity into the one finiteness check.
         term_value = terms.sum() * scale + detached.sum() * 0
@@ -344,8 +360,9 @@ def _term(
         output = value
         residual = all_standard
         weights = term_weights(spec, multipliers, indices, False, objective_weight)
-        # The weights carry the standard form's sign, and so does `detached`.
-        term_value = (weights * detached).sum()
+        # The weights carry the standard form's sign, and so does the standard value.
+        reported = _value_weights(weights, spec, batch, all_multipliers, False, objective_weight)
+        term_value = (reported * all_standard).sum()
         if spec.sense == ">=":
             term_value = term_value.neg()
     else:
@@ -366,7 +383,8 @@ def _term(
             every_slack = slack_rows.values.detach()[slack_rows.inverse]
             residual = lag.slack_residual(all_standard, every_slack).to(multiplier.dtype)
         weights = term_weights(spec, multipliers, indices, True, objective_weight)
-        term_value = (weights * output.detach().to(multiplier.dtype)).sum()
+        reported = _value_weights(weights, spec, batch, all_multipliers, True, objective_weight)
+        term_value = (reported * residual).sum()
     if rule.dual_scale is not None:
         residual = residual * rule.dual_scale
     return Term(

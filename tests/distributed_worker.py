@@ -177,6 +177,22 @@ def _failure(
     return {"raised": raised, "unchanged": unchanged, "after": state(problem)}
 
 
+# (A penalised indexed constraint's penalty stays the rank's: docs/distributed.md.)
+REPORTED_CASES = [("extragradient", "augmented", "slack"), ("default", "augmented", "projection")]
+
+
+def reported(case: tuple[str, str, str], rank: int | None) -> list[list[float]]:
+    """Each step's reported objective, Lagrangian and largest violation."""
+    problem, optimizer = build(*case, rank)
+    figures = []
+    for batch in batches(rank):
+        result = optimizer.step(lambda batch=batch: problem(batch))
+        figures.append(
+            [float(result.objective), float(result.lagrangian), float(result.max_violation)]
+        )
+    return figures
+
+
 def _flat(tree: Any, prefix: str = "") -> dict[str, Tensor]:
     """A state dict's leaves by path, as tensors (the order of its entries left out)."""
     if isinstance(tree, dict):
@@ -326,6 +342,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         results["group"] = run_case(("default", "augmented", "slack"), rank, dist.new_group())
         results["hooks"] = {case: run_case(case, rank, hooks=True) for case in HOOK_CASES}
         results["micro"] = {case: run_case(case, rank, micro=True) for case in MICRO_CASES}
+        results["reported"] = {case: reported(case, rank) for case in REPORTED_CASES}
         results["raise"] = _failure("simultaneous", rank, _raise_on_rank_1)
         results["nan"] = _failure("default", rank, _nan_on_rank_0)
         results["nan_alternating"] = _failure("alternating", rank, _nan_on_rank_0)

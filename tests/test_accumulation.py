@@ -18,7 +18,6 @@ from lagrange_opt import (
     ExtraGradient,
     IndexedValue,
     ProblemState,
-    SimultaneousGDA,
     default_optimizer,
 )
 
@@ -191,33 +190,6 @@ def test_normalisation_statistics_are_updated_once_per_micro_batch() -> None:
     assert torch.equal(problem.norm.running_mean, expected.running_mean)
     assert torch.equal(problem.norm.running_var, expected.running_var)
     assert int(problem.norm.num_batches_tracked) == 4
-
-
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-def test_micro_batches_with_a_process_group_are_refused() -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist = torch.distributed
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        problem = Accumulated("projection", "cpu")
-        optimizer = SimultaneousGDA(
-            problem,
-            torch.optim.SGD(problem.primal_parameters(), lr=0.1),
-            torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-            process_group="default",
-        )
-        batch = batches("cpu")[0]
-        with pytest.raises(
-            ValueError,
-            match=re.escape("gradient accumulation (a list of closures) is not supported"),
-        ):
-            optimizer.step(micro(problem, batch, 2))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_the_hook_and_the_scaler_act_on_the_accumulated_gradients() -> None:

@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 import torch
-from distributed_worker import CASES, HOOK_CASES, MICRO_CASES, build, run_case
+from distributed_worker import (
+    CASES,
+    HOOK_CASES,
+    MICRO_CASES,
+    REPORTED_CASES,
+    build,
+    reported,
+    run_case,
+)
 from torch import distributed as dist
 
 from lagrange_opt import SimultaneousGDA, default_optimizer
@@ -103,6 +111,18 @@ def test_micro_batches_on_two_ranks_equal_one_process_on_the_whole_batch(
     first, second = (rank["micro"][case] for rank in ranks)
     for name, value in first.items():
         assert torch.equal(value, second[name]), name
+
+
+@pytest.mark.parametrize("case", REPORTED_CASES, ids="-".join)
+def test_every_rank_reports_the_whole_batch(
+    ranks: list[dict[str, Any]], case: tuple[str, str, str]
+) -> None:
+    """The step's objective, Lagrangian and largest violation are the whole batch's on
+    every rank, as one process reports them."""
+    reference = torch.tensor(reported(case, None), dtype=torch.float64)
+    for rank in ranks:
+        figures = torch.tensor(rank["reported"][case], dtype=torch.float64)
+        torch.testing.assert_close(figures, reference, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("case", HOOK_CASES, ids="-".join)
