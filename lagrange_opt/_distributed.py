@@ -12,8 +12,9 @@ collectives at fixed points of a step (docs/distributed.md lists them):
   ``RuntimeError`` naming the rank. Every error that can happen on one rank only happens
   just before an agreement, so no rank waits in another collective for a rank that raised.
 - **The objective and the dense constraint values** (:meth:`Synchronizer.average_dense`)
-  are averaged across ranks before anything is formed from them (the augmented Lagrangian's weights, a penalty's
-  gradient and the slack's initial value depend on the value), with their graphs kept:
+  are averaged across ranks before anything is formed from them (the augmented
+  Lagrangian's weights, a penalty's gradient and the slack's initial value depend on the
+  value), with their graphs kept:
   backward sends the averaged value's cotangent into each rank's own graph, and
   ``DistributedDataParallel`` averages the resulting gradients, which is the gradient of the
   averaged value.
@@ -315,6 +316,38 @@ class Synchronizer:
                 param.grad = average.to(device=param.device, dtype=param.dtype)
         for values, chunk in zip(slack_rows, chunks[len(params) + 1 :]):
             values.grad = chunk.reshape(values.shape).to(device=values.device, dtype=values.dtype)
+
+    # KKT residuals.
+
+    def average_gradients(
+        self, params: Sequence[Tensor], grads: Sequence[Tensor | None]
+    ) -> list[Tensor | None]:
+        """``grads`` (one per parameter, ``None`` where there is none on this rank)
+        averaged across ranks: one ``all_reduce`` of the parameters' size and a presence
+        count per parameter."""
+        parts = [
+            (torch.zeros(param.numel()) if grad is None else grad.detach().reshape(-1)).to(
+                self.device, torch.float64
+            )
+            for param, grad in zip(params, grads)
+        ]
+        present = torch.tensor([float(grad is not None) for grad in grads], dtype=torch.float64)
+        flat = torch.cat([*parts, present.to(self.device)])
+        dist.all_reduce(flat, group=self.group)
+        chunks = flat.split([*(param.numel() for param in params), len(params)])
+        counts = chunks[-1].tolist()
+        return [
+            (chunk / self.world_size).reshape(param.shape).to(param.device, param.dtype)
+            if count
+            else None
+            for param, chunk, count in zip(params, chunks, counts)
+        ]
+
+    def largest(self, values: Sequence[float]) -> list[float]:
+        """Each of ``values``, the largest over the ranks (one ``all_reduce``)."""
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.group)
+        return tensor.tolist()
 
     # Scaling.
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from torch import distributed as dist
 
 from . import _lagrangian as lag
+from ._distributed import synchronizer
 from ._problem import ConstrainedProblem, ConstraintSpec, ProblemState
 from ._validation import check_state, gradient_path_fault
 
@@ -110,6 +112,8 @@ def kkt(
     problem: ConstrainedProblem,
     closure: Callable[[], ProblemState] | None = None,
     params: Sequence[Tensor] | None = None,
+    *,
+    process_group: dist.ProcessGroup | Literal["default"] | None = None,
 ) -> KKTResiduals:
     """The KKT residuals at the current parameters and multipliers.
 
@@ -124,10 +128,17 @@ def kkt(
         problem: The problem.
         closure: Evaluates it; ``problem()`` if ``None``.
         params: The primal parameters; the problem's own (slacks excluded) if ``None``.
+        process_group: Data-parallel evaluation (docs/distributed.md): each rank's closure
+            evaluates its shard, and every rank gets the whole batch's residuals: the
+            objective and dense constraint values averaged across ranks before the
+            Lagrangian is formed, the gradients averaged (one ``all_reduce`` of the
+            parameters' size), the largest violation, negative multiplier and product
+            taken over the ranks. Call it on every rank.
 
     Raises:
         ValueError: If a constraint value (or the objective and every constraint) has no
             gradient path to the parameters, as a step does.
+        RuntimeError: With a process group, if the closure failed on another rank.
 
     Example:
         >>> import torch
@@ -149,12 +160,21 @@ def kkt(
         slacks = {id(slack) for slack in problem.slack_parameters()}
         params = [p for p in problem.primal_parameters() if id(p) not in slacks]
     params = [param for param in params if param.requires_grad]
+    sync = synchronizer(process_group, problem, params, set())
     with torch.enable_grad():
-        state = closure() if closure is not None else problem()
-        objective, checked = check_state(problem, state)
-        fault = gradient_path_fault(objective, checked)
-        if fault is not None:
-            raise ValueError(fault)
+        try:
+            state = closure() if closure is not None else problem()
+            objective, checked = check_state(problem, state)
+            fault = gradient_path_fault(objective, checked)
+            if fault is not None:
+                raise ValueError(fault)
+        except BaseException as error:
+            if sync is not None:
+                sync.agree(error)
+            raise
+        if sync is not None:
+            sync.agree(None, [name for name, _, _, _ in checked])
+            objective, checked = sync.average_dense(objective, checked)
         lagrangian = objective
         primal = dual = complementarity = 0.0
         for _, constraint, value, indices in checked:
@@ -175,7 +195,18 @@ def kkt(
                 complementarity = max(complementarity, float(products.amax()))
         # A constant Lagrangian: a constant objective and no constraint observed.
         differentiable = bool(params) and lagrangian.requires_grad
-        grads = torch.autograd.grad(lagrangian, params, allow_unused=True) if differentiable else []
+        grads: Sequence[Tensor | None] = (
+            torch.autograd.grad(lagrangian, params, allow_unused=True)
+            if differentiable
+            else [None] * len(params)
+        )
+    finite = _all_finite([objective, *(value for _, _, value, _ in checked)], grads)
+    if sync is not None:
+        # Every rank returns the same residuals: a NaN on one rank is infinite on all.
+        grads = sync.average_gradients(params, grads)
+        *largest, flag = sync.largest([primal, dual, complementarity, 0.0 if finite else 1.0])
+        primal, dual, complementarity = largest
+        finite = flag == 0.0
     boxes = {id(param): bounds for param, bounds in problem.bounded_parameters()}
     stationarity = 0.0
     for param, grad in zip(params, grads):
@@ -188,8 +219,7 @@ def kkt(
         stationarity = max(stationarity, float(grad.abs().amax()))
     residuals = (stationarity, primal, dual, complementarity)
     # max() drops a NaN that comes second: a point with NaN anywhere is as far as can be.
-    values = [objective, *(value for _, _, value, _ in checked)]
-    if not all(math.isfinite(r) for r in residuals) or not _all_finite(values, grads):
+    if not (finite and all(math.isfinite(r) for r in residuals)):
         return KKTResiduals(math.inf, math.inf, math.inf, math.inf)
     return KKTResiduals(*residuals)
 

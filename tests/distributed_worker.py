@@ -26,6 +26,7 @@ from lagrange_opt import (
     ProblemState,
     SimultaneousGDA,
     default_optimizer,
+    kkt,
 )
 
 WORLD = 2
@@ -193,6 +194,29 @@ def reported(case: tuple[str, str, str], rank: int | None) -> list[list[float]]:
     return figures
 
 
+KKT_CASES = [("extragradient", "augmented", "slack"), ("simultaneous", "lagrangian", "penalty")]
+
+
+def residuals_after(case: tuple[str, str, str], rank: int | None) -> list[float]:
+    """The KKT residuals, after the case's steps, on the first step's batch (each rank its
+    half, with the process group)."""
+    problem, optimizer = build(*case, rank)
+    steps = batches(rank)
+    for batch in steps:
+        optimizer.step(lambda batch=batch: problem(batch))
+    group = None if rank is None else "default"
+    return list(kkt(problem, lambda: problem(steps[0]), process_group=group))
+
+
+def _kkt_raising_on_rank_1(rank: int) -> tuple[str, str]:
+    problem, _ = build("simultaneous", "lagrangian", "projection", rank)
+    try:
+        kkt(problem, lambda: _raise_on_rank_1(problem, batches(rank)[0]), process_group="default")
+    except Exception as error:
+        return type(error).__name__, str(error)
+    return "nothing", ""
+
+
 def _flat(tree: Any, prefix: str = "") -> dict[str, Tensor]:
     """A state dict's leaves by path, as tensors (the order of its entries left out)."""
     if isinstance(tree, dict):
@@ -343,6 +367,8 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         results["hooks"] = {case: run_case(case, rank, hooks=True) for case in HOOK_CASES}
         results["micro"] = {case: run_case(case, rank, micro=True) for case in MICRO_CASES}
         results["reported"] = {case: reported(case, rank) for case in REPORTED_CASES}
+        results["kkt"] = {case: residuals_after(case, rank) for case in KKT_CASES}
+        results["kkt_raise"] = _kkt_raising_on_rank_1(rank)
         results["raise"] = _failure("simultaneous", rank, _raise_on_rank_1)
         results["nan"] = _failure("default", rank, _nan_on_rank_0)
         results["nan_alternating"] = _failure("alternating", rank, _nan_on_rank_0)

@@ -19,10 +19,12 @@ import torch
 from distributed_worker import (
     CASES,
     HOOK_CASES,
+    KKT_CASES,
     MICRO_CASES,
     REPORTED_CASES,
     build,
     reported,
+    residuals_after,
     run_case,
 )
 from torch import distributed as dist
@@ -123,6 +125,25 @@ def test_every_rank_reports_the_whole_batch(
     for rank in ranks:
         figures = torch.tensor(rank["reported"][case], dtype=torch.float64)
         torch.testing.assert_close(figures, reference, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("case", KKT_CASES, ids="-".join)
+def test_kkt_with_a_process_group_is_the_whole_batch(
+    ranks: list[dict[str, Any]], case: tuple[str, str, str]
+) -> None:
+    """``kkt(..., process_group=)`` on each rank's half of the batch gives every rank the
+    residuals one process computes on the whole batch."""
+    reference = torch.tensor(residuals_after(case, None), dtype=torch.float64)
+    assert float(reference.max()) > 1e-3  # not a solved point, where all would be 0
+    for rank in ranks:
+        residuals = torch.tensor(rank["kkt"][case], dtype=torch.float64)
+        torch.testing.assert_close(residuals, reference, rtol=1e-12, atol=1e-15)
+
+
+def test_kkt_fails_on_every_rank_when_one_rank_fails(ranks: list[dict[str, Any]]) -> None:
+    assert ranks[1]["kkt_raise"][0] == "KeyError"
+    assert ranks[0]["kkt_raise"][0] == "RuntimeError"
+    assert "rank 1" in ranks[0]["kkt_raise"][1]
 
 
 @pytest.mark.parametrize("case", HOOK_CASES, ids="-".join)
