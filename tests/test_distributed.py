@@ -87,14 +87,19 @@ def ranks(runs: Runs) -> list[dict[str, Any]]:
 def test_two_ranks_equal_one_process_on_the_whole_batch(
     ranks: list[dict[str, Any]], case: tuple[str, str, str]
 ) -> None:
-    reference = run_case(case, None)
-    for rank in ranks:
-        result = rank["cases"][case]
+    _assert_one_process_state([rank["cases"][case] for rank in ranks], run_case(case, None))
+
+
+def _assert_one_process_state(
+    results: list[dict[str, Any]], reference: dict[str, torch.Tensor]
+) -> None:
+    """Each rank's end state equals one process's to 1e-6, and the ranks' bitwise."""
+    for result in results:
         assert result.keys() == reference.keys()
         for name, value in reference.items():
             torch.testing.assert_close(result[name], value, rtol=0, atol=1e-6, msg=name)
     # Every rank holds bitwise the same multipliers, slacks and parameters.
-    first, second = (rank["cases"][case] for rank in ranks)
+    first, second = results
     for name, value in first.items():
         assert torch.equal(value, second[name]), name
 
@@ -106,13 +111,7 @@ def test_micro_batches_on_two_ranks_equal_one_process_on_the_whole_batch(
     """Gradient accumulation under a process group: each rank gives its half of the batch
     as 2 micro-batches; the step is the whole batch's, as one process takes it, and the
     ranks stay bitwise alike."""
-    reference = run_case(case, None)
-    for rank in ranks:
-        for name, value in reference.items():
-            torch.testing.assert_close(rank["micro"][case][name], value, rtol=0, atol=1e-6)
-    first, second = (rank["micro"][case] for rank in ranks)
-    for name, value in first.items():
-        assert torch.equal(value, second[name]), name
+    _assert_one_process_state([rank["micro"][case] for rank in ranks], run_case(case, None))
 
 
 @pytest.mark.parametrize("case", REPORTED_CASES, ids="-".join)
