@@ -729,8 +729,8 @@ def test_the_test_reads_a_plain_sgd_move_from_the_gradient(
         compared.append(None)
         return from_gradients
 
-    change_norms = extragradient_module._change_norms
-    monkeypatch.setattr(extragradient_module, "_change_norms", both_ways)
+    change_norms = extragradient_module.change_norms
+    monkeypatch.setattr(extragradient_module, "change_norms", both_ways)
     problem = AffineGame()
     optimizer = ExtraGradient(problem, *sgd_pair(problem, 0.02), step_size="adaptive")
     for step in range(10):
