@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.floor import floor_case, run
 from benchmarks.speed import (
     AGAINST_COOPER,
     BASELINES,
@@ -73,3 +74,12 @@ def test_network_case_times_every_variant() -> None:
         if case.startswith("mlp-"):
             assert ours in samples and other in samples
             assert BASELINES[case] == "plain-sgd"
+
+
+def test_floor_case_times_its_loops() -> None:
+    rows = run([("adam", 8, 16), ("sgd", 8, 16)], blocks=2, per_block=lambda hidden: 2)
+    assert [row[:3] for row in rows] == [("adam", 8, 16), ("sgd", 8, 16)]
+    for _, _, _, simultaneous, two_steps in rows:
+        assert simultaneous > 0 and two_steps > 0
+    steps = floor_case("adam", hidden=8, batch_size=16, num_samples=64)
+    assert set(steps) == {"plain", "minimal-simultaneous", "two-steps"}
