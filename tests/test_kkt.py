@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -382,3 +383,19 @@ def test_kkt_converged_after_default_optimizer_on_min_norm(device: str) -> None:
 def test_kkt_converged_after_default_optimizer_with_bounds(device: str) -> None:
     residuals = _solved(Box([0.5, 0.5, 0.5], [3.0, -2.0, 0.25], 0.0, 1.0, device), 300)
     assert residuals.converged(1e-6), residuals
+
+
+KKT_GROUP_ERRORS = [
+    (3, TypeError, "process_group must be None, 'default' or a torch.distributed.ProcessGroup, got int"),
+    ("all", TypeError, "process_group must be None, 'default' or a torch.distributed.ProcessGroup, got str"),
+    ("default", RuntimeError, "process_group given, but the default process group is not initialized"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("group", "error", "message"), KKT_GROUP_ERRORS)
+def test_kkt_names_a_bad_process_group(group: Any, error: type, message: str) -> None:
+    if not torch.distributed.is_available() or torch.distributed.is_initialized():
+        pytest.skip("needs torch.distributed, with no process group initialised here")
+    problem = QuadraticProgram("projection")
+    with pytest.raises(error, match=f"^{re.escape(message)}"):
+        kkt(problem, process_group=group)
