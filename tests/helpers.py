@@ -258,3 +258,10 @@ def deterministic(device: str) -> Iterator[None]:
 def snapshot(problem: nn.Module, optimizer: Any) -> dict[str, Any]:
     """A deep copy of the problem's and the optimizer's state dicts."""
     return copy.deepcopy({"problem": problem.state_dict(), "optimizer": optimizer.state_dict()})
+
+
+def failure_state(problem: nn.Module, optimizer: Any) -> dict[str, Any]:
+    """Everything a failed step must leave as it was: :func:`snapshot` and the random
+    generators' states."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return {**snapshot(problem, optimizer), "rng": torch.get_rng_state(), "cuda_rng": cuda}

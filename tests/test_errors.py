@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import METHODS, QuadraticProgram, assert_bitwise_equal, snapshot
+from helpers import METHODS, QuadraticProgram, assert_bitwise_equal, failure_state, snapshot
 from torch import Tensor, nn
 
 from lagrange_opt import ConstrainedProblem, ExtraGradient, IndexedValue, ProblemState
@@ -126,11 +126,11 @@ def test_bad_closure_result_is_named_and_changes_nothing(
     problem, optimizer = _build(method, "adam")
     for _ in range(2):
         optimizer.step(problem)
-    before = {**snapshot(problem, optimizer), "rng": torch.get_rng_state()}
+    before = failure_state(problem, optimizer)
     problem.make = make
     with pytest.raises(error, match=f"^{re.escape(message)}$"):
         optimizer.step(problem)
-    assert_bitwise_equal(before, {**snapshot(problem, optimizer), "rng": torch.get_rng_state()})
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 @pytest.mark.parametrize("base", ["sgd", "plain-sgd", "adam"])

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import DEVICES, METHODS, assert_bitwise_equal, sgd_pair, snapshot
+from helpers import DEVICES, METHODS, assert_bitwise_equal, failure_state, sgd_pair
 from torch import Tensor, nn
 
 from lagrange_opt import (
@@ -46,11 +46,6 @@ F32 = torch.float32
 # (tests/conftest.py) run on CUDA too: off the CPU a dense slack is written at every
 # evaluation (deciding would be a host synchronisation), and indices are checked before a
 # table is read.
-
-
-def _state(problem: nn.Module, optimizer: Any) -> dict[str, Any]:
-    """Everything a failed step must leave as it was, the random generator included."""
-    return {**snapshot(problem, optimizer), "rng": torch.get_rng_state()}
 
 
 def _method(
@@ -170,7 +165,7 @@ def test_a_slack_set_again_is_put_back_by_a_failed_step(
     problem.target = 0.0
     with torch.no_grad():
         problem.x.fill_(0.5)  # inside: g = -0.5, the slack would be set to sqrt(0.5)
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
 
     def nan_objective() -> ProblemState:
         state = problem()
@@ -178,7 +173,7 @@ def test_a_slack_set_again_is_put_back_by_a_failed_step(
 
     with pytest.raises(NonFiniteError, match=r"^objective is not finite: nan$"):
         optimizer.step(nan_objective)
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
     optimizer.step(problem)
     assert float(constraint.slack.detach().square().min()) > 0
 
@@ -280,10 +275,10 @@ def test_a_detached_constraint_is_named(method: type, name: str) -> None:
         return value.detach()
 
     problem.changes = {name: detached}
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     with pytest.raises(ValueError, match=f"^{re.escape(f'constraint {name!r} {NO_PATH}')}$"):
         optimizer.step(problem)
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
@@ -297,7 +292,7 @@ def test_a_forward_under_no_grad_is_refused(method: type) -> None:
             return p.values()
 
     problem.make = under_no_grad
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     names = ", ".join(f"'{name}'" for name in problem.declared())
     message = (
         f"the objective and every constraint ({names}) have no gradient path to the parameters "
@@ -305,7 +300,7 @@ def test_a_forward_under_no_grad_is_refused(method: type) -> None:
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         optimizer.step(problem)
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         kkt(problem)
 
@@ -398,11 +393,11 @@ class Box(ConstrainedProblem):
 
     def forward(self) -> ProblemState:
         if self.case == "float64":
-            return self._state(self.x.double())
+            return self.failure_state(self.x.double())
         with torch.autocast(self.x.device.type, dtype=torch.bfloat16):
-            return self._state(self.eye @ self.x)
+            return self.failure_state(self.eye @ self.x)
 
-    def _state(self, y: Tensor) -> ProblemState:
+    def failure_state(self, y: Tensor) -> ProblemState:
         squares = (y - 2).square()
         if self.indexed:
             indices = torch.arange(2, device=y.device)
@@ -481,14 +476,14 @@ def test_a_value_beyond_the_multipliers_dtype_is_named(device: str) -> None:
         state = problem()
         return ProblemState(state.objective, {"c": state.constraints["c"] * 0 + values})
 
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     message = (
         "constraint 'c' has 1 value(s) beyond the range of torch.float32, first 1e+300 at (1,), "
         "the dtype of its multipliers (problem.to(dtype) sets it)"
     )
     with pytest.raises(NonFiniteError, match=f"^{re.escape(message)}$"):
         optimizer.step(huge)
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 BAD_DTYPES = [
@@ -515,14 +510,14 @@ def test_non_float_values_are_refused(method: type, name: str, make: Any, dtype:
     optimizer = _method(problem, method)
     optimizer.step(problem)
     problem.changes = {name: make}
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     message = (
         f"constraint '{name}': value has dtype {dtype}; a constraint value must be a real "
         "floating-point tensor (float16, bfloat16, float32 or float64)"
     )
     with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
         optimizer.step(problem)
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -537,11 +532,11 @@ def test_an_indexed_penalty_index_out_of_range_is_named(
     optimizer.step(problem)
     indices = torch.tensor([0, index, 3], device=device)
     problem.changes = {"rows-penalty": lambda p: IndexedValue(p.x[:3] - 1, indices)}
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     message = f"constraint 'rows-penalty': index {index} out of range for num_samples={NUM_SAMPLES}"
     with pytest.raises(IndexError, match=f"^{re.escape(message)}$"):
         optimizer.step(problem)
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 # Item 12: constraints absent from an evaluation.
@@ -765,7 +760,7 @@ def test_extra_gradient_needs_the_same_constraints_twice(
         problem.changes = {} if observed else {name: None}
         return problem()
 
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     if first:
         message = (
             f"constraint '{name}': the closure returned no value for it on its second call "
@@ -778,7 +773,7 @@ def test_extra_gradient_needs_the_same_constraints_twice(
         )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         optimizer.step(closure)
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 @pytest.mark.parametrize("name", ["rows-penalty", "cap-penalty"])

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import assert_bitwise_equal, snapshot
+from helpers import assert_bitwise_equal, failure_state, snapshot
 from torch import Tensor, nn
 
 from lagrange_opt import (
@@ -417,11 +417,11 @@ def test_bad_proxies_are_named_and_change_nothing(
     optimizer = _optimizer(problem, method, "augmented")
     for _ in range(2):
         optimizer.step(problem)
-    before = {**snapshot(problem, optimizer), "rng": torch.get_rng_state()}
+    before = failure_state(problem, optimizer)
     problem.make = make
     with pytest.raises(error, match=f"^{re.escape(message)}$"):
         optimizer.step(problem)
-    assert_bitwise_equal(before, {**snapshot(problem, optimizer), "rng": torch.get_rng_state()})
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 def test_bad_proxy_in_a_micro_batch_is_named() -> None:

@@ -19,6 +19,7 @@ from helpers import (
     QuadraticProgram,
     assert_bitwise_equal,
     build_mixed,
+    failure_state,
     mixed_batch,
     snapshot,
     train_mixed,
@@ -52,12 +53,6 @@ def _optimizers(problem: ConstrainedProblem, base: str) -> tuple[Any, Any]:
         torch.optim.Adam(problem.primal_parameters(), lr=0.1),
         torch.optim.Adam(problem.dual_parameters(), lr=0.1, maximize=True),
     )
-
-
-def _state(problem: nn.Module, optimizer: Any) -> dict[str, Any]:
-    """Everything a failed step must leave as it was, the random generators included."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    return {**snapshot(problem, optimizer), "rng": torch.get_rng_state(), "cuda_rng": cuda}
 
 
 def _rng_state(device: str) -> Tensor:
@@ -222,13 +217,13 @@ def test_an_infinite_gradient_raises_naming_the_parameter_and_changes_nothing(
 ) -> None:
     problem = Root().to(device)
     optimizer = method(problem, *_pair(problem))
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     with pytest.raises(
         NonFiniteError,
         match=r"^the gradient of parameter 'x' has 1 non-finite value\(s\), first (-?inf|nan) at \(0,\)",
     ):
         optimizer.step(problem)
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
@@ -239,10 +234,10 @@ def test_an_overflow_in_backward_raises_and_changes_nothing(method: type, device
     with torch.no_grad():
         problem.constraints["sum"].multiplier.fill_(3e38)
     optimizer = method(problem, *_pair(problem))
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     with pytest.raises(NonFiniteError, match=r"^the gradient of parameter 'x' has 2 non-finite"):
         optimizer.step(problem)
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 # 3. A constraint declared after the method was built.
@@ -266,7 +261,7 @@ def test_a_constraint_declared_after_the_method_is_built_raises_and_nothing_move
     optimizer = method(problem, *_optimizers(problem, base))
     optimizer.step(problem)
     problem.add_inequality("late", "<=")
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     with pytest.raises(
         RuntimeError,
         match=re.escape(
@@ -275,7 +270,7 @@ def test_a_constraint_declared_after_the_method_is_built_raises_and_nothing_move
         ),
     ):
         optimizer.step(problem)
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 # 7 and 8. Failures after the closure returned: in backward, in an optimizer's step.
@@ -317,10 +312,10 @@ def test_a_backward_that_raises_changes_nothing(
     for _ in range(3 if warm else 0):
         optimizer.step(problem)
     problem.armed = True
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     with pytest.raises(RuntimeError, match=r"^backward failed$"):
         optimizer.step(problem)
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 class FailingSGD(torch.optim.SGD):
@@ -387,10 +382,10 @@ def test_an_optimizer_step_that_raises_changes_nothing(
     train_mixed(problem, optimizer, range(3))
     failing = optimizer.primal_optimizer if side == "primal" else optimizer.dual_optimizer
     message = _arm(failing, failure, call)
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     with pytest.raises(RuntimeError, match=message):
         train_mixed(problem, optimizer, range(3, 4))
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 # 9. Running statistics and randomness.
@@ -443,10 +438,10 @@ def test_a_failed_step_puts_back_running_statistics_and_the_generator(
     problem, optimizer = _normalised_method(same_randomness=False, device=device)
     optimizer.step(problem)
     problem.fail_on_call = problem.calls + failing_call
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     with pytest.raises(NonFiniteError, match=r"^objective is not finite: nan$"):
         optimizer.step(problem)
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 
 def test_same_randomness_gives_every_evaluation_the_same_draws_and_one_statistics_update(
@@ -575,10 +570,12 @@ def test_the_default_method_rolls_back_a_failed_extrapolation(device: str) -> No
     for _ in range(3):
         optimizer.step(problem)
     problem.armed = True
-    before = {**_state(problem, optimizer), "factor": optimizer.step_factor}
+    before = {**failure_state(problem, optimizer), "factor": optimizer.step_factor}
     with pytest.raises(RuntimeError, match=r"^backward failed$"):
         optimizer.step(problem)
-    assert_bitwise_equal(before, {**_state(problem, optimizer), "factor": optimizer.step_factor})
+    assert_bitwise_equal(
+        before, {**failure_state(problem, optimizer), "factor": optimizer.step_factor}
+    )
 
 
 def test_alternating_keeps_its_dual_step_only_when_the_step_succeeds(device: str) -> None:
@@ -617,7 +614,7 @@ def test_a_dual_step_that_raises_after_the_direct_primal_update_changes_nothing(
     problem, optimizer = build_mixed(method, "plain-sgd", device=device)
     train_mixed(problem, optimizer, range(3))
     optimizer.dual_optimizer.register_step_pre_hook(Countdown(1))
-    before = _state(problem, optimizer)
+    before = failure_state(problem, optimizer)
     with pytest.raises(RuntimeError, match=r"^hook failed$"):
         train_mixed(problem, optimizer, range(3, 4))
-    assert_bitwise_equal(before, _state(problem, optimizer))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
