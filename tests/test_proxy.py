@@ -319,19 +319,15 @@ def test_true_value_of_another_dtype() -> None:
 
 
 def test_proxy_with_micro_batches_equals_the_whole_batch() -> None:
-    problem = Rates()
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD(problem.primal_parameters(), lr=0.5),
-        torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True),
-        formulation="augmented",
-    )
-    twin = Rates()
-    twin_optimizer = SimultaneousGDA(
-        twin,
-        torch.optim.SGD(twin.primal_parameters(), lr=0.5),
-        torch.optim.SGD(twin.dual_parameters(), lr=0.5, maximize=True),
-        formulation="augmented",
+    problem, twin = Rates(), Rates()
+    optimizer, twin_optimizer = (
+        SimultaneousGDA(
+            rates,
+            torch.optim.SGD(rates.primal_parameters(), lr=0.5),
+            torch.optim.SGD(rates.dual_parameters(), lr=0.5, maximize=True),
+            formulation="augmented",
+        )
+        for rates in (problem, twin)
     )
     for _ in range(5):
         optimizer.step(lambda: problem(torch.arange(4)))
