@@ -4,8 +4,8 @@ Declare the constraints on a :class:`ConstrainedProblem`, pick a saddle-point me
 (:func:`default_optimizer` builds one that needs no tuning: :class:`ExtraGradient` on the
 augmented Lagrangian with a backtracking step and scaling), and call
 ``optimizer.step(closure)`` in a training loop; :func:`kkt` says how far a point is from a
-solution. Problems with known solutions to try settings on are in
-:mod:`lagrange_opt.problems`.
+solution, and :func:`scalars` turns a step's figures into a dict for a logger. Problems with
+known solutions to try settings on are in :mod:`lagrange_opt.problems`.
 """
 
 from ._augmented import AugmentedLagrangian
@@ -14,6 +14,7 @@ from ._defaults import DEFAULT_DUAL_LR, DEFAULT_LR, default_optimizer
 from ._extragradient import ExtraGradient
 from ._gda import AlternatingGDA, SimultaneousGDA
 from ._kkt import ConstraintFigures, KKTResiduals, kkt
+from ._logging import scalars
 from ._nupi import NuPI
 from ._optimistic import OptimisticGDA
 from ._optimizer_group import OptimizerGroup
@@ -60,4 +61,5 @@ __all__ = [
     "__version__",
     "default_optimizer",
     "kkt",
+    "scalars",
 ]
