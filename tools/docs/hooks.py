@@ -1,0 +1,31 @@
+"""MkDocs hooks: render the tutorials (docs/tutorials/*.py) into pages when the site builds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from mkdocs.structure.files import File, Files
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tools.docs.tutorial_pages import Rendered, render  # noqa: E402
+
+# mkdocs serve rebuilds on every change: a tutorial whose source did not change is not re-run.
+_cache: dict[tuple[Path, str], Rendered] = {}
+
+
+def on_files(files: Files, config: Any) -> Files:
+    """Add each tutorial's page and figures beside its script."""
+    for script in sorted((Path(config["docs_dir"]) / "tutorials").glob("*.py")):
+        key = (script, script.read_text())
+        if key not in _cache:
+            _cache[key] = render(script, script.name)
+        rendered = _cache[key]
+        uri = f"tutorials/{script.stem.replace('_', '-')}"
+        files.append(File.generated(config, f"{uri}.md", content=rendered.markdown))
+        for name, png in rendered.figures.items():
+            files.append(File.generated(config, f"tutorials/{name}", content=png))
+    return files
