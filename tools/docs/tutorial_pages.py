@@ -94,10 +94,15 @@ def render(path: Path, source_link: str) -> Rendered:
         os.chdir(scratch)
         try:
             for index, cell in enumerate(cells(path.read_text())):
+                if cell.kind == "markdown" and index == 0:
+                    # The note goes under the page's title, the first line.
+                    title, _, prose = cell.text.partition("\n")
+                    parts.extend([title, _note(source_link)])
+                    if prose.strip():
+                        parts.append(prose.strip("\n"))
+                    continue
                 if cell.kind == "markdown":
                     parts.append(cell.text)
-                    if index == 0:
-                        parts.append(_note(source_link))
                     continue
                 parts.append(f"```python\n{cell.text}\n```")
                 printed = io.StringIO()
