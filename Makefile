@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench-convergence bench-speed clean
+.PHONY: demo test lint docs docs-serve bench-convergence bench-speed clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,16 @@ bench-convergence: $(VENV)/.installed
 bench-speed: $(VENV)/.installed
 	$(PY) -m benchmarks.speed --out benchmark-results/speed $(if $(QUICK),--quick)
 
+# The documentation site (executes the tutorials): build it into site/, or serve it locally.
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(VENV)/.installed
+	$(VENV)/bin/mkdocs serve
+
 lint: $(VENV)/.installed
-	$(PY) -m ruff check lagrange_opt tests benchmarks examples
+	$(PY) -m ruff check lagrange_opt tests benchmarks examples tools
 	$(PY) -m mypy lagrange_opt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache
