@@ -251,3 +251,30 @@ def test_tutorial_error_fails_and_restores_the_directory(tmp_path: Path) -> None
         render(script, "broken.py")
     assert Path.cwd() == cwd
     assert os.getcwd() == str(cwd)
+
+
+@pytest.mark.parametrize(
+    ("docstring", "markdown"),
+    [
+        (":math:`\\lambda \\ge 0` holds", "$\\lambda \\ge 0$ holds"),
+        ("see :class:`ExtraGradient`.", "see [`ExtraGradient`][lagrange_opt.ExtraGradient]."),
+        (":func:`~lagrange_opt.kkt`", "[`kkt`][lagrange_opt.kkt]"),
+        (":attr:`StepResult.skipped`", "[`StepResult.skipped`][lagrange_opt.StepResult]"),
+        (":mod:`lagrange_opt.problems`", "[`lagrange_opt.problems`][lagrange_opt.problems]"),
+        (":func:`._lagrangian.constraint_term`", "`_lagrangian.constraint_term`"),
+        (":class:`torch.optim.Optimizer`", "`torch.optim.Optimizer`"),
+        ("Example:\n    >>> 1\n    1\n", "Examples:\n    >>> 1\n    1\n"),
+        (
+            "The update:\n\n.. math::\n\n    x_{k+1} = x_k\n\n    y = 1\n\nAfter.",
+            "The update:\n\n$$\nx_{k+1} = x_k\n\ny = 1\n$$\n\nAfter.",
+        ),
+        (
+            "Args:\n    a: One.\n\n        .. math::\n\n            a = 1\n\n    b: Two.",
+            "Args:\n    a: One.\n\n        $$\n        a = 1\n        $$\n\n    b: Two.",
+        ),
+    ],
+)
+def test_docstring_roles_to_markdown(docstring: str, markdown: str) -> None:
+    from tools.docs.rst_roles import to_markdown
+
+    assert to_markdown(docstring) == markdown
