@@ -86,6 +86,8 @@ def test_page_examples_run(page: str, tmp_path: Path, monkeypatch: pytest.Monkey
     namespace: dict[str, Any] = {"__name__": "__main__"}
     try:
         for block in _blocks(DOCS / page, "python"):
+            # An included script is loaded as a module: its definitions run, not its main.
+            namespace["__name__"] = "__snippet__" if _SNIPPET.search(block) else "__main__"
             source = _SNIPPET.sub(lambda m: (ROOT / m.group("path")).read_text(), block)
             exec(compile(source, str(DOCS / page), "exec"), namespace)
     finally:

@@ -1,0 +1,322 @@
+"""A constrained regression trained by PyTorch Lightning, resumable from Lightning's checkpoints.
+
+A linear model is fitted to generated data whose targets are mostly negative, subject to
+one indexed inequality per training sample: the output on every training sample must be
+``>= 0``. The ``LightningModule`` uses manual optimisation and hands each minibatch of
+``(x, y, index)`` to the package's optimizer. The ``ConstrainedProblem`` holding the
+multipliers is a submodule, so Lightning's checkpoint holds them beside the weights::
+
+    python examples/lightning_recipe.py                     # 4 s of training on 2 cores
+    python examples/lightning_recipe.py --method fixed
+    python examples/lightning_recipe.py --resume-at 100     # stop, checkpoint, resume
+
+How the module fits Lightning 2.6 (docs/how-to/lightning.md; tests/test_lightning.py):
+
+- The package's step evaluates the closure and calls ``backward`` itself, once per
+  evaluation, so ``manual_backward`` is not used and Lightning's precision plugin never
+  sees a backward pass: ``"32-true"`` on one device is what is tested.
+- The step runs as the closure of the primal ``LightningOptimizer``'s ``step``, the call
+  that advances ``trainer.global_step`` under manual optimisation. The torch optimizer's
+  own update after the closure finds no gradients (the step cleared them) and moves
+  nothing.
+- ``configure_optimizers`` returns the two torch optimizers that the package's optimizer
+  steps, so Lightning checkpoints their states; the rest of the package optimizer's state
+  (the scales, penalty coefficients and step factor of ``default_optimizer``) is saved
+  under ``"lagrange_opt"`` and loaded back in ``on_train_start``, once Lightning has
+  restored everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+import lagrange_opt
+from lagrange_opt import (
+    ConstrainedOptimizer,
+    ConstrainedProblem,
+    ExtraGradient,
+    IndexedValue,
+    ProblemState,
+    StepResult,
+)
+
+CHECKPOINT_KEY = "lagrange_opt"
+"""Where the package optimizer's own state goes in Lightning's checkpoint."""
+
+TORCH_OPTIMIZER_PARTS = ("primal", "dual")
+"""The parts of ``ConstrainedOptimizer.state_dict()`` that Lightning saves already (its
+``optimizer_states``): left out of :data:`CHECKPOINT_KEY` so that they are stored once."""
+
+
+def make_data(num_samples: int = 48, features: int = 256, seed: int = 0) -> TensorDataset:
+    """Inputs, targets (about two thirds of them negative) and each sample's index.
+
+    More features than samples: a linear model can meet every constraint and fit every
+    other target exactly, so the constrained fit is known in closed form
+    (:func:`solution`). The index names the sample's row of the multiplier table,
+    whichever batch the sample lands in.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_samples, features, generator=generator) / features**0.5
+    weights = torch.randn(features, generator=generator)
+    noise = 0.1 * torch.randn(num_samples, generator=generator)
+    y = x @ weights - 0.5 + noise
+    return TensorDataset(x, y, torch.arange(num_samples))
+
+
+def solution(y: Tensor) -> tuple[Tensor, Tensor]:
+    """The constrained least-squares fit's outputs and multipliers on the training set.
+
+    With linearly independent inputs (more features than samples) the outputs can take
+    any values, so the problem splits into one per sample: minimise ``(p - y)**2`` subject
+    to ``p >= 0``, solved by ``p = max(y, 0)`` with the multiplier ``2 * max(-y, 0)``,
+    the derivative of the sample's loss there.
+    """
+    return y.clamp(min=0.0), 2.0 * (-y).clamp(min=0.0)
+
+
+def make_loader(data: TensorDataset, batch_size: int = 16, seed: int = 0) -> DataLoader:
+    """Minibatches of ``(x, y, index)``, shuffled in an order fixed by ``seed`` and the epoch.
+
+    ``DataLoader(shuffle=True)`` draws each epoch's order from the global random number
+    generator, whose state a Lightning checkpoint does not hold, so a resumed run would
+    see other batches than an uninterrupted one. ``DistributedSampler`` with one replica
+    shuffles with a generator seeded by ``seed + epoch``, and Lightning calls its
+    ``set_epoch`` at the start of every epoch, the first one after a resume included.
+    """
+    sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler)
+
+
+class NonNegativeRegression(ConstrainedProblem):
+    """Least squares with one inequality per training sample: its output must be ``>= 0``.
+
+    Args:
+        num_samples: Size of the training set (rows of the multiplier table).
+        features: Number of input features.
+    """
+
+    def __init__(self, num_samples: int, features: int) -> None:
+        super().__init__()
+        self.model = nn.Linear(features, 1)
+        self.add_inequality("nonnegative", ">=", num_samples=num_samples)
+
+    def forward(self, x: Tensor, y: Tensor, indices: Tensor) -> ProblemState:
+        """The batch's mean squared error, and its outputs as the rows ``indices``."""
+        pred = self.model(x).squeeze(-1)
+        loss = nn.functional.mse_loss(pred, y)
+        return ProblemState(loss, {"nonnegative": IndexedValue(pred, indices)})
+
+
+class ConstrainedRegression(L.LightningModule):
+    """:class:`NonNegativeRegression` as a ``LightningModule`` trained by the package.
+
+    Args:
+        num_samples: Size of the training set.
+        features: Number of input features.
+        method: ``"default"``: :func:`lagrange_opt.default_optimizer`, nothing to tune;
+            ``"fixed"``: :class:`lagrange_opt.ExtraGradient` with fixed learning rates.
+        lr: Primal learning rate of the fixed-step method.
+        dual_lr: Dual learning rate of the fixed-step method.
+        momentum: Momentum of the fixed-step method's primal SGD.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        features: int,
+        method: str = "default",
+        lr: float = 0.5,
+        dual_lr: float = 1.0,
+        momentum: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if method not in ("default", "fixed"):
+            raise ValueError(f"method must be 'default' or 'fixed', got {method!r}")
+        self.save_hyperparameters()
+        # The package's optimizer takes the steps; Lightning only counts them.
+        self.automatic_optimization = False
+        # A submodule: its multipliers are parameters, so Lightning moves them to the
+        # device and its checkpoints hold them (in "state_dict", beside the weights).
+        self.problem = NonNegativeRegression(num_samples, features)
+        self.constrained: ConstrainedOptimizer | None = None
+        self._loaded_method_state: dict[str, Any] | None = None
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Builds the package's optimizer; returns the two torch optimizers it steps."""
+        if self.hparams["method"] == "default":
+            self.constrained = lagrange_opt.default_optimizer(self.problem)
+        else:
+            primal = torch.optim.SGD(
+                self.problem.primal_parameters(),
+                lr=self.hparams["lr"],
+                momentum=self.hparams["momentum"],
+            )
+            dual = torch.optim.SGD(
+                self.problem.dual_parameters(), lr=self.hparams["dual_lr"], maximize=True
+            )
+            self.constrained = ExtraGradient(self.problem, primal, dual)
+        assert self.constrained.dual_optimizer is not None
+        # The very objects the package steps: Lightning saves their state_dict(), and on
+        # resume loads the checkpoint's states into them, where the package reads them.
+        return [self.constrained.primal_optimizer, self.constrained.dual_optimizer]
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        """One step of the package's optimizer on the batch, counted by Lightning."""
+        x, y, indices = batch
+        constrained = self.constrained
+        assert constrained is not None
+
+        def step() -> StepResult:
+            # The package calls the closure (twice per extra-gradient step) and backward.
+            result = constrained.step(lambda: self.problem(x, y, indices))
+            # The step leaves no gradients; said here because the torch optimizer's own
+            # update runs after this closure and must find nothing to apply.
+            constrained.zero_grad(set_to_none=True)
+            return result
+
+        primal, _ = self.optimizers()  # type: ignore[misc]
+        result: StepResult = primal.step(closure=step)
+        figures = lagrange_opt.scalars(result, prefix="train/")
+        self.log_dict(figures, on_step=True, on_epoch=False, batch_size=len(indices))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adds the package optimizer's own state; the torch optimizers' states are in
+        the checkpoint's ``optimizer_states`` already."""
+        if self.constrained is not None:
+            state = self.constrained.state_dict()
+            for part in TORCH_OPTIMIZER_PARTS:
+                del state[part]
+            checkpoint[CHECKPOINT_KEY] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keeps the package optimizer's state until it can be loaded: on one device,
+        Lightning calls this hook before ``configure_optimizers`` builds the optimizer,
+        and loads the torch optimizers' states after it."""
+        self._loaded_method_state = checkpoint.get(CHECKPOINT_KEY)
+
+    def on_train_start(self) -> None:
+        """Loads the kept state, now that Lightning has restored the weights, the
+        multipliers, the torch optimizers' states and its loops."""
+        state = self._loaded_method_state
+        constrained = self.constrained
+        if state is None or constrained is None:
+            return
+        assert constrained.dual_optimizer is not None
+        # The package's load_state_dict wants every part: the torch optimizers' own,
+        # restored by Lightning a moment ago, are loaded into them again unchanged.
+        constrained.load_state_dict(
+            {
+                **state,
+                "primal": constrained.primal_optimizer.state_dict(),
+                "dual": constrained.dual_optimizer.state_dict(),
+            }
+        )
+        self._loaded_method_state = None
+
+
+def make_trainer(max_epochs: int, root: str | Path, **settings: Any) -> L.Trainer:
+    """A one-device CPU Trainer with deterministic algorithms, no progress bar, no model
+    summary, no logger and no checkpoint callback, unless ``settings`` say otherwise."""
+    defaults: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "precision": "32-true",
+        "deterministic": True,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "logger": False,
+        "enable_checkpointing": False,
+        "default_root_dir": str(root),
+    }
+    return L.Trainer(max_epochs=max_epochs, **{**defaults, **settings})
+
+
+@torch.no_grad()
+def outputs(module: ConstrainedRegression, data: TensorDataset) -> Tensor:
+    """The model's output on every training sample."""
+    x = data.tensors[0].to(module.device, module.dtype)
+    return module.problem.model(x).squeeze(-1).cpu()
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Trains (optionally stopping, checkpointing and resuming in a new Trainer) and prints
+    the final figures against the closed-form solution.
+
+    Returns:
+        ``min_output`` (the smallest training output), ``output_error`` and
+        ``multiplier_error`` (the largest distances from :func:`solution`), ``mse`` and
+        ``steps`` (``trainer.global_step``).
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=250, help="epochs in all (250)")
+    parser.add_argument("--samples", type=int, default=48, help="training samples (48)")
+    parser.add_argument("--features", type=int, default=256, help="input features (256)")
+    parser.add_argument("--batch-size", type=int, default=16, help="minibatch size (16)")
+    parser.add_argument(
+        "--method", choices=["default", "fixed"], default="default",
+        help="default_optimizer (the default), or extra-gradient with fixed learning rates",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resume-at", type=int, default=None, metavar="EPOCH",
+        help="stop after this many epochs, save a checkpoint and resume from it with a new "
+        "Trainer and a new module",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="data, initialisation, order (0)")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    L.seed_everything(args.seed, verbose=False)
+    data = make_data(args.samples, args.features, args.seed)
+    loader = make_loader(data, args.batch_size, args.seed)
+    module = ConstrainedRegression(args.samples, args.features, method=args.method)
+    with tempfile.TemporaryDirectory() as root:
+        trainer = make_trainer(args.epochs, root)
+        if args.resume_at is None:
+            trainer.fit(module, loader)
+        else:
+            first = make_trainer(args.resume_at, root)
+            first.fit(module, loader)
+            path = Path(root) / "stopped.ckpt"
+            first.save_checkpoint(path, weights_only=False)  # optimizer states included
+            # A new module, as in a new process: the weights, the multipliers and both
+            # optimizers' states come from the checkpoint.
+            module = ConstrainedRegression(args.samples, args.features, method=args.method)
+            trainer.fit(module, loader, ckpt_path=path, weights_only=True)
+
+    y = data.tensors[1]
+    pred = outputs(module, data)
+    best_pred, best_multipliers = solution(y)
+    multipliers = module.problem.dual_parameters()[0].detach()
+    figures = {
+        "min_output": float(pred.min()),
+        "output_error": float((pred - best_pred).abs().max()),
+        "multiplier_error": float((multipliers - best_multipliers).abs().max()),
+        "mse": float(nn.functional.mse_loss(pred, y)),
+        "steps": float(trainer.global_step),
+    }
+    print(
+        f"{args.method}: {args.epochs} epochs, {trainer.global_step} steps, "
+        f"{time.perf_counter() - started:.1f} s\n"
+        f"  smallest training output {figures['min_output']:.1e} (constraint: >= 0; "
+        f"{float((y < 0).float().mean()):.0%} of the targets are negative)\n"
+        f"  largest distance from the solution: outputs {figures['output_error']:.1e}, "
+        f"multipliers {figures['multiplier_error']:.1e}\n"
+        f"  train MSE {figures['mse']:.4f} (the solution's "
+        f"{float(nn.functional.mse_loss(best_pred, y)):.4f})"
+    )
+    return figures
+
+
+if __name__ == "__main__":
+    main()
