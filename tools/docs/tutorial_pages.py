@@ -84,6 +84,7 @@ def render(path: Path, source_link: str) -> Rendered:
     import matplotlib
 
     matplotlib.use("Agg")
+    path = path.resolve()  # the cells run in a scratch directory
     stem = path.stem.replace("_", "-")
     namespace: dict[str, Any] = {"__name__": "__main__", "__file__": str(path)}
     parts: list[str] = []
