@@ -3,7 +3,7 @@
 - Every ```python block of a page under docs/ runs, the page's blocks in order in one
   namespace, in a fresh working directory (a pymdownx snippet line, ``--8<-- "path"``, is
   replaced by the file it includes, as the site does).
-- Every command of a ```bash block (in docs/ and the README) is checked without running it:
+- Every command of a ```bash block (in docs/, the tutorials' prose and the README) is checked without running it:
   a Python script's or module's arguments go through its own argparse parser, a make target
   must exist, a pytest path must exist; a command of any other kind fails the test until it
   is added to ``UNCHECKED_PROGRAMS``.
@@ -42,9 +42,13 @@ UNCHECKED_PROGRAMS = {"pip", "apt-get", "mkdocs", "cd", "bash", "git"}
 
 
 def _blocks(path: Path, language: str) -> list[str]:
+    """A page's fenced blocks in ``language``; a tutorial's, those of its prose cells."""
+    text = path.read_text()
+    if path.suffix == ".py":
+        text = "\n\n".join(cell.text for cell in cells(text) if cell.kind == "markdown")
     return [
         textwrap.dedent(match.group("body"))
-        for match in _FENCE.finditer(path.read_text())
+        for match in _FENCE.finditer(text)
         if match.group("lang") == language
     ]
 
@@ -141,11 +145,15 @@ def _check_python(words: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _command_cases() -> list[tuple[str, list[str]]]:
-    sources = [ROOT / "README.md", *_pages()]
+    sources = [ROOT / "README.md", *_pages(), *sorted((DOCS / "tutorials").glob("*.py"))]
     return [(str(path.relative_to(ROOT)), words) for path in sources for words in _commands(path)]
 
 
-@pytest.mark.parametrize(("source", "words"), _command_cases())
+@pytest.mark.parametrize(
+    ("source", "words"),
+    _command_cases(),
+    ids=[f"{source}: {' '.join(words)}" for source, words in _command_cases()],
+)
 def test_documented_command_parses(
     source: str, words: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
