@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import struct
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -265,3 +268,15 @@ def failure_state(problem: nn.Module, optimizer: Any) -> dict[str, Any]:
     generators' states."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     return {**snapshot(problem, optimizer), "rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    """``examples/<name>.py`` imported as a module: its definitions, not its main."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,22 +4,19 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from helpers import load_example
 
 L = pytest.importorskip("lightning")
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lightning_recipe.py"
 
 EPOCHS = 250
 """The training run: 48 samples in batches of 16, so 750 steps."""
@@ -32,15 +29,7 @@ SOLUTION_TOL = 1e-2
 1.5e-3); the convergence is linear, so 750 steps leave this margin."""
 
 
-def _example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("lightning_recipe", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _example()
+recipe = load_example("lightning_recipe")
 
 
 @pytest.fixture(autouse=True, scope="module")
