@@ -289,33 +289,16 @@ class Synchronizer:
         params = [param for param in self.params if param.requires_grad]
         if not params and not slack_rows:
             return
-        parts = [
-            (torch.zeros(param.numel()) if param.grad is None else param.grad.reshape(-1)).to(
-                device=self.device, dtype=torch.float64
-            )
-            for param in params
+        row_grads = [
+            torch.zeros_like(values) if values.grad is None else values.grad
+            for values in slack_rows
         ]
-        parts.append(
-            torch.tensor(
-                [float(param.grad is not None) for param in params],
-                dtype=torch.float64,
-                device=self.device,
-            )
-        )
-        for values in slack_rows:
-            grad = torch.zeros_like(values) if values.grad is None else values.grad
-            parts.append(grad.reshape(-1).to(device=self.device, dtype=torch.float64))
-        flat = torch.cat(parts)
-        dist.all_reduce(flat, group=self.group)
-        sizes = [param.numel() for param in params]
-        chunks = flat.split([*sizes, len(params), *(values.numel() for values in slack_rows)])
-        present = chunks[len(params)].tolist()
-        for param, chunk, count in zip(params, chunks, present):
-            if count:
-                average = (chunk / self.world_size).reshape(param.shape)
-                param.grad = average.to(device=param.device, dtype=param.dtype)
-        for values, chunk in zip(slack_rows, chunks[len(params) + 1 :]):
-            values.grad = chunk.reshape(values.shape).to(device=values.device, dtype=values.dtype)
+        averages, sums = self._reduce(params, [param.grad for param in params], row_grads)
+        for param, average in zip(params, averages):
+            if average is not None:
+                param.grad = average
+        for values, total in zip(slack_rows, sums):
+            values.grad = total
 
     # KKT residuals.
 
@@ -325,29 +308,50 @@ class Synchronizer:
         """``grads`` (one per parameter, ``None`` where there is none on this rank)
         averaged across ranks: one ``all_reduce`` of the parameters' size and a presence
         count per parameter."""
-        parts = [
-            (torch.zeros(param.numel()) if grad is None else grad.detach().reshape(-1)).to(
-                self.device, torch.float64
-            )
-            for param, grad in zip(params, grads)
-        ]
-        present = torch.tensor([float(grad is not None) for grad in grads], dtype=torch.float64)
-        flat = torch.cat([*parts, present.to(self.device)])
-        dist.all_reduce(flat, group=self.group)
-        chunks = flat.split([*(param.numel() for param in params), len(params)])
-        counts = chunks[-1].tolist()
-        return [
-            (chunk / self.world_size).reshape(param.shape).to(param.device, param.dtype)
-            if count
-            else None
-            for param, chunk, count in zip(params, chunks, counts)
-        ]
+        return self._reduce(params, grads, [])[0]
 
     def largest(self, values: Sequence[float]) -> list[float]:
         """Each of ``values``, the largest over the ranks (one ``all_reduce``)."""
         tensor = torch.tensor(list(values), dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.group)
         return tensor.tolist()
+
+    def _reduce(
+        self, params: Sequence[Tensor], grads: Sequence[Tensor | None], summed: Sequence[Tensor]
+    ) -> tuple[list[Tensor | None], list[Tensor]]:
+        """``grads`` averaged across ranks (``None`` where no rank has one; a rank without
+        one counts as zero) and the tensors ``summed`` summed, in one float64
+        ``all_reduce`` with a presence count per parameter."""
+        parts = [
+            (torch.zeros(param.numel()) if grad is None else grad.detach().reshape(-1)).to(
+                self.device, torch.float64
+            )
+            for param, grad in zip(params, grads)
+        ]
+        parts.append(
+            torch.tensor(
+                [float(grad is not None) for grad in grads],
+                dtype=torch.float64,
+                device=self.device,
+            )
+        )
+        parts.extend(tensor.reshape(-1).to(self.device, torch.float64) for tensor in summed)
+        flat = torch.cat(parts)
+        dist.all_reduce(flat, group=self.group)
+        sizes = [*(param.numel() for param in params), len(params)]
+        chunks = flat.split([*sizes, *(tensor.numel() for tensor in summed)])
+        counts = chunks[len(params)].tolist()
+        averages = [
+            (chunk / self.world_size).reshape(param.shape).to(param.device, param.dtype)
+            if count
+            else None
+            for param, chunk, count in zip(params, chunks, counts)
+        ]
+        sums = [
+            chunk.reshape(tensor.shape).to(tensor.device, tensor.dtype)
+            for tensor, chunk in zip(summed, chunks[len(params) + 1 :])
+        ]
+        return averages, sums
 
     # Scaling.
 
