@@ -743,15 +743,20 @@ class JobResult(NamedTuple):
     lower_bound: float | None
 
 
-def _job(job: tuple[str, str, bool, int | None]) -> JobResult:
-    problem, method, quick, max_steps = job
-    torch.set_num_threads(1)
+def run_one(problem: str, method: str, quick: bool, max_steps: int | None = None) -> JobResult:
+    """Runs one method on one problem in this process; ``max_steps`` caps the budget of a
+    full-batch problem."""
     benchmark = BENCHMARKS[problem](quick)
     steps = benchmark.quick_steps if quick else benchmark.steps
     if max_steps is not None and benchmark.batches is None:
         steps = min(steps, max_steps)
     trace = METHODS[method](benchmark, steps)
     return JobResult(problem, method, trace, benchmark.f_star, benchmark.lower_bound)
+
+
+def _job(job: tuple[str, str, bool, int | None]) -> JobResult:
+    torch.set_num_threads(1)
+    return run_one(*job)
 
 
 def run_all(

@@ -34,7 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks.convergence import BENCHMARKS, METHODS, applies, gaps, record, summary
+from benchmarks.convergence import applies, gaps, record, run_one, summary
 
 # %% [markdown]
 # ## The problems and the methods
@@ -59,9 +59,9 @@ from benchmarks.convergence import BENCHMARKS, METHODS, applies, gaps, record, s
 #   evaluation per step;
 # - `slsqp`: scipy's SLSQP, a sequential quadratic programming solver, as the reference.
 #
-# `BENCHMARKS[name](quick)` builds a problem's benchmark: its problem, known optimum
-# `f_star`, learning rates and step budget (50,000 steps, or 200 with `quick=True`). The
-# budget here is capped at 2,000 steps, as `--max-steps 2000` does, to keep the run short.
+# Each problem's benchmark holds its problem, known optimum `f_star`, learning rates and
+# step budget (50,000 steps, or 200 with `quick=True`). The budget here is capped at 2,000
+# steps, as `--max-steps 2000` does, to keep the run short.
 
 # %%
 PROBLEMS = ("hs071", "hs076")
@@ -77,8 +77,9 @@ MAX_STEPS = 2000
 # %% [markdown]
 # ## Running it
 #
-# `METHODS[name](benchmark, steps)` runs one method on one benchmark and returns a `Trace`:
-# the objective and the largest violation at the start of every step and after the last.
+# `run_one(problem, method, quick, max_steps)` builds the benchmark, runs one method on it
+# and returns its `Trace` (the objective and the largest violation at the start of every
+# step and after the last) with the problem's `f_star`.
 # A run stops before its budget once it is solved and `kkt(problem).converged(1e-6)` holds
 # (checked after 1,000 solved steps), or once its iterates no longer change.
 # `record(...)` turns a trace into the row that the command line writes to
@@ -90,14 +91,13 @@ records: list[dict] = []
 traces = {}
 f_stars = {}
 for problem_name in PROBLEMS:
-    benchmark = BENCHMARKS[problem_name](False)  # the full settings, budget capped below
-    f_stars[problem_name] = benchmark.f_star
     for method in METHOD_NAMES:
         if not applies(problem_name, method):
             continue
-        trace = METHODS[method](benchmark, min(benchmark.steps, MAX_STEPS))
-        traces[problem_name, method] = trace
-        records.append(record(problem_name, method, trace, benchmark.f_star))
+        run = run_one(problem_name, method, quick=False, max_steps=MAX_STEPS)
+        f_stars[problem_name] = run.f_star
+        traces[problem_name, method] = run.trace
+        records.append(record(problem_name, method, run.trace, run.f_star))
 
 
 def cell(value: object) -> str:
