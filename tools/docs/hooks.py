@@ -14,16 +14,16 @@ sys.path.insert(0, str(ROOT))
 from tools.docs.tutorial_pages import Rendered, render  # noqa: E402
 
 # mkdocs serve rebuilds on every change: a tutorial whose source did not change is not re-run.
-_cache: dict[tuple[Path, str], Rendered] = {}
+_cache: dict[Path, tuple[str, Rendered]] = {}
 
 
 def on_files(files: Files, config: Any) -> Files:
     """Add each tutorial's page and figures beside its script."""
     for script in sorted((Path(config["docs_dir"]) / "tutorials").glob("*.py")):
-        key = (script, script.read_text())
-        if key not in _cache:
-            _cache[key] = render(script, script.name)
-        rendered = _cache[key]
+        source = script.read_text()
+        if script not in _cache or _cache[script][0] != source:
+            _cache[script] = (source, render(script, script.name))
+        rendered = _cache[script][1]
         uri = f"tutorials/{script.stem.replace('_', '-')}"
         files.append(File.generated(config, f"{uri}.md", content=rendered.markdown))
         for name, png in rendered.figures.items():
