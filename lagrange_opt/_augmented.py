@@ -32,6 +32,26 @@ class AugmentedLagrangian(NamedTuple):
     ``growth``, up to ``max_penalty`` (the classical rule of the method of multipliers,
     Bertsekas 1982, Sec. 2.2). ``growth=1`` keeps ``c`` fixed.
 
+    Per-sample (indexed) constraints evaluated on minibatches get two more settings
+    (docs/stochastic.md). Their penalty coefficient is ``sample_penalty`` times the one of
+    a dense constraint: a sample's term is averaged over the batch, so its curvature per
+    sample is ``c / B``, and the stiffer penalty holds each visited sample nearer its
+    boundary between visits. And each such constraint has a self-tuned margin
+    :math:`m \\ge 0` in its own units: its rows enter the augmented Lagrangian as
+    :math:`g_i + m` (a sample is held at :math:`g_i \\le -m`), and after every step
+
+    .. math::
+
+        m \\leftarrow \\max\\bigl(0, \\; m + \\eta_m (w^+ - \\rho \\, w^-)\\bigr)
+
+    with :math:`w` the largest :math:`g_i` over the batches of the last epoch (at the
+    points the steps started from), :math:`\\eta_m` = ``margin_rate`` and :math:`\\rho` =
+    ``margin_decay``. Under minibatch noise the outputs of the active samples move
+    together between visits; the margin grows until the worst sample of an epoch is
+    feasible, and the decay being slower than the growth keeps it there most of the time.
+    On a deterministic problem the active rows settle at :math:`g_i = -m`, so :math:`w =
+    -m` and the margin decays geometrically to 0: the solution is the problem's own.
+
     Attributes:
         penalty: The initial penalty coefficient ``c`` of every constraint, in the scaled
             units when the method scales the problem.
@@ -39,6 +59,12 @@ class AugmentedLagrangian(NamedTuple):
         shrink: The factor by which the violation must shrink over one window.
         window: Steps per window.
         max_penalty: Upper bound of ``c``.
+        sample_penalty: Factor on ``c`` for per-sample (indexed) constraints.
+        margin_rate: :math:`\\eta_m`, the margin's rate (``0``: no margin).
+        margin_decay: :math:`\\rho`, the margin's decrease relative to its growth.
+        penalty_dual_step: Whether the multipliers' gradient is multiplied by ``c`` (a
+            dual learning rate of 1 is then the method of multipliers' step). ``None``:
+            the method decides (the adaptive step does, fixed steps do not).
     """
 
     penalty: float = 1.0
@@ -46,6 +72,10 @@ class AugmentedLagrangian(NamedTuple):
     shrink: float = 0.9
     window: int = 500
     max_penalty: float = 100.0
+    sample_penalty: float = 16.0
+    margin_rate: float = 0.1
+    margin_decay: float = 0.3
+    penalty_dual_step: bool | None = None
 
 
 def check_augmented(config: AugmentedLagrangian) -> AugmentedLagrangian:
@@ -64,6 +94,14 @@ def check_augmented(config: AugmentedLagrangian) -> AugmentedLagrangian:
         raise ValueError(f"Invalid penalty update window: {config.window}")
     if not (math.isfinite(config.max_penalty) and config.max_penalty >= config.penalty):
         raise ValueError(f"Invalid maximum penalty: {config.max_penalty}")
+    if not (math.isfinite(config.sample_penalty) and config.sample_penalty > 0):
+        raise ValueError(f"Invalid per-sample penalty factor: {config.sample_penalty}")
+    if not (math.isfinite(config.margin_rate) and config.margin_rate >= 0):
+        raise ValueError(f"Invalid margin rate: {config.margin_rate}")
+    if not (0 < config.margin_decay <= 1):
+        raise ValueError(f"Invalid margin decay: {config.margin_decay}")
+    if config.penalty_dual_step not in (None, True, False):
+        raise ValueError(f"Invalid penalty_dual_step: {config.penalty_dual_step}")
     return config
 
 
@@ -176,3 +214,40 @@ def grown_penalty(
     if current == 0.0 or current <= config.shrink * previous:
         return penalty
     return min(penalty * config.growth, config.max_penalty)
+
+
+def next_margin(config: AugmentedLagrangian, margin: Tensor, worst: Tensor) -> Tensor:
+    """The self-tuned margin of a per-sample constraint after one step.
+
+    .. math::
+
+        m \\leftarrow \\max\\bigl(0, \\; m + \\eta_m (w^+ - \\rho \\, w^-)\\bigr)
+
+    Args:
+        config: The settings (``margin_rate`` :math:`\\eta_m`, ``margin_decay``
+            :math:`\\rho`).
+        margin: The margin now, a 0-dim tensor.
+        worst: :math:`w`, the largest standard-form value (``g``, without the margin) over
+            the last epoch's batches.
+
+    Example:
+        >>> import torch
+        >>> rule = AugmentedLagrangian()
+        >>> next_margin(rule, torch.tensor(0.0), torch.tensor(0.5))
+        tensor(0.0500)
+        >>> next_margin(rule, torch.tensor(0.05), torch.tensor(-0.05))
+        tensor(0.0485)
+    """
+    change = torch.where(worst > 0, worst, worst * config.margin_decay)
+    return (margin + config.margin_rate * change).clamp(min=0)
+
+
+def shifted(standard: Tensor, margin: Tensor | None) -> Tensor:
+    """A constraint's standard form as the augmented Lagrangian sees it: ``g + m``.
+
+    Example:
+        >>> import torch
+        >>> shifted(torch.tensor([-1.0, 0.5]), torch.tensor(0.25))
+        tensor([-0.7500,  0.7500])
+    """
+    return standard if margin is None else standard + margin

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, overload
 
 import torch
 from torch import distributed as dist
 
+from ._augmented import AugmentedLagrangian
 from ._extragradient import ExtraGradient
-from ._optimizers import GradientHook
+from ._gda import SimultaneousGDA
+from ._optimizers import GradientHook, PrimalOptimizer
 from ._problem import ConstrainedProblem
 
 DEFAULT_LR = 1.0
@@ -17,16 +19,47 @@ DEFAULT_LR = 1.0
 DEFAULT_DUAL_LR = 1.0
 """Dual learning rate of :func:`default_optimizer` (plain SGD ascent) at step factor 1."""
 
+USER_PRIMAL_DUAL_LR = 0.1
+"""Dual learning rate of :func:`default_optimizer` with the user's primal optimizer: a tenth
+of the method of multipliers' step (the multipliers' gradient carries the penalty ``c``)."""
+
+
+@overload
+def default_optimizer(
+    problem: ConstrainedProblem,
+    lr: float = ...,
+    dual_lr: float = ...,
+    *,
+    primal_optimizer: None = None,
+    process_group: dist.ProcessGroup | Literal["default"] | None = None,
+    gradient_hook: GradientHook | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
+) -> ExtraGradient: ...
+
+
+@overload
+def default_optimizer(
+    problem: ConstrainedProblem,
+    lr: float = ...,
+    dual_lr: float = ...,
+    *,
+    primal_optimizer: PrimalOptimizer,
+    process_group: dist.ProcessGroup | Literal["default"] | None = None,
+    gradient_hook: GradientHook | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
+) -> SimultaneousGDA: ...
+
 
 def default_optimizer(
     problem: ConstrainedProblem,
     lr: float = DEFAULT_LR,
     dual_lr: float = DEFAULT_DUAL_LR,
     *,
+    primal_optimizer: PrimalOptimizer | None = None,
     process_group: dist.ProcessGroup | Literal["default"] | None = None,
     gradient_hook: GradientHook | None = None,
     grad_scaler: torch.amp.GradScaler | None = None,
-) -> ExtraGradient:
+) -> ExtraGradient | SimultaneousGDA:
     """The configuration that needs no tuning: extra-gradient on the augmented Lagrangian,
     with a backtracking step, gradient-based scaling at the first step and the
     penalty-update rule (docs/core.md; docs/benchmarks.md has what it solves).
@@ -45,11 +78,29 @@ def default_optimizer(
     once per step (``same_randomness=True``): the backtracking test then compares the
     operator at two points, not two draws.
 
+    Per-sample (indexed) inequalities evaluated on minibatches get a stiffer penalty, a
+    method-of-multipliers step of their batch's rows that does not follow ``t`` and a
+    self-tuned margin (:class:`AugmentedLagrangian`, docs/stochastic.md): the final
+    iterate then meets them on the training samples under minibatch noise.
+
+    **With your own primal optimizer** (``primal_optimizer=``: Adam at its usual rate, with
+    a learning-rate scheduler if you use one), the method is simultaneous descent-ascent
+    (one closure call per step) on the same augmented Lagrangian with the same scaling,
+    margins and penalty rule; the multipliers ascend by a tenth of the method of
+    multipliers' step (:data:`USER_PRIMAL_DUAL_LR`). Use it to train networks; the
+    backtracking default (SGD) is for problems where you want the solution to solver
+    precision with nothing to choose.
+
     Args:
         problem: The problem; its primal parameters (slacks included; under the augmented
             Lagrangian they take no step) get ``lr``, its multipliers ``dual_lr``.
-        lr: Primal learning rate at step factor 1 (plain SGD).
-        dual_lr: Dual learning rate at step factor 1, before the penalty coefficient.
+        lr: Primal learning rate at step factor 1 (plain SGD); not used with
+            ``primal_optimizer``.
+        dual_lr: Dual learning rate at step factor 1, before the penalty coefficient
+            (with ``primal_optimizer``: :data:`USER_PRIMAL_DUAL_LR` unless given).
+        primal_optimizer: Your optimizer (or a list of them) over
+            ``problem.primal_parameters()``; ``None``: the backtracking extra-gradient
+            with plain SGD.
         process_group: Data-parallel training over this ``torch.distributed`` process group
             (``"default"``: the default group; docs/distributed.md): the scales are
             measured on the whole batch, the backtracking test is rank 0's and the
@@ -70,10 +121,36 @@ def default_optimizer(
         >>> [round(v, 4) for v in problem.x.tolist()]
         [1.0, 4.743, 3.8211, 1.3794]
     """
-    multipliers = problem.dual_parameters()
-    dual = torch.optim.SGD(multipliers, lr=dual_lr, maximize=True) if multipliers else None
+    if primal_optimizer is not None:
+        if lr != DEFAULT_LR:
+            raise ValueError("lr is the default's own SGD rate: set it on primal_optimizer")
+        given = dual_lr != DEFAULT_DUAL_LR
+        return SimultaneousGDA(
+            problem, primal_optimizer,
+            _dual_optimizer(problem, dual_lr if given else USER_PRIMAL_DUAL_LR),
+            formulation=AugmentedLagrangian(penalty_dual_step=True), scaling=True,
+            process_group=process_group, gradient_hook=gradient_hook, grad_scaler=grad_scaler,
+        )  # fmt: skip
+    dual = _dual_optimizer(problem, dual_lr)
     return ExtraGradient(
         problem, torch.optim.SGD(problem.primal_parameters(), lr=lr), dual,
         formulation="augmented", scaling=True, step_size="adaptive", same_randomness=True,
         process_group=process_group, gradient_hook=gradient_hook, grad_scaler=grad_scaler,
     )  # fmt: skip
+
+
+def _dual_optimizer(problem: ConstrainedProblem, lr: float) -> torch.optim.SGD | None:
+    """Plain SGD ascent on the multipliers: the dense ones in one group, the per-sample
+    tables in another (each step of the default moves them by its own rule)."""
+    indexed = {
+        id(constraint.multiplier)
+        for _, constraint in problem.constraint_items()
+        if constraint.spec.indexed
+    }
+    multipliers = problem.dual_parameters()
+    groups = [
+        {"params": [p for p in multipliers if (id(p) in indexed) == per_sample]}
+        for per_sample in (False, True)
+    ]
+    groups = [group for group in groups if group["params"]]
+    return torch.optim.SGD(groups, lr=lr, maximize=True) if groups else None

@@ -274,7 +274,10 @@ def _estimates(
     """The derivative of a term with respect to its standard form."""
     if rule.penalty is None:
         return multipliers
-    return aug.augmented_weight(term_standard, multipliers, rule.penalty, spec.kind == "equality")
+    return aug.augmented_weight(
+        aug.shifted(term_standard, rule.margin), multipliers, rule.penalty,
+        spec.kind == "equality",
+    )  # fmt: skip
 
 
 def current_weights(term: Term) -> Tensor:
@@ -344,17 +347,20 @@ def _term(
         equality = spec.kind == "equality"
         projected = not equality
         output = value
-        residual = aug.augmented_residual(all_standard, all_multipliers, rule.penalty, equality)
+        # The margin shifts the rows the augmented Lagrangian sees; the violations reported
+        # (all_standard, kept in the term) are the constraint's own.
+        seen = aug.shifted(all_standard, rule.margin)
+        residual = aug.augmented_residual(seen, all_multipliers, rule.penalty, equality)
         estimates = _estimates(detached, multipliers, rule, spec)
         weights = term_weights(spec, estimates, indices, False, objective_weight)
-        terms = aug.augmented_value(all_standard, all_multipliers, rule.penalty, equality)
+        terms = aug.augmented_value(seen, all_multipliers, rule.penalty, equality)
         scale = objective_weight if all_indices is None else objective_weight / all_indices.shape[0]
         # An inactive inequality's term does not depend on its value: the value's own sum,
         # times 0, carries a NaN or an infinity into the one finiteness check.
         term_value = terms.sum() * scale + detached.sum() * 0
         if spec.has_slack:
             write_closed_form_slack(
-                constraint, all_standard, all_multipliers, rule.penalty, all_indices, undo
+                constraint, seen, all_multipliers, rule.penalty, all_indices, undo
             )
     elif not spec.has_slack:
         output = value

@@ -177,8 +177,27 @@ class ExtraGradient(ConstrainedOptimizer):
         primal_groups = len(self.primal_optimizer.param_groups)
         if dual is None:
             dual = dual_factor(self.adaptive, self._factor)
+        sample = self._sample_groups()
         for index, (group, base) in enumerate(zip(self.param_groups, self._base_lrs)):
-            group["lr"] = base * (self._factor if index < primal_groups else dual)
+            factor = self._factor if index < primal_groups else dual
+            if index in sample:
+                assert self.adaptive.sample_dual_factor is not None
+                factor = self.adaptive.sample_dual_factor
+            group["lr"] = base * factor
+
+    def _sample_groups(self) -> set[int]:
+        """The indices (in :attr:`param_groups`) of the dual groups made of per-sample
+        multiplier tables only, which step by :attr:`AdaptiveStep.sample_dual_factor`."""
+        if self.dual_optimizer is None or self.adaptive is None:
+            return set()
+        if self.adaptive.sample_dual_factor is None:
+            return set()
+        first = len(self.primal_optimizer.param_groups)
+        return {
+            first + index
+            for index, group in enumerate(self.dual_optimizer.param_groups)
+            if group["params"] and all(id(p) in self._indexed_tables for p in group["params"])
+        }
 
     def _restore_bases(self) -> None:
         """Puts back the rates the step found: a scheduler that multiplies the rate it reads
@@ -279,10 +298,12 @@ class ExtraGradient(ConstrainedOptimizer):
         return sums if self._sync is None else self._sync.broadcast(sums)
 
     def _bases(self) -> dict[int, float]:
-        """Each parameter's learning rate at ``t = 1``, by ``id`` (indexed tables too)."""
+        """Each parameter's learning rate at ``t = 1``, by ``id`` (indexed tables too); 0
+        for the groups whose step does not follow ``t``, which the metric leaves out."""
+        sample = self._sample_groups()
         return {
-            id(param): base
-            for group, base in zip(self.param_groups, self._base_lrs)
+            id(param): 0.0 if index in sample else base
+            for index, (group, base) in enumerate(zip(self.param_groups, self._base_lrs))
             for param in group["params"]
         }
 

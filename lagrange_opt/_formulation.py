@@ -46,10 +46,13 @@ class TermRule(NamedTuple):
             a tensor with one per element), or ``None`` for the plain Lagrangian.
         dual_scale: Factor on the multipliers' gradient (a number, or a tensor with one
             per element), or ``None`` for none.
+        margin: The self-tuned margin of a per-sample constraint in the augmented
+            Lagrangian (:func:`._augmented.next_margin`), a 0-dim tensor, or ``None``.
     """
 
     penalty: Tensor | float | None
     dual_scale: Tensor | float | None
+    margin: Tensor | None = None
 
 
 class Formulation(NamedTuple):

@@ -81,6 +81,13 @@ class AdaptiveStep(NamedTuple):
         max_interpolated_move: Nor is an extrapolation that moved the point by more than
             this fraction of its norm (in the metric) shortened: over a long segment a
             curved operator is far from its interpolation (``inf``: any move).
+        sample_dual_factor: The factor of a dual param group made of per-sample
+            (indexed) multiplier tables only, whatever ``t``; their rows are left out of
+            the test. Under the augmented Lagrangian, 1 makes a visited sample's update
+            the method of multipliers' :math:`\\lambda_i \\leftarrow \\max(0, \\lambda_i +
+            c g_i)`: a sample is seen once an epoch, and a step tied to ``t`` (small on a
+            network) would leave its multiplier behind the noise (docs/stochastic.md).
+            ``None``: such groups take the factor of the other multipliers.
     """
 
     initial: float = 1.0
@@ -94,6 +101,7 @@ class AdaptiveStep(NamedTuple):
     max_factor: float = 1e6
     max_interpolated: float = 2.0
     max_interpolated_move: float = 0.1
+    sample_dual_factor: float | None = 1.0
 
 
 def check_adaptive(config: AdaptiveStep) -> AdaptiveStep:
@@ -125,6 +133,9 @@ def check_adaptive(config: AdaptiveStep) -> AdaptiveStep:
         raise ValueError(f"Invalid max_interpolated: {config.max_interpolated}")
     if not config.max_interpolated_move >= 0:
         raise ValueError(f"Invalid max_interpolated_move: {config.max_interpolated_move}")
+    sample = config.sample_dual_factor
+    if sample is not None and not (math.isfinite(sample) and sample > 0):
+        raise ValueError(f"Invalid sample_dual_factor: {sample}")
     return config
 
 

@@ -524,6 +524,8 @@ INVALID_STEPS = [
     (dict(max_interpolated=math.nan), "Invalid max_interpolated: nan"),
     (dict(max_interpolated_move=-1.0), "Invalid max_interpolated_move: -1.0"),
     (dict(max_interpolated_move=math.nan), "Invalid max_interpolated_move: nan"),
+    (dict(sample_dual_factor=0.0), "Invalid sample_dual_factor: 0.0"),
+    (dict(sample_dual_factor=math.inf), "Invalid sample_dual_factor: inf"),
 ]  # fmt: skip
 
 

@@ -317,6 +317,14 @@ INVALID_SETTINGS = [
     (dict(window=True), "Invalid penalty update window: True"),
     (dict(penalty=10.0, max_penalty=5.0), "Invalid maximum penalty: 5.0"),
     (dict(max_penalty=math.inf), "Invalid maximum penalty: inf"),
+    (dict(sample_penalty=0.0), "Invalid per-sample penalty factor: 0.0"),
+    (dict(sample_penalty=math.nan), "Invalid per-sample penalty factor: nan"),
+    (dict(margin_rate=-0.1), "Invalid margin rate: -0.1"),
+    (dict(margin_rate=math.inf), "Invalid margin rate: inf"),
+    (dict(margin_decay=0.0), "Invalid margin decay: 0.0"),
+    (dict(margin_decay=1.5), "Invalid margin decay: 1.5"),
+    (dict(margin_decay=math.nan), "Invalid margin decay: nan"),
+    (dict(penalty_dual_step="yes"), "Invalid penalty_dual_step: yes"),
 ]  # fmt: skip
 
 

@@ -1,0 +1,183 @@
+"""Per-sample constraints on minibatches: the self-tuned margin, the stiffer per-sample
+penalty, the method-of-multipliers step of the batch's rows, and the default with the
+user's primal optimizer."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+import torch
+from helpers import assert_bitwise_equal
+from torch import nn
+
+import lagrange_opt._updates as updates
+from lagrange_opt import (
+    AugmentedLagrangian,
+    ExtraGradient,
+    SimultaneousGDA,
+    default_optimizer,
+)
+from lagrange_opt._augmented import next_margin
+from lagrange_opt.demo import make_data, make_network
+from lagrange_opt.problems import NonNegativePredictions, PositiveOutputs
+
+
+def _nonnegative_linear(num_samples: int = 64) -> NonNegativePredictions:
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(num_samples, 3, generator=generator, dtype=torch.float64)
+    y = X @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) - 1.0
+    return NonNegativePredictions(X, y)
+
+
+def test_margin_rule_by_hand() -> None:
+    rule = AugmentedLagrangian(margin_rate=0.5, margin_decay=0.25)
+    margin = torch.tensor(0.2)
+    # Violated: grows by rate times the worst value.
+    assert float(next_margin(rule, margin, torch.tensor(0.1))) == pytest.approx(0.25)
+    # Satisfied: shrinks by rate times decay times the slack of the worst row.
+    assert float(next_margin(rule, margin, torch.tensor(-0.4))) == pytest.approx(0.15)
+    # Never below zero.
+    assert float(next_margin(rule, margin, torch.tensor(-10.0))) == 0.0
+
+
+def test_margin_decays_to_zero_on_a_deterministic_problem() -> None:
+    """Full batches: the active rows settle at g = -m, the margin decays, and the solution
+    is the problem's own (the one SLSQP finds, within the KKT test's tolerance)."""
+    problem = _nonnegative_linear()
+    optimizer = default_optimizer(problem)
+    margins = []
+    for _ in range(3000):
+        result = optimizer.step(problem)
+        margins.append(float(optimizer._formulation._margins.margins["nonnegative"]))
+    assert max(margins) > 1e-3  # the first steps were infeasible: the margin moved
+    assert margins[-1] < 1e-7
+    assert float(result.max_violation) < 1e-6
+    with torch.no_grad():
+        predictions = problem.predict(problem.X)
+    assert float(predictions.min()) > -1e-6
+
+
+def test_margin_shifts_the_rows_the_augmented_lagrangian_sees() -> None:
+    """At w = 0, b = 0 every prediction is 0: on the boundary, no violation, and without a
+    margin no multiplier moves. With a margin m each row sees g + m = m > 0 and its
+    multiplier ascends by lr * m, while the violation reported stays the row's own, 0."""
+    moved = []
+    for margin in (None, 0.5):
+        problem = _nonnegative_linear(8)
+        optimizer = SimultaneousGDA(
+            problem,
+            torch.optim.SGD(problem.primal_parameters(), lr=0.1),
+            torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
+            formulation="augmented",
+        )
+        if margin is not None:
+            value = torch.tensor(margin, dtype=torch.float64)
+            optimizer._formulation._margins.margins["nonnegative"] = value
+            optimizer._formulation.set_scales(None)  # rebuilds the rules
+            rule = optimizer._formulation.current().rules["nonnegative"]
+            assert rule.margin is value
+            assert rule.penalty == AugmentedLagrangian().sample_penalty
+        result = optimizer.step(problem)
+        assert float(result.max_violation) == 0.0
+        moved.append(problem.constraints["nonnegative"].multiplier.detach().clone())
+    assert torch.equal(moved[0], torch.zeros(8, dtype=torch.float64))
+    assert torch.equal(moved[1], torch.full((8,), 0.1 * 0.5, dtype=torch.float64))
+
+
+def test_batch_rows_take_the_method_of_multipliers_step_whatever_the_factor() -> None:
+    """The per-sample rows' dual group steps at factor 1 (the method of multipliers) while
+    the primal factor is below 1, and the rows outside the batch do not move."""
+    problem = _nonnegative_linear()
+    optimizer = default_optimizer(problem)
+    batch = torch.arange(16)
+    for _ in range(5):
+        optimizer.step(lambda: problem(batch))
+    multipliers = problem.constraints["nonnegative"].multiplier
+    assert torch.equal(multipliers.detach()[16:], torch.zeros(48, dtype=torch.float64))
+    assert optimizer.step_factor < 1.0
+    groups = optimizer.dual_optimizer.param_groups
+    assert len(groups) == 1 and groups[0]["params"] == [multipliers]
+    seen: list[float] = []
+    real = updates._size_of
+
+    def size_of(opt: torch.optim.Optimizer, sizes: list[float]) -> dict[int, float]:
+        if opt is optimizer.dual_optimizer:
+            seen.extend(sizes)
+        return real(opt, sizes)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(updates, "_size_of", size_of)
+        optimizer.step(lambda: problem(batch))
+    assert seen and all(size == 1.0 for size in seen)
+
+
+def test_margin_state_round_trips_bitwise() -> None:
+    data = make_data(64)
+    network = make_network(hidden=8)
+    problem = PositiveOutputs(network, 64)
+    optimizer = default_optimizer(problem)
+    for start in range(0, 64, 16):
+        indices = torch.arange(start, start + 16)
+        optimizer.step(functools.partial(problem, data.inputs[indices], data.targets[indices], indices))
+    state = optimizer.state_dict()
+    margins = state["formulation"]["margins"]
+    assert set(margins["margins"]) == {"nonnegative"}
+    assert margins["recent"]["nonnegative"].shape == (4,)  # one epoch of 4 batches
+    fresh = default_optimizer(PositiveOutputs(make_network(hidden=8), 64))
+    fresh.load_state_dict(state)
+    assert_bitwise_equal(fresh.state_dict()["formulation"], state["formulation"])
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_a_bad_margin_is_refused_and_nothing_loads(value: float) -> None:
+    problem = _nonnegative_linear()
+    optimizer = default_optimizer(problem)
+    for _ in range(3):
+        optimizer.step(problem)
+    before = optimizer.state_dict()
+    state = optimizer.state_dict()
+    state["formulation"]["margins"]["margins"]["nonnegative"] = torch.tensor(value)
+    state["step_factor"] = 0.5
+    with pytest.raises(ValueError, match=re.escape(f"Invalid margin of constraint 'nonnegative': {value}")):
+        optimizer.load_state_dict(state)
+    assert_bitwise_equal(optimizer.state_dict(), before)
+
+
+def test_default_with_the_users_primal_optimizer() -> None:
+    problem = PositiveOutputs(make_network(hidden=8), 64)
+    adam = torch.optim.Adam(problem.primal_parameters(), lr=1e-3)
+    optimizer = default_optimizer(problem, primal_optimizer=adam)
+    assert isinstance(optimizer, SimultaneousGDA)
+    assert optimizer.primal_optimizer is adam
+    assert optimizer._formulation.penalty_steps_dual
+    assert [group["lr"] for group in optimizer.dual_optimizer.param_groups] == [0.1]
+    with pytest.raises(ValueError, match=r"^lr is the default.s own SGD rate: set it on primal_optimizer$"):
+        default_optimizer(problem, lr=0.5, primal_optimizer=adam)
+
+
+@pytest.mark.parametrize("primal", ["sgd", "adam"])
+def test_default_meets_every_output_constraint_on_minibatches(primal: str) -> None:
+    """The package's own question on a small network: every training output >= -1e-3 at the
+    final iterate, with minibatches (batch 64 of 512 samples, 60 epochs)."""
+    data = make_data(512)
+    torch.manual_seed(0)
+    network = make_network(hidden=32)
+    problem = PositiveOutputs(network, 512)
+    if primal == "adam":
+        optimizer: ExtraGradient | SimultaneousGDA = default_optimizer(
+            problem, primal_optimizer=torch.optim.Adam(problem.primal_parameters(), lr=1e-3)
+        )
+    else:
+        optimizer = default_optimizer(problem)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(60):
+        for indices in torch.randperm(512, generator=generator).split(64):
+            optimizer.step(functools.partial(problem, data.inputs[indices], data.targets[indices], indices))
+    with torch.no_grad():
+        predictions = network(data.inputs)
+    unconstrained_negative = float((data.targets < 0).float().mean())
+    assert unconstrained_negative > 0.25  # the constraint binds
+    assert float(predictions.min()) >= -1e-3
+    assert float(nn.functional.mse_loss(predictions, data.targets)) < 0.4
