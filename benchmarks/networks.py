@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -233,9 +233,7 @@ class RecallConstrained(ConstrainedProblem):
         self.add_inequality("recall", ">=")
 
     def objective(self, logits: Tensor, labels: Tensor) -> Tensor:
-        weight = self.network[0].weight
-        assert isinstance(weight, Tensor)
-        return nn.functional.cross_entropy(logits, labels) + 0.01 * weight.square().sum()
+        return nn.functional.cross_entropy(logits, labels) + _weight_decay(self.network)
 
     def forward(self, inputs: Tensor, labels: Tensor, indices: Tensor) -> ProblemState:
         del indices
@@ -247,6 +245,13 @@ class RecallConstrained(ConstrainedProblem):
                 soft_recall(logits, labels) - self.target,
             )
         return ProblemState(self.objective(logits, labels), constraints)
+
+
+def _weight_decay(network: nn.Module) -> Tensor:
+    """The recall task's L2 penalty, ``0.01 * ||W||^2`` on the linear layer's weights."""
+    weight = network[0].weight
+    assert isinstance(weight, Tensor)
+    return 0.01 * weight.square().sum()
 
 
 def build_problem(task: Task, network: nn.Module, num_samples: int) -> ConstrainedProblem:
@@ -293,9 +298,9 @@ def violations(task: Task, outputs: Tensor, targets: Tensor) -> Tensor:
     return torch.where(violation.isnan(), math.inf, violation)
 
 
-def measure(task: Task, predict: Callable[[Tensor], Tensor], train: Split, test: Split) -> dict[
-    str, float
-]:
+def measure(
+    task: Task, predict: Callable[[Tensor], Tensor], train: Split, test: Split
+) -> dict[str, float]:
     """The final iterate's figures on both splits (held-out: outputs below 0, samples above
     the bound, the recall's shortfall)."""
     with torch.no_grad():
@@ -357,16 +362,14 @@ def train_unconstrained(
         primal.zero_grad()
         loss = task_loss(task, network(inputs), targets)
         if task.kind == "recall":
-            weight = network[0].weight
-            assert isinstance(weight, Tensor)
-            loss = loss + 0.01 * weight.square().sum()
+            loss = loss + _weight_decay(network)
         loss.backward()
         primal.step()
         record(step + 1)
     return len(batches)
 
 
-def train_cooper(scheme: str) -> Trainer:
+def train_cooper(scheme: Literal["augmented", "extrapolation"]) -> Trainer:
     """Cooper 1.0.1 (its only primal optimizer here is SGD, at the row's rate for SGD;
     the dual step of the benchmark's network, per sample)."""
 
@@ -379,7 +382,7 @@ def train_cooper(scheme: str) -> Trainer:
         del optimizer
         problem = build_problem(task, network, len(train.targets))
         scale = batches[0][2].shape[0] if task.kind != "recall" else 1
-        method = CooperMethod(problem, scheme, SGD_LR, 1.0 / scale)  # type: ignore[arg-type]
+        method = CooperMethod(problem, scheme, SGD_LR, 1.0 / scale)
         calls = 0
         for step, batch in enumerate(batches):
             calls += method.step(*batch).evaluations
@@ -389,7 +392,7 @@ def train_cooper(scheme: str) -> Trainer:
     return run
 
 
-def train_humancompatible(scheme: str) -> Trainer:
+def train_humancompatible(scheme: Literal["alm", "nupi"]) -> Trainer:
     """humancompatible-train 0.4.2's ALM or nuPI with the row's optimizer and the peer's
     default dual step."""
 
@@ -402,12 +405,12 @@ def train_humancompatible(scheme: str) -> Trainer:
         params = list(network.parameters())
         per_sample = 1 if task.kind == "losses" else int(train.targets.shape[1:].numel())
         count = 1 if task.kind == "recall" else len(train.targets) * per_sample
-        method = HumanCompatibleMethod(
-            params, _primal(optimizer, params), scheme, count  # type: ignore[arg-type]
-        )
+        method = HumanCompatibleMethod(params, _primal(optimizer, params), scheme, count)
         for step, (inputs, targets, indices) in enumerate(batches):
             outputs = network(inputs)
             loss = task_loss(task, outputs, targets)
+            if task.kind == "recall":
+                loss = loss + _weight_decay(network)
             if task.kind == "outputs":
                 method.step(loss, -outputs, indices)
             elif task.kind == "losses":
@@ -609,6 +612,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--points", type=int, default=50, help="trace points per run")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results/networks"))
+    parser.add_argument(
+        "--reuse", type=Path, help="an earlier networks.json: its runs are kept for the jobs "
+        "it holds, except those of the methods given with --rerun",
+    )  # fmt: skip
+    parser.add_argument("--rerun", nargs="+", default=[], choices=sorted(METHODS))
     args = parser.parse_args(argv)
     tasks = args.tasks or (list(QUICK_TASKS) if args.quick else list(TASKS))
     methods = args.methods or (["default", "unconstrained"] if args.quick else list(METHODS))
@@ -621,9 +629,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if applies(method, TASKS[task], optimizer)
         for seed in range(seeds)
     ]
+    reused: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    if args.reuse is not None:
+        for run in json.loads(args.reuse.read_text())["runs"]:
+            if run["method"] not in args.rerun:
+                reused[(run["task"], run["optimizer"], run["method"], run["seed"])] = run
+    all_jobs = jobs
+    results = [reused[key] for job in jobs if (key := job[:4]) in reused]
+    jobs = [job for job in jobs if job[:4] not in reused]
     args.out.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(args.workers) as pool:
-        results = []
         for result in pool.map(run_job, jobs):
             results.append(result)
             print(
@@ -632,6 +647,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"loss {result['loss']:.4f}, {result['seconds']:.1f} s",
                 flush=True,
             )
+    order = {job[:4]: position for position, job in enumerate(all_jobs)}
+    results.sort(key=lambda run: order[(run["task"], run["optimizer"], run["method"], run["seed"])])
     lines = summarise(results)
     (args.out / "networks.json").write_text(json.dumps({"runs": results, "summary": lines}))
     table = markdown(lines)

@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         ``steps`` (``trainer.global_step``).
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=250, help="epochs in all (250)")
+    parser.add_argument("--epochs", type=int, default=1000, help="epochs in all (1000)")
     parser.add_argument("--samples", type=int, default=48, help="training samples (48)")
     parser.add_argument("--features", type=int, default=256, help="input features (256)")
     parser.add_argument("--batch-size", type=int, default=16, help="minibatch size (16)")

@@ -10,7 +10,13 @@ known solutions to try settings on are in :mod:`lagrange_opt.problems`.
 
 from ._augmented import AugmentedLagrangian
 from ._bounds import Bounds
-from ._defaults import DEFAULT_DUAL_LR, DEFAULT_LR, default_optimizer
+from ._defaults import (
+    DEFAULT_DUAL_LR,
+    DEFAULT_LR,
+    STOCHASTIC_AUGMENTED,
+    USER_PRIMAL_DUAL_LR,
+    default_optimizer,
+)
 from ._extragradient import ExtraGradient
 from ._gda import AlternatingGDA, SimultaneousGDA
 from ._kkt import ConstraintFigures, KKTResiduals, kkt
@@ -37,6 +43,8 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_DUAL_LR",
     "DEFAULT_LR",
+    "STOCHASTIC_AUGMENTED",
+    "USER_PRIMAL_DUAL_LR",
     "AdaptiveStep",
     "AlternatingGDA",
     "AugmentedLagrangian",

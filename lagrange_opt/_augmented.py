@@ -32,8 +32,9 @@ class AugmentedLagrangian(NamedTuple):
     ``growth``, up to ``max_penalty`` (the classical rule of the method of multipliers,
     Bertsekas 1982, Sec. 2.2). ``growth=1`` keeps ``c`` fixed.
 
-    Per-sample (indexed) constraints evaluated on minibatches get two more settings
-    (docs/stochastic.md). Their penalty coefficient is ``sample_penalty`` times the one of
+    Per-sample (indexed) constraints evaluated on minibatches have two more settings
+    (docs/stochastic.md), off by default here and on in :func:`~lagrange_opt.default_optimizer`
+    (:data:`~lagrange_opt.STOCHASTIC_AUGMENTED`). Their penalty coefficient is ``sample_penalty`` times the one of
     a dense constraint: a sample's term is averaged over the batch, so its curvature per
     sample is ``c / B``, and the stiffer penalty holds each visited sample nearer its
     boundary between visits. And each such constraint has a self-tuned margin
@@ -62,6 +63,8 @@ class AugmentedLagrangian(NamedTuple):
         sample_penalty: Factor on ``c`` for per-sample (indexed) constraints.
         margin_rate: :math:`\\eta_m`, the margin's rate (``0``: no margin).
         margin_decay: :math:`\\rho`, the margin's decrease relative to its growth.
+        row_margin_decay: The decay of a row's own margin at a visit where it did not
+            drift (:func:`._margins.next_row_margins`).
         penalty_dual_step: Whether the multipliers' gradient is multiplied by ``c`` (a
             dual learning rate of 1 is then the method of multipliers' step). ``None``:
             the method decides (the adaptive step does, fixed steps do not).
@@ -72,9 +75,10 @@ class AugmentedLagrangian(NamedTuple):
     shrink: float = 0.9
     window: int = 500
     max_penalty: float = 100.0
-    sample_penalty: float = 16.0
-    margin_rate: float = 0.1
+    sample_penalty: float = 1.0
+    margin_rate: float = 0.0
     margin_decay: float = 0.3
+    row_margin_decay: float = 0.5
     penalty_dual_step: bool | None = None
 
 
@@ -100,6 +104,8 @@ def check_augmented(config: AugmentedLagrangian) -> AugmentedLagrangian:
         raise ValueError(f"Invalid margin rate: {config.margin_rate}")
     if not (0 < config.margin_decay <= 1):
         raise ValueError(f"Invalid margin decay: {config.margin_decay}")
+    if not (0 < config.row_margin_decay <= 1):
+        raise ValueError(f"Invalid row margin decay: {config.row_margin_decay}")
     if config.penalty_dual_step not in (None, True, False):
         raise ValueError(f"Invalid penalty_dual_step: {config.penalty_dual_step}")
     return config
@@ -232,7 +238,7 @@ def next_margin(config: AugmentedLagrangian, margin: Tensor, worst: Tensor) -> T
 
     Example:
         >>> import torch
-        >>> rule = AugmentedLagrangian()
+        >>> rule = AugmentedLagrangian(margin_rate=0.1, margin_decay=0.3)
         >>> next_margin(rule, torch.tensor(0.0), torch.tensor(0.5))
         tensor(0.0500)
         >>> next_margin(rule, torch.tensor(0.05), torch.tensor(-0.05))

@@ -19,6 +19,11 @@ DEFAULT_LR = 1.0
 DEFAULT_DUAL_LR = 1.0
 """Dual learning rate of :func:`default_optimizer` (plain SGD ascent) at step factor 1."""
 
+STOCHASTIC_AUGMENTED = AugmentedLagrangian(sample_penalty=16.0, margin_rate=0.1)
+"""The default's augmented Lagrangian: per-sample (indexed) inequalities get a penalty 16
+times stiffer and a self-tuned margin (docs/stochastic.md); the rest is
+:class:`AugmentedLagrangian`'s defaults."""
+
 USER_PRIMAL_DUAL_LR = 0.1
 """Dual learning rate of :func:`default_optimizer` with the user's primal optimizer: a tenth
 of the method of multipliers' step (the multipliers' gradient carries the penalty ``c``)."""
@@ -128,13 +133,14 @@ def default_optimizer(
         return SimultaneousGDA(
             problem, primal_optimizer,
             _dual_optimizer(problem, dual_lr if given else USER_PRIMAL_DUAL_LR),
-            formulation=AugmentedLagrangian(penalty_dual_step=True), scaling=True,
+            formulation=STOCHASTIC_AUGMENTED._replace(penalty_dual_step=True), scaling=True,
             process_group=process_group, gradient_hook=gradient_hook, grad_scaler=grad_scaler,
         )  # fmt: skip
     dual = _dual_optimizer(problem, dual_lr)
     return ExtraGradient(
         problem, torch.optim.SGD(problem.primal_parameters(), lr=lr), dual,
-        formulation="augmented", scaling=True, step_size="adaptive", same_randomness=True,
+        formulation=STOCHASTIC_AUGMENTED, scaling=True, step_size="adaptive",
+        same_randomness=True,
         process_group=process_group, gradient_hook=gradient_hook, grad_scaler=grad_scaler,
     )  # fmt: skip
 

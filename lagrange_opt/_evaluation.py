@@ -38,7 +38,7 @@ from ._closure_call import (
 )
 from ._finiteness import check_finite as check_finite
 from ._finiteness import raise_for_bad_values, slack_variable
-from ._formulation import PLAIN, UNIT_RULE, Formulation, TermRule
+from ._formulation import PLAIN, UNIT_RULE, Formulation, TermRule, row_margin
 from ._problem import ConstrainedProblem, Constraint, ConstraintSpec, ProblemState
 from ._slacks import (
     SlackRows,
@@ -269,13 +269,15 @@ def term_weights(
 
 
 def _estimates(
-    term_standard: Tensor, multipliers: Tensor, rule: TermRule, spec: ConstraintSpec
-) -> Tensor:
-    """The derivative of a term with respect to its standard form."""
+    term_standard: Tensor, multipliers: Tensor, rule: TermRule, spec: ConstraintSpec,
+    indices: Tensor | None,
+) -> Tensor:  # fmt: skip
+    """The derivative of a term with respect to its standard form (``indices``: the rows
+    of an indexed constraint)."""
     if rule.penalty is None:
         return multipliers
     return aug.augmented_weight(
-        aug.shifted(term_standard, rule.margin), multipliers, rule.penalty,
+        aug.shifted(term_standard, row_margin(rule, indices)), multipliers, rule.penalty,
         spec.kind == "equality",
     )  # fmt: skip
 
@@ -291,7 +293,7 @@ def current_weights(term: Term) -> Tensor:
     if indices is not None:
         multipliers = multipliers.index_select(0, indices)
     spec = term.constraint.spec
-    estimates = _estimates(standard, multipliers, term.rule, spec)
+    estimates = _estimates(standard, multipliers, term.rule, spec, indices)
     return term_weights(
         spec, estimates, indices, slack_variable(spec, term.rule), term.objective_weight
     )
@@ -349,9 +351,9 @@ def _term(
         output = value
         # The margin shifts the rows the augmented Lagrangian sees; the violations reported
         # (all_standard, kept in the term) are the constraint's own.
-        seen = aug.shifted(all_standard, rule.margin)
+        seen = aug.shifted(all_standard, row_margin(rule, all_indices))
         residual = aug.augmented_residual(seen, all_multipliers, rule.penalty, equality)
-        estimates = _estimates(detached, multipliers, rule, spec)
+        estimates = _estimates(detached, multipliers, rule, spec, indices)
         weights = term_weights(spec, estimates, indices, False, objective_weight)
         terms = aug.augmented_value(seen, all_multipliers, rule.penalty, equality)
         scale = objective_weight if all_indices is None else objective_weight / all_indices.shape[0]

@@ -48,11 +48,21 @@ class TermRule(NamedTuple):
             per element), or ``None`` for none.
         margin: The self-tuned margin of a per-sample constraint in the augmented
             Lagrangian (:func:`._augmented.next_margin`), a 0-dim tensor, or ``None``.
+        row_margins: Its rows' own margins on top of ``margin`` (:mod:`._margins`), a
+            table of the multipliers' shape, or ``None``.
     """
 
     penalty: Tensor | float | None
     dual_scale: Tensor | float | None
     margin: Tensor | None = None
+    row_margins: Tensor | None = None
+
+
+def row_margin(rule: TermRule, indices: Tensor | None) -> Tensor | None:
+    """The margin each of a term's rows sees: the constraint's plus the rows' own."""
+    if rule.margin is None or rule.row_margins is None or indices is None:
+        return rule.margin
+    return rule.margin + rule.row_margins.index_select(0, indices)
 
 
 class Formulation(NamedTuple):

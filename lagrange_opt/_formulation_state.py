@@ -9,9 +9,10 @@ import torch
 from torch import Tensor
 
 from . import _lagrangian as lag
-from ._augmented import AugmentedLagrangian, grown_penalty, next_margin
-from ._evaluation import Evaluation, Term
+from ._augmented import AugmentedLagrangian, grown_penalty
+from ._evaluation import Evaluation
 from ._formulation import PLAIN, Formulation, Scales, TermRule
+from ._margins import SampleMargins
 from ._problem import ConstrainedProblem
 
 
@@ -98,7 +99,7 @@ class FormulationState:
                 if self.penalty_steps_dual:
                     dual_scale = penalty
                 margin = self._margins.margins.get(name)
-            rules[name] = TermRule(penalty, dual_scale, margin)
+            rules[name] = TermRule(penalty, dual_scale, margin, self._margins.rows.get(name))
         return Formulation(1.0 / objective_scale, rules)
 
     def observe(self, evaluation: Evaluation) -> None:
@@ -180,84 +181,3 @@ class FormulationState:
         self._steps = int(state["steps"])
         self._margins.load_state_dict(state.get("margins", {}))
         self._cached = self._fixed()
-
-
-class SampleMargins:
-    """The self-tuned margin of each per-sample inequality under the augmented Lagrangian
-    (:func:`._augmented.next_margin`), with the largest value of each recent batch.
-
-    The batches' maxima are kept in a ring of one epoch's steps (``num_samples`` over the
-    batch size, at most :data:`MAX_EPOCH_STEPS`), on the multipliers' device: a step adds
-    a few device operations and no host synchronisation.
-    """
-
-    def __init__(self, problem: ConstrainedProblem, augmented: AugmentedLagrangian | None) -> None:
-        self.augmented = augmented
-        self.margins: dict[str, Tensor] = {}
-        self._sizes: dict[str, int] = {}
-        self._recent: dict[str, Tensor] = {}
-        self._counts: dict[str, int] = {}
-        if augmented is None or augmented.margin_rate == 0:
-            return
-        for name, constraint in problem.constraint_items():
-            spec, multiplier = constraint.spec, constraint.multiplier
-            if spec.num_samples is None or spec.kind != "inequality" or multiplier is None:
-                continue
-            self.margins[name] = multiplier.new_zeros(())
-            self._sizes[name] = spec.num_samples
-
-    def observe(self, terms: list[Term]) -> bool:
-        """Updates the margins with one step's start evaluation; whether any changed."""
-        augmented = self.augmented
-        changed = False
-        for term in terms:
-            name = term.constraint.spec.name
-            margin = self.margins.get(name)
-            if augmented is None or margin is None or term.standard.numel() == 0:
-                continue
-            batch = term.standard.shape[0]
-            recent = self._recent.get(name)
-            if recent is None:
-                length = min(MAX_EPOCH_STEPS, -(-self._sizes[name] // batch))
-                recent = self._recent[name] = margin.new_full((length,), -math.inf)
-            count = self._counts.get(name, 0)
-            recent[count % recent.shape[0]] = term.standard.amax().to(recent.dtype)
-            self._counts[name] = count + 1
-            self.margins[name] = next_margin(augmented, margin, recent.amax())
-            changed = True
-        return changed
-
-    def state_dict(self) -> dict[str, Any]:
-        """The margins and the recent batches' maxima, copied."""
-        return {
-            "margins": {name: margin.clone() for name, margin in self.margins.items()},
-            "recent": {name: recent.clone() for name, recent in self._recent.items()},
-            "counts": dict(self._counts),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores :meth:`state_dict`'s result (an empty one: no margin has moved yet).
-
-        Raises:
-            ValueError: If the state names other constraints than this problem's margins.
-        """
-        margins = state.get("margins", {})
-        if margins and set(margins) != set(self.margins):
-            raise ValueError(
-                f"the margins are for constraints {sorted(margins)}, this method keeps "
-                f"margins for {sorted(self.margins)}"
-            )
-        for name, margin in margins.items():
-            value = float(margin)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"Invalid margin of constraint '{name}': {value}")
-        self.margins = {
-            name: margins[name].clone().to(margin) if name in margins else margin.new_zeros(())
-            for name, margin in self.margins.items()
-        }
-        self._recent = {name: recent.clone() for name, recent in state.get("recent", {}).items()}
-        self._counts = {name: int(count) for name, count in state.get("counts", {}).items()}
-
-
-MAX_EPOCH_STEPS = 100_000
-"""The most steps whose batch maxima a margin remembers (an epoch of more steps is cut)."""

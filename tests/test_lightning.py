@@ -18,11 +18,11 @@ from helpers import load_example
 
 L = pytest.importorskip("lightning")
 
-EPOCHS = 250
+EPOCHS = 1000
 """The training run: 48 samples in batches of 16, so 750 steps."""
 
 FEASIBILITY_TOL = 1e-3
-"""Every training output must be >= -FEASIBILITY_TOL at the end (measured: -1.1e-4)."""
+"""Every training output must be >= -FEASIBILITY_TOL at the end (measured: -3.6e-6)."""
 
 SOLUTION_TOL = 1e-2
 """Outputs and multipliers within this of the closed-form solution (measured: 1.3e-3 and

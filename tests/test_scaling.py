@@ -15,6 +15,7 @@ from helpers import QuadraticProgram, sgd_pair
 from torch import nn
 
 from lagrange_opt import (
+    STOCHASTIC_AUGMENTED,
     AlternatingGDA,
     ConstrainedProblem,
     ExtraGradient,
@@ -217,8 +218,9 @@ def test_scales_are_the_gradients_inf_norms_at_the_first_point(device: str) -> N
 
 
 def test_lagrangian_with_per_element_scales_is_the_users(device: str) -> None:
-    """Each dense element has its own c_user = s_f / s_g,i^2; the indexed rows share one and
-    are averaged over the batch; the penalty enters as declared."""
+    """Each dense element has its own c_user = s_f / s_g,i^2; the indexed rows share one,
+    times the default's per-sample stiffness, see their rows shifted by the constraint's
+    margin and their own, and are averaged over the batch; the penalty enters as declared."""
     problem = Measured(device=device)
     optimizer = default_optimizer(problem)
     for step in range(10):
@@ -228,6 +230,7 @@ def test_lagrangian_with_per_element_scales_is_the_users(device: str) -> None:
                 name: problem.constraints[name].multiplier.detach().clone()
                 for name in ("dense", "indexed", "scalar")
             }
+        margins = optimizer.state_dict()["formulation"]["margins"]
         result = optimizer.step(problem)
         scales = optimizer.state_dict()["formulation"]["scales"]
         s_f, s_g = scales["objective"], scales["constraints"]
@@ -237,10 +240,13 @@ def test_lagrangian_with_per_element_scales_is_the_users(device: str) -> None:
         dense = augmented_value(
             values["dense"], multipliers["dense"], s_f / s_g["dense"].square(), False
         ).sum()
+        shift = margins["margins"]["indexed"]
+        if "indexed" in margins["rows"]:
+            shift = shift + margins["rows"]["indexed"][indexed.indices]
         rows = augmented_value(
-            -indexed.value,
+            -indexed.value + shift,
             multipliers["indexed"][indexed.indices],
-            s_f / s_g["indexed"].square(),
+            STOCHASTIC_AUGMENTED.sample_penalty * s_f / s_g["indexed"].square(),
             False,
         ).sum() / len(indexed.indices)
         scalar = augmented_value(

@@ -70,7 +70,7 @@ def test_margin_shifts_the_rows_the_augmented_lagrangian_sees() -> None:
             problem,
             torch.optim.SGD(problem.primal_parameters(), lr=0.1),
             torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-            formulation="augmented",
+            formulation=AugmentedLagrangian(margin_rate=0.1),
         )
         if margin is not None:
             value = torch.tensor(margin, dtype=torch.float64)
@@ -78,7 +78,7 @@ def test_margin_shifts_the_rows_the_augmented_lagrangian_sees() -> None:
             optimizer._formulation.set_scales(None)  # rebuilds the rules
             rule = optimizer._formulation.current().rules["nonnegative"]
             assert rule.margin is value
-            assert rule.penalty == AugmentedLagrangian().sample_penalty
+            assert rule.penalty == 1.0  # off by default outside default_optimizer
         result = optimizer.step(problem)
         assert float(result.max_violation) == 0.0
         moved.append(problem.constraints["nonnegative"].multiplier.detach().clone())
@@ -120,7 +120,9 @@ def test_margin_state_round_trips_bitwise() -> None:
     optimizer = default_optimizer(problem)
     for start in range(0, 64, 16):
         indices = torch.arange(start, start + 16)
-        optimizer.step(functools.partial(problem, data.inputs[indices], data.targets[indices], indices))
+        optimizer.step(
+            functools.partial(problem, data.inputs[indices], data.targets[indices], indices)
+        )
     state = optimizer.state_dict()
     margins = state["formulation"]["margins"]
     assert set(margins["margins"]) == {"nonnegative"}
@@ -140,7 +142,9 @@ def test_a_bad_margin_is_refused_and_nothing_loads(value: float) -> None:
     state = optimizer.state_dict()
     state["formulation"]["margins"]["margins"]["nonnegative"] = torch.tensor(value)
     state["step_factor"] = 0.5
-    with pytest.raises(ValueError, match=re.escape(f"Invalid margin of constraint 'nonnegative': {value}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"Invalid margin of constraint 'nonnegative': {value}")
+    ):
         optimizer.load_state_dict(state)
     assert_bitwise_equal(optimizer.state_dict(), before)
 
@@ -153,7 +157,9 @@ def test_default_with_the_users_primal_optimizer() -> None:
     assert optimizer.primal_optimizer is adam
     assert optimizer._formulation.penalty_steps_dual
     assert [group["lr"] for group in optimizer.dual_optimizer.param_groups] == [0.1]
-    with pytest.raises(ValueError, match=r"^lr is the default.s own SGD rate: set it on primal_optimizer$"):
+    with pytest.raises(
+        ValueError, match=r"^lr is the default.s own SGD rate: set it on primal_optimizer$"
+    ):
         default_optimizer(problem, lr=0.5, primal_optimizer=adam)
 
 
@@ -174,7 +180,9 @@ def test_default_meets_every_output_constraint_on_minibatches(primal: str) -> No
     generator = torch.Generator().manual_seed(1)
     for _ in range(60):
         for indices in torch.randperm(512, generator=generator).split(64):
-            optimizer.step(functools.partial(problem, data.inputs[indices], data.targets[indices], indices))
+            optimizer.step(
+                functools.partial(problem, data.inputs[indices], data.targets[indices], indices)
+            )
     with torch.no_grad():
         predictions = network(data.inputs)
     unconstrained_negative = float((data.targets < 0).float().mean())

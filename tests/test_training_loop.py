@@ -463,12 +463,16 @@ def test_autocast_training_matches_float32(device: str, dtype: torch.dtype, run:
         scaler = _scaler(device) if autocast and dtype == torch.float16 else None
         optimizer = make(problem, grad_scaler=scaler)
         closure = closure_of(problem, inputs, targets)
-        skipped = 0
+        skips = []
         for _ in range(steps):
             with torch.autocast(device, dtype=dtype, enabled=autocast):
-                skipped += optimizer.step(closure).skipped
-        # float16's first steps may overflow the scaler's initial scale, and only those.
-        assert skipped <= (3 if scaler is not None else 0)
+                skips.append(optimizer.step(closure).skipped)
+        # float16's first steps may overflow the scaler's initial scale, and only those (4
+        # with the default: its per-sample penalty, 16 times stiffer, makes the first
+        # gradients larger, and the scale halves once more).
+        skipped = sum(skips)
+        assert skipped <= (4 if scaler is not None else 0)
+        assert not any(skips[skipped:])
         with torch.no_grad():
             predictions = problem.network(inputs)
         loss = float(nn.functional.mse_loss(predictions, targets))
