@@ -13,7 +13,7 @@ from ._bounds import Bounds
 from ._defaults import (
     DEFAULT_DUAL_LR,
     DEFAULT_LR,
-    STOCHASTIC_AUGMENTED,
+    DEFAULT_AUGMENTED,
     USER_PRIMAL_DUAL_LR,
     default_optimizer,
 )
@@ -43,7 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_DUAL_LR",
     "DEFAULT_LR",
-    "STOCHASTIC_AUGMENTED",
+    "DEFAULT_AUGMENTED",
     "USER_PRIMAL_DUAL_LR",
     "AdaptiveStep",
     "AlternatingGDA",

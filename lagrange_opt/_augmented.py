@@ -32,26 +32,34 @@ class AugmentedLagrangian(NamedTuple):
     ``growth``, up to ``max_penalty`` (the classical rule of the method of multipliers,
     Bertsekas 1982, Sec. 2.2). ``growth=1`` keeps ``c`` fixed.
 
-    Per-sample (indexed) constraints evaluated on minibatches have two more settings
-    (docs/stochastic.md), off by default here and on in :func:`~lagrange_opt.default_optimizer`
-    (:data:`~lagrange_opt.STOCHASTIC_AUGMENTED`). Their penalty coefficient is ``sample_penalty`` times the one of
-    a dense constraint: a sample's term is averaged over the batch, so its curvature per
-    sample is ``c / B``, and the stiffer penalty holds each visited sample nearer its
-    boundary between visits. And each such constraint has a self-tuned margin
-    :math:`m \\ge 0` in its own units: its rows enter the augmented Lagrangian as
-    :math:`g_i + m` (a sample is held at :math:`g_i \\le -m`), and after every step
+    Between windows, every ``runaway_check`` steps (off by default here, every 10 steps
+    in :func:`~lagrange_opt.default_optimizer`), a constraint whose violation grew past
+    1 (scaled) and fourfold while the objective fell has its coefficient grown at once, and
+    the run stops with a diagnosis if it is at ``max_penalty`` already (:mod:`._runaway`):
+    an objective unbounded below off the constraint set is caught before the iterates
+    leave every sane range.
+
+    Per-sample (indexed) inequalities evaluated on minibatches have settings of their own
+    (docs/stochastic.md), off by default here and on in
+    :func:`~lagrange_opt.default_optimizer` (:data:`~lagrange_opt.DEFAULT_AUGMENTED`).
+    Their penalty coefficient is ``sample_penalty`` times a dense constraint's: a sample's
+    term is averaged over the batch, so its curvature per sample is ``c / B``, and the
+    stiffer penalty holds each visited sample nearer its boundary between visits. And each
+    such constraint has a self-tuned margin :math:`m \\ge 0` in its own units, each row a
+    margin :math:`e_i \\ge 0` of its own (:mod:`._margins`): its rows enter the augmented
+    Lagrangian as :math:`g_i + m + e_i`, and after every step
 
     .. math::
 
         m \\leftarrow \\max\\bigl(0, \\; m + \\eta_m (w^+ - \\rho \\, w^-)\\bigr)
 
-    with :math:`w` the largest :math:`g_i` over the batches of the last epoch (at the
-    points the steps started from), :math:`\\eta_m` = ``margin_rate`` and :math:`\\rho` =
-    ``margin_decay``. Under minibatch noise the outputs of the active samples move
-    together between visits; the margin grows until the worst sample of an epoch is
-    feasible, and the decay being slower than the growth keeps it there most of the time.
-    On a deterministic problem the active rows settle at :math:`g_i = -m`, so :math:`w =
-    -m` and the margin decays geometrically to 0: the solution is the problem's own.
+    with :math:`w` the largest :math:`g_i` over the last epoch's batches among the rows
+    that drifted (satisfied at their previous visit, violated at this one),
+    :math:`\\eta_m` = ``margin_rate`` and :math:`\\rho` = ``margin_decay``. Under
+    minibatch noise the margin grows until the worst drifting row of an epoch is feasible,
+    and the decay being slower than the growth keeps it there most of the time. On a
+    deterministic problem the active rows settle at :math:`g_i = -m`, so :math:`w < 0` and
+    the margins decay geometrically to 0: the solution is the problem's own.
 
     Attributes:
         penalty: The initial penalty coefficient ``c`` of every constraint, in the scaled
@@ -65,6 +73,9 @@ class AugmentedLagrangian(NamedTuple):
         margin_decay: :math:`\\rho`, the margin's decrease relative to its growth.
         row_margin_decay: The decay of a row's own margin at a visit where it did not
             drift (:func:`._margins.next_row_margins`).
+        runaway_check: Steps between two checks that the run is not leaving the
+            constraint set for an objective unbounded below (:mod:`._runaway`; ``0``:
+            none). Each check reads a few numbers from the device.
         penalty_dual_step: Whether the multipliers' gradient is multiplied by ``c`` (a
             dual learning rate of 1 is then the method of multipliers' step). ``None``:
             the method decides (the adaptive step does, fixed steps do not).
@@ -79,6 +90,7 @@ class AugmentedLagrangian(NamedTuple):
     margin_rate: float = 0.0
     margin_decay: float = 0.3
     row_margin_decay: float = 0.5
+    runaway_check: int = 0
     penalty_dual_step: bool | None = None
 
 
@@ -106,6 +118,9 @@ def check_augmented(config: AugmentedLagrangian) -> AugmentedLagrangian:
         raise ValueError(f"Invalid margin decay: {config.margin_decay}")
     if not (0 < config.row_margin_decay <= 1):
         raise ValueError(f"Invalid row margin decay: {config.row_margin_decay}")
+    check = config.runaway_check
+    if isinstance(check, bool) or not isinstance(check, int) or check < 0:
+        raise ValueError(f"Invalid runaway check interval: {check}")
     if config.penalty_dual_step not in (None, True, False):
         raise ValueError(f"Invalid penalty_dual_step: {config.penalty_dual_step}")
     return config

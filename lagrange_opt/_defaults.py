@@ -19,10 +19,11 @@ DEFAULT_LR = 1.0
 DEFAULT_DUAL_LR = 1.0
 """Dual learning rate of :func:`default_optimizer` (plain SGD ascent) at step factor 1."""
 
-STOCHASTIC_AUGMENTED = AugmentedLagrangian(sample_penalty=16.0, margin_rate=0.1)
+DEFAULT_AUGMENTED = AugmentedLagrangian(sample_penalty=16.0, margin_rate=0.1, runaway_check=10)
 """The default's augmented Lagrangian: per-sample (indexed) inequalities get a penalty 16
-times stiffer and a self-tuned margin (docs/stochastic.md); the rest is
-:class:`AugmentedLagrangian`'s defaults."""
+times stiffer and self-tuned margins (docs/stochastic.md), and every 10 steps a check that
+the run is not leaving the constraint set; the rest is :class:`AugmentedLagrangian`'s
+defaults."""
 
 USER_PRIMAL_DUAL_LR = 0.1
 """Dual learning rate of :func:`default_optimizer` with the user's primal optimizer: a tenth
@@ -133,13 +134,13 @@ def default_optimizer(
         return SimultaneousGDA(
             problem, primal_optimizer,
             _dual_optimizer(problem, dual_lr if given else USER_PRIMAL_DUAL_LR),
-            formulation=STOCHASTIC_AUGMENTED._replace(penalty_dual_step=True), scaling=True,
+            formulation=DEFAULT_AUGMENTED._replace(penalty_dual_step=True), scaling=True,
             process_group=process_group, gradient_hook=gradient_hook, grad_scaler=grad_scaler,
         )  # fmt: skip
     dual = _dual_optimizer(problem, dual_lr)
     return ExtraGradient(
         problem, torch.optim.SGD(problem.primal_parameters(), lr=lr), dual,
-        formulation=STOCHASTIC_AUGMENTED, scaling=True, step_size="adaptive",
+        formulation=DEFAULT_AUGMENTED, scaling=True, step_size="adaptive",
         same_randomness=True,
         process_group=process_group, gradient_hook=gradient_hook, grad_scaler=grad_scaler,
     )  # fmt: skip

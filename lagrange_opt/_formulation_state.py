@@ -14,6 +14,7 @@ from ._evaluation import Evaluation
 from ._formulation import PLAIN, Formulation, Scales, TermRule
 from ._margins import SampleMargins
 from ._problem import ConstrainedProblem
+from ._runaway import Reading, diagnosis, running_away
 
 
 class FormulationState:
@@ -55,6 +56,9 @@ class FormulationState:
             if constraint.spec.indexed and constraint.multiplier is not None
         }
         self._margins = SampleMargins(problem, augmented)
+        self._reading: Reading | None = None
+        self.stopped: str | None = None
+        """The runaway check's diagnosis once it stopped the run (:mod:`._runaway`)."""
         self.scales: Scales | None = None
         self._window_max: dict[str, Tensor] = {}
         self._previous: dict[str, float] = dict.fromkeys(self.names, math.inf)
@@ -116,6 +120,9 @@ class FormulationState:
             return
         if self._margins.observe(evaluation.terms):
             self._cached = None
+        self._steps += 1
+        if augmented.runaway_check and self._steps % augmented.runaway_check == 0:
+            self._watch(augmented, evaluation)
         if augmented.growth == 1.0:
             return
         for term in evaluation.terms:
@@ -125,7 +132,6 @@ class FormulationState:
             self._window_max[name] = (
                 largest if previous is None else torch.maximum(previous, largest)
             )
-        self._steps += 1
         if self._steps % augmented.window:
             return
         for name, worst_tensor in self._window_max.items():
@@ -136,6 +142,42 @@ class FormulationState:
                 self._cached = None
             self._previous[name] = worst
         self._window_max.clear()
+
+    def _watch(self, augmented: AugmentedLagrangian, evaluation: Evaluation) -> None:
+        """The runaway check (:mod:`._runaway`): one host sync."""
+        names = [term.constraint.spec.name for term in evaluation.terms]
+        if not names:
+            return
+        maxima = []
+        for term in evaluation.terms:
+            violation = lag.violation(term.standard, term.constraint.spec)
+            if self.scales is not None:
+                violation = violation / self.scales.constraints[term.constraint.spec.name]
+            maxima.append(violation.amax().to(torch.float64).reshape(1))
+        objective = evaluation.objective.detach().to(maxima[0]).reshape(1)
+        values = torch.cat([objective, *maxima]).tolist()
+        reading = Reading(values[0], dict(zip(names, values[1:])))
+        before, self._reading = self._reading, reading
+        if before is None:
+            return
+        for name in names:
+            if not running_away(before, reading, name):
+                continue
+            penalty = self.penalties[name]
+            if penalty < augmented.max_penalty and augmented.growth > 1.0:
+                self.penalties[name] = min(penalty * augmented.growth, augmented.max_penalty)
+                self._cached = None
+            elif self.stopped is None:
+                self.stopped = diagnosis(before, reading, name, augmented.runaway_check, penalty)
+
+    def check_running(self) -> None:
+        """Raises the runaway check's diagnosis, if it stopped the run.
+
+        Raises:
+            RuntimeError: Naming the constraint that ran away and the figures.
+        """
+        if self.stopped is not None:
+            raise RuntimeError(self.stopped)
 
     def state_dict(self) -> dict[str, Any]:
         """The scales, penalties and the update rule's window, to resume exactly."""
@@ -150,6 +192,8 @@ class FormulationState:
             "window_max": {name: worst.clone() for name, worst in self._window_max.items()},
             "steps": self._steps,
             "margins": self._margins.state_dict(),
+            "reading": self._reading,
+            "stopped": self.stopped,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -180,4 +224,7 @@ class FormulationState:
         self._window_max = {name: worst.clone() for name, worst in state["window_max"].items()}
         self._steps = int(state["steps"])
         self._margins.load_state_dict(state.get("margins", {}))
+        reading = state.get("reading")
+        self._reading = None if reading is None else Reading(*reading)
+        self.stopped = state.get("stopped")
         self._cached = self._fixed()

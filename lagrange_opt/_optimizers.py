@@ -183,6 +183,7 @@ class ConstrainedOptimizer(abc.ABC):
             ValueError, TypeError: If the closure's result does not match the declarations.
         """
         self._check_declarations()
+        self._formulation.check_running()
         rollback = Rollback(self._point, self._statistics)
         measured = self._formulation.needs_scales
         counted: StepClosure | MicroBatches

@@ -17,7 +17,7 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
 
 from lagrange_opt import (
-    STOCHASTIC_AUGMENTED,
+    DEFAULT_AUGMENTED,
     AlternatingGDA,
     AugmentedLagrangian,
     ConstrainedProblem,
@@ -265,7 +265,7 @@ def test_default_optimizer_solves_the_quadratic_program(
 ) -> None:
     problem = ShiftedQP(treatment, rhs).to(device)
     optimizer = default_optimizer(problem)
-    assert optimizer.formulation == STOCHASTIC_AUGMENTED
+    assert optimizer.formulation == DEFAULT_AUGMENTED
     for _ in range(800):
         optimizer.step(problem)
     constraint = problem.constraints["sum"]

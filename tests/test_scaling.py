@@ -15,7 +15,7 @@ from helpers import QuadraticProgram, sgd_pair
 from torch import nn
 
 from lagrange_opt import (
-    STOCHASTIC_AUGMENTED,
+    DEFAULT_AUGMENTED,
     AlternatingGDA,
     ConstrainedProblem,
     ExtraGradient,
@@ -246,7 +246,7 @@ def test_lagrangian_with_per_element_scales_is_the_users(device: str) -> None:
         rows = augmented_value(
             -indexed.value + shift,
             multipliers["indexed"][indexed.indices],
-            STOCHASTIC_AUGMENTED.sample_penalty * s_f / s_g["indexed"].square(),
+            DEFAULT_AUGMENTED.sample_penalty * s_f / s_g["indexed"].square(),
             False,
         ).sum() / len(indexed.indices)
         scalar = augmented_value(
