@@ -11,9 +11,9 @@ known solutions to try settings on are in :mod:`lagrange_opt.problems`.
 from ._augmented import AugmentedLagrangian
 from ._bounds import Bounds
 from ._defaults import (
+    DEFAULT_AUGMENTED,
     DEFAULT_DUAL_LR,
     DEFAULT_LR,
-    DEFAULT_AUGMENTED,
     USER_PRIMAL_DUAL_LR,
     default_optimizer,
 )
@@ -41,9 +41,9 @@ from ._validation import NonFiniteError
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_AUGMENTED",
     "DEFAULT_DUAL_LR",
     "DEFAULT_LR",
-    "DEFAULT_AUGMENTED",
     "USER_PRIMAL_DUAL_LR",
     "AdaptiveStep",
     "AlternatingGDA",

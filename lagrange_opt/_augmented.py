@@ -51,11 +51,12 @@ class AugmentedLagrangian(NamedTuple):
 
     .. math::
 
-        m \\leftarrow \\max\\bigl(0, \\; m + \\eta_m (w^+ - \\rho \\, w^-)\\bigr)
+        m \\leftarrow \\max\\bigl(0, \\; m + \\tfrac{\\eta_m}{L} (w^+ - \\rho \\, w^-)\\bigr)
 
     with :math:`w` the largest :math:`g_i` over the last epoch's batches among the rows
-    that drifted (satisfied at their previous visit, violated at this one),
-    :math:`\\eta_m` = ``margin_rate`` and :math:`\\rho` = ``margin_decay``. Under
+    that drifted (satisfied at their previous visit, violated at this one), :math:`L` the
+    steps of an epoch, :math:`\\eta_m` = ``margin_rate`` (per epoch) and :math:`\\rho` =
+    ``margin_decay``. Under
     minibatch noise the margin grows until the worst drifting row of an epoch is feasible,
     and the decay being slower than the growth keeps it there most of the time. On a
     deterministic problem the active rows settle at :math:`g_i = -m`, so :math:`w < 0` and
@@ -69,7 +70,7 @@ class AugmentedLagrangian(NamedTuple):
         window: Steps per window.
         max_penalty: Upper bound of ``c``.
         sample_penalty: Factor on ``c`` for per-sample (indexed) constraints.
-        margin_rate: :math:`\\eta_m`, the margin's rate (``0``: no margin).
+        margin_rate: :math:`\\eta_m`, the margin's rate per epoch (``0``: no margin).
         margin_decay: :math:`\\rho`, the margin's decrease relative to its growth.
         row_margin_decay: The decay of a row's own margin at a visit where it did not
             drift (:func:`._margins.next_row_margins`).
@@ -237,19 +238,22 @@ def grown_penalty(
     return min(penalty * config.growth, config.max_penalty)
 
 
-def next_margin(config: AugmentedLagrangian, margin: Tensor, worst: Tensor) -> Tensor:
+def next_margin(
+    config: AugmentedLagrangian, margin: Tensor, worst: Tensor, steps_per_epoch: int = 1
+) -> Tensor:
     """The self-tuned margin of a per-sample constraint after one step.
 
     .. math::
 
-        m \\leftarrow \\max\\bigl(0, \\; m + \\eta_m (w^+ - \\rho \\, w^-)\\bigr)
+        m \\leftarrow \\max\\bigl(0, \\; m + \\tfrac{\\eta_m}{L} (w^+ - \\rho \\, w^-)\\bigr)
 
     Args:
         config: The settings (``margin_rate`` :math:`\\eta_m`, ``margin_decay``
             :math:`\\rho`).
         margin: The margin now, a 0-dim tensor.
         worst: :math:`w`, the largest standard-form value (``g``, without the margin) over
-            the last epoch's batches.
+            the last epoch's batches of the rows that drifted.
+        steps_per_epoch: :math:`L`: the rate is per epoch.
 
     Example:
         >>> import torch
@@ -260,7 +264,7 @@ def next_margin(config: AugmentedLagrangian, margin: Tensor, worst: Tensor) -> T
         tensor(0.0485)
     """
     change = torch.where(worst > 0, worst, worst * config.margin_decay)
-    return (margin + config.margin_rate * change).clamp(min=0)
+    return (margin + (config.margin_rate / steps_per_epoch) * change).clamp(min=0)
 
 
 def shifted(standard: Tensor, margin: Tensor | None) -> Tensor:

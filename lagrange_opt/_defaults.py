@@ -19,7 +19,7 @@ DEFAULT_LR = 1.0
 DEFAULT_DUAL_LR = 1.0
 """Dual learning rate of :func:`default_optimizer` (plain SGD ascent) at step factor 1."""
 
-DEFAULT_AUGMENTED = AugmentedLagrangian(sample_penalty=16.0, margin_rate=0.1, runaway_check=10)
+DEFAULT_AUGMENTED = AugmentedLagrangian(sample_penalty=16.0, margin_rate=1.0, runaway_check=10)
 """The default's augmented Lagrangian: per-sample (indexed) inequalities get a penalty 16
 times stiffer and self-tuned margins (docs/stochastic.md), and every 10 steps a check that
 the run is not leaving the constraint set; the rest is :class:`AugmentedLagrangian`'s

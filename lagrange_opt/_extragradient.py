@@ -170,20 +170,29 @@ class ExtraGradient(ConstrainedOptimizer):
         self._base_lrs = [float(lr) for lr in self._scheduled]
 
     def _apply_factor(self, dual: float | None = None) -> None:
-        """Sets each group's ``lr`` to its base times the factor, for the step (the
+        """Sets each group's ``lr`` to its base times the factor, for the extrapolation (the
         multipliers' factor ``dual``, by default the capped :func:`dual_factor`)."""
         if self.adaptive is None:
             return
         primal_groups = len(self.primal_optimizer.param_groups)
         if dual is None:
             dual = dual_factor(self.adaptive, self._factor)
-        sample = self._sample_groups()
         for index, (group, base) in enumerate(zip(self.param_groups, self._base_lrs)):
-            factor = self._factor if index < primal_groups else dual
-            if index in sample:
-                assert self.adaptive.sample_dual_factor is not None
-                factor = self.adaptive.sample_dual_factor
-            group["lr"] = base * factor
+            group["lr"] = base * (self._factor if index < primal_groups else dual)
+
+    def _apply_sample_factor(self, sizes: StepSizes) -> StepSizes:
+        """Sets the per-sample multiplier groups' ``lr`` to their base times
+        :attr:`AdaptiveStep.sample_dual_factor` for the step's update, after the
+        extrapolation (which moved them by the factor the test measured), and returns the
+        update's step sizes."""
+        sample = self._sample_groups()
+        if not sample:
+            return sizes
+        assert self.adaptive is not None and self.adaptive.sample_dual_factor is not None
+        for index in sample:
+            group = self.param_groups[index]
+            group["lr"] = self._base_lrs[index] * self.adaptive.sample_dual_factor
+        return self._step_sizes()
 
     def _sample_groups(self) -> set[int]:
         """The indices (in :attr:`param_groups`) of the dual groups made of per-sample
@@ -298,12 +307,10 @@ class ExtraGradient(ConstrainedOptimizer):
         return sums if self._sync is None else self._sync.broadcast(sums)
 
     def _bases(self) -> dict[int, float]:
-        """Each parameter's learning rate at ``t = 1``, by ``id`` (indexed tables too); 0
-        for the groups whose step does not follow ``t``, which the metric leaves out."""
-        sample = self._sample_groups()
+        """Each parameter's learning rate at ``t = 1``, by ``id`` (indexed tables too)."""
         return {
-            id(param): 0.0 if index in sample else base
-            for index, (group, base) in enumerate(zip(self.param_groups, self._base_lrs))
+            id(param): base
+            for group, base in zip(self.param_groups, self._base_lrs)
             for param in group["params"]
         }
 
@@ -324,7 +331,8 @@ class ExtraGradient(ConstrainedOptimizer):
                 # The skipped step reports the figures at the point it started from.
                 raise GradientOverflow(start) from None
             with torch.no_grad():
-                self._update_from_point(rollback, point, accepted.evaluation, accepted.sizes)
+                sizes = self._apply_sample_factor(accepted.sizes)
+                self._update_from_point(rollback, point, accepted.evaluation, sizes)
         except BaseException:
             self._factor = factor
             self._restore_bases()

@@ -136,7 +136,7 @@ class SampleMargins:
             )  # fmt: skip
             previous.index_copy_(0, indices, standard)
             self._counts[name] = count + 1
-            self.margins[name] = next_margin(augmented, margin, recent.amax())
+            self.margins[name] = next_margin(augmented, margin, recent.amax(), recent.shape[0])
             changed = True
         return changed
 

@@ -82,12 +82,13 @@ class AdaptiveStep(NamedTuple):
             this fraction of its norm (in the metric) shortened: over a long segment a
             curved operator is far from its interpolation (``inf``: any move).
         sample_dual_factor: The factor of a dual param group made of per-sample
-            (indexed) multiplier tables only, whatever ``t``; their rows are left out of
-            the test. Under the augmented Lagrangian, 1 makes a visited sample's update
-            the method of multipliers' :math:`\\lambda_i \\leftarrow \\max(0, \\lambda_i +
-            c g_i)`: a sample is seen once an epoch, and a step tied to ``t`` (small on a
-            network) would leave its multiplier behind the noise (docs/stochastic.md).
-            ``None``: such groups take the factor of the other multipliers.
+            (indexed) multiplier tables only in the step's update, whatever ``t`` (the
+            extrapolation, which the test measures, moves them as the other multipliers).
+            Under the augmented Lagrangian, 1 makes a visited sample's update the method
+            of multipliers' :math:`\\lambda_i \\leftarrow \\max(0, \\lambda_i + c g_i)`: a
+            sample is seen once an epoch, and a step tied to ``t`` (small on a network)
+            would leave its multiplier behind the noise (docs/stochastic.md). ``None``:
+            such groups take the factor of the other multipliers.
     """
 
     initial: float = 1.0

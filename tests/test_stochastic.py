@@ -87,8 +87,8 @@ def test_margin_shifts_the_rows_the_augmented_lagrangian_sees() -> None:
 
 
 def test_batch_rows_take_the_method_of_multipliers_step_whatever_the_factor() -> None:
-    """The per-sample rows' dual group steps at factor 1 (the method of multipliers) while
-    the primal factor is below 1, and the rows outside the batch do not move."""
+    """The per-sample rows' dual group updates at factor 1 (the method of multipliers)
+    while the primal factor is below 1, and the rows outside the batch do not move."""
     problem = _nonnegative_linear()
     optimizer = default_optimizer(problem)
     batch = torch.arange(16)
@@ -107,10 +107,17 @@ def test_batch_rows_take_the_method_of_multipliers_step_whatever_the_factor() ->
             seen.extend(sizes)
         return real(opt, sizes)
 
+    factor = optimizer.step_factor
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(updates, "_size_of", size_of)
         optimizer.step(lambda: problem(batch))
-    assert seen and all(size == 1.0 for size in seen)
+    # Each try of the extrapolation moves them as the other multipliers, by min(t, 1/2)
+    # (what the backtracking test measures; a rejected try halves t); the update, by the
+    # method of multipliers' step.
+    *extrapolations, update = seen
+    assert extrapolations[0] == min(factor, 0.5)
+    assert all(size < 1.0 for size in extrapolations)
+    assert update == 1.0
 
 
 def test_margin_state_round_trips_bitwise() -> None:
