@@ -192,7 +192,8 @@ class FormulationState:
             "window_max": {name: worst.clone() for name, worst in self._window_max.items()},
             "steps": self._steps,
             "margins": self._margins.state_dict(),
-            "reading": self._reading,
+            # Plain types: a checkpoint loads with torch.load(weights_only=True).
+            "reading": None if self._reading is None else list(self._reading),
             "stopped": self.stopped,
         }
 
@@ -225,6 +226,6 @@ class FormulationState:
         self._steps = int(state["steps"])
         self._margins.load_state_dict(state.get("margins", {}))
         reading = state.get("reading")
-        self._reading = None if reading is None else Reading(*reading)
+        self._reading = None if reading is None else Reading(float(reading[0]), dict(reading[1]))
         self.stopped = state.get("stopped")
         self._cached = self._fixed()
