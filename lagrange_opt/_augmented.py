@@ -89,7 +89,7 @@ class AugmentedLagrangian(NamedTuple):
     max_penalty: float = 100.0
     sample_penalty: float = 1.0
     margin_rate: float = 0.0
-    margin_decay: float = 0.3
+    margin_decay: float = 0.2
     row_margin_decay: float = 0.5
     runaway_check: int = 0
     penalty_dual_step: bool | None = None
