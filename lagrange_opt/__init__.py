@@ -10,6 +10,7 @@ known solutions to try settings on are in :mod:`lagrange_opt.problems`.
 
 from ._augmented import AugmentedLagrangian
 from ._bounds import Bounds
+from ._calibration import calibrated_offset
 from ._defaults import (
     DEFAULT_AUGMENTED,
     DEFAULT_DUAL_LR,
@@ -67,6 +68,7 @@ __all__ = [
     "StepResult",
     "Treatment",
     "__version__",
+    "calibrated_offset",
     "default_optimizer",
     "kkt",
     "scalars",

@@ -16,7 +16,10 @@ import lagrange_opt._updates as updates
 from lagrange_opt import (
     AugmentedLagrangian,
     ExtraGradient,
+    IndexedValue,
+    ProblemState,
     SimultaneousGDA,
+    calibrated_offset,
     default_optimizer,
 )
 from lagrange_opt._augmented import next_margin
@@ -196,3 +199,70 @@ def test_default_meets_every_output_constraint_on_minibatches(primal: str) -> No
     assert unconstrained_negative > 0.25  # the constraint binds
     assert float(predictions.min()) >= -1e-3
     assert float(nn.functional.mse_loss(predictions, data.targets)) < 0.4
+
+
+class _Offset(PositiveOutputs):
+    """PositiveOutputs asking every training output for ``offset`` above 0."""
+
+    offset = 0.0
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor):  # type: ignore[override]
+        state = super().forward(inputs, targets, indices)
+        value = state.constraints["nonnegative"]
+        assert isinstance(value, IndexedValue)
+        shifted = IndexedValue(value.value - self.offset, value.indices)
+        return ProblemState(state.objective, {"nonnegative": shifted})
+
+
+def test_a_calibrated_offset_makes_held_out_outputs_feasible() -> None:
+    """The recipe of docs/stochastic.md on the suite's small network with Adam: 80 % of the
+    training samples constrained, 20 % to calibrate, held-out outputs below 0 at most 1 %
+    (measured: 2.4 % without the offset, 0.05 % with it, an offset of 0.010)."""
+    data = make_data(2048)
+    constrained, calibration, held_out = slice(0, 819), slice(819, 1024), slice(1024, 2048)
+    torch.manual_seed(0)
+    network = make_network(hidden=32)
+    problem = _Offset(network, 819)
+    adam = torch.optim.Adam(problem.primal_parameters(), lr=1e-3)
+    optimizer = default_optimizer(problem, primal_optimizer=adam)
+    inputs, targets = data.inputs[constrained], data.targets[constrained]
+    generator = torch.Generator().manual_seed(1)
+
+    def train(epochs: int) -> None:
+        for _ in range(epochs):
+            for indices in torch.randperm(819, generator=generator).split(256):
+                optimizer.step(
+                    functools.partial(problem, inputs[indices], targets[indices], indices)
+                )
+
+    def held_out_negative() -> float:
+        with torch.no_grad():
+            return float((network(data.inputs[held_out]) < 0).float().mean())
+
+    train(150)
+    before = held_out_negative()
+    with torch.no_grad():
+        problem.offset = calibrated_offset(network(data.inputs[calibration]), fraction=0.005)
+    train(30)
+    after = held_out_negative()
+    assert before > 0.01  # the default alone leaves more than 1 % negative here
+    assert problem.offset > 0
+    assert after <= 0.01
+    with torch.no_grad():
+        assert float(network(inputs).min()) >= problem.offset - 1e-3  # the training rows
+
+
+@pytest.mark.parametrize(
+    ("values", "fraction", "message"),
+    [
+        (torch.ones(4), 0.0, "Invalid fraction: 0.0"),
+        (torch.ones(4), 1.0, "Invalid fraction: 1.0"),
+        (torch.ones(0), 0.01, "no calibration value: the calibration split is empty"),
+        (torch.tensor([1.0, float("nan")]), 0.01, "1 of the 2 calibration values are not finite"),
+    ],
+)
+def test_calibrated_offset_refuses_bad_input(
+    values: torch.Tensor, fraction: float, message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        calibrated_offset(values, fraction)
