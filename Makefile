@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint docs docs-serve bench-convergence bench-speed clean
+.PHONY: demo test lint docs docs-serve bench-convergence bench-networks bench-speed clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(VENV)/.installed
 # The convergence benchmark; QUICK=1 for the short run CI does.
 bench-convergence: $(VENV)/.installed
 	$(PY) -m benchmarks.convergence --out benchmark-results/convergence $(if $(QUICK),--quick)
+
+# The network suite (per-sample and rate constraints on minibatches); QUICK=1 for CI's run.
+bench-networks: $(VENV)/.installed
+	$(PY) -m benchmarks.networks --out benchmark-results/networks $(if $(QUICK),--quick)
 
 # The speed benchmark (run it on a quiet machine).
 bench-speed: $(VENV)/.installed

@@ -574,7 +574,8 @@ def markdown(lines: list[dict[str, Any]]) -> str:
 
 
 def figure(results: list[dict[str, Any]], path: Path, optimizer: str = "adam") -> None:
-    """Violated fraction and loss against the step of seed 0, one panel pair per row."""
+    """Violated fraction and loss against the step of seed 0, one column per row, one
+    colour per method throughout."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -584,19 +585,26 @@ def figure(results: list[dict[str, Any]], path: Path, optimizer: str = "adam") -
     tasks = list(dict.fromkeys(r["task"] for r in chosen))
     if not tasks:
         return
+    colours = {method: f"C{index}" for index, method in enumerate(METHODS)}
     fig, axes = plt.subplots(2, len(tasks), figsize=(3.2 * len(tasks), 5.5), squeeze=False)
     for column, task in enumerate(tasks):
         for result in (r for r in chosen if r["task"] == task):
             steps = [point[0] for point in result["trace"]]
-            axes[0][column].plot(steps, [p[1] for p in result["trace"]], label=result["method"])
-            axes[1][column].plot(steps, [p[2] for p in result["trace"]], label=result["method"])
+            style = {"color": colours[result["method"]], "label": result["method"]}
+            axes[0][column].plot(steps, [p[1] for p in result["trace"]], **style)
+            axes[1][column].plot(steps, [p[2] for p in result["trace"]], **style)
         axes[0][column].set_title(task, fontsize=9)
         axes[0][column].set_yscale("symlog", linthresh=1e-3)
+        axes[1][column].set_yscale("log")
         axes[1][column].set_xlabel("step")
     axes[0][0].set_ylabel("violated fraction (train)")
     axes[1][0].set_ylabel("training loss")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    handles = {
+        line.get_label(): line for row in axes for panel in row for line in panel.get_lines()
+    }
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
+               fontsize=8)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
