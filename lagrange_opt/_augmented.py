@@ -54,11 +54,11 @@ class AugmentedLagrangian(NamedTuple):
         m \\leftarrow \\max\\bigl(0, \\; m + \\tfrac{\\eta_m}{L} (w^+ - \\rho \\, w^-)\\bigr)
 
     with :math:`w` the largest :math:`g_i` over the last epoch's batches among the rows
-    that drifted (satisfied at their previous visit, violated at this one), :math:`L` the
-    steps of an epoch, :math:`\\eta_m` = ``margin_rate`` (per epoch) and :math:`\\rho` =
-    ``margin_decay``. Under
-    minibatch noise the margin grows until the worst drifting row of an epoch is feasible,
-    and the decay being slower than the growth keeps it there most of the time. On a
+    that were satisfied at their previous visit (positive when one of them drifted into
+    violation), :math:`L` the steps of an epoch, :math:`\\eta_m` = ``margin_rate`` (per
+    epoch) and :math:`\\rho` = ``margin_decay``. Under minibatch noise the margin grows
+    until the worst drifting row of an epoch is feasible, and the decay being slower than
+    the growth keeps it there most of the time. On a
     deterministic problem the active rows settle at :math:`g_i = -m`, so :math:`w < 0` and
     the margins decay geometrically to 0: the solution is the problem's own.
 
@@ -252,7 +252,7 @@ def next_margin(
             :math:`\\rho`).
         margin: The margin now, a 0-dim tensor.
         worst: :math:`w`, the largest standard-form value (``g``, without the margin) over
-            the last epoch's batches of the rows that drifted.
+            the last epoch's batches of the rows satisfied at their previous visit.
         steps_per_epoch: :math:`L`: the rate is per epoch.
 
     Example:

@@ -4,8 +4,9 @@ A per-sample (indexed) inequality's rows are read and stepped only when their sa
 the batch; between two visits the other batches' steps move the network, and with it the
 row. Multipliers make a row feasible at its visits on average; what the row does between
 visits is noise. The margin :math:`m` of :func:`._augmented.next_margin` holds every row
-at :math:`g_i \\le -m` instead of 0, and grows with the rows that **drifted**: a row
-violated at a visit although it was satisfied at its previous one. A row still violated
+at :math:`g_i \\le -m` instead of 0, and follows the rows that were satisfied at their
+previous visit: it grows when one of them **drifted** into violation, and decays while they
+all stay feasible. A row still violated
 since its previous visit is the multipliers' business (they have not converged yet), not
 noise: counting it would grow the margin with the transient of the first epochs.
 
