@@ -168,6 +168,21 @@ class SampleMargins:
             value = float(margin)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"Invalid margin of constraint '{name}': {value}")
+        for name, rows in state.get("rows", {}).items():
+            if not bool((torch.isfinite(rows) & (rows >= 0)).all()):
+                raise ValueError(
+                    f"Invalid row margins of constraint '{name}': negative or not finite"
+                )
+        for name, previous in state.get("previous", {}).items():
+            if bool(previous.isnan().any()):
+                raise ValueError(f"Invalid last values of constraint '{name}': NaN")
+        for part in ("previous", "rows"):
+            for name, table in state.get(part, {}).items():
+                if name not in self._sizes or table.shape[0] != self._sizes[name]:
+                    raise ValueError(
+                        f"the margins' {part} table of constraint '{name}' has shape "
+                        f"{tuple(table.shape)}, not one row per sample"
+                    )
         self.margins = {
             name: margins[name].clone().to(margin) if name in margins else margin.new_zeros(())
             for name, margin in self.margins.items()

@@ -5,7 +5,9 @@ user's primal optimizer."""
 from __future__ import annotations
 
 import functools
+import math
 import re
+from typing import Any
 
 import pytest
 import torch
@@ -154,6 +156,31 @@ def test_a_bad_margin_is_refused_and_nothing_loads(value: float) -> None:
     with pytest.raises(
         ValueError, match=re.escape(f"Invalid margin of constraint 'nonnegative': {value}")
     ):
+        optimizer.load_state_dict(state)
+    assert_bitwise_equal(optimizer.state_dict(), before)
+
+
+CORRUPT_MARGIN_TABLES = [
+    ("rows", lambda t: t.fill_(-1.0), "Invalid row margins of constraint 'nonnegative': negative or not finite"),
+    ("rows", lambda t: t.fill_(math.inf), "Invalid row margins of constraint 'nonnegative': negative or not finite"),
+    ("previous", lambda t: t.fill_(math.nan), "Invalid last values of constraint 'nonnegative': NaN"),
+    ("previous", lambda t: t[:10], "the margins' previous table of constraint 'nonnegative' has shape (10,), not one row per sample"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("part", "corrupt", "message"), CORRUPT_MARGIN_TABLES)
+def test_a_corrupt_margin_table_is_refused_and_nothing_loads(
+    part: str, corrupt: Any, message: str
+) -> None:
+    problem = _nonnegative_linear()
+    optimizer = default_optimizer(problem)
+    for _ in range(3):
+        optimizer.step(problem)
+    before = optimizer.state_dict()
+    state = optimizer.state_dict()
+    tables = state["formulation"]["margins"][part]
+    tables["nonnegative"] = corrupt(tables["nonnegative"].clone())
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         optimizer.load_state_dict(state)
     assert_bitwise_equal(optimizer.state_dict(), before)
 
