@@ -60,7 +60,12 @@ from lagrange_opt import (
     default_optimizer,
 )
 from lagrange_opt.demo import make_data, make_network
-from lagrange_opt.problems import PositiveOutputs
+from lagrange_opt.problems import (
+    PositiveOutputs,
+    class_recall,
+    digits_split,
+    soft_class_recall,
+)
 
 TOLERANCE = 1e-3
 """A training output (or sample) counts as violated beyond this."""
@@ -135,20 +140,8 @@ def _moons_data(seed: int) -> tuple[Split, Split]:
 
 
 def _recall_data(seed: int) -> tuple[Split, Split]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(
-        digits.data, digits.target, test_size=0.25, random_state=seed, stratify=digits.target
-    )
-    train_x = torch.tensor(x_train, dtype=torch.float32)
-    test_x = torch.tensor(x_test, dtype=torch.float32)
-    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-3)
-    return (
-        Split((train_x - mean) / std, torch.tensor(y_train)),
-        Split((test_x - mean) / std, torch.tensor(y_test)),
-    )
+    data = digits_split(seed)
+    return Split(data.train_x, data.train_y), Split(data.test_x, data.test_y)
 
 
 def _mlp(sizes: Sequence[int], seed: int) -> nn.Sequential:
@@ -212,15 +205,12 @@ class SampleLosses(ConstrainedProblem):
 
 def recall(logits: Tensor, labels: Tensor) -> Tensor:
     """The true recall of :data:`RECALL_CLASS` (hard predictions)."""
-    return (logits[labels == RECALL_CLASS].argmax(1) == RECALL_CLASS).float().mean()
+    return class_recall(logits, labels, RECALL_CLASS)
 
 
 def soft_recall(logits: Tensor, labels: Tensor, temperature: float = 0.5) -> Tensor:
-    """Mean ``sigmoid(margin / temperature)`` over the class's samples, ``margin`` its
-    logit minus the largest other one."""
-    positives = logits[labels == RECALL_CLASS]
-    others = torch.cat([positives[:, :RECALL_CLASS], positives[:, RECALL_CLASS + 1 :]], 1)
-    return torch.sigmoid((positives[:, RECALL_CLASS] - others.amax(1)) / temperature).mean()
+    """The soft recall of :data:`RECALL_CLASS` at ``temperature``."""
+    return soft_class_recall(logits, labels, RECALL_CLASS, temperature)
 
 
 class RecallConstrained(ConstrainedProblem):

@@ -29,54 +29,32 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
 from lagrange_opt import ConstrainedProblem, ExtraGradient, ProblemState, Proxy
+from lagrange_opt.problems import DigitsSplit, class_recall, digits_split, soft_class_recall
 
 CLASS = 8
 
 
-class Data(NamedTuple):
-    """Standardised features and labels of the train and test splits."""
-
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
+Data = DigitsSplit
+"""Standardised features and labels of the train and test splits."""
 
 
 def load(seed: int = 0) -> Data:
     """``load_digits`` split 75/25 (stratified), standardised with the train statistics."""
-    digits = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(
-        digits.data, digits.target, test_size=0.25, random_state=seed, stratify=digits.target
-    )
-    train_x = torch.tensor(x_train, dtype=torch.float32)
-    test_x = torch.tensor(x_test, dtype=torch.float32)
-    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-3)
-    return Data(
-        (train_x - mean) / std,
-        torch.tensor(y_train),
-        (test_x - mean) / std,
-        torch.tensor(y_test),
-    )
+    return digits_split(seed)
 
 
 def recall(logits: Tensor, labels: Tensor) -> Tensor:
     """The true recall of :data:`CLASS`: its samples predicted as it (hard predictions)."""
-    positives = labels == CLASS
-    return (logits[positives].argmax(1) == CLASS).float().mean()
+    return class_recall(logits, labels, CLASS)
 
 
 def soft_recall(logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
     """A differentiable recall: the mean of ``sigmoid(margin / temperature)`` over the
     samples of :data:`CLASS`, ``margin`` being its logit minus the largest other one."""
-    positives = logits[labels == CLASS]
-    others = torch.cat([positives[:, :CLASS], positives[:, CLASS + 1 :]], dim=1)
-    margin = positives[:, CLASS] - others.amax(1)
-    return torch.sigmoid(margin / temperature).mean()
+    return soft_class_recall(logits, labels, CLASS, temperature)
 
 
 class RecallConstrained(ConstrainedProblem):

@@ -13,6 +13,9 @@ the equalities are penalised too), so that one definition serves every method.
 - :class:`NonNegativePredictions`: a linear least-squares model whose every training
   prediction must be non-negative: an indexed constraint, one per sample.
 - :class:`PositiveOutputs`: the same constraint on a network's outputs (no known optimum).
+- :func:`digits_split`, :func:`class_recall`, :func:`soft_class_recall`: the data and the
+  rates of the recall-constrained digit classifier (``examples/rate_constraints.py``, the
+  network suite's ``recall`` row).
 
 Example:
     >>> import torch
@@ -35,6 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._digit_recall import DigitsSplit, class_recall, digits_split, soft_class_recall
 from ._hock_schittkowski import HOCK_SCHITTKOWSKI, ProgramDefinition
 from ._lagrangian import standard_form, violation
 from ._problem import ConstrainedProblem, IndexedValue, ProblemState, Treatment
@@ -42,13 +46,17 @@ from ._validation import check_state
 
 __all__ = [
     "HOCK_SCHITTKOWSKI",
+    "DigitsSplit",
     "NonNegativeLeastSquares",
     "NonNegativePredictions",
     "NonlinearProgram",
     "PositiveOutputs",
     "ProgramDefinition",
+    "class_recall",
+    "digits_split",
     "max_violation",
     "relative_gap",
+    "soft_class_recall",
 ]
 
 
