@@ -11,7 +11,7 @@ from typing import Any, Literal, NamedTuple, get_args
 import torch
 from torch import Tensor, nn
 
-from ._bounds import Bounds, bound_tensor
+from ._bounds import Bounds, bound_tensor, check_loaded_box, crossing
 from ._proxy import Proxy
 
 Kind = Literal["equality", "inequality"]
@@ -257,6 +257,21 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         # that a parameter registered elsewhere is not registered twice.
         self._bounded: list[tuple[Tensor, Bounds]] = []
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Sets an attribute; a box of this problem (``self.box = self.add_bounds(...)``) is
+        kept as a plain attribute, not registered a second time.
+
+        Registered under its attribute too, the box's buffers would be in the state dict
+        twice, and a load would copy both keys into them, the later silently winning.
+        """
+        if isinstance(value, Bounds) and any(
+            value is bounds for _, bounds in self.__dict__.get("_bounded", ())
+        ):
+            self._modules.pop(name, None)
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
     @abc.abstractmethod
     def forward(self, *args: Any, **kwargs: Any) -> ProblemState:
         """Evaluates the objective and every declared constraint.
@@ -433,20 +448,93 @@ class ConstrainedProblem(nn.Module, abc.ABC):
                 )
         if lower is None and upper is None:
             raise ValueError("add_bounds needs a lower or an upper bound")
-        low = bound_tensor("lower", lower, param, -math.inf)
-        high = bound_tensor("upper", upper, param, math.inf)
-        crossed = (low > high).nonzero()
-        if crossed.shape[0]:
-            position = tuple(int(i) for i in crossed[0])
-            raise ValueError(
-                f"lower bound {float(low[position])} > upper bound {float(high[position])} "
-                f"at {position}"
-            )
+        label = self._describe_parameter(param)
+        low = bound_tensor("lower", lower, param, -math.inf, label)
+        high = bound_tensor("upper", upper, param, math.inf, label)
+        crossed = crossing(low, high)
+        if crossed is not None:
+            raise ValueError(crossed)
         bounds = Bounds(low, high)
         self.parameter_bounds.append(bounds)
         self._bounded.append((param, bounds))
         bounds.project_(param)
         return bounds
+
+    def _describe_parameter(self, param: Tensor) -> str:
+        """Names a parameter in an error message: by its name in this problem if it has
+        one (a model's parameter may live outside the problem), with its shape and dtype."""
+        details = f"shape {tuple(param.shape)}, {param.dtype}"
+        for name, candidate in self.named_parameters():
+            if candidate is param:
+                return f"parameter '{name}' ({details})"
+        return f"the parameter of {details}"
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Called before this problem's own tensors and its submodules load: every box is
+        # checked here, so that a refused checkpoint changes nothing.
+        self._check_boxes_to_load(state_dict, prefix)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _check_boxes_to_load(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """Checks the boxes that ``state_dict`` holds as :meth:`add_bounds` checks a
+        declared one (:func:`._bounds.check_loaded_box`), before anything loads.
+
+        A box is in the state dict under ``parameter_bounds.<i>``. A checkpoint written
+        while a box was also registered under an attribute (``self.box = ...``, before it
+        was kept as a plain one) holds it under ``box`` too: the copy is taken if it holds
+        the same values and dropped, refused if not. A box registered under a submodule's
+        attribute as well is loaded through both names: they must agree.
+        """
+        if not self._bounded:
+            return
+        canonical = {
+            id(bounds): f"{prefix}parameter_bounds.{i}."
+            for i, bounds in enumerate(self.parameter_bounds)
+        }
+        # Each other name a box has, and whether its keys are to be dropped (a plain
+        # attribute, which no longer loads).
+        aliases: list[tuple[Bounds, str, bool]] = [
+            (value, f"{prefix}{name}.", True)
+            for name, value in vars(self).items()
+            if isinstance(value, Bounds) and id(value) in canonical
+        ]
+        aliases += [
+            (module, f"{prefix}{name}.", False)
+            for name, module in self.named_modules(remove_duplicate=False)
+            if isinstance(module, Bounds)
+            and id(module) in canonical
+            and f"{prefix}{name}." != canonical[id(module)]
+        ]
+        for box, alias, drop in aliases:
+            for side in ("lower", "upper"):
+                key, main = alias + side, canonical[id(box)] + side
+                if key not in state_dict:
+                    continue
+                value = state_dict.pop(key) if drop else state_dict[key]
+                if main not in state_dict:
+                    state_dict[main] = value
+                elif not _same(value, state_dict[main]):
+                    raise ValueError(
+                        f"the box of {self._describe_parameter(self._bounded_param(box))}: "
+                        f"'{key}' and '{main}' hold different values for the same bound"
+                    )
+        for param, box in self._bounded:
+            where = f"the box of {self._describe_parameter(param)}"
+            check_loaded_box(box, state_dict, canonical[id(box)], where)
+
+    def _bounded_param(self, box: Bounds) -> Tensor:
+        return next(param for param, bounds in self._bounded if bounds is box)
 
     def bounded_parameters(self) -> list[tuple[Tensor, Bounds]]:
         """Each bounded parameter with its box, in the order declared."""
@@ -481,3 +569,13 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         """Every parameter of this module except the multipliers (the slacks included)."""
         multipliers = {id(p) for p in self.dual_parameters()}
         return [p for p in self.parameters() if id(p) not in multipliers]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two loaded values are equal tensors (NaN where the other has NaN)."""
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+        return a is b
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    b = b.to(a.device)
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
