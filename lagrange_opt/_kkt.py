@@ -29,6 +29,7 @@ from torch import distributed as dist
 from . import _lagrangian as lag
 from ._distributed import synchronizer
 from ._problem import ConstrainedProblem, ConstraintSpec, ProblemState
+from ._randomness import Buffers, rng_state, running_statistics, set_rng_state
 from ._validation import check_state, gradient_path_fault
 
 
@@ -124,6 +125,18 @@ def kkt(
     complementarity cover them). A constraint that the closure does not observe (left out,
     or of size zero) counts in none of the residuals.
 
+    **No side effects.** The closure runs in the modules' current mode (training mode
+    draws dropout masks and normalises with the batch's statistics, as the step does), and
+    what it changes besides the residuals is put back when ``kkt`` returns or raises: the
+    random number generators' states (the CPU one and, once CUDA is in use, every CUDA
+    device's) and the running statistics of the normalisation layers registered in the
+    problem (those of :data:`._randomness.NORMALIZATION_LAYERS`). ``kkt(problem)`` and
+    then a step therefore give bitwise the step alone, which draws the same masks that
+    ``kkt`` evaluated with; no parameter's ``.grad`` is touched. A model that lives
+    outside the problem is not seen: register it in the problem (or call ``model.eval()``
+    around ``kkt``) for its statistics to be kept. For the residuals of the model as used
+    at inference (no dropout, the running statistics), call ``problem.eval()`` first.
+
     Args:
         problem: The problem.
         closure: Evaluates it; ``problem()`` if ``None``.
@@ -160,6 +173,24 @@ def kkt(
         slacks = {id(slack) for slack in problem.slack_parameters()}
         params = [p for p in problem.primal_parameters() if id(p) not in slacks]
     params = [param for param in params if param.requires_grad]
+    rng = rng_state()
+    statistics = Buffers(running_statistics(problem))
+    try:
+        return _residuals(problem, closure, params, process_group)
+    finally:
+        # The closure's draws and its updates of the running statistics are undone, so
+        # that a step after kkt() is the step without it.
+        set_rng_state(rng)
+        statistics.restore()
+
+
+def _residuals(
+    problem: ConstrainedProblem,
+    closure: Callable[[], ProblemState] | None,
+    params: Sequence[Tensor],
+    process_group: dist.ProcessGroup | Literal["default"] | None,
+) -> KKTResiduals:
+    """:func:`kkt`'s evaluation and residuals, its side effects left to the caller."""
     sync = synchronizer(process_group, problem, params, set())
     with torch.enable_grad():
         try:

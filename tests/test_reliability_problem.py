@@ -9,7 +9,6 @@ import copy
 import fractions
 import math
 import re
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from helpers import assert_bitwise_equal
 from torch import Tensor, nn
 
-from lagrange_opt import ConstrainedProblem, ProblemState, default_optimizer
+from lagrange_opt import ConstrainedProblem, ProblemState, default_optimizer, kkt
 
 F16 = torch.float16
 F64 = torch.float64
@@ -273,8 +272,79 @@ def test_a_numpy_bool_is_not_a_number() -> None:
         problem.add_bounds(x, lower=np.bool_(True))
 
 
-def _unused(_: Callable[..., Any]) -> None:
-    """Keeps an import used while the tests below are written."""
+# ---------------------------------------------------------------------------------------
+# Item 11: kkt() has no side effects: the generators and the running statistics are put
+# back, so that a step after it is the step alone.
 
 
-_unused(default_optimizer)
+class Network(ConstrainedProblem):
+    """A classifier with batch normalisation and dropout, its mean logit at most 0.1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.register_buffer("inputs", torch.randn(32, 4, generator=generator))
+        self.register_buffer("labels", (self.inputs.sum(1) > 0).float())
+        self.model = nn.Sequential(
+            nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 1)
+        )
+        self.add_inequality("mean", "<=")
+
+    def forward(self) -> ProblemState:
+        logits = self.model(self.inputs).squeeze(1)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, self.labels)
+        return ProblemState(loss, {"mean": logits.mean() - 0.1})
+
+
+def _train(problem: Network, steps: int, with_kkt: bool) -> tuple[list[float], Tensor]:
+    """Steps of the default method, with ``kkt()`` before each or not: the residuals and
+    the generator's state at the end."""
+    optimizer = default_optimizer(problem)
+    torch.manual_seed(7)
+    residuals = []
+    for _ in range(steps):
+        if with_kkt:
+            residuals.append(kkt(problem).stationarity)
+        optimizer.step(problem)
+    return residuals, torch.get_rng_state()
+
+
+def test_kkt_then_a_step_is_the_step_alone() -> None:
+    alone, checked = Network(), Network()
+    checked.load_state_dict(alone.state_dict())
+    _, rng_alone = _train(alone, 4, with_kkt=False)
+    residuals, rng_checked = _train(checked, 4, with_kkt=True)
+    assert all(math.isfinite(r) and r > 0 for r in residuals)
+    # The parameters, the multipliers and the running statistics (and the count of
+    # batches they saw: one update a step), bitwise; the generator where the steps alone
+    # leave it.
+    assert_bitwise_equal(checked.state_dict(), alone.state_dict())
+    assert checked.model[1].num_batches_tracked.item() == 4
+    assert torch.equal(rng_checked, rng_alone)
+
+
+def test_kkt_changes_nothing_and_repeats_exactly() -> None:
+    problem = Network()
+    torch.manual_seed(3)
+    before, rng = _state(problem), torch.get_rng_state()
+    first = kkt(problem)
+    assert_bitwise_equal(problem.state_dict(), before)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(param.grad is None for param in problem.parameters())
+    assert kkt(problem) == first  # the same dropout masks, the same statistics
+    assert problem.training  # evaluated in the mode it is in
+
+
+def test_kkt_that_raises_changes_nothing() -> None:
+    problem = Network()
+    torch.manual_seed(3)
+    before, rng = _state(problem), torch.get_rng_state()
+
+    def failing() -> ProblemState:
+        problem()
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match=r"^out of memory$"):
+        kkt(problem, failing)
+    assert_bitwise_equal(problem.state_dict(), before)
+    assert torch.equal(torch.get_rng_state(), rng)
