@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -12,6 +11,7 @@ from torch import distributed as dist
 from ._adaptive_test import GradientBuffers, change_norms, interpolate, point_norm
 from ._augmented import AugmentedLagrangian
 from ._evaluation import Evaluation
+from ._hyperparameters import check_learning_rate, check_real
 from ._loss_scaling import GradientOverflow
 from ._method_checks import FormulationName
 from ._optimizers import (
@@ -29,6 +29,7 @@ from ._stepsize import (
     AdaptiveStep,
     Trial,
     check_adaptive,
+    check_step_factor,
     dual_factor,
     interpolation_weight,
     judge_extrapolation,
@@ -224,12 +225,10 @@ class ExtraGradient(ConstrainedOptimizer):
         state["base_lrs"] = list(self._base_lrs)
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores what :meth:`state_dict` returned.
-
-        Raises:
-            ValueError: If the state comes from another method or lacks a part.
-        """
+    def _check_state(self, state_dict: dict[str, Any]) -> None:
+        """Also the step: of the same kind, its factor in the range the constructor allows
+        (1 with a fixed step) and each base rate a valid learning rate."""
+        super()._check_state(state_dict)
         missing = {"step_factor", "base_lrs"} - set(state_dict)
         if missing:
             raise ValueError(f"state_dict lacks {sorted(missing)}")
@@ -237,14 +236,29 @@ class ExtraGradient(ConstrainedOptimizer):
             saved = "an adaptive" if state_dict.get("adaptive") else "a fixed"
             mine = "adaptive" if self.adaptive is not None else "fixed"
             raise ValueError(f"state_dict is from {saved} step; this optimizer's step is {mine}")
-        if len(state_dict["base_lrs"]) != len(self._base_lrs):
+        check_step_factor(self.adaptive, state_dict["step_factor"], " in state_dict")
+        bases = state_dict["base_lrs"]
+        if not isinstance(bases, list | tuple):
+            raise TypeError(f"base_lrs in state_dict must be a list, got {type(bases).__name__}")
+        if len(bases) != len(self._base_lrs):
             raise ValueError(
-                f"state_dict has {len(state_dict['base_lrs'])} param groups, this optimizer "
-                f"{len(self._base_lrs)}"
+                f"state_dict has {len(bases)} param groups, this optimizer {len(self._base_lrs)}"
             )
-        super().load_state_dict(state_dict)
+        for index, base in enumerate(bases):
+            where = f" in state_dict['base_lrs'][{index}] ({self._group_name(index)})"
+            check_learning_rate(check_real("learning rate", base, where), where)
+
+    def _set_state(self, state_dict: dict[str, Any]) -> None:
+        super()._set_state(state_dict)
         self._factor = float(state_dict["step_factor"])
         self._base_lrs = [float(lr) for lr in state_dict["base_lrs"]]
+
+    def _group_name(self, index: int) -> str:
+        """The param group at ``index`` of :attr:`param_groups`, as the messages name it."""
+        primal = len(self.primal_optimizer.param_groups)
+        if index < primal:
+            return f"the primal optimizer's param group {index}"
+        return f"the dual optimizer's param group {index - primal}"
 
     def _blame_start_gradient(self, point: SavedPoint, error: NonFiniteError) -> None:
         """Names the parameter whose gradient at the start (not checked with a fixed step)
@@ -261,12 +275,10 @@ class ExtraGradient(ConstrainedOptimizer):
 
     def _judge(
         self, point: SavedPoint, start_grads: list[Tensor | None], start: Evaluation,
-        extrapolated: Evaluation | None, sizes: StepSizes,
+        extrapolated: Evaluation, sizes: StepSizes,
     ) -> Trial:  # fmt: skip
-        """Tests the extrapolation (``None``: its evaluation was not finite)."""
+        """Tests the extrapolation (its evaluation checked finite)."""
         assert self.adaptive is not None
-        if extrapolated is None:
-            return Trial(False, math.inf)
         bases = self._bases()
         moves = self._sgd_moves(sizes)
         sums = self._agreed(
@@ -315,11 +327,13 @@ class ExtraGradient(ConstrainedOptimizer):
         }
 
     def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
-        factor = self._factor
-        if self.adaptive is not None:
-            self._read_bases()
-            self._apply_factor()
+        # What a failed step puts back: the factor, and the bases it re-reads (a rate a
+        # scheduler set since the last step is read again by the next step, not kept).
+        factor, bases, scheduled = self._factor, self._base_lrs, self._scheduled
         try:
+            if self.adaptive is not None:
+                self._read_bases()
+                self._apply_factor()
             start = self._evaluate_and_backward(
                 closure, rollback.undo, check_grads=self._checks_start_gradients()
             )
@@ -334,8 +348,8 @@ class ExtraGradient(ConstrainedOptimizer):
                 sizes = self._apply_sample_factor(accepted.sizes)
                 self._update_from_point(rollback, point, accepted.evaluation, sizes)
         except BaseException:
-            self._factor = factor
             self._restore_bases()
+            self._factor, self._base_lrs, self._scheduled = factor, bases, scheduled
             raise
         self._clear_grads()
         if self.adaptive is not None:
@@ -357,7 +371,6 @@ class ExtraGradient(ConstrainedOptimizer):
         # Every try draws what the first one drew (or, with same_randomness, the start).
         rng = rollback.rng if self.same_randomness else rng_state()
         statistics = Buffers(self._statistics) if self.same_randomness else None
-        cause: NonFiniteError | None = None
         calls = 0
         while True:
             sizes = self._step_sizes()
@@ -365,25 +378,23 @@ class ExtraGradient(ConstrainedOptimizer):
                 self._update(start.terms, sizes, None)
             if calls or self.same_randomness:
                 set_rng_state(rng)
-            extrapolated: Evaluation | None
             try:
                 extrapolated = self._evaluate(closure, rollback.undo, indices)
                 self._backward(extrapolated)
             except NonFiniteError as error:
-                if adaptive is None:
-                    self._blame_start_gradient(point, error)
-                    raise
-                extrapolated, cause = None, error
+                # Not a rejection, even with the adaptive step: a shorter extrapolation
+                # cannot make a NaN in the data or the closure finite, and retrying would
+                # bury the culprit under the retries' error. Raised at once, named.
+                self._blame_start_gradient(point, error)
+                raise
             finally:
                 if statistics is not None:
                     statistics.restore()
             calls += 1
             if adaptive is None:
-                assert extrapolated is not None
                 return Extrapolation(extrapolated, sizes, Trial(True, 0.0), calls)
             trial = self._judge(point, start_grads, start, extrapolated, sizes)
             if trial.accepted:
-                assert extrapolated is not None
                 return Extrapolation(extrapolated, sizes, trial, calls)
             # Only under plain SGD, where the step is the theory's: with Adam the factor
             # scales a normalised step, which the interpolation misjudged (the default with
@@ -392,7 +403,6 @@ class ExtraGradient(ConstrainedOptimizer):
             if sizes.primal is not None:
                 weight = interpolation_weight(adaptive, self._factor, trial)
             if weight is not None:
-                assert extrapolated is not None
                 # The shorter extrapolation scales both sides' moves by the weight, so its
                 # multipliers' factor is the weight times theirs, not the cap's rule at the
                 # shorter factor.
@@ -408,7 +418,7 @@ class ExtraGradient(ConstrainedOptimizer):
                     f"the adaptive step was rejected {calls} times in one step (step "
                     f"factor {self._factor:.3g}): the operator is not locally Lipschitz "
                     "here, or the closure is not deterministic"
-                ) from cause
+                )
             self._factor = next_factor(adaptive, self._factor, trial)
             self._apply_factor()
             point.restore()

@@ -5,13 +5,14 @@ constraint at fault."""
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Literal
 
 import torch
 from torch import nn
 
 from ._augmented import AugmentedLagrangian, check_augmented
+from ._hyperparameters import check_group_rate
+from ._nupi import NuPI, check_settings
 from ._optimizer_group import OptimizerGroup, holder
 from ._problem import ConstrainedProblem
 from ._rows import ELEMENTWISE_OPTIMIZERS
@@ -32,6 +33,12 @@ def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def check_optimizer(label: str, optimizer: object, maximize: bool) -> None:
+    """What a method is built with: a ``torch.optim.Optimizer`` (or a group of them) whose
+    ``step()`` needs no closure, with valid param groups (:func:`check_groups`).
+
+    Raises:
+        TypeError, ValueError: Naming the optimizer and, where it applies, the param group.
+    """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             f"the {label} optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
@@ -46,19 +53,41 @@ def check_optimizer(label: str, optimizer: object, maximize: bool) -> None:
             "methods evaluate the problem themselves and step along the gradients they found; "
             "use an optimizer whose step() takes no closure (SGD, Adam, ...)"
         )
+    check_groups(label, optimizer, maximize)
+
+
+def check_groups(label: str, optimizer: torch.optim.Optimizer, maximize: bool) -> None:
+    """Checks each param group's settings: the learning rate (finite, ``>= 0``; 0 is a
+    warm-up's start), no weight decay on the dual side, the direction, and a
+    :class:`NuPI`'s gains.
+
+    Run when a method is built, after it loads a state and at the start of every step: a
+    learning-rate scheduler (a ``LambdaLR`` going below 0) or the user may change a group
+    between steps. It reads host-side numbers only (a learning rate held in a tensor off
+    the CPU is not read), a few dictionary reads per group: no device synchronisation.
+
+    Args:
+        label: ``"primal"`` or ``"dual"``, as the messages name the optimizer.
+        optimizer: The optimizer, or an :class:`OptimizerGroup` (each member checked).
+        maximize: Whether the optimizer must ascend (the dual side).
+
+    Raises:
+        TypeError, ValueError: Naming the side and the param group, e.g. ``Invalid
+            learning rate in the dual optimizer (param group 0): -1.0``.
+    """
+    if isinstance(optimizer, OptimizerGroup):
+        for index, member in enumerate(optimizer.optimizers):
+            check_groups(f"{label} (group member {index})", member, maximize)
+        return
+    nupi = isinstance(optimizer, NuPI)
     for index, group in enumerate(optimizer.param_groups):
-        learning_rate = float(group.get("lr", 0.0))
-        # 0 is a valid start of a warm-up schedule.
-        if not (math.isfinite(learning_rate) and learning_rate >= 0.0):
-            raise ValueError(
-                f"Invalid learning rate in the {label} optimizer (param group {index}): "
-                f"{learning_rate}"
-            )
-        weight_decay = float(group.get("weight_decay", 0.0))
+        where = f" in the {label} optimizer (param group {index})"
+        check_group_rate(group.get("lr", 0.0), where)
+        weight_decay = group.get("weight_decay", 0.0)
         if maximize and weight_decay != 0.0:
             raise ValueError(
                 f"Invalid weight decay in the dual optimizer (param group {index}): "
-                f"{weight_decay}; it pulls the multipliers towards 0, so the iteration "
+                f"{float(weight_decay)}; it pulls the multipliers towards 0, so the iteration "
                 "converges to a biased, infeasible point: build it with weight_decay=0"
             )
         if bool(group.get("maximize", False)) != maximize:
@@ -67,6 +96,8 @@ def check_optimizer(label: str, optimizer: object, maximize: bool) -> None:
                 f"the {label} optimizer must {expected} (param group {index} has "
                 f"maximize={group.get('maximize', False)})"
             )
+        if nupi:
+            check_settings(group, where)
 
 
 def check_membership(

@@ -7,26 +7,54 @@ Sohrabi et al. (ICML 2024, "On PI controllers for updating Lagrange multipliers 
 constrained optimization") add a proportional term on a smoothed residual, which reacts
 to the residual's change and damps the oscillation.
 
-This module imports nothing from the package: :mod:`._rows` lists :class:`NuPI` among the
-optimizers whose state is elementwise.
+This module imports from the package only :mod:`._hyperparameters` (which imports nothing
+from it): :mod:`._rows` lists :class:`NuPI` among the optimizers whose state is elementwise.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ._hyperparameters import check_learning_rate, check_real
+
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 
-def _check_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, float | int):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    return float(value)
+def check_settings(settings: Mapping[str, Any], where: str = "") -> None:
+    """Checks NuPI's settings: the constructor's defaults, each param group when it is
+    added (its own ``lr``, ``ki``, ``kp``, ``nu`` or the defaults) and each group at every
+    step (a user or a scheduler may edit a group between steps). A few reads of host-side
+    numbers.
+
+    Args:
+        settings: The defaults or a param group.
+        where: Names the group in the messages (``" in param group 1"``; empty for the
+            constructor's arguments).
+
+    Raises:
+        TypeError: If a setting is not a number (``maximize`` not a bool).
+        ValueError: If ``lr``, ``ki`` or ``kp`` is negative or not finite, or ``nu`` is
+            not in ``[0, 1)``: ``Invalid ki value in param group 1: -1.0``.
+    """
+    lr = check_real("lr", settings["lr"], where)
+    ki = check_real("ki", settings["ki"], where)
+    kp = check_real("kp", settings["kp"], where)
+    nu = check_real("nu", settings["nu"], where)
+    maximize = settings["maximize"]
+    if not isinstance(maximize, bool):
+        raise TypeError(f"maximize{where} must be a bool, got {type(maximize).__name__}")
+    check_learning_rate(lr, where)
+    if not (math.isfinite(ki) and ki >= 0.0):
+        raise ValueError(f"Invalid ki value{where}: {ki}")
+    if not (math.isfinite(kp) and kp >= 0.0):
+        raise ValueError(f"Invalid kp value{where}: {kp}")
+    if not (0.0 <= nu < 1.0):
+        raise ValueError(f"Invalid nu value{where}: {nu}")
 
 
 class NuPI(torch.optim.Optimizer):
@@ -92,22 +120,22 @@ class NuPI(torch.optim.Optimizer):
         nu: float = 0.0,
         maximize: bool = False,
     ) -> None:
-        lr = _check_float("lr", lr)
-        ki = _check_float("ki", ki)
-        kp = _check_float("kp", kp)
-        nu = _check_float("nu", nu)
-        if not isinstance(maximize, bool):
-            raise TypeError(f"maximize must be a bool, got {type(maximize).__name__}")
-        if not (math.isfinite(lr) and lr >= 0.0):
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not (math.isfinite(ki) and ki >= 0.0):
-            raise ValueError(f"Invalid ki value: {ki}")
-        if not (math.isfinite(kp) and kp >= 0.0):
-            raise ValueError(f"Invalid kp value: {kp}")
-        if not (0.0 <= nu < 1.0):
-            raise ValueError(f"Invalid nu value: {nu}")
         defaults = {"lr": lr, "ki": ki, "kp": kp, "nu": nu, "maximize": maximize}
+        check_settings(defaults)
+        for key in ("lr", "ki", "kp", "nu"):
+            defaults[key] = float(defaults[key])
         super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a param group (its own settings, else the defaults), checked first: a group
+        refused is not added.
+
+        Raises:
+            TypeError, ValueError: As :func:`check_settings`, naming the group's index.
+        """
+        where = f" in param group {len(self.param_groups)}"
+        check_settings({**self.defaults, **param_group}, where)
+        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -118,7 +146,15 @@ class NuPI(torch.optim.Optimizer):
 
         Returns:
             The closure's loss, or ``None``.
+
+        Raises:
+            TypeError, ValueError: If a group's settings are invalid (:func:`check_settings`),
+                before anything moves.
         """
+        # Every group is checked before any moves: a group edited since it was added
+        # raises here with nothing stepped.
+        for index, group in enumerate(self.param_groups):
+            check_settings(group, f" in param group {index}")
         loss = None
         if closure is not None:
             with torch.enable_grad():

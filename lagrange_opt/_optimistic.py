@@ -133,19 +133,21 @@ class OptimisticGDA(ConstrainedOptimizer):
         state["past"] = None if self._past is None else _past_state(self._past)
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores what :meth:`state_dict` returned.
-
-        Raises:
-            ValueError: If the state comes from another method or lacks a part, or its
-                gradients do not match this optimizer's parameters and constraints.
-        """
+    def _check_state(self, state_dict: dict[str, Any]) -> None:
+        """Also the past gradients: they must match this optimizer's parameters and
+        constraints."""
+        super()._check_state(state_dict)
         if "past" not in state_dict:
             raise ValueError("state_dict lacks ['past']")
         saved = state_dict["past"]
-        past = None if saved is None else _load_past(saved, self.problem, self._dense_primal())
-        super().load_state_dict(state_dict)
-        self._past = past
+        if saved is not None:
+            _load_past(saved, self.problem, self._dense_primal())
+
+    def _set_state(self, state_dict: dict[str, Any]) -> None:
+        super()._set_state(state_dict)
+        saved = state_dict["past"]
+        params = self._dense_primal()
+        self._past = None if saved is None else _load_past(saved, self.problem, params)
 
 
 def _past_state(past: Past) -> dict[str, Any]:

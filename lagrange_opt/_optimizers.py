@@ -17,11 +17,13 @@ from ._distributed import synchronizer
 from ._evaluation import Evaluation, Term, check_finite, evaluate
 from ._formulation import Scales
 from ._formulation_state import FormulationState
+from ._hyperparameters import check_count
 from ._kkt import ConstraintReport
 from ._loss_scaling import GradientOverflow, LossScaling, check_grad_scaler, unscale_
 from ._method_checks import (
     FormulationName,
     check_formulation,
+    check_groups,
     check_membership,
     check_optimizer,
     check_row_optimizers,
@@ -180,10 +182,13 @@ class ConstrainedOptimizer(abc.ABC):
 
         Raises:
             NonFiniteError: If a value, multiplier or gradient is NaN or infinite, naming it.
-            ValueError, TypeError: If the closure's result does not match the declarations.
+            ValueError, TypeError: If the closure's result does not match the declarations,
+                or a param group's settings became invalid since the last step (a
+                learning rate below 0), naming the side and the group.
         """
         self._check_declarations()
         self._formulation.check_running()
+        self._check_groups()
         rollback = Rollback(self._point, self._statistics)
         measured = self._formulation.needs_scales
         counted: StepClosure | MicroBatches
@@ -243,6 +248,13 @@ class ConstrainedOptimizer(abc.ABC):
                 "(over problem.dual_parameters() and problem.slack_parameters())"
             )
 
+    def _check_groups(self) -> None:
+        """Both optimizers' param groups, as when the method was built
+        (:func:`check_groups`: host-side reads, no device synchronisation)."""
+        check_groups("primal", self.primal_optimizer, maximize=False)
+        if self.dual_optimizer is not None:
+            check_groups("dual", self.dual_optimizer, maximize=True)
+
     @abc.abstractmethod
     def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
         """The method's step, after the scales are known; ``calls`` closure calls made.
@@ -286,11 +298,33 @@ class ConstrainedOptimizer(abc.ABC):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores what :meth:`state_dict` returned.
+        """Restores what :meth:`state_dict` returned, all or nothing.
+
+        Every part that can be checked before loading is (:meth:`_check_state`: its
+        structure, and each number range-checked as the constructor checks it); then the
+        formulation's and the optimizers' states load, and the loaded param groups are
+        checked as the constructor checks them (a part that fails to load, or a group that
+        fails its check, puts back the parts loaded before it); last the method's own
+        numbers, checked already, are set.
 
         Raises:
-            ValueError: If the state comes from another method or lacks a part.
+            ValueError: If the state comes from another method or lacks a part, or a
+                number in it is out of range (naming it and its value).
+            TypeError: If a number in it is not a number.
         """
+        self._check_state(state_dict)
+        backup = copy.deepcopy(self.state_dict())
+        try:
+            self._load_parts(state_dict)
+            self._check_groups()
+        except BaseException:
+            self._load_parts(backup)
+            raise
+        self._set_state(state_dict)
+
+    def _check_state(self, state_dict: dict[str, Any]) -> None:
+        """Checks, before anything loads, what :meth:`_set_state` will set and the parts'
+        presence. A method with numbers of its own extends it (calling this one)."""
         missing = {"method", "primal", "dual", "formulation"} - set(state_dict)
         if missing:
             raise ValueError(f"state_dict lacks {sorted(missing)}")
@@ -302,15 +336,14 @@ class ConstrainedOptimizer(abc.ABC):
         steps_without_skip = state_dict.get("steps_without_skip")
         if (steps_without_skip is None) != (self._loss_scaling is None):
             raise ValueError("state_dict and this optimizer disagree on having a grad_scaler")
-        # All or nothing: a part that fails to load puts back the parts loaded before it.
-        backup = copy.deepcopy(self.state_dict())
-        try:
-            self._load_parts(state_dict)
-        except BaseException:
-            self._load_parts(backup)
-            raise
-        if self._loss_scaling is not None and steps_without_skip is not None:
-            self._loss_scaling.steps_without_skip = int(steps_without_skip)
+        if steps_without_skip is not None:
+            check_count("steps_without_skip", steps_without_skip, " in state_dict")
+
+    def _set_state(self, state_dict: dict[str, Any]) -> None:
+        """Sets the method's own numbers from a state :meth:`_check_state` accepted: it
+        cannot raise (the parts before it are loaded already)."""
+        if self._loss_scaling is not None:
+            self._loss_scaling.steps_without_skip = state_dict["steps_without_skip"]
 
     def _load_parts(self, state_dict: dict[str, Any]) -> None:
         self._formulation.load_state_dict(state_dict["formulation"])

@@ -51,6 +51,8 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ._hyperparameters import check_real
+
 
 class AdaptiveStep(NamedTuple):
     """Settings of the backtracking step size.
@@ -76,8 +78,9 @@ class AdaptiveStep(NamedTuple):
             objective, or a point held at its bounds) ``t`` would otherwise double forever.
         max_interpolated: A rejected extrapolation with :math:`t L` at most this is
             shortened by interpolation (no new evaluation) when the primal step is plain
-            SGD; above it, if the operator was not finite, or with another primal optimizer
-            (Adam), it is redone. ``0`` redoes every rejected extrapolation.
+            SGD; above it, or with another primal optimizer (Adam), it is redone. ``0``
+            redoes every rejected extrapolation. (A value or gradient that is not finite
+            at the extrapolated point is no rejection: the step raises, naming it.)
         max_interpolated_move: Nor is an extrapolation that moved the point by more than
             this fraction of its norm (in the metric) shortened: over a long segment a
             curved operator is far from its interpolation (``inf``: any move).
@@ -138,6 +141,24 @@ def check_adaptive(config: AdaptiveStep) -> AdaptiveStep:
     if sample is not None and not (math.isfinite(sample) and sample > 0):
         raise ValueError(f"Invalid sample_dual_factor: {sample}")
     return config
+
+
+def check_step_factor(config: AdaptiveStep | None, factor: object, where: str = "") -> float:
+    """A step factor ``t`` to resume from (a checkpoint's): finite, ``> 0`` and at most
+    ``max_factor``, as :func:`check_adaptive` has the initial one; with a fixed step
+    (``config`` ``None``), 1.
+
+    Raises:
+        TypeError: If it is not a number.
+        ValueError: ``Invalid step factor{where}: -1.0``.
+    """
+    value = check_real("step factor", factor, where)
+    upper = 1.0 if config is None else config.max_factor
+    lower = 1.0 if config is None else 0.0
+    if not (math.isfinite(value) and lower <= value <= upper and value > 0.0):
+        expected = "1 with a fixed step" if config is None else f"in (0, {config.max_factor:g}]"
+        raise ValueError(f"Invalid step factor{where}: {value} (expected {expected})")
+    return value
 
 
 def dual_factor(config: AdaptiveStep, factor: float) -> float:
