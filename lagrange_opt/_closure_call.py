@@ -5,7 +5,7 @@ each rank before every rank agrees to go on (:mod:`._distributed`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,6 +28,39 @@ class ObservedIndices(dict[str, Tensor | None]):
     step that observes it is refused (a plain mapping covers the constraints with
     multipliers only).
     """
+
+
+def check_closure(closure: object, caller: str, micro_batches: bool = True) -> None:
+    """Raises TypeError unless ``closure`` is a closure or, with ``micro_batches``, a
+    sequence of them (one per micro-batch, each checked by
+    :class:`._accumulation.MicroBatches`).
+
+    The problem's evaluation passed where the function that evaluates it is expected
+    (``optimizer.step(problem(idx))``) is named as that mistake: a :class:`ProblemState` is
+    a tuple, which would otherwise be taken for a list of micro-batches.
+
+    Args:
+        closure: What the caller was given.
+        caller: Names the caller in the message, ``"step()"`` or ``"kkt()"``.
+        micro_batches: Whether the caller takes a sequence of closures.
+    """
+    mistake = (
+        "a ProblemState, the problem's value, where a closure is expected (a function that "
+        "evaluates the problem): pass a function, e.g. lambda: problem(idx)"
+    )
+    if isinstance(closure, ProblemState):
+        raise TypeError(f"{caller} got {mistake}")
+    if callable(closure):
+        return
+    if micro_batches and isinstance(closure, Sequence) and not isinstance(closure, str):
+        for index, each in enumerate(closure):
+            if isinstance(each, ProblemState):
+                raise TypeError(f"{caller}, micro-batch {index}: got {mistake}")
+        return
+    raise TypeError(
+        f"{caller} takes a closure (a function that evaluates the problem, e.g. "
+        f"lambda: problem(idx)), got {type(closure).__name__}"
+    )
 
 
 def detached_standard(value: Tensor, spec: ConstraintSpec, dtype: torch.dtype) -> Tensor:

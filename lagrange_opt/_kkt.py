@@ -27,6 +27,7 @@ from torch import Tensor
 from torch import distributed as dist
 
 from . import _lagrangian as lag
+from ._closure_call import check_closure
 from ._distributed import synchronizer
 from ._problem import ConstrainedProblem, ConstraintSpec, ProblemState
 from ._randomness import Buffers, rng_state, running_statistics, set_rng_state
@@ -149,6 +150,8 @@ def kkt(
             taken over the ranks. Call it on every rank.
 
     Raises:
+        TypeError: If ``closure`` is not callable (the problem's value, ``problem(idx)``,
+            passed for the function ``lambda: problem(idx)``).
         ValueError: If a constraint value (or the objective and every constraint) has no
             gradient path to the parameters, as a step does.
         RuntimeError: With a process group, if the closure failed on another rank.
@@ -169,6 +172,8 @@ def kkt(
         >>> kkt(problem).converged(1e-9)
         True
     """
+    if closure is not None:
+        check_closure(closure, "kkt()", micro_batches=False)
     if params is None:
         slacks = {id(slack) for slack in problem.slack_parameters()}
         params = [p for p in problem.primal_parameters() if id(p) not in slacks]

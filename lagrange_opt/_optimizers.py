@@ -13,6 +13,7 @@ from torch import distributed as dist
 
 from ._accumulation import MicroBatches, call_with_fresh_casts
 from ._augmented import AugmentedLagrangian
+from ._closure_call import check_closure
 from ._distributed import synchronizer
 from ._evaluation import Evaluation, Term, check_finite, evaluate
 from ._formulation import Scales
@@ -186,6 +187,7 @@ class ConstrainedOptimizer(abc.ABC):
                 or a param group's settings became invalid since the last step (a
                 learning rate below 0), naming the side and the group.
         """
+        check_closure(closure, "step()")
         self._check_declarations()
         self._formulation.check_running()
         self._check_groups()

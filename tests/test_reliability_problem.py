@@ -9,6 +9,7 @@ import copy
 import fractions
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -348,3 +349,34 @@ def test_kkt_that_raises_changes_nothing() -> None:
         kkt(problem, failing)
     assert_bitwise_equal(problem.state_dict(), before)
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+# ---------------------------------------------------------------------------------------
+# Extra (a): the problem's value passed where a closure is expected is named as that
+# mistake.
+
+MISTAKE = (
+    "a ProblemState, the problem's value, where a closure is expected (a function that "
+    "evaluates the problem): pass a function, e.g. lambda: problem(idx)"
+)
+
+NOT_CLOSURES: list[tuple[str, Callable[[Boxed], Any], str]] = [
+    ("step(problem())", lambda p: default_optimizer(p).step(p()), f"step() got {MISTAKE}"),
+    ("step([problem(), problem()])", lambda p: default_optimizer(p).step([p(), p()]), f"step(), micro-batch 0: got {MISTAKE}"),
+    ("step(objective)", lambda p: default_optimizer(p).step(p().objective), "step() takes a closure (a function that evaluates the problem, e.g. lambda: problem(idx)), got Tensor"),
+    ("kkt(problem, problem())", lambda p: kkt(p, p()), f"kkt() got {MISTAKE}"),
+    ("kkt(problem, [problem])", lambda p: kkt(p, [p]), "kkt() takes a closure (a function that evaluates the problem, e.g. lambda: problem(idx)), got list"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "call", "message"), NOT_CLOSURES, ids=[case[0] for case in NOT_CLOSURES]
+)
+def test_a_value_passed_for_a_closure_is_named(
+    case: str, call: Callable[[Boxed], Any], message: str
+) -> None:
+    problem = Boxed()
+    before = _state(problem)
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        call(problem)
+    assert_bitwise_equal(problem.state_dict(), before)
