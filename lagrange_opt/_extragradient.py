@@ -261,8 +261,9 @@ class ExtraGradient(ConstrainedOptimizer):
         return f"the dual optimizer's param group {index - primal}"
 
     def _blame_start_gradient(self, point: SavedPoint, error: NonFiniteError) -> None:
-        """Names the parameter whose gradient at the start (not checked with a fixed step)
-        moved it to a non-finite extrapolated point, where ``error`` was found."""
+        """Names the parameter that the extrapolation moved to a non-finite value, where
+        ``error`` was found: its gradient at the start (not checked with a fixed step) was
+        not finite, or its optimizer's update overflowed."""
         for param, copy in zip(point.params, point.copies):
             move = param.detach() - copy
             if not bool(torch.isfinite(move).all()):
@@ -270,7 +271,8 @@ class ExtraGradient(ConstrainedOptimizer):
                     f"the gradient of {self._describe(param)} has {first_non_finite(move)} "
                     "times the learning rate at the point the step started from: a finite "
                     "value with an infinite derivative (sqrt or log at 0?) or an overflow in "
-                    "backward"
+                    "backward; or its optimizer's update overflowed (in float16 past 65504, "
+                    "or an eps below 6e-8, such as Adam's default 1e-8, rounds to 0)"
                 ) from error
 
     def _judge(
@@ -347,6 +349,7 @@ class ExtraGradient(ConstrainedOptimizer):
             with torch.no_grad():
                 sizes = self._apply_sample_factor(accepted.sizes)
                 self._update_from_point(rollback, point, accepted.evaluation, sizes)
+            self._check_written(accepted.evaluation.terms)
         except BaseException:
             self._restore_bases()
             self._factor, self._base_lrs, self._scheduled = factor, bases, scheduled
@@ -386,6 +389,8 @@ class ExtraGradient(ConstrainedOptimizer):
                 # cannot make a NaN in the data or the closure finite, and retrying would
                 # bury the culprit under the retries' error. Raised at once, named.
                 self._blame_start_gradient(point, error)
+                # Or the rows the extrapolation wrote (a multiplier's, a slack's).
+                self._check_written(start.terms)
                 raise
             finally:
                 if statistics is not None:

@@ -8,6 +8,7 @@ from ._evaluation import current_weights
 from ._optimizers import Closure, ConstrainedOptimizer, Outcome
 from ._rollback import Rollback
 from ._updates import dual_update, primal_update
+from ._validation import NonFiniteError
 
 
 class SimultaneousGDA(ConstrainedOptimizer):
@@ -49,13 +50,12 @@ class SimultaneousGDA(ConstrainedOptimizer):
         evaluation = self._evaluate_and_backward(closure, rollback.undo)
         result = self._result(evaluation, calls + 1)
         sizes = self._step_sizes()
-        # A stock optimizer.step() is user code and may raise half-way (it puts back what
-        # it moved); the direct SGD and functional Adam updates cannot, once the gradients
-        # passed their check. The primal side moves first: a stock dual step that raises
-        # must find it saved.
-        self._save_point(rollback, evaluation, sizes.dual is None, dual=False)
+        # The primal side moves first: a stock dual step that raises, or the check of what
+        # both wrote, must find it saved.
+        self._save_point(rollback, evaluation)
         with torch.no_grad():
             self._update(evaluation.terms, sizes, rollback)
+        self._check_written(evaluation.terms)
         self._clear_grads()
         return Outcome(result, evaluation)
 
@@ -79,18 +79,26 @@ class AlternatingGDA(ConstrainedOptimizer):
         self._clear_grads()
         sizes = self._step_sizes()
         # The dual step comes before the check of the values (done with the gradients,
-        # after backward): the saved point lets a failed check undo it.
-        self._save_point(rollback, evaluation, primal=False, dual=True)
+        # after backward), and both before the check of what the updates wrote: the saved
+        # point lets a failed check undo them.
+        self._save_point(rollback, evaluation)
         with torch.no_grad():
             rollback.keep(dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, True))
         if self._sync is not None:
             # ddp: a dual step that raised on one rank stops every rank before DDP's backward.
             self._sync.agree(None)
-        self._backward(evaluation, [current_weights(term) for term in evaluation.terms])
+        try:
+            self._backward(evaluation, [current_weights(term) for term in evaluation.terms])
+        except NonFiniteError:
+            # A multiplier the dual step wrote non-finite makes the Lagrangian so: the
+            # check of what it wrote names it (only on this failure path: no cost).
+            self._check_written(evaluation.terms)
+            raise
         with torch.no_grad():
             rollback.keep(
                 primal_update(self.primal_optimizer, sizes.primal, evaluation.terms, True)
             )
             self.problem.project_bounds_()
+        self._check_written(evaluation.terms)
         self._clear_grads()
         return Outcome(result, evaluation)

@@ -115,6 +115,7 @@ class OptimisticGDA(ConstrainedOptimizer):
             point.restore_rows()
             point.add_rows(current_rows(evaluation.terms))
             self._update_from_point(rollback, point, evaluation, sizes)
+        self._check_written(evaluation.terms)
         grads = [param.grad for param in self._dense_primal()]
         self._clear_grads()
         self._past = Past(

@@ -33,12 +33,12 @@ from ._method_checks import (
 from ._optimizer_group import as_optimizer
 from ._problem import ConstrainedProblem, ProblemState
 from ._randomness import running_statistics
-from ._rollback import Rollback, SavedPoint, evaluation_rows
+from ._rollback import Rollback, SavedPoint, evaluation_rows, first_non_finite_tensor
 from ._scaling import measure_scales, measure_scales_over
 from ._slacks import UndoLog
 from ._step_result import StepResult
 from ._updates import dual_update, primal_update, sgd_step_sizes, steps_from_origins
-from ._validation import NonFiniteError
+from ._validation import NonFiniteError, first_non_finite
 
 Closure = Callable[[], ProblemState]
 
@@ -465,23 +465,60 @@ class ConstrainedOptimizer(abc.ABC):
         self.problem.project_bounds_()
         rollback.keep(dual_update(self.dual_optimizer, sizes.dual, evaluation.terms, True))
 
-    def _save_point(
-        self, rollback: Rollback, evaluation: Evaluation, primal: bool, dual: bool
-    ) -> None:
-        """Saves, before the updates along ``evaluation``, each side's point that a later
-        phase of the step may have to put back (an update that raises puts back what it
-        moved itself; the rows the evaluation read are copies already)."""
-        if self._sync is not None:
-            # ddp: the step's last agreement, after every update, may raise on this rank
-            # for another rank's failure: even an update that cannot raise must be undone.
-            primal = dual = True
-        if not (primal or dual):
+    def _save_point(self, rollback: Rollback, evaluation: Evaluation) -> None:
+        """Saves, before the updates along ``evaluation``, both sides' points: the dense
+        parameters and multipliers, and the indexed rows the updates move (copies already
+        in the evaluation). Whatever the updates, a later phase may have to put them back:
+        the check of what they wrote (:meth:`_check_written`) and, under data parallelism,
+        the step's last agreement, which may raise on this rank for another rank's
+        failure."""
+        rollback.save_point(self._dense_parameters(), evaluation_rows(evaluation))
+
+    def _check_written(self, terms: Sequence[Term]) -> None:
+        """Checks what the step's updates wrote, before the step commits: the dense primal
+        parameters they moved (those with a gradient), the dense multipliers of ``terms``
+        and the rows of its indexed tables (multipliers, slacks).
+
+        An update can write a NaN or an infinity from finite inputs: in float16 a value
+        past 65504 overflows and Adam's ``eps`` (1e-8) rounds to 0, so a step on a
+        multiplier whose residual is small divides by 0. Committed, it would fail every
+        later step that reads it and be saved in every checkpoint. Cost: one fused
+        reduction over those tensors (a gather per indexed table) and one host
+        synchronisation per step (:func:`first_non_finite_tensor`).
+
+        Raises:
+            NonFiniteError: Naming the tensor and its first non-finite entry; the step's
+                rollback then puts everything back.
+        """
+        # Each tensor, and where it is: a parameter (named only if at fault) or a table.
+        written: list[Tensor] = []
+        places: list[Tensor | str] = []
+        for param in params_of(self.primal_optimizer):
+            if param.grad is not None and id(param) not in self._indexed_tables:
+                written.append(param.detach())
+                places.append(param)
+        for term in terms:
+            name = term.constraint.spec.name
+            multiplier = term.multiplier.detach()
+            if term.indices is None:
+                written.append(multiplier)
+                places.append(f"the multipliers of constraint '{name}'")
+            else:
+                written.append(multiplier.index_select(0, term.indices))
+                places.append(f"the batch's rows of the multipliers of constraint '{name}'")
+            if term.slack is not None:
+                written.append(term.slack.table.detach().index_select(0, term.slack.rows))
+                places.append(f"the batch's rows of the slacks of constraint '{name}'")
+        index = first_non_finite_tensor(written)
+        if index is None:
             return
-        params: list[Tensor] = []
-        for side, optimizer in ((primal, self.primal_optimizer), (dual, self.dual_optimizer)):
-            if side:
-                params += [p for p in params_of(optimizer) if id(p) not in self._indexed_tables]
-        rollback.save_point(params, evaluation_rows(evaluation, multipliers=dual))
+        tensor, place = written[index], places[index]
+        where = place if isinstance(place, str) else self._describe(place)
+        raise NonFiniteError(
+            f"the update wrote {first_non_finite(tensor)} into {where} ({tensor.dtype}): "
+            "the step was rolled back (in float16 an update overflows past 65504, and an "
+            "eps below 6e-8, such as Adam's default 1e-8, rounds to 0)"
+        )
 
     def _result(self, evaluation: Evaluation, evaluations: int) -> StepResult:
         """The step's result, built before anything is updated."""

@@ -16,6 +16,7 @@ layers and the random number generators. :class:`Rollback` holds what puts each 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Container, Sequence
 
 import torch
@@ -106,6 +107,29 @@ def current_rows(terms: Sequence[Term]) -> Rows:
             table = term.slack.table.data
             rows.append((table, term.slack.rows, table.index_select(0, term.slack.rows)))
     return rows
+
+
+def first_non_finite_tensor(tensors: Sequence[Tensor]) -> int | None:
+    """The index of the first of ``tensors`` with a NaN or infinite entry, or ``None``.
+
+    What a step wrote is checked before it is committed: one fused reduction over all the
+    tensors (``torch._foreach_norm``, the sum of absolute values accumulated in float64,
+    which no finite float32 or float16 tensor overflows) and one host synchronisation per
+    device when all are finite; only when the sum is not is each tensor searched (a sum
+    that overflowed, of float64 values beyond 1e300, lets finite tensors pass there).
+    """
+    if not tensors:
+        return None
+    norms = torch._foreach_norm(list(tensors), 1, dtype=torch.float64)
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for norm in norms:
+        by_device.setdefault(norm.device, []).append(norm)
+    if all(math.isfinite(torch.stack(part).sum().item()) for part in by_device.values()):
+        return None
+    for index, tensor in enumerate(tensors):
+        if not bool(torch.isfinite(tensor).all()):
+            return index
+    return None
 
 
 class Rollback:

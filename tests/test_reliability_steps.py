@@ -28,11 +28,14 @@ from helpers import (
 from torch import nn
 
 from lagrange_opt import (
+    AlternatingGDA,
     ConstrainedOptimizer,
     ConstrainedProblem,
     ExtraGradient,
+    IndexedValue,
     NonFiniteError,
     NuPI,
+    OptimisticGDA,
     ProblemState,
     SimultaneousGDA,
     default_optimizer,
@@ -359,3 +362,103 @@ def test_a_failed_adaptive_step_keeps_the_base_rates_it_found(fail_on: int) -> N
     problem.fail_on = None
     optimizer.step(problem)
     assert optimizer.state_dict()["base_lrs"] == [0.05, 0.05]
+
+
+# ---------------------------------------------------------------------------------------
+# Item 10: what a step writes is checked before it commits.
+
+
+class Rows(ConstrainedProblem):
+    """A float16 indexed equality whose value is ``levels[call]`` on each closure call of a
+    step (then the last): rows first stepped with a small residual make Adam divide by 0
+    (its moments start at 0 for rows not yet seen, and eps=1e-8 is 0 in float16)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = nn.Parameter(torch.zeros(4))
+        self.add_equality("rows", num_samples=4)
+        self.to(torch.float16)
+        self.levels = [1.0]
+        self.calls = 0
+
+    def forward(self, indices: torch.Tensor) -> ProblemState:
+        level = self.levels[min(self.calls, len(self.levels) - 1)]
+        self.calls += 1
+        value = IndexedValue(self.x[indices] * 0 + level, indices)
+        return ProblemState((self.x - 1).square().sum(), {"rows": value})
+
+
+WRITES = [
+    (SimultaneousGDA, [1e-4]),
+    (AlternatingGDA, [1e-4]),
+    (OptimisticGDA, [1e-4]),
+    (ExtraGradient, [1e-4]),  # the extrapolation writes it
+    (ExtraGradient, [1.0, 1e-4]),  # the step's update from the saved point writes it
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "levels"), WRITES, ids=[f"{m.__name__}-{levels}" for m, levels in WRITES]
+)
+def test_a_step_that_writes_a_non_finite_multiplier_is_rolled_back(
+    method: type, levels: list[float]
+) -> None:
+    problem = Rows()
+    dual = torch.optim.Adam(problem.dual_parameters(), lr=0.01, maximize=True)
+    optimizer = method(problem, torch.optim.SGD(problem.primal_parameters(), lr=0.1), dual)
+    optimizer.step(lambda: problem(torch.tensor([0, 1])))  # Adam's state starts
+    before = failure_state(problem, optimizer)
+    problem.levels, problem.calls = levels, 0
+    message = (
+        "the update wrote 2 non-finite value(s), first inf at (0,) into the batch's rows of "
+        "the multipliers of constraint 'rows' (torch.float16): the step was rolled back (in "
+        "float16 an update overflows past 65504, and an eps below 6e-8, such as Adam's "
+        "default 1e-8, rounds to 0)"
+    )
+    with pytest.raises(NonFiniteError, match=f"^{re.escape(message)}$"):
+        optimizer.step(lambda: problem(torch.tensor([2, 3])))
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
+    assert bool(torch.isfinite(problem.constraints["rows"].multiplier).all())
+
+
+class Edge(ConstrainedProblem):
+    """min -x0 / 10 s.t. x1 <= 1, in float16, from x0 = 65000: a step of plain SGD (the
+    direct update) at rate 1e4 takes x0 past float16's largest value, 65504."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = nn.Parameter(torch.tensor([65000.0, 0.0], dtype=torch.float16))
+        self.add_inequality("cap", "<=", treatment="projection")
+        self.to(torch.float16)
+
+    def forward(self) -> ProblemState:
+        return ProblemState(-self.x[0] * 0.1, {"cap": self.x[1] - 1})
+
+
+OVERFLOW_TAIL = (
+    "(in float16 an update overflows past 65504, and an eps below 6e-8, such as Adam's "
+    "default 1e-8, rounds to 0)"
+)
+OVERFLOWS = [
+    *(
+        (method, "the update wrote 1 non-finite value(s), first inf at (0,) into parameter "
+         f"'x' (torch.float16): the step was rolled back {OVERFLOW_TAIL}")
+        for method in (SimultaneousGDA, AlternatingGDA, OptimisticGDA)
+    ),
+    # Extra-gradient's extrapolation overflows first: named where it is evaluated.
+    (ExtraGradient, "the gradient of parameter 'x' has 1 non-finite value(s), first inf at "
+     "(0,) times the learning rate at the point the step started from: a finite value with "
+     "an infinite derivative (sqrt or log at 0?) or an overflow in backward; or its "
+     "optimizer's update overflowed (in float16 past 65504, or an eps below 6e-8, such as "
+     "Adam's default 1e-8, rounds to 0)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "message"), OVERFLOWS, ids=[m.__name__ for m, _ in OVERFLOWS])
+def test_a_step_that_overflows_a_parameter_is_rolled_back(method: type, message: str) -> None:
+    problem = Edge()
+    optimizer = method(problem, *_pair(problem, lr=1e4))
+    before = failure_state(problem, optimizer)
+    with pytest.raises(NonFiniteError, match=f"^{re.escape(message)}$"):
+        optimizer.step(problem)
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
