@@ -37,39 +37,62 @@ def raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term])
     if not bool(torch.isfinite(objective.detach())):
         raise NonFiniteError(f"objective is not finite: {float(objective.detach())}")
     for name, constraint, value, indices in checked:
-        if not bool(torch.isfinite(value.detach()).all()):
-            for what, part in zip(("true value", "surrogate"), proxy_parts(value) or ()):
-                if not bool(torch.isfinite(part.detach()).all()):
-                    raise NonFiniteError(
-                        f"constraint '{name}': its {what} has {first_non_finite(part)}"
-                    )
-            raise NonFiniteError(f"constraint '{name}' has {first_non_finite(value)}")
+        raise_for_bad_constraint(name, value, indices)
         if indices is not None:
             check_index_range(name, constraint, indices)
-    values = {name: value for name, _, value, _ in checked}
+    values = {name: (value, indices) for name, _, value, indices in checked}
     for term in terms:
         name = term.constraint.spec.name
         if not bool(torch.isfinite(term.standard).all()):
             dtype = term.standard.dtype
+            value, indices = values[name]
             raise NonFiniteError(
-                f"constraint '{name}' has {first_out_of_range(values[name], dtype)}, the dtype "
-                "of its multipliers (problem.to(dtype) sets it)"
+                f"constraint '{name}' has {first_out_of_range(value, dtype, indices)}, the "
+                "dtype of its multipliers (problem.to(dtype) sets it)"
             )
         if not bool(torch.isfinite(term.multipliers_read).all()):
             raise NonFiniteError(
                 f"the multipliers of constraint '{name}' read in this step have "
-                f"{first_non_finite(term.multipliers_read)}: the dual iteration diverged"
+                f"{first_non_finite(term.multipliers_read, term.indices)}: the dual iteration "
+                "diverged"
             )
         if not bool(torch.isfinite(term.residual).all()):
             if term.slack is not None or slack_variable(term.constraint.spec, term.rule):
                 raise NonFiniteError(
                     f"the slack residual of constraint '{name}' has "
-                    f"{first_non_finite(term.residual)}: the slacks diverged"
+                    f"{first_non_finite(term.residual, term.indices)}: the slacks diverged"
                 )
             raise NonFiniteError(
                 f"the multipliers' gradient of constraint '{name}' has "
-                f"{first_non_finite(term.residual)}"
+                f"{first_non_finite(term.residual, term.indices)}"
             )
+
+
+def raise_for_bad_constraint(name: str, value: Tensor, indices: Tensor | None) -> None:
+    """Raises :class:`NonFiniteError` if a constraint's value is not finite, naming its
+    first non-finite entry (and, for an indexed constraint, that entry's sample; for a
+    :class:`~lagrange_opt.Proxy`, the part at fault)."""
+    if bool(torch.isfinite(value.detach()).all()):
+        return
+    for what, part in zip(("true value", "surrogate"), proxy_parts(value) or ()):
+        if not bool(torch.isfinite(part.detach()).all()):
+            raise NonFiniteError(
+                f"constraint '{name}': its {what} has {first_non_finite(part, indices)}"
+            )
+    raise NonFiniteError(f"constraint '{name}' has {first_non_finite(value, indices)}")
+
+
+def check_constraint_values(checked: Checked) -> None:
+    """Raises :class:`NonFiniteError` naming the first non-finite constraint value.
+
+    For the first step's scaling (:mod:`._scaling`), which measures the gradient of each
+    element of a value one by one: a NaN in one row of a batch reaches every row's
+    gradient through a parameter that multiplies the batch, and the error would blame the
+    first element's gradient rather than the row and sample at fault. One check per value,
+    at the first step only.
+    """
+    for name, _, value, indices in checked:
+        raise_for_bad_constraint(name, value, indices)
 
 
 def check_finite(

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ._finiteness import check_constraint_values
 from ._formulation import Scales
 from ._problem import ConstrainedProblem, ProblemState
 from ._validation import NonFiniteError, check_state
@@ -100,6 +101,7 @@ def measure_scales(
     with torch.enable_grad():
         objective, checked = check_state(problem, closure())
         objective_scale = _grad_inf_norm("the objective", objective, params)
+        check_constraint_values(checked)
         scales = unit_scales(problem)
         for name, constraint, value, indices in checked:
             multiplier = constraint.multiplier
@@ -156,6 +158,8 @@ def local_gradients(
     for index, closure in enumerate(closures):
         with torch.enable_grad():
             objective, checked = check_state(problem, closure())
+            _check_finite_output("the objective", objective)
+            check_constraint_values(checked)
             if index == 0:
                 observed = [name for name, _, _, _ in checked]
             outputs = [("the objective", objective)]

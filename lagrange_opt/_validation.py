@@ -113,23 +113,38 @@ def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, T
     return entry, None
 
 
-def first_non_finite(tensor: Tensor) -> str:
-    """Describes the non-finite entries of a tensor: how many, the first and where."""
+def first_non_finite(tensor: Tensor, indices: Tensor | None = None) -> str:
+    """Describes the non-finite entries of a tensor: how many, the first and where.
+
+    Args:
+        tensor: The tensor, with at least one non-finite entry.
+        indices: For the rows of an indexed constraint, their sample indices: the first
+            entry's sample is named too (the data at fault).
+    """
     bad = (~torch.isfinite(tensor.detach())).nonzero()
     position = tuple(int(i) for i in bad[0])
     first = float(tensor.detach()[position])
-    return f"{bad.shape[0]} non-finite value(s), first {first} at {position}"
+    where = _sample(position, indices)
+    return f"{bad.shape[0]} non-finite value(s), first {first} at {position}{where}"
 
 
-def first_out_of_range(value: Tensor, dtype: torch.dtype) -> str:
-    """Describes the finite entries of ``value`` that are not finite once cast to ``dtype``."""
+def first_out_of_range(value: Tensor, dtype: torch.dtype, indices: Tensor | None = None) -> str:
+    """Describes the finite entries of ``value`` that are not finite once cast to ``dtype``
+    (``indices``: as in :func:`first_non_finite`)."""
     detached = value.detach()
     bad = (torch.isfinite(detached) & ~torch.isfinite(detached.to(dtype))).nonzero()
     position = tuple(int(i) for i in bad[0])
     return (
         f"{bad.shape[0]} value(s) beyond the range of {dtype}, first "
-        f"{float(detached[position])} at {position}"
+        f"{float(detached[position])} at {position}{_sample(position, indices)}"
     )
+
+
+def _sample(position: tuple[int, ...], indices: Tensor | None) -> str:
+    """``", sample index 17"``: the sample of an indexed row, ``""`` for a dense value."""
+    if indices is None or not position:
+        return ""
+    return f", sample index {int(indices[position[0]])}"
 
 
 def _outside(indices: Tensor, num_samples: int) -> Tensor:

@@ -77,7 +77,7 @@ BAD_STATES: list[tuple[str, Callable[[Configurable], Any], type[Exception], str]
     ("constraint nan", _with(pair=torch.tensor([0.0, math.nan])), ValueError,
      "constraint 'pair' has 1 non-finite value(s), first nan at (1,)"),
     ("indexed inf", _with(rows=_rows(torch.tensor([[0.0, 1], [2, -math.inf], [3, 4]]), [0, 1, 2])),
-     ValueError, "constraint 'rows' has 1 non-finite value(s), first -inf at (1, 1)"),
+     ValueError, "constraint 'rows' has 1 non-finite value(s), first -inf at (1, 1), sample index 1"),
     ("shape", _with(pair=torch.zeros(3)), ValueError,
      "constraint 'pair': value has shape (3,), declared shape (2,)"),
     ("indexed shape", _with(rows=_rows(torch.zeros(3, 3), [0, 1, 2])), ValueError,
@@ -186,7 +186,7 @@ DIVERGED = (
     ("constraint", "row", "message"),
     [
         # The batch reads rows 0, 3 and 5: row 3 is its second entry, two values wide.
-        ("rows", 3, "the multipliers of constraint 'rows' " + DIVERGED.format(2, "(1, 0)")),
+        ("rows", 3, "the multipliers of constraint 'rows' " + DIVERGED.format(2, "(1, 0), sample index 3")),
         ("pair", 1, "the multipliers of constraint 'pair' " + DIVERGED.format(1, "(1,)")),
     ],
 )

@@ -387,10 +387,10 @@ BAD: list[tuple[str, Callable[[Tensor], dict[str, Any]], type[Exception], str]] 
      NonFiniteError,
      "constraint 'rate': its surrogate has 1 non-finite value(s), first inf at (1,)"),
     ("indexed surrogate nan", lambda w: {"rows": _rows(torch.zeros(2), w * NAN)}, NonFiniteError,
-     "constraint 'rows': its surrogate has 2 non-finite value(s), first nan at (0,)"),
+     "constraint 'rows': its surrogate has 2 non-finite value(s), first nan at (0,), sample index 0"),
     ("indexed true inf", lambda w: {"rows": _rows(torch.tensor([-math.inf, 0.0]), w)},
      NonFiniteError,
-     "constraint 'rows': its true value has 1 non-finite value(s), first -inf at (0,)"),
+     "constraint 'rows': its true value has 1 non-finite value(s), first -inf at (0,), sample index 0"),
     ("surrogate without a gradient path", lambda w: {"rate": Proxy(w - 0.5, w.detach())},
      ValueError,
      "constraint 'rate': its surrogate has no gradient path to the parameters (computed under "

@@ -18,7 +18,15 @@ import torch
 from helpers import assert_bitwise_equal
 from torch import Tensor, nn
 
-from lagrange_opt import ConstrainedProblem, ProblemState, default_optimizer, kkt
+from lagrange_opt import (
+    ConstrainedProblem,
+    IndexedValue,
+    NonFiniteError,
+    ProblemState,
+    Proxy,
+    default_optimizer,
+    kkt,
+)
 
 F16 = torch.float16
 F64 = torch.float64
@@ -379,4 +387,62 @@ def test_a_value_passed_for_a_closure_is_named(
     before = _state(problem)
     with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
         call(problem)
+    assert_bitwise_equal(problem.state_dict(), before)
+
+
+# ---------------------------------------------------------------------------------------
+# Extra (b): a non-finite value of an indexed constraint names the sample (the data at
+# fault), not only the row of the batch.
+
+BATCH = [5, 11, 17, 3]  # row 2 is sample 17
+
+
+class PerSample(ConstrainedProblem):
+    """A per-sample constraint ``w * data[i] <= 1`` on a batch of four samples (the
+    first step measures the scales: a NaN in row 2 reaches the gradient of row 0 too)."""
+
+    def __init__(self, data: Tensor, proxy: bool = False) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+        self.data = data  # not a buffer: problem.to(dtype) leaves the data's dtype
+        self.proxy = proxy
+        self.add_inequality("rows", "<=", num_samples=20)
+
+    def forward(self) -> ProblemState:
+        indices = torch.tensor(BATCH)
+        value = self.w * self.data[indices] - 1
+        entry = Proxy(value.detach(), value) if self.proxy else value
+        return ProblemState(self.w.square(), {"rows": IndexedValue(entry, indices)})
+
+
+def _data(sample_value: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    data = torch.zeros(20, dtype=dtype)
+    data[17] = sample_value
+    return data
+
+
+def _half_tables(problem: PerSample) -> PerSample:
+    """The multiplier table in float16, the parameter and the value wider."""
+    problem.constraints.to(F16)
+    return problem
+
+
+BAD_SAMPLES: list[tuple[str, Callable[[], PerSample], str]] = [
+    ("NaN in the data", lambda: PerSample(_data(NAN)), "constraint 'rows' has 1 non-finite value(s), first nan at (2,), sample index 17"),
+    ("inf in a proxy's true value", lambda: PerSample(_data(INF), proxy=True), "constraint 'rows': its true value has 1 non-finite value(s), first inf at (2,), sample index 17"),
+    ("beyond the multipliers' dtype", lambda: _half_tables(PerSample(_data(1e6, F64))), "constraint 'rows' has 1 value(s) beyond the range of torch.float16, first 999999.0 at (2,), sample index 17, the dtype of its multipliers (problem.to(dtype) sets it)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "build", "message"), BAD_SAMPLES, ids=[case[0] for case in BAD_SAMPLES]
+)
+def test_a_non_finite_indexed_value_names_its_sample(
+    case: str, build: Callable[[], PerSample], message: str
+) -> None:
+    problem = build()
+    optimizer = default_optimizer(problem)
+    before = _state(problem)
+    with pytest.raises(NonFiniteError, match=f"^{re.escape(message)}$"):
+        optimizer.step(problem)
     assert_bitwise_equal(problem.state_dict(), before)
