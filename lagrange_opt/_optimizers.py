@@ -482,9 +482,9 @@ class ConstrainedOptimizer(abc.ABC):
         An update can write a NaN or an infinity from finite inputs: in float16 a value
         past 65504 overflows and Adam's ``eps`` (1e-8) rounds to 0, so a step on a
         multiplier whose residual is small divides by 0. Committed, it would fail every
-        later step that reads it and be saved in every checkpoint. Cost: one fused
-        reduction over those tensors (a gather per indexed table) and one host
-        synchronisation per step (:func:`first_non_finite_tensor`).
+        later step that reads it and be saved in every checkpoint. Cost: a sum per
+        tensor (after a gather per indexed table) and one host synchronisation per step
+        (:func:`first_non_finite_tensor`).
 
         Raises:
             NonFiniteError: Naming the tensor and its first non-finite entry; the step's
