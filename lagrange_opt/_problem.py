@@ -407,17 +407,22 @@ class ConstrainedProblem(nn.Module, abc.ABC):
 
         Args:
             param: A leaf tensor that the primal optimizer updates (a model's parameter).
-            lower: A number or a tensor that broadcasts to ``param``'s shape (same dtype);
-                ``None`` or ``-inf`` where there is no lower bound.
+            lower: A real number (a Python or NumPy scalar) within the range of
+                ``param``'s dtype, or a tensor that broadcasts to ``param``'s shape (same
+                dtype); ``None`` or ``-inf`` where there is no lower bound.
             upper: Likewise, ``None`` or ``inf`` where there is no upper bound.
 
         Returns:
-            The box, whose ``lower`` and ``upper`` buffers are in this problem's state.
+            The box, whose ``lower`` and ``upper`` buffers are in this problem's state
+            once, under ``parameter_bounds.<i>`` (kept as an attribute, ``self.box =
+            self.add_bounds(...)``, it is not registered again). A loaded box is checked
+            as a declared one, before anything loads.
 
         Raises:
             TypeError, ValueError: On a tensor that is not a leaf, a parameter bounded twice
-                or one of this problem's multipliers or slacks, a NaN bound, a bound of
-                another dtype or shape, or a lower bound above the upper one.
+                or one of this problem's multipliers or slacks, a NaN bound, a number
+                beyond the range of the parameter's dtype, a bound of another dtype or
+                shape, or a lower bound above the upper one.
 
         Example:
             >>> import torch
