@@ -282,9 +282,10 @@ def _leave_out_floor_on_rank_1(problem: ShardedProblem, batch: Tensor) -> Proble
 
 def _backtracking(rank: int) -> dict[str, Any]:
     """The default method with a NaN at the extrapolated point of the second step on rank 0
-    only: every rank backtracks, and the ranks stay alike."""
+    only: every rank raises a NonFiniteError (a non-finite value is no rejection of the
+    adaptive step), puts the step back, and the ranks stay alike."""
     problem, optimizer = build("default", "augmented", "projection", rank)
-    evaluations = []
+    evaluations: list[int | str] = []
     for step, batch in enumerate(batches(rank)):
         calls = [0]
 
@@ -296,7 +297,10 @@ def _backtracking(rank: int) -> dict[str, Any]:
                 return ProblemState(result.objective * torch.nan, dict(result.constraints))
             return result
 
-        evaluations.append(optimizer.step(closure).evaluations)
+        try:
+            evaluations.append(optimizer.step(closure).evaluations)
+        except NonFiniteError as error:
+            evaluations.append(type(error).__name__)
     return {"evaluations": evaluations, "after": state(problem)}
 
 
