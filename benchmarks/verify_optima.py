@@ -34,12 +34,16 @@ SLSQP_STOPS_ELSEWHERE = {
     "where f = 4.9412293",
     "hs016": "SLSQP clips x0 onto the bounds, to (-0.5, 1), and stops at the local minimiser "
     "(-0.5, 0.7071068), where f = 23.1446609",
+    "hs055": "SLSQP stops at the maximiser of f along the feasible segment, near x1 = 0.6468, "
+    "where f = 6.8055837 (a KKT point: the segment's derivative vanishes there)",
 }
 """Problems where SLSQP from ``x0`` stops at a point other than the optimum given."""
 
 IPOPT_STOPS_ELSEWHERE = {
     "hs002": "IPOPT stops at (-1.2210262, 1.5), f = 4.9412293",
     "hs044": "IPOPT stops at the vertex (3, 0, 4, 0), f = -13",
+    "hs055": "IPOPT stops near the other local minimiser, on the bound x1 = 1 (f = 20/3), "
+    "at f = 6.666965",
 }
 """Problems where IPOPT from ``x0`` stops at a point other than the optimum given."""
 

@@ -300,6 +300,31 @@ def _hs078_equalities(x: Tensor) -> Tensor:
     return _stack(x.square().sum() - 10, x2 * x3 - 5 * x4 * x5, x1**3 + x2**3 + 1)
 
 
+def _hs039_equalities(x: Tensor) -> Tensor:
+    x1, x2, x3, x4 = x.unbind()
+    return _stack(x2 - x1**3 - x3.square(), x1.square() - x2 - x4.square())
+
+
+def _hs055(x: Tensor) -> Tensor:
+    return x[0] + 2 * x[1] + 4 * x[4] + (x[0] * x[3]).exp()
+
+
+def _hs055_equalities(x: Tensor) -> Tensor:
+    x1, x2, x3, x4, x5, x6 = x.unbind()
+    return _stack(
+        x1 + 2 * x2 + 5 * x5 - 6,
+        x1 + x2 + x3 - 3,
+        x4 + x5 + x6 - 2,
+        x1 + x4 - 1,
+        x2 + x5 - 2,
+        x3 + x6 - 2,
+    )
+
+
+def _hs081(x: Tensor) -> Tensor:
+    return x.prod().exp() - 0.5 * (x[0] ** 3 + x[1] ** 3 + 1).square()
+
+
 def _hs113(x: Tensor) -> Tensor:
     x1, x2, x3, x4, x5, x6, x7, x8, x9, x10 = x.unbind()
     return (
@@ -321,6 +346,28 @@ def _hs113_inequalities(x: Tensor) -> Tensor:
         -(x1**2) - 2 * (x2 - 2) ** 2 + 2 * x1 * x2 - 14 * x5 + 6 * x6,
         3 * x1 - 6 * x2 - 12 * (x9 - 8) ** 2 + 7 * x10,
     )
+
+
+# hs118's objective: for each of its five periods k, three outputs with linear and quadratic costs.
+_HS118_LINEAR = (2.3, 1.7, 2.2)
+_HS118_QUADRATIC = (0.0001, 0.0001, 0.00015)
+
+
+def _hs118(x: Tensor) -> Tensor:
+    periods = x.reshape(5, 3)
+    linear = torch.tensor(_HS118_LINEAR, dtype=x.dtype, device=x.device)
+    quadratic = torch.tensor(_HS118_QUADRATIC, dtype=x.dtype, device=x.device)
+    return (periods * linear + periods.square() * quadratic).sum()
+
+
+def _hs118_inequalities(x: Tensor) -> Tensor:
+    periods = x.reshape(5, 3)
+    # Each output may change by at most its ramp between periods: -7 <= x_next - x_prev
+    # <= 6, 7, 6 for the three outputs; and each period's total meets its demand.
+    change = periods[1:] - periods[:-1] + 7
+    ramp = torch.tensor((13.0, 14.0, 13.0), dtype=x.dtype, device=x.device)
+    demand = torch.tensor((60.0, 50.0, 70.0, 85.0, 100.0), dtype=x.dtype, device=x.device)
+    return torch.cat([change.reshape(-1), (ramp - change).reshape(-1), periods.sum(1) - demand])
 
 
 _DEFINITIONS = [
@@ -454,6 +501,12 @@ _DEFINITIONS = [
         None, None,
         (-10.0,) * 4, (10.0,) * 4, (-3.0, -1.0, -3.0, -1.0), 0.0, (1.0,) * 4,
     ),
+    # The objective -x1 is unbounded below off the constraint set.
+    ProgramDefinition(
+        "hs039", lambda x: -x[0],
+        _hs039_equalities, None,
+        (-INF,) * 4, (INF,) * 4, (2.0,) * 4, -1.0, (1.0, 1.0, 0.0, 0.0),
+    ),
     # Of the two published minimisers (x3 and x4 may both change sign), the one with
     # positive coordinates, which the solvers reach from x0.
     ProgramDefinition(
@@ -506,6 +559,13 @@ _DEFINITIONS = [
         _hs053_equalities, None,
         (-10.0,) * 5, (10.0,) * 5, (2.0,) * 5,
         176 / 43, (-33 / 43, 11 / 43, 27 / 43, -5 / 43, 11 / 43),
+    ),
+    # An exponential term with six linear equalities; x0 is infeasible.
+    ProgramDefinition(
+        "hs055", _hs055,
+        _hs055_equalities, None,
+        (0.0,) * 6, (1.0, INF, INF, 1.0, INF, INF), (1.0, 2.0, 0.0, 0.0, 0.0, 2.0),
+        19 / 3, (0.0, 4 / 3, 5 / 3, 1.0, 2 / 3, 1 / 3),
     ),
     # f*: the book prints 0.03256820025; SLSQP and IPOPT reach this value from x0 (gaps
     # below 1e-9), here as the KKT system gives it to full precision. Likewise below for
@@ -564,6 +624,17 @@ _DEFINITIONS = [
         (-2.3, -2.3, -3.2, -3.2, -3.2), (2.3, 2.3, 3.2, 3.2, 3.2), (-2.0, 2.0, 2.0, -1.0, -1.0),
         0.05394984777027201, (-1.717143, 1.595709, 1.827247, -0.7636413, -0.7636450),
     ),
+    # hs080 with -(x1^3 + x2^3 + 1)^2 / 2 added, which rewards violating the third equality:
+    # the same minimiser and f* on the constraint set. The book's x* for hs081 misprints
+    # x2* = 1.595709 as 1.159571 (an infeasible point); x* here is the rHS model's.
+    ProgramDefinition(
+        "hs081", _hs081,
+        _hs078_equalities, None,
+        (-2.3, -2.3, -3.2, -3.2, -3.2), (2.3, 2.3, 3.2, 3.2, 3.2), (-2.0, 2.0, 2.0, -1.0, -1.0),
+        0.05394984777027201,
+        (-1.717143570394382, 1.595709690183554, 1.827245752927195, -0.7636430781841304,
+         -0.7636430781841304),
+    ),
     # f*: the book prints 24.3062091. Its x*, printed to 7 digits, violates constraint 4 by
     # 1.2e-5; x* here is the KKT solution to 10 digits, which agrees with the book's to its
     # printed digits. Constraints 1-5 and 7 are active.
@@ -575,10 +646,19 @@ _DEFINITIONS = [
         (2.171996371, 2.363682974, 8.773925738, 5.095984488, 0.990654765,
          1.430573979, 1.321644208, 9.828725808, 8.28009167, 8.375926664),
     ),
+    # A convex QP with 29 linear inequalities and bounds; at x* nine bounds are active.
+    ProgramDefinition(
+        "hs118", _hs118,
+        None, _hs118_inequalities,
+        (8.0, 43.0, 3.0) + (0.0,) * 12, (21.0, 57.0, 16.0) + (90.0, 120.0, 60.0) * 4,
+        (20.0, 55.0, 15.0) + (20.0, 60.0, 20.0) * 4,
+        664.82045,
+        (8.0, 49.0, 3.0, 1.0, 56.0, 0.0, 1.0, 63.0, 6.0, 3.0, 70.0, 12.0, 5.0, 77.0, 18.0),
+    ),
 ]  # fmt: skip
 
 HOCK_SCHITTKOWSKI: dict[str, ProgramDefinition] = {d.name: d for d in _DEFINITIONS}
 """The Hock-Schittkowski problems by name: hs001, hs002, hs003, hs004, hs005, hs006, hs007,
 hs010, hs011, hs012, hs014, hs016, hs018, hs021, hs022, hs023, hs024, hs026, hs027, hs028,
-hs030, hs032, hs035, hs038, hs040, hs042, hs043, hs044, hs046, hs047, hs048, hs053, hs060,
-hs064, hs065, hs066, hs071, hs076, hs078, hs080, hs113."""
+hs030, hs032, hs035, hs038, hs039, hs040, hs042, hs043, hs044, hs046, hs047, hs048, hs053,
+hs055, hs060, hs064, hs065, hs066, hs071, hs076, hs078, hs080, hs081, hs113, hs118."""

@@ -49,3 +49,8 @@ def test_a_missing_record_and_too_many_evaluations_fail() -> None:
     for method in METHODS:
         assert f"{method}: no record for hs035" in errors
         assert f"{method}: 2.400 closure calls per step on average" in errors
+
+
+def test_a_documented_miss_may_be_left_out() -> None:
+    records = [entry for entry in _records() if entry["problem"] not in KNOWN_MISSES]
+    assert check(records) == []

@@ -24,7 +24,7 @@ NAMES = list(HOCK_SCHITTKOWSKI)
 
 PROBLEMS = [
     1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 14, 16, 18, 21, 22, 23, 24, 26, 27, 28, 30, 32, 35, 38,
-    40, 42, 43, 44, 46, 47, 48, 53, 60, 64, 65, 66, 71, 76, 78, 80, 113,
+    39, 40, 42, 43, 44, 46, 47, 48, 53, 55, 60, 64, 65, 66, 71, 76, 78, 80, 81, 113, 118,
 ]  # fmt: skip
 
 
@@ -97,3 +97,20 @@ def test_infeasible_start_points_are_kept_as_published() -> None:
     definition = HOCK_SCHITTKOWSKI["hs016"]
     assert definition.x0 == (-2.0, 1.0)
     assert max_violation(definition, definition.x0) == pytest.approx(1.5)
+
+
+def test_hs055_optimum_along_its_feasible_segment() -> None:
+    # The six equalities have rank 5: the feasible set is the segment x(t), 0 <= t <= 1,
+    # x = (t, (4 + t)/3, (5 - 4t)/3, 1 - t, (2 - t)/3, (1 + 4t)/3), on which
+    # f = 16/3 + t/3 + exp(t - t^2) >= 19/3, with equality at t = 0 only: an independent
+    # check of f*, since SLSQP from x0 stops at the segment's maximiser.
+    definition = HOCK_SCHITTKOWSKI["hs055"]
+    t = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    segment = torch.stack(
+        [t, (4 + t) / 3, (5 - 4 * t) / 3, 1 - t, (2 - t) / 3, (1 + 4 * t) / 3], dim=1
+    )
+    assert all(max_violation(definition, tuple(point.tolist())) <= 1e-12 for point in segment)
+    values = torch.stack([definition.objective(point) for point in segment])
+    assert int(values.argmin()) == 0
+    assert float(values[0]) == pytest.approx(definition.f_star, rel=1e-12)
+    assert segment[0].tolist() == pytest.approx(definition.x_star, rel=1e-12)
