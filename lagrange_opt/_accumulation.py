@@ -60,13 +60,7 @@ class MicroBatches:
 
     def __init__(self, closures: Sequence[Closure]) -> None:
         closures = list(closures)
-        if not closures:
-            raise ValueError("gradient accumulation needs at least one micro-batch closure")
-        for index, closure in enumerate(closures):
-            if not callable(closure):
-                raise TypeError(
-                    f"micro-batch {index}: a closure must be callable, got {type(closure).__name__}"
-                )
+        check_micro_batches(closures)
         self.closures = closures
         self.calls = 0
         """Evaluations of the whole batch so far (first passes)."""
@@ -77,6 +71,22 @@ class MicroBatches:
     def each(self) -> list[Closure]:
         """The closures, each clearing autocast's cache when called."""
         return [functools.partial(call_with_fresh_casts, closure) for closure in self.closures]
+
+
+def check_micro_batches(closures: Sequence[object]) -> None:
+    """Raises unless ``closures`` holds at least one closure and only closures.
+
+    Raises:
+        ValueError: If there is none.
+        TypeError: If one is not callable, naming the micro-batch.
+    """
+    if not closures:
+        raise ValueError("gradient accumulation needs at least one micro-batch closure")
+    for index, closure in enumerate(closures):
+        if not callable(closure):
+            raise TypeError(
+                f"micro-batch {index}: a closure must be callable, got {type(closure).__name__}"
+            )
 
 
 def call_with_fresh_casts(closure: Closure) -> ProblemState:

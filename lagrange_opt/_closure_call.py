@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ._accumulation import MicroBatches, Replay, first_pass
+from ._accumulation import MicroBatches, Replay, check_micro_batches, first_pass
 from ._finiteness import raise_for_bad_values
 from ._problem import ConstrainedProblem, ConstraintSpec, ProblemState
 from ._validation import Checked, check_index_range, check_state, gradient_path_fault
@@ -56,6 +56,10 @@ def check_closure(closure: object, caller: str, micro_batches: bool = True) -> N
         for index, each in enumerate(closure):
             if isinstance(each, ProblemState):
                 raise TypeError(f"{caller}, micro-batch {index}: got {mistake}")
+        # What MicroBatches refuses, refused here: with a process group these checks run
+        # before the step's first agreement (_distributed.failing_together), and nothing
+        # after them may fail on one rank only.
+        check_micro_batches(closure)
         return
     raise TypeError(
         f"{caller} takes a closure (a function that evaluates the problem, e.g. "

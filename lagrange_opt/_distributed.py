@@ -4,11 +4,19 @@ Each rank evaluates the closure on its own shard of the batch; a :class:`Synchro
 then makes the dual side and the decisions of the step identical on every rank, with a few
 collectives at fixed points of a step (docs/distributed.md lists them):
 
-- **Agreement** (:meth:`Synchronizer.agree`): after each closure call and its local
-  validation, after each finiteness check and at the end of a step, every rank sends one
-  status code (an ``all_gather`` of a few numbers). If any rank failed, every rank raises:
-  the failing rank its own error, the others a :class:`~._validation.NonFiniteError` (if that
-  rank's error was one: the adaptive step then backtracks on every rank alike) or a
+- **Declarations** (:meth:`Synchronizer.agree`, its first call): before the first status
+  code, every rank sends a fingerprint of its declared constraints (a fixed-size hash of
+  their names and specs, in declaration order), so that ranks which declared different
+  constraints (whose later payloads would differ in size, which gloo answers by aborting
+  the process) raise a ``ValueError`` on every rank, naming the ranks and what differs.
+  One ``all_gather`` of 4 integers, once per :class:`Synchronizer` (per method; per
+  ``kkt()`` call), until the ranks agree.
+- **Agreement** (:meth:`Synchronizer.agree`): after the step's checks of its arguments
+  (:func:`failing_together`), after each closure call and its local validation, after
+  each finiteness check and at the end of a step, every rank sends one status code (an
+  ``all_gather`` of a few numbers). If any rank failed, every rank raises: the failing
+  rank its own error, the others a :class:`~._validation.NonFiniteError` (if that rank's
+  error was one: the adaptive step then backtracks on every rank alike) or a
   ``RuntimeError`` naming the rank. Every error that can happen on one rank only happens
   just before an agreement, so no rank waits in another collective for a rank that raised.
 - **The objective and the dense constraint values** (:meth:`Synchronizer.average_dense`)
@@ -36,7 +44,9 @@ read from it (a penalised indexed constraint's penalty and violations stay the r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +58,74 @@ from ._scaling import local_gradients, scales_from
 from ._validation import Checked, NonFiniteError
 
 _OK, _NON_FINITE, _FAILED = 0.0, 1.0, 2.0
+
+_FINGERPRINT_WORDS = 4
+"""The declarations' fingerprint: a 256-bit hash as 4 int64 words (a fixed size on every
+rank, whatever it declared)."""
+
+
+def _declarations(problem: ConstrainedProblem) -> list[str]:
+    """Each declared constraint's spec as text, in declaration order: what every rank must
+    declare alike (the payloads of the collectives, and their order, follow from it)."""
+    return [repr(constraint.spec) for constraint in problem.declared().values()]
+
+
+def _fingerprint(declarations: Sequence[str]) -> list[int]:
+    """A hash of ``declarations`` (order included) as :data:`_FINGERPRINT_WORDS` int64s."""
+    digest = hashlib.blake2b("\n".join(declarations).encode(), digest_size=8 * _FINGERPRINT_WORDS)
+    return [
+        int.from_bytes(digest.digest()[8 * word : 8 * word + 8], "little", signed=True)
+        for word in range(_FINGERPRINT_WORDS)
+    ]
+
+
+def _describe_difference(
+    names: Sequence[Sequence[str]], declarations: Sequence[Sequence[str]]
+) -> str:
+    """What differs between the ranks' declarations (each rank's names and spec texts)."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for rank, rank_names in enumerate(names):
+        groups.setdefault(tuple(rank_names), []).append(rank)
+    if len(groups) > 1:
+        parts = [
+            f"{'rank' if len(ranks) == 1 else 'ranks'} "
+            f"{ranks[0] if len(ranks) == 1 else ranks} declared {list(rank_names)}"
+            for rank_names, ranks in groups.items()
+        ]
+        return "; ".join(parts)
+    # The same names in the same order: some spec differs.
+    parts = []
+    for position, name in enumerate(names[0]):
+        specs: dict[str, list[int]] = {}
+        for rank, rank_declarations in enumerate(declarations):
+            specs.setdefault(rank_declarations[position], []).append(rank)
+        if len(specs) > 1:
+            described = ", ".join(
+                f"{'rank' if len(ranks) == 1 else 'ranks'} "
+                f"{ranks[0] if len(ranks) == 1 else ranks}: {spec}"
+                for spec, ranks in specs.items()
+            )
+            parts.append(f"constraint '{name}' is declared differently ({described})")
+    return "; ".join(parts)
+
+
+@contextlib.contextmanager
+def failing_together(sync: Synchronizer | None) -> Iterator[None]:
+    """Runs checks that may fail on one rank only before a step's first collective: a
+    failure is agreed on (:meth:`Synchronizer.agree`) before it propagates, so that every
+    rank raises instead of waiting in the step's first agreement for a rank that left.
+
+    On the normal path it costs nothing: the step's first agreement follows.
+
+    Args:
+        sync: The step's synchronizer, or ``None`` (a single process: no collective).
+    """
+    try:
+        yield
+    except BaseException as error:
+        if sync is not None:
+            sync.agree(error)
+        raise
 
 
 class GlobalBatch:
@@ -113,6 +191,9 @@ class Synchronizer:
         self.world_size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.names = list(problem.declared())
+        self.declarations = _declarations(problem)
+        # Whether the ranks agreed on the declarations: checked by the first agreement.
+        self._declarations_agreed = False
         skip = _ddp_parameters(problem) | indexed_tables
         self.params = [param for param in params if id(param) not in skip]
         self.tables = indexed_tables
@@ -133,8 +214,11 @@ class Synchronizer:
         Raises:
             NonFiniteError: If another rank failed with one (the adaptive step backtracks).
             RuntimeError: If another rank failed otherwise.
-            ValueError: If the ranks observed different constraints.
+            ValueError: If the ranks declared different constraints (on every rank, the
+                failing one too: the declarations come first), or observed different ones.
         """
+        if not self._declarations_agreed:
+            self._agree_on_declarations()
         code = _OK if error is None else _FAILED
         if isinstance(error, NonFiniteError):
             code = _NON_FINITE
@@ -173,6 +257,32 @@ class Synchronizer:
             )
             self._agreed = raised
             raise raised
+
+    def _agree_on_declarations(self) -> None:
+        """Compares every rank's fingerprint of its declarations (a fixed-size
+        ``all_gather``); where they differ, gathers each rank's declarations (every rank
+        knows they differ, so every rank takes part) and raises on every rank.
+
+        Raises:
+            ValueError: Naming the ranks that disagree and what each declared.
+        """
+        payload = torch.tensor(_fingerprint(self.declarations), dtype=torch.int64)
+        gathered = self._gather(payload.to(self.device)).cpu()
+        if bool((gathered == gathered[0]).all()):
+            self._declarations_agreed = True
+            return
+        slots: list[tuple[list[str], list[str]] | None] = [None] * self.world_size
+        dist.all_gather_object(slots, (self.names, self.declarations), group=self.group)
+        declared = [entry for entry in slots if entry is not None]
+        names = [rank_names for rank_names, _ in declared]
+        specs = [rank_specs for _, rank_specs in declared]
+        raised = ValueError(
+            "the ranks of the process group declared different constraints: "
+            f"{_describe_difference(names, specs)}; every rank must declare the same "
+            "constraints, in the same order, before the method is built"
+        )
+        self._agreed = raised
+        raise raised
 
     def settle(self, error: BaseException) -> None:
         """Called by a failing step: tells the other ranks, unless an agreement already did

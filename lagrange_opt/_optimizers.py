@@ -14,7 +14,7 @@ from torch import distributed as dist
 from ._accumulation import MicroBatches, call_with_fresh_casts
 from ._augmented import AugmentedLagrangian
 from ._closure_call import check_closure
-from ._distributed import synchronizer
+from ._distributed import failing_together, synchronizer
 from ._evaluation import Evaluation, Term, check_finite, evaluate
 from ._formulation import Scales
 from ._formulation_state import FormulationState
@@ -187,10 +187,12 @@ class ConstrainedOptimizer(abc.ABC):
                 or a param group's settings became invalid since the last step (a
                 learning rate below 0), naming the side and the group.
         """
-        check_closure(closure, "step()")
-        self._check_declarations()
-        self._formulation.check_running()
-        self._check_groups()
+        # ddp: a check failing on one rank only is agreed on, not left to hang the others.
+        with failing_together(self._sync):
+            check_closure(closure, "step()")
+            self._check_declarations()
+            self._formulation.check_running()
+            self._check_groups()
         rollback = Rollback(self._point, self._statistics)
         measured = self._formulation.needs_scales
         counted: StepClosure | MicroBatches
