@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .convergence import BENCHMARKS, METHODS, NETWORK_PROBLEMS, applies, reports_kkt
+from .methods import METHODS, NETWORK_PROBLEMS, applies, reports_kkt
+from .suite import BENCHMARKS
 
 KEYS = {
     "problem": (str,),

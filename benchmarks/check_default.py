@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .convergence import BENCHMARKS
+from .suite import BENCHMARKS
 
 METHODS = ("default-projection", "default-slack")
 

@@ -5,7 +5,7 @@ projection treatment, whose own multipliers are left unused) as a Cooper
 ``ConstrainedMinimizationProblem``: each constraint gets a Cooper multiplier (a
 ``DenseMultiplier``, or an ``IndexedMultiplier`` for an indexed constraint), which Cooper
 projects onto ``>= 0`` for inequalities. Cooper writes inequalities as ``g(x) <= 0``, the
-standard form of :func:`lagrange_opt._lagrangian.standard_form`. Under the augmented
+standard form of :func:`lagrange_opt.problems.standard_form`. Under the augmented
 formulation every constraint uses Cooper's ``cooper.formulations.AugmentedLagrangian`` with
 a fixed penalty coefficient (a ``DensePenaltyCoefficient``, or an
 ``IndexedPenaltyCoefficient`` for an indexed constraint).
@@ -42,8 +42,7 @@ import torch
 from torch import Tensor
 
 from lagrange_opt import ConstrainedProblem, ConstraintSpec, KKTResiduals, kkt
-from lagrange_opt._lagrangian import standard_form, violation
-from lagrange_opt._validation import check_state
+from lagrange_opt.problems import check_state, standard_form, violation
 
 Scheme = Literal["extrapolation", "simultaneous", "augmented", "nupi"]
 

@@ -12,8 +12,8 @@ Tasks (``TASKS``):
 
 - ``positive-784-b256``, ``positive-784-b64``, ``positive-32-b256``, ``positive-32-b64``:
   the benchmark's positive-outputs network (784-784-784-2 or 784-32-32-2, no final
-  activation) on 1,024 generated samples (:mod:`lagrange_opt.demo`'s data), every output
-  ``>= 0``; 1,024 more samples of the same distribution held out.
+  activation) on 1,024 generated samples (:func:`lagrange_opt.problems.regression_data`),
+  every output ``>= 0``; 1,024 more samples of the same distribution held out.
 - ``digits-regression``: an MLP (32-64-64-2) predicting the ink of the bottom-left and
   bottom-right quarters of scikit-learn's ``load_digits`` images from the top half,
   standardised and shifted so that a third of the targets are negative (the readings of a
@@ -59,11 +59,12 @@ from lagrange_opt import (
     Proxy,
     default_optimizer,
 )
-from lagrange_opt.demo import make_data, make_network
 from lagrange_opt.problems import (
     PositiveOutputs,
     class_recall,
     digits_split,
+    regression_data,
+    regression_network,
     soft_class_recall,
 )
 
@@ -110,7 +111,7 @@ class Task(NamedTuple):
 
 def _positive_data(seed: int) -> tuple[Split, Split]:
     del seed  # one data set: the seeds vary the network and the batches
-    data = make_data(2048)
+    data = regression_data(2048)
     return (
         Split(data.inputs[:1024], data.targets[:1024]),
         Split(data.inputs[1024:], data.targets[1024:]),
@@ -155,7 +156,7 @@ def _mlp(sizes: Sequence[int], seed: int) -> nn.Sequential:
 
 
 def _positive_network(hidden: int) -> Callable[[int], nn.Module]:
-    return lambda seed: make_network(seed=seed, hidden=hidden)
+    return lambda seed: regression_network(seed=seed, hidden=hidden)
 
 
 LOSS_BOUND = -math.log(0.6)

@@ -10,10 +10,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lagrange_opt import ConstrainedProblem, ProblemState
-from lagrange_opt._lagrangian import standard_form
-from lagrange_opt._validation import check_state
-from lagrange_opt.demo import Dataset, make_data, make_network
-from lagrange_opt.problems import max_violation
+from lagrange_opt.problems import (
+    RegressionData,
+    check_state,
+    max_violation,
+    regression_data,
+    regression_network,
+    standard_form,
+)
 
 
 def diabetes() -> tuple[Tensor, Tensor]:
@@ -40,14 +44,14 @@ def per_sample_data(num_samples: int = 200, num_features: int = 5) -> tuple[Tens
     return X, y
 
 
-def network_data(quick: bool) -> Dataset:
+def network_data(quick: bool) -> RegressionData:
     """The core example's generated regression data (fewer samples in a quick run)."""
-    return make_data(256 if quick else 1024)
+    return regression_data(256 if quick else 1024)
 
 
 def network(hidden: int) -> nn.Sequential:
     """The core example's network, 784-hidden-hidden-2, with a fixed initialisation."""
-    return make_network(hidden=hidden)
+    return regression_network(hidden=hidden)
 
 
 class Exp(nn.Module):

@@ -31,42 +31,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lagrange_opt import default_optimizer
-from lagrange_opt.problems import PositiveOutputs
-
-INPUT_SIZE = 784
-NEGATIVE_TOLERANCE = 1e-3
-
-
-class Dataset(NamedTuple):
-    """Generated regression data: inputs ``(n, 784)`` and targets ``(n, 2)``."""
-
-    inputs: Tensor
-    targets: Tensor
-
-
-def make_data(num_samples: int, seed: int = 0) -> Dataset:
-    """Inputs on a 16-dimensional subspace; targets a smooth function of it, shifted down so
-    that about a third of them are negative, plus noise."""
-    generator = torch.Generator().manual_seed(seed)
-    latent = torch.randn(num_samples, 16, generator=generator)
-    basis = torch.randn(16, INPUT_SIZE, generator=generator) / 4.0
-    inputs = latent @ basis
-    weights = torch.randn(16, 2, generator=generator) / 4.0
-    targets = torch.tanh(latent @ weights) - 0.1
-    targets = targets + 0.1 * torch.randn(num_samples, 2, generator=generator)
-    return Dataset(inputs, targets)
-
-
-def make_network(seed: int = 0, hidden: int = INPUT_SIZE) -> nn.Sequential:
-    """The network; its last layer has no activation, so it can output any real number."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(INPUT_SIZE, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, 2),
-    )
+from lagrange_opt.problems import (
+    NEGATIVE_TOLERANCE,
+    PositiveOutputs,
+    RegressionData,
+    regression_data,
+    regression_network,
+)
 
 
 class Report(NamedTuple):
@@ -89,7 +60,7 @@ def _batches(num_samples: int, batch_size: int, epochs: int, seed: int) -> list[
     ]
 
 
-def evaluate_fit(network: nn.Module, data: Dataset) -> tuple[float, float]:
+def evaluate_fit(network: nn.Module, data: RegressionData) -> tuple[float, float]:
     """MSE and fraction of outputs below ``-1e-3`` on ``data``."""
     with torch.no_grad():
         predictions = network(data.inputs)
@@ -99,7 +70,7 @@ def evaluate_fit(network: nn.Module, data: Dataset) -> tuple[float, float]:
 
 
 def _report(
-    method: str, model: nn.Module, data: Dataset, held_out: Dataset, start: float
+    method: str, model: nn.Module, data: RegressionData, held_out: RegressionData, start: float
 ) -> Report:
     loss, negative = evaluate_fit(model, data)
     with torch.no_grad():
@@ -108,11 +79,16 @@ def _report(
 
 
 def train_constrained(
-    data: Dataset, held_out: Dataset, epochs: int, batch_size: int, lr: float, progress: bool
+    data: RegressionData,
+    held_out: RegressionData,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    progress: bool,
 ) -> Report:
     """``default_optimizer`` with the user's Adam: one indexed inequality per example."""
     start = time.perf_counter()
-    network = make_network()
+    network = regression_network()
     problem = PositiveOutputs(network, num_samples=data.inputs.shape[0])
     adam = torch.optim.Adam(problem.primal_parameters(), lr=lr)
     optimizer = default_optimizer(problem, primal_optimizer=adam)
@@ -124,8 +100,8 @@ def train_constrained(
 
 
 def train_unconstrained(
-    data: Dataset,
-    held_out: Dataset,
+    data: RegressionData,
+    held_out: RegressionData,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -137,7 +113,7 @@ def train_unconstrained(
     ``"exp"`` or ``"softplus"``)."""
     start = time.perf_counter()
     maps: dict[str, nn.Module] = {"linear": nn.Identity(), "exp": _Exp(), "softplus": nn.Softplus()}
-    model = nn.Sequential(make_network(), maps[output])
+    model = nn.Sequential(regression_network(), maps[output])
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     batches = _batches(data.inputs.shape[0], batch_size, epochs, seed=1)
     method = f"penalty, alpha={alpha:g}" if alpha else f"{output} output"
@@ -189,9 +165,9 @@ def run(
 ) -> list[Report]:
     """Trains every way on the same data and batches and prints the comparison."""
     torch.manual_seed(0)
-    both = make_data(2 * num_samples)
-    data = Dataset(both.inputs[:num_samples], both.targets[:num_samples])
-    held_out = Dataset(both.inputs[num_samples:], both.targets[num_samples:])
+    both = regression_data(2 * num_samples)
+    data = RegressionData(both.inputs[:num_samples], both.targets[:num_samples])
+    held_out = RegressionData(both.inputs[num_samples:], both.targets[num_samples:])
     bound = lower_bound(data.targets)
     print_fn(
         f"{num_samples} samples, {float((data.targets < 0).float().mean()):.1%} of targets "

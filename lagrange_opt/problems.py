@@ -42,21 +42,34 @@ from ._digit_recall import DigitsSplit, class_recall, digits_split, soft_class_r
 from ._hock_schittkowski import HOCK_SCHITTKOWSKI, ProgramDefinition
 from ._lagrangian import standard_form, violation
 from ._problem import ConstrainedProblem, IndexedValue, ProblemState, Treatment
+from ._regression_data import (
+    NEGATIVE_TOLERANCE,
+    RegressionData,
+    regression_data,
+    regression_network,
+)
 from ._validation import check_state
 
 __all__ = [
     "HOCK_SCHITTKOWSKI",
+    "NEGATIVE_TOLERANCE",
     "DigitsSplit",
     "NonNegativeLeastSquares",
     "NonNegativePredictions",
     "NonlinearProgram",
     "PositiveOutputs",
     "ProgramDefinition",
+    "RegressionData",
+    "check_state",
     "class_recall",
     "digits_split",
     "max_violation",
+    "regression_data",
+    "regression_network",
     "relative_gap",
     "soft_class_recall",
+    "standard_form",
+    "violation",
 ]
 
 

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 from benchmarks.check_convergence import problems_in
-from benchmarks.convergence import METHODS, Trace, applies, markdown, record, steps_to
+from benchmarks.convergence import run_one
 from benchmarks.cooper_adapter import CooperMethod
+from benchmarks.methods import METHODS, applies
+from benchmarks.report import figure, markdown, record, steps_to
+from benchmarks.runs import Trace
+from benchmarks.suite import BENCHMARKS, budget
 from lagrange_opt import KKTResiduals
 from lagrange_opt.problems import HOCK_SCHITTKOWSKI, NonlinearProgram, relative_gap
 
@@ -164,3 +168,23 @@ def test_cooper_augmented_uses_coopers_augmented_lagrangian() -> None:
         assert float(constraint.penalty_coefficient.value) == 1.0
     with pytest.raises(ValueError, match="invalid scheme"):
         CooperMethod(problem, "nope", lr=0.01, dual_lr=0.05)  # type: ignore[arg-type]
+
+
+def test_one_method_on_one_problem_in_process_with_a_budget() -> None:
+    result = run_one("hs035", "default-projection", max_steps=300)
+    assert result.trace is not None and result.trace.objective.size <= 301
+    entry = record(result.problem, result.method, result.trace, result.f_star)
+    assert entry["solved"] is True
+    benchmark = BENCHMARKS["hs035"](False)
+    assert budget(benchmark, quick=False) == 50_000
+    assert budget(benchmark, quick=True) == 200
+    assert budget(benchmark, quick=False, max_steps=300) == 300
+
+
+def test_figure_returns_what_it_draws() -> None:
+    trace = Trace(np.array([3.0, 1.5, 1.0]), np.array([0.5, 1e-3, 0.0]), 0.1)
+    drawn = figure("p", {"extragradient-projection": trace}, f_star=1.0)
+    left, right = drawn.axes
+    assert (left.get_title(), right.get_title()) == ("relative gap", "max violation")
+    (line,) = left.get_lines()
+    np.testing.assert_allclose(line.get_ydata(), [2.0, 0.5, 1e-16])

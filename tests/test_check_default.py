@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.check_default import KNOWN_MISSES, METHODS, check
-from benchmarks.convergence import BENCHMARKS
+from benchmarks.suite import BENCHMARKS
 
 KNOWN = [name for name in BENCHMARKS if name != "positive-outputs"]
 

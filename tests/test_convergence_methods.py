@@ -10,16 +10,10 @@ import torch
 
 from benchmarks import references
 from benchmarks.check_convergence import problems_in
-from benchmarks.convergence import (
-    BENCHMARKS,
-    METHODS,
-    SOLVED_WINDOW,
-    Benchmark,
-    _run,
-    network_lower_bound,
-    record,
-    reports_kkt,
-)
+from benchmarks.methods import METHODS, reports_kkt
+from benchmarks.report import record
+from benchmarks.runs import SOLVED_WINDOW, run_trace
+from benchmarks.suite import BENCHMARKS, Benchmark, network_lower_bound
 from lagrange_opt import KKTResiduals
 from lagrange_opt.problems import HOCK_SCHITTKOWSKI, NonlinearProgram
 
@@ -120,7 +114,7 @@ def test_kkt_is_checked_again_a_window_later_when_it_fails(hs035: Benchmark) -> 
         # Not converged at the first check, converged at the second.
         return KKTResiduals(1.0 if len(calls) == 1 else 0.0, 0.0, 0.0, 0.0)
 
-    trace = _run(problem, _solved_step(hs035.f_star), hs035, 10_000, residuals)
+    trace = run_trace(problem, _solved_step(hs035.f_star), hs035, 10_000, residuals)
     assert len(calls) == 3  # two checks during the run, one for the record
     assert trace.objective.size - 1 == 2 * SOLVED_WINDOW
     assert trace.evaluations_per_step == 2
@@ -131,7 +125,7 @@ def test_kkt_is_checked_again_a_window_later_when_it_fails(hs035: Benchmark) -> 
         never.append(1)
         return KKTResiduals(1.0, 0.0, 0.0, 0.0)
 
-    trace = _run(problem, _solved_step(hs035.f_star), hs035, 3_500, failing)
+    trace = run_trace(problem, _solved_step(hs035.f_star), hs035, 3_500, failing)
     assert trace.objective.size - 1 == 3_500  # the whole budget
     assert len(never) == 3 + 1
 

@@ -24,8 +24,12 @@ from lagrange_opt import (
     default_optimizer,
 )
 from lagrange_opt._augmented import next_margin
-from lagrange_opt.demo import make_data, make_network
-from lagrange_opt.problems import NonNegativePredictions, PositiveOutputs
+from lagrange_opt.problems import (
+    NonNegativePredictions,
+    PositiveOutputs,
+    regression_data,
+    regression_network,
+)
 
 
 def _nonnegative_linear(num_samples: int = 64) -> NonNegativePredictions:
@@ -125,8 +129,8 @@ def test_batch_rows_take_the_method_of_multipliers_step_whatever_the_factor() ->
 
 
 def test_margin_state_round_trips_bitwise() -> None:
-    data = make_data(64)
-    network = make_network(hidden=8)
+    data = regression_data(64)
+    network = regression_network(hidden=8)
     problem = PositiveOutputs(network, 64)
     optimizer = default_optimizer(problem)
     for start in range(0, 64, 16):
@@ -138,7 +142,7 @@ def test_margin_state_round_trips_bitwise() -> None:
     margins = state["formulation"]["margins"]
     assert set(margins["margins"]) == {"nonnegative"}
     assert margins["recent"]["nonnegative"].shape == (4,)  # one epoch of 4 batches
-    fresh = default_optimizer(PositiveOutputs(make_network(hidden=8), 64))
+    fresh = default_optimizer(PositiveOutputs(regression_network(hidden=8), 64))
     fresh.load_state_dict(state)
     assert_bitwise_equal(fresh.state_dict()["formulation"], state["formulation"])
 
@@ -173,7 +177,7 @@ def test_a_corrupt_margin_state_is_refused_and_nothing_loads(
 
 
 def test_default_with_the_users_primal_optimizer() -> None:
-    problem = PositiveOutputs(make_network(hidden=8), 64)
+    problem = PositiveOutputs(regression_network(hidden=8), 64)
     adam = torch.optim.Adam(problem.primal_parameters(), lr=1e-3)
     optimizer = default_optimizer(problem, primal_optimizer=adam)
     assert isinstance(optimizer, SimultaneousGDA)
@@ -217,10 +221,10 @@ def test_a_calibrated_offset_makes_held_out_outputs_feasible() -> None:
     """The recipe of docs/stochastic.md on the suite's small network with Adam: 80 % of the
     training samples constrained, 20 % to calibrate, held-out outputs below 0 at most 1 %
     (measured: 2.4 % without the offset, 0.05 % with it, an offset of 0.010)."""
-    data = make_data(2048)
+    data = regression_data(2048)
     constrained, calibration, held_out = slice(0, 819), slice(819, 1024), slice(1024, 2048)
     torch.manual_seed(0)
-    network = make_network(hidden=32)
+    network = regression_network(hidden=32)
     problem = _Offset(network, 819)
     adam = torch.optim.Adam(problem.primal_parameters(), lr=1e-3)
     optimizer = default_optimizer(problem, primal_optimizer=adam)

@@ -34,7 +34,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks.convergence import applies, gaps, record, run_one, summary
+from benchmarks.convergence import run_one
+from benchmarks.methods import applies
+from benchmarks.report import gaps, record, summary
 
 # %% [markdown]
 # ## The problems and the methods
