@@ -8,6 +8,7 @@ solution, and :func:`scalars` turns a step's figures into a dict for a logger. P
 known solutions to try settings on are in :mod:`lagrange_opt.problems`.
 """
 
+from ._accumulation import MicroBatch
 from ._augmented import AugmentedLagrangian
 from ._bounds import Bounds
 from ._calibration import calibrated_offset
@@ -58,6 +59,7 @@ __all__ = [
     "ExtraGradient",
     "IndexedValue",
     "KKTResiduals",
+    "MicroBatch",
     "NonFiniteError",
     "NuPI",
     "OptimisticGDA",

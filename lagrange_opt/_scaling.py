@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ._accumulation import MicroBatch
 from ._finiteness import check_constraint_values
 from ._formulation import Scales
 from ._problem import ConstrainedProblem, ProblemState
@@ -128,7 +129,7 @@ class LocalGradients(NamedTuple):
             its value's shape.
         indexed: Each indexed constraint with multipliers and the largest
             ``max(1, ||grad||_inf)`` over its first :data:`MAX_ROWS` rows in the batch.
-        observed: The constraints the first micro-batch observed.
+        observed: The constraints some micro-batch observed, in declaration order.
     """
 
     dense: Tensor
@@ -145,23 +146,26 @@ def local_gradients(
     """Calls each closure once, holding one micro-batch's graph at a time, and measures the
     gradients the scales are read from (:class:`LocalGradients`).
 
-    The objective and a dense constraint's element are averages over the micro-batches:
-    their gradients are summed over them, then divided. An indexed constraint's rows
+    The objective and a dense constraint's element are averages over the micro-batches
+    (weighted by their sizes if they are :class:`._accumulation.MicroBatch` ones; a dense
+    constraint's over the micro-batches that observed it): their gradients are summed over
+    them, weighted, then divided by the weights' sum. An indexed constraint's rows
     belong each to one micro-batch: its scale is the largest over its first rows in the
     batch, as for one closure.
     """
     params = [param for param in params if param.requires_grad]
     sums: dict[str, Tensor] = {}
+    totals: dict[str, float] = {}
     rows: dict[str, list[float]] = {}
     shapes: dict[str, torch.Size] = {}
-    observed: list[str] = []
-    for index, closure in enumerate(closures):
+    seen_anywhere: set[str] = set()
+    for closure in closures:
+        weight = closure.size if isinstance(closure, MicroBatch) else 1
         with torch.enable_grad():
             objective, checked = check_state(problem, closure())
             _check_finite_output("the objective", objective)
             check_constraint_values(checked)
-            if index == 0:
-                observed = [name for name, _, _, _ in checked]
+            seen_anywhere.update(name for name, _, _, _ in checked)
             outputs = [("the objective", objective)]
             for name, constraint, value, indices in checked:
                 if constraint.multiplier is None:
@@ -179,15 +183,19 @@ def local_gradients(
                     label = f"constraint '{name}' (element {len(seen)})"
                     seen.append(_grad_inf_norm(label, flat[i], params))
             for label, output in outputs:
-                grad = flat_grad(label, output, params)
+                grad = flat_grad(label, output, params) * weight
                 sums[label] = grad if label not in sums else sums[label] + grad
+                totals[label] = totals.get(label, 0) + weight
+    indexed = {name: max(maxima) for name, maxima in rows.items()}
+    # Declaration order: the ranks compare it, and read the dense rows in this order.
+    observed = [name for name in problem.declared() if name in seen_anywhere]
+    shapes = {name: shapes[name] for name in observed if name in shapes}
     labels = ["the objective"] + [
         f"constraint '{name}' (element {i})"
         for name, shape in shapes.items()
         for i in range(min(MAX_ROWS, shape.numel()))
     ]
-    dense = torch.stack([sums[label] for label in labels]) / len(closures)
-    indexed = {name: max(maxima) for name, maxima in rows.items()}
+    dense = torch.stack([sums[label] / totals[label] for label in labels])
     return LocalGradients(dense, list(shapes.items()), indexed, observed)
 
 

@@ -48,8 +48,9 @@ SHARDS = [torch.tensor([0, 1, 5, 2]), torch.tensor([3, 6, 4, 7])]
 
 
 class Problem(ConstrainedProblem):
-    """A linear model, a dense inequality, an indexed inequality over every sample and one
-    over the rare class only (absent from a batch without one)."""
+    """A linear model, a dense inequality, an indexed inequality over every sample, and an
+    indexed and a dense one over the rare class only (absent from a batch without one:
+    the empty mask of the indexed one, the dense rate left out)."""
 
     def __init__(self, extra: str | None = None, floor_shape: tuple[int, ...] = (2,)) -> None:
         super().__init__()
@@ -58,6 +59,7 @@ class Problem(ConstrainedProblem):
         self.add_inequality("floor", ">=", shape=floor_shape, treatment="projection")
         self.add_inequality("nonnegative", ">=", num_samples=SAMPLES, treatment="projection")
         self.add_inequality("rare", ">=", num_samples=SAMPLES, treatment="projection")
+        self.add_inequality("rate", ">=", treatment="projection")
         if extra is not None:
             self.add_inequality(extra, ">=", treatment="projection")
         self.to(DTYPE)
@@ -65,14 +67,15 @@ class Problem(ConstrainedProblem):
     def forward(self, indices: Tensor) -> ProblemState:
         pred = self.model(X[indices])
         mask = RARE[indices]
-        return ProblemState(
-            (pred - Y[indices]).square().mean(),
-            {
-                "floor": pred.mean(0) - 0.2,
-                "nonnegative": IndexedValue(pred[:, 0] + 0.2, indices),
-                "rare": IndexedValue(pred[mask, 1] - 0.1, indices[mask]),
-            },
-        )
+        constraints: dict[str, Any] = {
+            "floor": pred.mean(0) - 0.2,
+            "nonnegative": IndexedValue(pred[:, 0] + 0.2, indices),
+            "rare": IndexedValue(pred[mask, 1] - 0.6, indices[mask]),
+        }
+        if bool(mask.any()):
+            # A mean over the rare samples: left out where there is none (no NaN).
+            constraints["rate"] = pred[mask, 0].mean() - 0.5
+        return ProblemState((pred - Y[indices]).square().mean(), constraints)
 
 
 def build(problem: Problem, group: dist.ProcessGroup | None) -> ConstrainedOptimizer:
