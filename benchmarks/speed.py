@@ -43,6 +43,8 @@ of the machine, which slows both sides of a pair alike, cancels out.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import itertools
 import json
 import statistics
@@ -60,12 +62,13 @@ from lagrange_opt import (
     ConstrainedProblem,
     ExtraGradient,
     IndexedValue,
+    NuPI,
     OptimisticGDA,
     ProblemState,
     SimultaneousGDA,
     default_optimizer,
 )
-from lagrange_opt.problems import PositiveOutputs
+from lagrange_opt.problems import PositiveOutputs, check_state, standard_form
 
 from .cooper_adapter import CooperMethod
 
@@ -182,6 +185,73 @@ def tiny_case(quick: bool) -> dict[str, Step]:
     for scheme in ("extrapolation", "simultaneous"):
         cooper = CooperMethod(TinyQP(), scheme, lr, lr)  # type: ignore[arg-type]
         steps[f"cooper-{scheme}"] = cooper.step
+    steps.update(_simultaneous_duals(TinyQP, lambda problem: problem, lr, lr))
+    steps.update(_humancompatible(TinyQP(), lambda: (), lr, lr))
+    return steps
+
+
+def _simultaneous_duals(
+    build: Callable[[], ConstrainedProblem],
+    next_args: Callable[[ConstrainedProblem], Callable[[], ProblemState]],
+    lr: float,
+    dual_lr: float,
+) -> dict[str, Step]:
+    """Simultaneous descent-ascent on the augmented Lagrangian and with nuPI on the
+    multipliers: the two methods humancompatible-train has, for its side of the pairs."""
+    steps: dict[str, Step] = {}
+    for name in ("simultaneous-augmented", "simultaneous-nupi"):
+        problem = build()
+        multipliers = problem.dual_parameters()
+        dual: torch.optim.Optimizer = (
+            NuPI(multipliers, lr=dual_lr, kp=1.0, maximize=True)
+            if name.endswith("nupi")
+            else torch.optim.SGD(multipliers, lr=dual_lr, maximize=True)
+        )
+        optimizer = SimultaneousGDA(
+            problem, torch.optim.SGD(problem.primal_parameters(), lr=lr), dual,
+            formulation="augmented" if name.endswith("augmented") else "lagrangian",
+        )  # fmt: skip
+        steps[name] = _bind(lambda o, p: o.step(next_args(p)), optimizer, problem)
+    return steps
+
+
+def _humancompatible(
+    problem: ConstrainedProblem, next_args: Callable[[], tuple[Any, ...]], lr: float, dual_lr: float
+) -> dict[str, Step]:
+    """humancompatible-train 0.4.2's ALM and nuPI (:mod:`benchmarks.humancompatible_adapter`)
+    with plain SGD on the problem's parameters, as its docs show; none where it does not
+    install (it needs Python 3.11)."""
+    try:
+        from .humancompatible_adapter import HumanCompatibleMethod
+    except ImportError:
+        return {}
+    steps: dict[str, Step] = {}
+    for scheme in ("alm", "nupi"):
+        fresh = copy.deepcopy(problem)
+        params = list(fresh.parameters())
+        state = fresh(*next_args())
+        _, checked = check_state(fresh, state)
+        indexed = checked[0][3] is not None
+        # A per-sample constraint is num_samples * k of the peer's dense duals.
+        count = (
+            checked[0][1].multiplier.numel()
+            if indexed
+            else sum(value.numel() for _, _, value, _ in checked)
+        )
+        method = HumanCompatibleMethod(
+            params, torch.optim.SGD(params, lr=lr), scheme, count, dual_lr
+        )
+
+        def step(method: Any = method, fresh: ConstrainedProblem = fresh) -> None:
+            objective, checked = check_state(fresh, fresh(*next_args()))
+            values = [standard_form(value, c.spec) for _, c, value, _ in checked]
+            indices = checked[0][3]
+            if indices is None:
+                method.step(objective, torch.cat([v.reshape(-1) for v in values]), None)
+            else:
+                method.step(objective, values[0], indices)
+
+        steps[f"hct-{scheme}"] = step
     return steps
 
 
@@ -282,6 +352,18 @@ def network_case(hidden: int, num_samples: int = 10_240, batch_size: int = 256) 
         fixed.step(lambda: fixed_problem(*batch))
 
     steps["default-fixed"] = default_fixed_step
+    steps.update(
+        _simultaneous_duals(
+            lambda: PositiveOutputs(_mlp(hidden), num_samples, "projection"),
+            lambda problem: functools.partial(problem, *next_batch()),
+            lr, dual_lr,
+        )
+    )  # fmt: skip
+    steps.update(
+        _humancompatible(
+            PositiveOutputs(_mlp(hidden), num_samples, "projection"), next_batch, lr, dual_lr
+        )
+    )
     for scheme in ("simultaneous", "extrapolation"):
         problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
         cooper = CooperMethod(problem, scheme, lr, dual_lr / batch_size)  # type: ignore[arg-type]
@@ -459,7 +541,8 @@ def _baseline(case: str, variant: str) -> str:
     if case == "tiny":
         # Each method against its own hand-written version; Cooper against extra-gradient's
         # or simultaneous GDA's as its scheme says.
-        return "hand-simultaneous" if "simultaneous" in variant else "hand-extragradient"
+        simultaneous = "simultaneous" in variant or variant.startswith("hct-")
+        return "hand-simultaneous" if simultaneous else "hand-extragradient"
     return BASELINES[case]
 
 
@@ -467,6 +550,14 @@ def _baseline(case: str, variant: str) -> str:
 # fixed step): (case, ours, other), recorded as paired ratios.
 AGAINST_COOPER = [
     ("tiny", "extragradient", "cooper-extrapolation"),
+    *(
+        (case, ours, other)
+        for case in ("tiny", "mlp-32", "mlp-784")
+        for ours, other in (
+            ("simultaneous-augmented", "hct-alm"),
+            ("simultaneous-nupi", "hct-nupi"),
+        )
+    ),
     ("mlp-32", "simultaneous", "cooper-simultaneous"),
     ("mlp-32", "extragradient", "cooper-extrapolation"),
     ("mlp-784", "extragradient", "cooper-extrapolation"),

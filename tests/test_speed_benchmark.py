@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from benchmarks.floor import floor_case, run
@@ -25,16 +27,21 @@ def test_paired_ratio_is_the_median_of_per_round_ratios() -> None:
         paired_ratio([], [])
 
 
+SIMULTANEOUS_DUALS = ("simultaneous-augmented", "simultaneous-nupi")
+PEER = ("hct-alm", "hct-nupi") if importlib.util.find_spec("humancompatible") else ()
+"""humancompatible-train's variants, where it installs (Python 3.11 and later)."""
+
+
 def test_tiny_case_times_every_variant() -> None:
     samples = time_side_by_side(tiny_case(quick=True), warmup=1, blocks=2, steps_per_block=2)
     assert set(samples) == {
         "extragradient", "hand-extragradient", "simultaneous", "hand-simultaneous",
-        "cooper-extrapolation", "cooper-simultaneous",
+        "cooper-extrapolation", "cooper-simultaneous", *SIMULTANEOUS_DUALS, *PEER,
     }  # fmt: skip
     assert all(len(times) == 2 and min(times) > 0 for times in samples.values())
-    for case, ours, cooper in AGAINST_COOPER:
-        if case == "tiny":
-            assert ours in samples and cooper in samples
+    for case, ours, other in AGAINST_COOPER:
+        if case == "tiny" and (PEER or not other.startswith("hct-")):
+            assert ours in samples and other in samples
 
 
 def test_memory_records_count_the_saved_point() -> None:
@@ -67,11 +74,11 @@ def test_network_case_times_every_variant() -> None:
     assert set(samples) == {
         "plain-sgd", "simultaneous", "extragradient", "optimistic", "extragradient-micro4",
         "plain-sgd-micro4", "default", "default-fixed", "cooper-simultaneous",
-        "cooper-extrapolation",
+        "cooper-extrapolation", *SIMULTANEOUS_DUALS, *PEER,
     }  # fmt: skip
     assert all(len(times) == 2 and min(times) > 0 for times in samples.values())
     for case, ours, other in AGAINST_COOPER:
-        if case.startswith("mlp-"):
+        if case.startswith("mlp-") and (PEER or not other.startswith("hct-")):
             assert ours in samples and other in samples
             assert BASELINES[case] == "plain-sgd"
 
