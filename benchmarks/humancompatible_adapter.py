@@ -84,6 +84,9 @@ class HumanCompatibleMethod:
             constraint vector, or ``num_samples * k`` for ``k`` constraints per sample.
         dual_lr: ALM's ``lr`` (and penalty) or nuPI's ``ki``; ``None`` for the peer's
             default, ``0.01``.
+        equalities: How many of the dense constraints, first in the vector, are
+            equalities ``h = 0``: they form a group of their own, registered with
+            ``is_ineq=False`` (duals of either sign), before the inequalities' group.
 
     Attributes:
         dual: The peer's dual optimizer, holding the ``num_constraints`` duals.
@@ -99,6 +102,7 @@ class HumanCompatibleMethod:
         scheme: Scheme,
         num_constraints: int,
         dual_lr: float | None = None,
+        equalities: int = 0,
     ) -> None:
         if scheme not in SCHEMES:
             raise ValueError(f"invalid scheme {scheme!r}; expected one of {SCHEMES}")
@@ -106,30 +110,38 @@ class HumanCompatibleMethod:
             raise ValueError(f"num_constraints must be positive, got {num_constraints}")
         if not params:
             raise ValueError("params is empty")
+        if not 0 <= equalities <= num_constraints:
+            raise ValueError(f"equalities must lie in [0, {num_constraints}], got {equalities}")
         lr = DEFAULT_DUAL_LR if dual_lr is None else float(dual_lr)
         if lr <= 0:
             raise ValueError(f"dual_lr must be positive, got {lr}")
         reference = params[0]
-        init = torch.zeros(num_constraints, dtype=reference.dtype, device=reference.device)
         self.params = params
         self.primal = primal
         self.scheme: Scheme = scheme
         self.num_constraints = num_constraints
+        self.equalities = equalities
+        # The peer's groups, in the vector's order: the equalities, then the inequalities.
+        sizes = [
+            (size, kind)
+            for size, kind in ((equalities, False), (num_constraints - equalities, True))
+            if size
+        ]
         self.dual: DualOptimizer
-        if scheme == "alm":
-            self.dual = ALM(
-                num_constraints,
-                lr=lr,
-                init_duals=init,
-                penalty=lr,
-                is_ineq=True,
-                augmentation="hpr",
-                device=reference.device,
-            )
-        else:
-            self.dual = nuPI(
-                num_constraints, init_duals=init, ki=lr, is_ineq=True, device=reference.device
-            )
+        for index, (size, is_ineq) in enumerate(sizes):
+            init = torch.zeros(size, dtype=reference.dtype, device=reference.device)
+            if index:
+                settings: dict[str, Any] = {"init_duals": init, "is_ineq": is_ineq}
+                self.dual.add_constraint_group(size, device=reference.device, **settings)
+            elif scheme == "alm":
+                self.dual = ALM(
+                    size, lr=lr, init_duals=init, penalty=lr, is_ineq=is_ineq,
+                    augmentation="hpr", device=reference.device,
+                )  # fmt: skip
+            else:
+                self.dual = nuPI(
+                    size, init_duals=init, ki=lr, is_ineq=is_ineq, device=reference.device
+                )
 
     @property
     def multipliers(self) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from lagrange_opt import (
     default_optimizer,
     kkt,
 )
+from lagrange_opt.problems import check_state, max_violation, standard_form
 
 from .cooper_adapter import CooperMethod, Scheme
 from .runs import Trace, run_trace
@@ -220,6 +221,71 @@ def cooper_method(scheme: Scheme) -> Runner:
     return run
 
 
+def humancompatible_method(scheme: Literal["alm", "nupi"]) -> Runner:
+    """humancompatible-train 0.4.2's ALM or nuPI (:mod:`benchmarks.humancompatible_adapter`)
+    at the peer's default dual step (0.01), with plain SGD at the benchmark's primal rate,
+    bounded parameters projected after each step (as for Cooper); ``None`` where the peer
+    does not install (it needs Python 3.11). Equalities come first in the peer's dense
+    vector of duals, in a group of their own."""
+
+    def run(benchmark: Benchmark, steps: int) -> Trace | None:
+        try:
+            from .humancompatible_adapter import HumanCompatibleMethod
+        except ImportError:
+            return None
+        problem = benchmark.build("projection", None)
+        _, checked = check_state(problem, problem(*benchmark.full_args))
+        constraints = [constraint for _, constraint, _, _ in checked]
+        indexed = any(constraint.spec.indexed for constraint in constraints)
+        if indexed and len(constraints) > 1:
+            raise ValueError("the adapter takes one per-sample constraint, or dense ones")
+        # Equalities first: the order of the peer's groups.
+        constraints.sort(key=lambda constraint: constraint.spec.kind != "equality")
+        sizes = [constraint.multiplier.numel() for constraint in constraints]  # type: ignore[union-attr]
+        equalities = sum(
+            size for size, constraint in zip(sizes, constraints)
+            if constraint.spec.kind == "equality"
+        )  # fmt: skip
+        params = list(problem.primal_parameters())
+        method = HumanCompatibleMethod(
+            params, _sgd_primal(problem, benchmark), scheme, sum(sizes), equalities=equalities
+        )
+        scale = benchmark.batch_size or 1
+
+        def step(args: Args) -> tuple[Tensor, Tensor, int]:
+            state = problem(*args)
+            objective, checked = check_state(problem, state)
+            by_name = {name: (value, indices) for name, _, value, indices in checked}
+            standards = []
+            for constraint in constraints:
+                value, indices = by_name[constraint.spec.name]
+                standards.append((standard_form(value, constraint.spec), indices))
+            violation = max_violation(problem, state)
+            if indexed:
+                method.step(objective, *standards[0])
+            else:
+                vector = torch.cat([standard.reshape(-1) for standard, _ in standards])
+                method.step(objective, vector, None)
+            problem.project_bounds_()
+            return objective.detach(), torch.tensor(violation), 1
+
+        def residuals() -> KKTResiduals:
+            # The peer's duals in the problem's own multipliers (per-sample ones summed over
+            # the batch by the peer, averaged by lagrange_opt: times the batch size).
+            duals = method.multipliers.split(sizes)
+            with torch.no_grad():
+                for constraint, dual in zip(constraints, duals):
+                    factor = scale if constraint.spec.indexed else 1.0
+                    multiplier = constraint.multiplier
+                    assert multiplier is not None
+                    multiplier.copy_(dual.reshape(multiplier.shape) * factor)
+            return kkt(problem, lambda: problem(*benchmark.full_args))
+
+        return run_trace(problem, step, benchmark, steps, residuals, report_kkt=False)
+
+    return run
+
+
 def slsqp_method(benchmark: Benchmark, steps: int) -> Trace | None:
     """scipy's SLSQP, the exact reference (one point: its answer)."""
     if benchmark.reference is None:
@@ -254,11 +320,14 @@ METHODS: dict[str, Runner] = {
     "cooper-simultaneous": cooper_method("simultaneous"),
     "cooper-augmented": cooper_method("augmented"),
     "cooper-nupi": cooper_method("nupi"),
+    "hct-alm": humancompatible_method("alm"),
+    "hct-nupi": humancompatible_method("nupi"),
     "slsqp": slsqp_method,
 }
 
 EXTERNAL_METHODS = (
-    "cooper-extrapolation", "cooper-simultaneous", "cooper-augmented", "cooper-nupi", "slsqp",
+    "cooper-extrapolation", "cooper-simultaneous", "cooper-augmented", "cooper-nupi",
+    "hct-alm", "hct-nupi", "slsqp",
 )  # fmt: skip
 """The methods that are not lagrange_opt's: their records have no KKT residuals."""
 

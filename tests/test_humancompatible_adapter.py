@@ -24,6 +24,21 @@ def test_solves_a_one_dimensional_problem_with_the_peer_defaults(scheme: Scheme)
     assert abs(method.multipliers.item() - 2.0) < 5e-2
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_an_equality_has_a_multiplier_of_either_sign(scheme: Scheme) -> None:
+    """min x^2 + y^2 s.t. x + y = 2 (first, an equality), y <= 0.5: x* = 1.5, y* = 0.5,
+    mu* = -3 (negative: an inequality's clamp at 0 would stop it), lambda* = 2."""
+    point = torch.nn.Parameter(torch.zeros(2))
+    primal = torch.optim.SGD([point], lr=0.05)
+    method = HumanCompatibleMethod([point], primal, scheme, 2, dual_lr=0.05, equalities=1)
+    for _ in range(4000):
+        x, y = point.unbind()
+        constraints = torch.stack([x + y - 2, y - 0.5])
+        method.step(point.square().sum(), constraints, None)
+    torch.testing.assert_close(point.detach(), torch.tensor([1.5, 0.5]), atol=1e-2, rtol=0)
+    torch.testing.assert_close(method.multipliers, torch.tensor([-3.0, 2.0]), atol=5e-2, rtol=0)
+
+
 def _samples(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """64 samples of 3 features whose least-squares targets are mostly negative (the
     unconstrained fit violates pred >= 0 by up to ~3.3)."""
@@ -91,3 +106,5 @@ def test_rejects_bad_inputs() -> None:
         method.step(x.sum(), x, None)
     with pytest.raises(ValueError, match="indices"):
         method.step(x.sum(), x, torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match=r"equalities must lie in \[0, 4\], got 5"):
+        HumanCompatibleMethod([x], torch.optim.SGD([x], lr=0.1), "alm", 4, equalities=5)
