@@ -247,8 +247,12 @@ def humancompatible_method(scheme: Literal["alm", "nupi"]) -> Runner:
             if constraint.spec.kind == "equality"
         )  # fmt: skip
         params = list(problem.primal_parameters())
-        method = HumanCompatibleMethod(
-            params, _sgd_primal(problem, benchmark), scheme, sum(sizes), equalities=equalities
+        primal = _sgd_primal(problem, benchmark)
+        # A problem with bounds only has no duals: the peer's loop is then the primal step.
+        method = (
+            HumanCompatibleMethod(params, primal, scheme, sum(sizes), equalities=equalities)
+            if constraints
+            else None
         )
         scale = benchmark.batch_size or 1
 
@@ -261,7 +265,11 @@ def humancompatible_method(scheme: Literal["alm", "nupi"]) -> Runner:
                 value, indices = by_name[constraint.spec.name]
                 standards.append((standard_form(value, constraint.spec), indices))
             violation = max_violation(problem, state)
-            if indexed:
+            if method is None:
+                primal.zero_grad()
+                objective.backward()
+                primal.step()
+            elif indexed:
                 method.step(objective, *standards[0])
             else:
                 vector = torch.cat([standard.reshape(-1) for standard, _ in standards])
@@ -272,7 +280,7 @@ def humancompatible_method(scheme: Literal["alm", "nupi"]) -> Runner:
         def residuals() -> KKTResiduals:
             # The peer's duals in the problem's own multipliers (per-sample ones summed over
             # the batch by the peer, averaged by lagrange_opt: times the batch size).
-            duals = method.multipliers.split(sizes)
+            duals = method.multipliers.split(sizes) if method is not None else ()
             with torch.no_grad():
                 for constraint, dual in zip(constraints, duals):
                     factor = scale if constraint.spec.indexed else 1.0
