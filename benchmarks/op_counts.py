@@ -45,7 +45,7 @@ HOST_READS = frozenset(
 """Tensor methods and functions that make the host wait for the device's value."""
 
 
-class _HostReads(TorchFunctionMode):
+class HostReads(TorchFunctionMode):
     """Counts the calls, from Python, of the functions in :data:`HOST_READS`."""
 
     def __init__(self) -> None:
@@ -91,7 +91,7 @@ def count(step: Step, steps: int = 4, warmup: int = 2) -> Counts:
     """The operator calls and host reads of ``step`` per call, after ``warmup`` calls."""
     for _ in range(warmup):
         step()
-    reads = _HostReads()
+    reads = HostReads()
     activities = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities) as profile, reads:
         for _ in range(steps):
