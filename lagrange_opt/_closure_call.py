@@ -120,7 +120,7 @@ def call_synchronized(
     closure: Callable[[], ProblemState],
     expected_indices: Mapping[str, Tensor | None] | None,
     sync: Synchronizer,
-) -> tuple[Tensor, Checked, dict[str, GlobalBatch], Replay | None]:
+) -> tuple[Tensor, Checked, dict[str, GlobalBatch], Replay | None, ObservedIndices]:
     """:func:`call` (or, for micro-batches, :func:`call_micro_batches`: the rank's batch is
     their combination) on every rank, then the collectives of :func:`evaluate`.
 
@@ -128,6 +128,18 @@ def call_synchronized(
     ranges and the values too, which :func:`evaluate` otherwise leaves to the one
     finiteness check after backward): after it, every rank forms its terms from the same
     gathered data, and a failure there would leave the other ranks waiting in a collective.
+
+    A constraint observed on some ranks only (left out, or with no sample, elsewhere) is
+    the whole batch's: the agreement tells every rank which constraints some rank observed,
+    and a rank that did not observe one gets the whole batch's value (dense: the average
+    over the ranks that observed it) or an empty share of its batch (indexed), so that
+    every rank forms its term and steps its multipliers alike, its own gradient being
+    nothing.
+
+    Returns:
+        The averaged objective, every constraint some rank observed (in declaration
+        order), the indexed ones' batches over every rank, the micro-batches' replay, and
+        what this rank observed (which a later evaluation of the step must repeat).
     """
     replay = None
     try:
@@ -148,16 +160,35 @@ def call_synchronized(
     except BaseException as error:
         sync.agree(error)
         raise
-    sync.agree(None, [name for name, _, _, _ in checked])
-    objective, averaged = sync.average_dense(objective, checked)
+    observed = ObservedIndices({name: indices for name, _, _, indices in checked})
+    presence = sync.agree_observed({name: value.dtype for name, _, value, _ in checked})
+    objective, averaged = sync.average_dense(objective, checked, presence)
+    # An indexed constraint with multipliers that this rank did not observe: an empty share
+    # (its rows come from the other ranks), with the same layout of the gather everywhere.
+    absent: Checked = []
+    for name, constraint in problem.declared().items():
+        if (
+            name in presence
+            and name not in observed
+            and constraint.spec.num_samples is not None
+            and constraint.multiplier is not None  # a penalty stays the rank's own
+        ):
+            empty = torch.empty(
+                (0, *constraint.spec.shape), dtype=presence[name].dtype, device=objective.device
+            )
+            indices = torch.empty(0, dtype=torch.int64, device=objective.device)
+            absent.append((name, constraint, empty, indices))
+    if absent:
+        order = {name: position for position, name in enumerate(problem.declared())}
+        averaged = sorted([*averaged, *absent], key=lambda entry: order[entry[0]])
     gathered = [
         (name, indices, detached_standard(value, constraint.spec, constraint.multiplier.dtype))
-        for name, constraint, value, indices in checked
+        for name, constraint, value, indices in averaged
         if indices is not None and constraint.multiplier is not None
     ]
     batches = sync.gather_indexed([(indices, standard) for _, indices, standard in gathered])
     global_batches = {name: batch for (name, _, _), batch in zip(gathered, batches)}
-    return objective, averaged, global_batches, replay
+    return objective, averaged, global_batches, replay, observed
 
 
 def _check_same_batch(

@@ -46,7 +46,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -54,10 +56,31 @@ from torch import distributed as dist
 
 from ._formulation import Scales
 from ._problem import ConstrainedProblem, ProblemState
-from ._scaling import local_gradients, scales_from
+from ._scaling import MAX_ROWS, local_gradients, scales_from
 from ._validation import Checked, NonFiniteError
 
 _OK, _NON_FINITE, _FAILED = 0.0, 1.0, 2.0
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""The dtypes a value is sent as in an agreement (its code: 1 + its position; 0: absent)."""
+
+
+class Presence(NamedTuple):
+    """How the ranks observed one constraint in an evaluation.
+
+    Attributes:
+        ranks: How many ranks observed it (at least 1).
+        dtype: The dtype of the value on the first rank that observed it: a rank that did
+            not observe it takes the whole batch's value in that dtype, as that rank does.
+    """
+
+    ranks: int
+    dtype: torch.dtype
+
+
+def _dtype_code(dtype: torch.dtype) -> float:
+    return float(1 + (_DTYPES.index(dtype) if dtype in _DTYPES else len(_DTYPES) - 1))
+
 
 _FINGERPRINT_WORDS = 4
 """The declarations' fingerprint: a 256-bit hash as 4 int64 words (a fixed size on every
@@ -134,28 +157,37 @@ class GlobalBatch:
     Attributes:
         indices: Every rank's indices, concatenated.
         standard: Every rank's value in standard form, detached, in the table's dtype.
-        local: This rank's entries within them.
+        local: This rank's entries within them (empty on a rank that did not observe it).
+        share: The batch's entries per rank (``len(indices) / world_size``): each rank's
+            cotangents are divided by it, not by the rank's own entries, so that DDP's
+            average of the ranks' gradients is the whole batch's mean whatever the ranks'
+            shares (equal to dividing by the rank's entries for equal shards).
     """
 
-    __slots__ = ("indices", "local", "standard")
+    __slots__ = ("indices", "local", "share", "standard")
 
-    def __init__(self, indices: Tensor, standard: Tensor, local: slice) -> None:
+    def __init__(self, indices: Tensor, standard: Tensor, local: slice, share: float) -> None:
         self.indices = indices
         self.standard = standard
         self.local = local
+        self.share = share
 
 
 class _Substitute(torch.autograd.Function):
-    """The averaged value in the forward pass, the identity in the backward pass: the
-    cotangent of the average reaches the rank's own value unchanged."""
+    """The averaged value in the forward pass, the cotangent times ``scale`` in the
+    backward pass: the cotangent of the average reaches the rank's own value, scaled by
+    ``world_size / ranks that observed it`` (1 where every rank did), so that DDP's average
+    over every rank is the average over those ranks."""
 
     @staticmethod
-    def forward(ctx: object, value: Tensor, replacement: Tensor) -> Tensor:
+    def forward(ctx: Any, value: Tensor, replacement: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
         return replacement.clone()
 
     @staticmethod
-    def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None]:
-        return grad, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        scale: float = ctx.scale
+        return (grad if scale == 1.0 else grad * scale), None, None
 
 
 def _ddp_parameters(problem: nn.Module) -> set[int]:
@@ -191,6 +223,7 @@ class Synchronizer:
         self.world_size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.names = list(problem.declared())
+        self.constraints = dict(problem.declared())
         self.declarations = _declarations(problem)
         # Whether the ranks agreed on the declarations: checked by the first agreement.
         self._declarations_agreed = False
@@ -217,33 +250,10 @@ class Synchronizer:
             ValueError: If the ranks declared different constraints (on every rank, the
                 failing one too: the declarations come first), or observed different ones.
         """
-        if not self._declarations_agreed:
-            self._agree_on_declarations()
-        code = _OK if error is None else _FAILED
-        if isinstance(error, NonFiniteError):
-            code = _NON_FINITE
-        # A fixed size whatever the rank's state: gloo and NCCL need matching sizes.
         mask = [0.0 if observed is None else float(name in observed) for name in self.names]
-        payload = torch.tensor([code, *mask], dtype=torch.float64, device=self.device)
-        gathered = [torch.empty_like(payload) for _ in range(self.world_size)]
-        dist.all_gather(gathered, payload, group=self.group)
-        rows = torch.stack(gathered).cpu().tolist()
-        if error is not None:
-            self._agreed = error
+        rows = self._exchange(error, mask)
+        if rows is None:
             return
-        failed = [(rank, row[0]) for rank, row in enumerate(rows) if row[0] != _OK]
-        if failed:
-            rank, failure = failed[0]
-            what = "found a non-finite value or gradient" if failure == _NON_FINITE else "failed"
-            message = (
-                f"rank {rank} of the process group {what} in this step (its own error says "
-                "what); every rank raises and puts the step back"
-            )
-            raised: BaseException = (
-                NonFiniteError(message) if failure == _NON_FINITE else RuntimeError(message)
-            )
-            self._agreed = raised
-            raise raised
         if observed is not None and any(row[1:] != rows[0][1:] for row in rows):
             differing = [
                 name
@@ -257,6 +267,64 @@ class Synchronizer:
             )
             self._agreed = raised
             raise raised
+
+    def agree_observed(self, observed: Mapping[str, torch.dtype]) -> dict[str, Presence]:
+        """:meth:`agree` for a rank that did not fail, which also learns which constraints
+        the ranks observed: a constraint absent on some ranks (left out, or with no
+        sample) is observed by the whole batch if one rank observed it.
+
+        Args:
+            observed: The constraints this rank observed, each with its value's dtype.
+
+        Returns:
+            Each constraint observed by at least one rank, in declaration order.
+
+        Raises:
+            NonFiniteError, RuntimeError: As :meth:`agree`, if another rank failed.
+        """
+        codes = [_dtype_code(observed[name]) if name in observed else 0.0 for name in self.names]
+        rows = self._exchange(None, codes)
+        assert rows is not None
+        presence = {}
+        for position, name in enumerate(self.names, start=1):
+            sent = [row[position] for row in rows if row[position] != 0.0]
+            if sent:
+                presence[name] = Presence(len(sent), _DTYPES[int(sent[0]) - 1])
+        return presence
+
+    def _exchange(
+        self, error: BaseException | None, codes: list[float]
+    ) -> list[list[float]] | None:
+        """Sends this rank's status and ``codes`` (one per declared constraint) to every
+        rank; raises if another rank failed, returns ``None`` if this one did, else every
+        rank's row (its status, then its codes)."""
+        if not self._declarations_agreed:
+            self._agree_on_declarations()
+        code = _OK if error is None else _FAILED
+        if isinstance(error, NonFiniteError):
+            code = _NON_FINITE
+        # A fixed size whatever the rank's state: gloo and NCCL need matching sizes.
+        payload = torch.tensor([code, *codes], dtype=torch.float64, device=self.device)
+        gathered = [torch.empty_like(payload) for _ in range(self.world_size)]
+        dist.all_gather(gathered, payload, group=self.group)
+        rows: list[list[float]] = torch.stack(gathered).cpu().tolist()
+        if error is not None:
+            self._agreed = error
+            return None
+        failed = [(rank, row[0]) for rank, row in enumerate(rows) if row[0] != _OK]
+        if failed:
+            rank, failure = failed[0]
+            what = "found a non-finite value or gradient" if failure == _NON_FINITE else "failed"
+            message = (
+                f"rank {rank} of the process group {what} in this step (its own error says "
+                "what); every rank raises and puts the step back"
+            )
+            raised: BaseException = (
+                NonFiniteError(message) if failure == _NON_FINITE else RuntimeError(message)
+            )
+            self._agreed = raised
+            raise raised
+        return rows
 
     def _agree_on_declarations(self) -> None:
         """Compares every rank's fingerprint of its declarations (a fixed-size
@@ -301,30 +369,74 @@ class Synchronizer:
 
     # The dual side.
 
-    def average_dense(self, objective: Tensor, checked: Checked) -> tuple[Tensor, Checked]:
+    def average_dense(
+        self, objective: Tensor, checked: Checked, presence: Mapping[str, Presence] | None = None
+    ) -> tuple[Tensor, Checked]:
         """The objective and every dense constraint value averaged across ranks (one
         ``all_reduce``), their graphs kept: backward passes the average's cotangent to the
         rank's own value. The objective's average is the whole batch's (for shards of equal
-        size), which the step reports."""
-        dense = [position for position, entry in enumerate(checked) if entry[3] is None]
-        values = [objective] + [checked[position][2] for position in dense]
-        flat = torch.cat(
-            [value.detach().reshape(-1).to(self.device, torch.float64) for value in values]
-        )
+        size), which the step reports.
+
+        Args:
+            objective: This rank's objective.
+            checked: This rank's values.
+            presence: What :meth:`agree_observed` returned: a dense constraint observed on
+                some ranks only is averaged over them (its cotangent scaled for DDP's
+                average over every rank), and a rank that did not observe it gets the
+                average, without a graph, among its values (in declaration order).
+                ``None``: every rank observed the constraints of ``checked``.
+        """
+        own = {name: value for name, _, value, indices in checked if indices is None}
+        if presence is None:
+            names = list(own)
+            counts = dict.fromkeys(names, self.world_size)
+        else:
+            names = [
+                name
+                for name in self.names
+                if name in presence and self.constraints[name].spec.num_samples is None
+            ]
+            counts = {name: presence[name].ranks for name in names}
+        parts = [objective.detach().reshape(-1).to(self.device, torch.float64)]
+        for name in names:
+            value = own.get(name)
+            if value is None:
+                # Zeros: the sum over the ranks is the sum over those that observed it.
+                size = math.prod(self.constraints[name].spec.shape)
+                parts.append(torch.zeros(size, dtype=torch.float64, device=self.device))
+            else:
+                parts.append(value.detach().reshape(-1).to(self.device, torch.float64))
+        flat = torch.cat(parts)
         dist.all_reduce(flat, group=self.group)
-        flat /= self.world_size
-        averages = []
-        start = 0
-        for value in values:
-            average = flat[start : start + value.numel()].reshape(value.shape)
-            average = average.to(value.device, value.dtype)
-            start += value.numel()
-            averages.append(_Substitute.apply(value, average) if value.requires_grad else average)
-        result = list(checked)
-        for position, average in zip(dense, averages[1:]):
-            name, constraint, _, indices = checked[position]
-            result[position] = (name, constraint, average, indices)
-        return averages[0], result
+        chunks = flat.split([part.numel() for part in parts])
+        average = (chunks[0] / self.world_size).reshape(objective.shape)
+        average = average.to(objective.device, objective.dtype)
+        if objective.requires_grad:
+            average = _Substitute.apply(objective, average, 1.0)
+        averages: dict[str, Tensor] = {}
+        for name, chunk in zip(names, chunks[1:]):
+            mean = (chunk / counts[name]).reshape(self.constraints[name].spec.shape)
+            value = own.get(name)
+            if value is None:
+                assert presence is not None
+                averages[name] = mean.to(objective.device, presence[name].dtype)
+                continue
+            mean = mean.to(value.device, value.dtype)
+            scale = self.world_size / counts[name]
+            averages[name] = _Substitute.apply(value, mean, scale) if value.requires_grad else mean
+        result: Checked = [
+            (name, constraint, averages[name] if indices is None else value, indices)
+            for name, constraint, value, indices in checked
+        ]
+        seen = {name for name, _, _, _ in checked}
+        result += [
+            (name, self.constraints[name], average_value, None)
+            for name, average_value in averages.items()
+            if name not in seen
+        ]
+        order = {name: position for position, name in enumerate(self.names)}
+        result.sort(key=lambda entry: order[entry[0]])
+        return average, result
 
     def gather_indexed(self, batches: Sequence[tuple[Tensor, Tensor]]) -> list[GlobalBatch]:
         """Every rank's indices and standard values, per indexed constraint, in rank order.
@@ -339,7 +451,8 @@ class Synchronizer:
             return []
         sizes = torch.tensor([indices.shape[0] for indices, _ in batches], device=self.device)
         all_sizes = self._gather(sizes).tolist()
-        widths = [standard[0].numel() for _, standard in batches]
+        # From the shape, not a row: a rank's batch may have none.
+        widths = [math.prod(standard.shape[1:]) for _, standard in batches]
         indices = self._gather_padded(
             torch.cat([indices.to(self.device, torch.int64) for indices, _ in batches]),
             [sum(rank_sizes) for rank_sizes in all_sizes],
@@ -374,6 +487,7 @@ class Synchronizer:
                     torch.cat(parts).to(local_indices.device, local_indices.dtype),
                     gathered.reshape(total, *standard.shape[1:]),
                     local,
+                    total / self.world_size,
                 )
             )
         return result
@@ -486,15 +600,47 @@ class Synchronizer:
         except BaseException as error:
             self.agree(error)
             raise
-        self.agree(None, local.observed)
-        dense = local.dense.to(self.device)
+        # The dtype is not needed here: which ranks observed each constraint is.
+        presence = self.agree_observed(dict.fromkeys(local.observed, torch.float64))
+        measured = [
+            name
+            for name in self.names
+            if name in presence and self.constraints[name].multiplier is not None
+        ]
+        specs = {name: self.constraints[name].spec for name in measured}
+        dense_shapes = [
+            (name, torch.Size(spec.shape)) for name, spec in specs.items() if not spec.indexed
+        ]
+        # The rows of every constraint some rank observed, zeros where this rank did not:
+        # the sum over the ranks divided by the number of ranks that observed it.
+        row_counts = [min(MAX_ROWS, shape.numel()) for _, shape in dense_shapes]
+        own_rows = dict(local.dense_shapes)
+        rows = [local.dense[:1]]
+        divisors = [float(self.world_size)]
+        start = 1
+        sizes = {name: min(MAX_ROWS, shape.numel()) for name, shape in local.dense_shapes}
+        offsets = {}
+        for name, _ in local.dense_shapes:
+            offsets[name] = start
+            start += sizes[name]
+        for (name, _), count in zip(dense_shapes, row_counts):
+            if name in own_rows:
+                rows.append(local.dense[offsets[name] : offsets[name] + count])
+            else:
+                rows.append(local.dense.new_zeros((count, local.dense.shape[1])))
+            divisors += [float(presence[name].ranks)] * count
+        dense = torch.cat(rows).to(self.device)
         dist.all_reduce(dense, group=self.group)
-        norms = (dense / self.world_size).abs().amax(dim=1).clamp(min=1.0).tolist()
-        largest = torch.tensor(list(local.indexed.values()), dtype=torch.float64)
-        largest = largest.to(self.device)
+        divisor = torch.tensor(divisors, dtype=dense.dtype, device=dense.device).unsqueeze(1)
+        norms = (dense / divisor).abs().amax(dim=1).clamp(min=1.0).tolist()
+        # An indexed constraint's largest row over the ranks (at least 1 where observed).
+        names = [name for name, spec in specs.items() if spec.indexed]
+        largest = torch.tensor(
+            [local.indexed.get(name, 0.0) for name in names], dtype=torch.float64
+        ).to(self.device)
         dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=self.group)
-        indexed = dict(zip(local.indexed, largest.tolist()))
-        return scales_from(problem, norms, local.dense_shapes, indexed)
+        indexed = dict(zip(names, largest.tolist()))
+        return scales_from(problem, norms, dense_shapes, indexed)
 
 
 def _device_of(group: dist.ProcessGroup | None, problem: nn.Module) -> torch.device:

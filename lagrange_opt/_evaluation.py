@@ -120,6 +120,9 @@ class Term(NamedTuple):
             ``indices``, ``multipliers_read``, ``residual`` and ``standard``, which hold
             every rank's batch (``output`` and ``weights`` hold this rank's only); else
             ``None``.
+        share: With a process group, an indexed constraint's batch entries per rank
+            (:attr:`._distributed.GlobalBatch.share`), which divides the weights in place
+            of this rank's entries; else ``None``.
     """
 
     constraint: Constraint
@@ -136,6 +139,7 @@ class Term(NamedTuple):
     projected: bool
     value: Tensor
     local: slice | None = None
+    share: float | None = None
 
 
 class Evaluation(NamedTuple):
@@ -156,6 +160,8 @@ class Evaluation(NamedTuple):
         sync: The collectives of a data-parallel step (:mod:`._distributed`), or ``None``.
         replay: For micro-batches (:mod:`._accumulation`), the second pass: the values
             above are then the combined ones, leaves without the micro-batches' graphs.
+        own: With a process group, the constraints this rank observed, with their
+            indices (``values`` holds every constraint some rank observed); else ``None``.
     """
 
     objective: Tensor
@@ -168,6 +174,7 @@ class Evaluation(NamedTuple):
     total: Tensor
     sync: Synchronizer | None = None
     replay: Replay | None = None
+    own: ObservedIndices | None = None
 
     def backward(self, weights: list[Tensor] | None = None, scale: Tensor | None = None) -> None:
         """Backpropagates the Lagrangian into the primal variables' ``.grad``.
@@ -207,7 +214,8 @@ class Evaluation(NamedTuple):
             # A sample's own slack steps along the gradient of that sample's term, as its
             # multiplier does, not along the batch average's.
             if term.slack is not None and term.slack.values.grad is not None:
-                term.slack.values.grad.mul_(term.output.shape[0])
+                share = term.output.shape[0] if term.share is None else term.share
+                term.slack.values.grad.mul_(share)
         if self.sync is not None:
             # DDP averaged its modules' gradients in backward; the rest are reduced here.
             self.sync.reduce_gradients(
@@ -225,7 +233,10 @@ class Evaluation(NamedTuple):
 
     def observed(self) -> ObservedIndices:
         """The constraints this evaluation observed, with their indices: what a later
-        evaluation of the same step must repeat (``evaluate``'s ``expected_indices``)."""
+        evaluation of the same step must repeat (``evaluate``'s ``expected_indices``): with
+        a process group, this rank's own."""
+        if self.own is not None:
+            return self.own
         return ObservedIndices({name: indices for name, _, _, indices in self.values})
 
     def violation_summary(self) -> tuple[Tensor, Tensor]:
@@ -249,6 +260,7 @@ def term_weights(
     indices: Tensor | None,
     slack_output: bool,
     objective_weight: float = 1.0,
+    share: float | None = None,
 ) -> Tensor:
     """The cotangent of a term's output (see :func:`._lagrangian.constraint_term`).
 
@@ -261,10 +273,12 @@ def term_weights(
             otherwise it is the value as returned, and the weights carry the standard
             form's sign.
         objective_weight: The weight of the whole Lagrangian.
+        share: Divides an indexed term in place of ``len(indices)``: with a process group,
+            the whole batch's entries per rank (:attr:`Term.share`).
     """
     scale = objective_weight if slack_output else objective_weight * lag.standard_sign(spec)
     if indices is not None:
-        scale /= indices.shape[0]
+        scale /= indices.shape[0] if share is None else share
     return multipliers if scale == 1.0 else multipliers * scale
 
 
@@ -295,8 +309,9 @@ def current_weights(term: Term) -> Tensor:
     spec = term.constraint.spec
     estimates = _estimates(standard, multipliers, term.rule, spec, indices)
     return term_weights(
-        spec, estimates, indices, slack_variable(spec, term.rule), term.objective_weight
-    )
+        spec, estimates, indices, slack_variable(spec, term.rule), term.objective_weight,
+        term.share,
+    )  # fmt: skip
 
 
 def _value_weights(
@@ -339,9 +354,9 @@ def _term(
         # and the adaptive step's test read the multipliers the evaluation used.
         all_multipliers = multiplier.detach().clone()
     detached = detached_standard(value, spec, multiplier.dtype)
-    multipliers, all_standard, local = all_multipliers, detached, None
+    multipliers, all_standard, local, share = all_multipliers, detached, None, None
     if batch is not None:
-        local = batch.local
+        local, share = batch.local, batch.share
         multipliers, all_standard = all_multipliers[local], batch.standard
     slack_rows = None
     projected = spec.treatment == "projection"
@@ -354,7 +369,7 @@ def _term(
         seen = aug.shifted(all_standard, row_margin(rule, all_indices))
         residual = aug.augmented_residual(seen, all_multipliers, rule.penalty, equality)
         estimates = _estimates(detached, multipliers, rule, spec, indices)
-        weights = term_weights(spec, estimates, indices, False, objective_weight)
+        weights = term_weights(spec, estimates, indices, False, objective_weight, share)
         terms = aug.augmented_value(seen, all_multipliers, rule.penalty, equality)
         scale = objective_weight if all_indices is None else objective_weight / all_indices.shape[0]
         # An inactive inequality's term does not depend on its value: the value's own sum,
@@ -367,7 +382,7 @@ def _term(
     elif not spec.has_slack:
         output = value
         residual = all_standard
-        weights = term_weights(spec, multipliers, indices, False, objective_weight)
+        weights = term_weights(spec, multipliers, indices, False, objective_weight, share)
         # The weights carry the standard form's sign, and so does the standard value.
         reported = _value_weights(weights, spec, batch, all_multipliers, False, objective_weight)
         term_value = (reported * all_standard).sum()
@@ -390,14 +405,14 @@ def _term(
             assert slack_rows is not None
             every_slack = slack_rows.values.detach()[slack_rows.inverse]
             residual = lag.slack_residual(all_standard, every_slack).to(multiplier.dtype)
-        weights = term_weights(spec, multipliers, indices, True, objective_weight)
+        weights = term_weights(spec, multipliers, indices, True, objective_weight, share)
         reported = _value_weights(weights, spec, batch, all_multipliers, True, objective_weight)
         term_value = (reported * residual).sum()
     if rule.dual_scale is not None:
         residual = residual * rule.dual_scale
     return Term(
         constraint, multiplier, output, weights, all_indices, all_multipliers, residual,
-        all_standard, slack_rows, rule, objective_weight, projected, term_value, local,
+        all_standard, slack_rows, rule, objective_weight, projected, term_value, local, share,
     )  # fmt: skip
 
 
@@ -438,8 +453,9 @@ def evaluate(
     """
     replay = None
     batches: dict[str, GlobalBatch] = {}
+    own = None
     if sync is not None:
-        objective, checked, batches, replay = call_synchronized(
+        objective, checked, batches, replay, own = call_synchronized(
             problem, closure, expected_indices, sync
         )
     elif isinstance(closure, MicroBatches):
@@ -487,14 +503,16 @@ def evaluate(
         terms.append(term)
         standards.append((spec, term.standard))
         value = value + term.value
-    fault = gradient_path_fault(objective, checked)
+    # With a process group the rank's own values were checked before the ranks agreed (a
+    # value some other rank observed has no graph here, and needs none).
+    fault = None if sync is not None else gradient_path_fault(objective, checked)
     if fault is not None:
         # A value at fault (non-finite, an index out of range) is named first.
         raise_for_bad_values(objective, checked, terms)
         raise ValueError(fault)
     evaluation = Evaluation(
         objective, terms, penalties, standards, value / weight if weight != 1.0 else value,
-        weight, checked, value, sync, replay,
+        weight, checked, value, sync, replay, own,
     )  # fmt: skip
     if check_values:
         check_finite(evaluation)

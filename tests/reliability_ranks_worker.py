@@ -25,6 +25,7 @@ from torch import distributed as dist
 from lagrange_opt import (
     ConstrainedOptimizer,
     ConstrainedProblem,
+    ExtraGradient,
     IndexedValue,
     ProblemState,
     SimultaneousGDA,
@@ -52,14 +53,21 @@ class Problem(ConstrainedProblem):
     indexed and a dense one over the rare class only (absent from a batch without one:
     the empty mask of the indexed one, the dense rate left out)."""
 
-    def __init__(self, extra: str | None = None, floor_shape: tuple[int, ...] = (2,)) -> None:
+    def __init__(
+        self,
+        extra: str | None = None,
+        floor_shape: tuple[int, ...] = (2,),
+        treatment: str = "projection",
+        ddp: bool = False,
+    ) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.model = nn.Linear(3, 2)
+        model: nn.Module = nn.Linear(3, 2).to(DTYPE)
+        self.model = nn.parallel.DistributedDataParallel(model) if ddp else model
         self.add_inequality("floor", ">=", shape=floor_shape, treatment="projection")
-        self.add_inequality("nonnegative", ">=", num_samples=SAMPLES, treatment="projection")
-        self.add_inequality("rare", ">=", num_samples=SAMPLES, treatment="projection")
-        self.add_inequality("rate", ">=", treatment="projection")
+        self.add_inequality("nonnegative", ">=", num_samples=SAMPLES, treatment=treatment)
+        self.add_inequality("rare", ">=", num_samples=SAMPLES, treatment=treatment)
+        self.add_inequality("rate", ">=", treatment=treatment)
         if extra is not None:
             self.add_inequality(extra, ">=", treatment="projection")
         self.to(DTYPE)
@@ -85,7 +93,50 @@ def build(problem: Problem, group: dist.ProcessGroup | None) -> ConstrainedOptim
 
 
 def state(problem: nn.Module) -> dict[str, Tensor]:
-    return {name: value.detach().clone() for name, value in problem.state_dict().items()}
+    """The problem's state, cloned, with DDP's ``module.`` prefix removed."""
+    return {
+        name.replace("module.", ""): value.detach().clone()
+        for name, value in problem.state_dict().items()
+    }
+
+
+# Item 8: each step's batch, the rare samples (5 and 6) all in its second half: rank 0's
+# shard (and the first of two micro-batches) has none.
+STEPS = [torch.tensor([0, 1, 2, 3, 4, 5, 6, 7]), torch.tensor([3, 0, 2, 1, 6, 7, 5, 4])]
+ABSENT_CASES = [
+    (method, treatment)
+    for method in ("simultaneous", "extragradient", "default")
+    for treatment in ("projection", "slack")
+]
+
+
+def method(name: str, problem: Problem, group: dist.ProcessGroup | None) -> ConstrainedOptimizer:
+    """The method ``name``: a fixed-step one, or ``default_optimizer`` (scaled, adaptive)."""
+    if name == "default":
+        return default_optimizer(problem, process_group=group)
+    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.05)
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True)
+    kind = ExtraGradient if name == "extragradient" else SimultaneousGDA
+    return kind(problem, primal, dual, process_group=group)
+
+
+def absent_run(
+    case: tuple[str, str], rank: int | None, group: dist.ProcessGroup | None = None
+) -> dict[str, Tensor]:
+    """Three steps of the case on the whole batch (``rank`` None) or on the rank's half."""
+    name, treatment = case
+    problem = Problem(treatment=treatment, ddp=rank is not None)
+    optimizer = method(name, problem, group)
+    for batch in [*STEPS, STEPS[0]]:
+        shard = batch if rank is None else batch.chunk(WORLD)[rank]
+        optimizer.step(lambda shard=shard: problem(shard))
+    return state(problem)
+
+
+def absent_on_rank_0(rank: int, group: dist.ProcessGroup) -> dict[str, Any]:
+    """Item 8: the rare class on rank 1 only (rank 0 returns the indexed constraint with an
+    empty mask and leaves the dense rate out), for each case."""
+    return {"states": {case: absent_run(case, rank, group) for case in ABSENT_CASES}}
 
 
 def _equal(first: dict[str, Tensor], second: dict[str, Tensor]) -> bool:
@@ -164,6 +215,7 @@ CASES: dict[str, Callable[[int, dist.ProcessGroup], dict[str, Any]]] = {
     "negative_rate": negative_rate,
     "different_names": different_names,
     "different_specs": different_specs,
+    "absent_on_rank_0": absent_on_rank_0,
 }
 
 

@@ -209,11 +209,13 @@ def test_an_update_failing_on_one_rank_raises_on_every_rank(
         assert torch.equal(value, other["after"][name]), name
 
 
-def test_every_rank_observes_the_same_constraints(ranks: list[dict[str, Any]]) -> None:
-    for rank in ranks:
-        assert rank["observed"]["raised"][0] == "ValueError"
-        assert "'floor'" in rank["observed"]["raised"][1]
-        assert rank["observed"]["unchanged"]
+def test_a_constraint_left_out_on_one_rank_is_stepped_alike(ranks: list[dict[str, Any]]) -> None:
+    # No longer refused (issue 22, item 8; tests/test_reliability_ranks.py compares such
+    # steps with one process on the whole batch): the ranks stay alike.
+    first, second = (rank["observed"] for rank in ranks)
+    assert first["raised"] == second["raised"] == ("nothing", "")
+    for name, value in first["after"].items():
+        assert torch.equal(value, second["after"][name]), name
 
 
 def test_every_rank_raises_when_one_finds_a_nan(ranks: list[dict[str, Any]]) -> None:

@@ -21,11 +21,21 @@ from typing import Any
 
 import pytest
 import torch
-from reliability_ranks_worker import CASE_TIMEOUT, RARE, Problem, build, state
+from reliability_ranks_worker import (
+    ABSENT_CASES,
+    CASE_TIMEOUT,
+    RARE,
+    STEPS,
+    Problem,
+    absent_run,
+    build,
+    method,
+    state,
+)
 from torch import Tensor
 from torch import distributed as dist
 
-from lagrange_opt import ConstrainedOptimizer, MicroBatch, ProblemState, default_optimizer
+from lagrange_opt import MicroBatch, ProblemState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,32 +144,35 @@ def test_ranks_that_declare_a_constraint_differently_raise_on_every_rank(
         assert "shape=(2,)" in message
 
 
+@needs_gloo
+@pytest.mark.parametrize("case", ABSENT_CASES, ids="-".join)
+def test_a_constraint_absent_on_one_rank_takes_the_whole_batch_step(
+    ranks: list[dict[str, Any]], case: tuple[str, str]
+) -> None:
+    """Item 8: the rare class on rank 1 only: rank 0 returns the indexed constraint with an
+    empty mask and leaves the dense rate out; both ranks take one process's step on the
+    whole batch (three steps, the first step's scales measured alike) and hold bitwise the
+    same state."""
+    whole = absent_run(case, None)
+    start = state(Problem(treatment=case[1]))
+    for name in ("constraints.rate.multiplier", "constraints.rare.multiplier"):
+        assert not torch.equal(whole[name], start[name]), name
+    first, second = (result["states"][case] for result in _case(ranks, "absent_on_rank_0"))
+    _assert_close(first, whole)
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+
+
 # Micro-batches (items 8 and 9), in one process.
 
 METHODS = ["simultaneous", "extragradient", "default"]
 
 
-def _method(name: str, problem: Problem) -> ConstrainedOptimizer:
-    if name == "default":
-        return default_optimizer(problem)
-    if name == "simultaneous":
-        return build(problem, None)
-    from lagrange_opt import ExtraGradient
-
-    primal = torch.optim.SGD(problem.primal_parameters(), lr=0.05)
-    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True)
-    return ExtraGradient(problem, primal, dual)
-
-
-# Each step's batch: the rare samples (5 and 6) all in its second half.
-STEPS = [torch.tensor([0, 1, 2, 3, 4, 5, 6, 7]), torch.tensor([3, 0, 2, 1, 6, 7, 5, 4])]
-
-
-def _run(method: str, split: Any) -> dict[str, Tensor]:
-    """Three steps of ``method``, each batch given whole (``split`` None) or as the
-    closures ``split(problem, batch)`` returns."""
+def _run(name: str, split: Any) -> dict[str, Tensor]:
+    """Three steps of the method ``name``, each batch given whole (``split`` None) or as
+    the closures ``split(problem, batch)`` returns."""
     problem = Problem()
-    optimizer = _method(method, problem)
+    optimizer = method(name, problem, None)
     for batch in [*STEPS, STEPS[0]]:
         if split is None:
             optimizer.step(lambda batch=batch: problem(batch))
