@@ -249,8 +249,7 @@ def _check_replayed(index: int, checked: Checked, values: Combined) -> None:
         ):
             now = "no value" if value is None else "a value"
             if value is not None and before is not None and present:
-                now = f"{value.shape[0]} rows"
-                then = f"{before} rows"
+                now, then = _rows(value.shape[0]), _rows(before)
             else:
                 then = "a value" if present else "no value"
             raise ValueError(
@@ -265,6 +264,10 @@ def _check_replayed(index: int, checked: Checked, values: Combined) -> None:
                 "it on its second call but none on its first; a micro-batch's closure must "
                 "evaluate the same batch each time"
             )
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def _check_equal_sizes(rows: dict[str, list[int]]) -> None:

@@ -30,8 +30,13 @@ collectives at fixed points of a step (docs/distributed.md lists them):
   residuals (the standard form, detached) are gathered, O(batch) per rank, so that every
   rank updates the same rows with the same residuals in the same order; a row drawn on two
   ranks steps twice, as a row drawn twice in one batch. The cotangents stay per rank (each
-  sample's term divided by the rank's batch size, averaged by DDP: the full batch's mean
-  when the shards are equal, as a ``DistributedSampler`` makes them).
+  sample's term divided by the gathered batch's entries per rank, averaged by DDP: the
+  full batch's mean whatever the shards).
+- **Absent constraints** (:meth:`Synchronizer.agree_observed`): the agreement after the
+  closure call tells every rank which constraints some rank observed; one absent on a rank
+  (left out, or with no sample) is averaged over the ranks that observed it if dense (its
+  cotangent scaled by ``world_size / those ranks``), gathered with an empty share from
+  this rank if indexed, and every rank forms its term and steps it alike.
 - **Gradients that DDP does not average** (:meth:`Synchronizer.reduce_gradients`): those of
   primal parameters outside every ``DistributedDataParallel`` submodule of the problem
   (dense slacks, the problem's bare parameters) are averaged; those of the indexed slack
@@ -613,21 +618,20 @@ class Synchronizer:
         ]
         # The rows of every constraint some rank observed, zeros where this rank did not:
         # the sum over the ranks divided by the number of ranks that observed it.
-        row_counts = [min(MAX_ROWS, shape.numel()) for _, shape in dense_shapes]
-        own_rows = dict(local.dense_shapes)
+        own_rows: dict[str, Tensor] = {}
+        start = 1
+        for name, shape in local.dense_shapes:
+            count = min(MAX_ROWS, shape.numel())
+            own_rows[name] = local.dense[start : start + count]
+            start += count
         rows = [local.dense[:1]]
         divisors = [float(self.world_size)]
-        start = 1
-        sizes = {name: min(MAX_ROWS, shape.numel()) for name, shape in local.dense_shapes}
-        offsets = {}
-        for name, _ in local.dense_shapes:
-            offsets[name] = start
-            start += sizes[name]
-        for (name, _), count in zip(dense_shapes, row_counts):
-            if name in own_rows:
-                rows.append(local.dense[offsets[name] : offsets[name] + count])
-            else:
-                rows.append(local.dense.new_zeros((count, local.dense.shape[1])))
+        for name, shape in dense_shapes:
+            count = min(MAX_ROWS, shape.numel())
+            own = own_rows.get(name)
+            rows.append(
+                local.dense.new_zeros((count, local.dense.shape[1])) if own is None else own
+            )
             divisors += [float(presence[name].ranks)] * count
         dense = torch.cat(rows).to(self.device)
         dist.all_reduce(dense, group=self.group)
