@@ -186,7 +186,11 @@ DIVERGED = (
     ("constraint", "row", "message"),
     [
         # The batch reads rows 0, 3 and 5: row 3 is its second entry, two values wide.
-        ("rows", 3, "the multipliers of constraint 'rows' " + DIVERGED.format(2, "(1, 0), sample index 3")),
+        (
+            "rows",
+            3,
+            "the multipliers of constraint 'rows' " + DIVERGED.format(2, "(1, 0), sample index 3"),
+        ),
         ("pair", 1, "the multipliers of constraint 'pair' " + DIVERGED.format(1, "(1,)")),
     ],
 )
