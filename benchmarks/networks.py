@@ -52,13 +52,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lagrange_opt import (
-    ConstrainedProblem,
-    IndexedValue,
-    ProblemState,
-    Proxy,
-    default_optimizer,
-)
+from lagrange_opt import ConstrainedProblem, IndexedValue, ProblemState, Proxy, default_optimizer
 from lagrange_opt.problems import (
     PositiveOutputs,
     class_recall,

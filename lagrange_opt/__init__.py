@@ -8,37 +8,37 @@ solution, and :func:`scalars` turns a step's figures into a dict for a logger. P
 known solutions to try settings on are in :mod:`lagrange_opt.problems`.
 """
 
-from ._accumulation import MicroBatch
-from ._augmented import AugmentedLagrangian
-from ._bounds import Bounds
-from ._calibration import calibrated_offset
-from ._defaults import (
+from lagrange_opt.diagnostics.kkt import ConstraintFigures, KKTResiduals, kkt
+from lagrange_opt.diagnostics.log_scalars import scalars
+from lagrange_opt.diagnostics.step_result import StepResult
+from lagrange_opt.evaluation.micro_batches import MicroBatch
+from lagrange_opt.maths.augmented import AugmentedLagrangian
+from lagrange_opt.maths.calibration import calibrated_offset
+from lagrange_opt.maths.stepsize import AdaptiveStep
+from lagrange_opt.methods.base import ConstrainedOptimizer
+from lagrange_opt.methods.default import (
     DEFAULT_AUGMENTED,
     DEFAULT_DUAL_LR,
     DEFAULT_LR,
     USER_PRIMAL_DUAL_LR,
     default_optimizer,
 )
-from ._extragradient import ExtraGradient
-from ._gda import AlternatingGDA, SimultaneousGDA
-from ._kkt import ConstraintFigures, KKTResiduals, kkt
-from ._logging import scalars
-from ._nupi import NuPI
-from ._optimistic import OptimisticGDA
-from ._optimizer_group import OptimizerGroup
-from ._optimizers import ConstrainedOptimizer
-from ._problem import (
-    ConstrainedProblem,
+from lagrange_opt.methods.extragradient import ExtraGradient
+from lagrange_opt.methods.gda import AlternatingGDA, SimultaneousGDA
+from lagrange_opt.methods.optimistic import OptimisticGDA
+from lagrange_opt.problem.bounds import Bounds
+from lagrange_opt.problem.constrained_problem import ConstrainedProblem
+from lagrange_opt.problem.constraints import (
     Constraint,
     ConstraintSpec,
     IndexedValue,
     ProblemState,
     Treatment,
 )
-from ._proxy import Proxy
-from ._step_result import StepResult
-from ._stepsize import AdaptiveStep
-from ._validation import NonFiniteError
+from lagrange_opt.problem.proxy import Proxy
+from lagrange_opt.problem.validation import NonFiniteError
+from lagrange_opt.updates.nupi import NuPI
+from lagrange_opt.updates.optimizer_group import OptimizerGroup
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,7 @@ import torch
 from helpers import assert_bitwise_equal, sgd_pair, snapshot
 from torch import Tensor, nn
 
-import lagrange_opt._extragradient as extragradient_module
+import lagrange_opt.methods.extragradient as extragradient_module
 from lagrange_opt import (
     AdaptiveStep,
     ConstrainedProblem,
@@ -24,7 +24,7 @@ from lagrange_opt import (
     ProblemState,
     default_optimizer,
 )
-from lagrange_opt._stepsize import (
+from lagrange_opt.maths.stepsize import (
     Trial,
     interpolation_weight,
     judge_extrapolation,

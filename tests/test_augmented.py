@@ -27,7 +27,7 @@ from lagrange_opt import (
     SimultaneousGDA,
     default_optimizer,
 )
-from lagrange_opt._augmented import (
+from lagrange_opt.maths.augmented import (
     augmented_residual,
     augmented_value,
     augmented_weight,

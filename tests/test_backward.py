@@ -7,11 +7,12 @@ import torch
 from helpers import build_mixed, mixed_batch
 from torch import Tensor
 
-import lagrange_opt._evaluation as evaluation_module
+import lagrange_opt.evaluation.terms as evaluation_module
 from lagrange_opt import ExtraGradient
-from lagrange_opt import _lagrangian as lag
-from lagrange_opt._evaluation import Evaluation, evaluate
-from lagrange_opt._slacks import UndoLog
+from lagrange_opt.evaluation.evaluate import evaluate
+from lagrange_opt.evaluation.slacks import UndoLog
+from lagrange_opt.evaluation.terms import Evaluation
+from lagrange_opt.maths import lagrangian as lag
 
 
 def _gradients(problem: torch.nn.Module, state: Evaluation) -> list[Tensor]:

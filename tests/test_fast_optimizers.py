@@ -14,9 +14,9 @@ from torch import nn
 from torch.optim.lr_scheduler import StepLR
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-import lagrange_opt._fast_optimizers as fast_optimizers
+import lagrange_opt.updates.fast_optimizers as fast_optimizers
 from lagrange_opt import ExtraGradient
-from lagrange_opt._fast_optimizers import copy_all, is_fast, plan
+from lagrange_opt.updates.fast_optimizers import copy_all, is_fast, plan
 
 Build = Callable[[list[Any], list[Any]], tuple[torch.optim.Optimizer, torch.optim.Optimizer]]
 

@@ -17,8 +17,8 @@ from benchmarks.verify_optima import (
     objective_value,
     solve_slsqp,
 )
-from lagrange_opt import _hock_schittkowski
 from lagrange_opt.problems import HOCK_SCHITTKOWSKI, relative_gap
+from lagrange_opt.problems import hock_schittkowski as _hock_schittkowski
 
 NAMES = list(HOCK_SCHITTKOWSKI)
 

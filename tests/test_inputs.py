@@ -37,8 +37,8 @@ from lagrange_opt import (
     SimultaneousGDA,
     kkt,
 )
-from lagrange_opt._evaluation import evaluate
-from lagrange_opt._slacks import UndoLog
+from lagrange_opt.evaluation.evaluate import evaluate
+from lagrange_opt.evaluation.slacks import UndoLog
 
 F32 = torch.float32
 

@@ -39,7 +39,7 @@ from lagrange_opt import (
     SimultaneousGDA,
     default_optimizer,
 )
-from lagrange_opt._rows import ELEMENTWISE_OPTIMIZERS
+from lagrange_opt.updates.rows import ELEMENTWISE_OPTIMIZERS
 
 STEPS = 12
 

@@ -35,7 +35,7 @@ from lagrange_opt import (
     ProblemState,
     default_optimizer,
 )
-from lagrange_opt._rows import RowView, step_optimizer
+from lagrange_opt.updates.rows import RowView, step_optimizer
 
 
 def _pair(problem: ConstrainedProblem, lr: float = 0.1, dual_lr: float = 0.1) -> tuple[Any, Any]:

@@ -1,6 +1,6 @@
 """The runaway check: an objective unbounded below off the constraint set is held by an
 early penalty growth, or stops the run with a diagnosis before the iterates leave every
-sane range (lagrange_opt/_runaway.py)."""
+sane range (lagrange_opt/maths/runaway.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from lagrange_opt import (
     ProblemState,
     default_optimizer,
 )
-from lagrange_opt._runaway import Reading, running_away
+from lagrange_opt.maths.runaway import Reading, running_away
 
 
 class FallingOffTheConstraint(ConstrainedProblem):

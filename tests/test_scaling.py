@@ -25,7 +25,7 @@ from lagrange_opt import (
     default_optimizer,
     kkt,
 )
-from lagrange_opt._augmented import augmented_value
+from lagrange_opt.maths.augmented import augmented_value
 
 F64 = torch.float64
 

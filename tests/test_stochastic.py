@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import assert_bitwise_equal
 
-import lagrange_opt._updates as updates
+import lagrange_opt.updates.side_update as updates
 from benchmarks import networks
 from lagrange_opt import (
     AugmentedLagrangian,
@@ -23,7 +23,7 @@ from lagrange_opt import (
     calibrated_offset,
     default_optimizer,
 )
-from lagrange_opt._augmented import next_margin
+from lagrange_opt.maths.augmented import next_margin
 from lagrange_opt.problems import (
     NonNegativePredictions,
     PositiveOutputs,

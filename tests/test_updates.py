@@ -10,7 +10,7 @@ from helpers import METHODS, build_mixed, train_mixed
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from lagrange_opt._updates import sgd_step_sizes
+from lagrange_opt.updates.side_update import sgd_step_sizes
 
 
 def _params() -> list[nn.Parameter]:

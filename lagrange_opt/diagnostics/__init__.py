@@ -1,0 +1,1 @@
+"""What a step reports: step results, KKT residuals and logging scalars."""

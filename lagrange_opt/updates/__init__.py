@@ -1,0 +1,2 @@
+"""One side's update: row stepping, the functional optimizers, optimizer groups, nuPI, loss
+scaling and rollback."""
