@@ -1,6 +1,6 @@
 """The closure's call in an evaluation: its result validated against the declarations and
 the batch of an earlier evaluation of the step, and with a process group checked whole on
-each rank before every rank agrees to go on (:mod:`..evaluation.distributed`)."""
+each rank before every rank agrees to go on (:mod:`.distributed`)."""
 
 from __future__ import annotations
 
@@ -28,14 +28,15 @@ from lagrange_opt.problem.validation import (
 )
 
 if TYPE_CHECKING:
-    from lagrange_opt.evaluation.distributed import GlobalBatch, Synchronizer
+    from lagrange_opt.evaluation.distributed import Synchronizer
+    from lagrange_opt.evaluation.global_batch import GlobalBatch
 from lagrange_opt.evaluation.observed import ObservedIndices
 
 
 def check_closure(closure: object, caller: str, micro_batches: bool = True) -> None:
     """Raises TypeError unless ``closure`` is a closure or, with ``micro_batches``, a
     sequence of them (one per micro-batch, each checked by
-    :class:`..evaluation.micro_batches.MicroBatches`).
+    :class:`.micro_batches.MicroBatches`).
 
     The problem's evaluation passed where the function that evaluates it is expected
     (``optimizer.step(problem(idx))``) is named as that mistake: a :class:`ProblemState` is
@@ -109,7 +110,7 @@ def call_micro_batches(
     micro: MicroBatches,
     expected_indices: Mapping[str, Tensor | None] | None,
 ) -> tuple[Tensor, Checked, Replay]:
-    """The first pass over the micro-batches (:mod:`..evaluation.micro_batches`), validated as one
+    """The first pass over the micro-batches (:mod:`.micro_batches`), validated as one
     batch's values."""
     objective, checked, replay = first_pass(problem, micro)
     if expected_indices is not None:

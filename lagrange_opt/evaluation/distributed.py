@@ -50,92 +50,27 @@ read from it (a penalised indexed constraint's penalty and violations stay the r
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch import distributed as dist
 
-from lagrange_opt.evaluation.scaling import MAX_ROWS, local_gradients, scales_from
-from lagrange_opt.maths.formulation import Scales
+from lagrange_opt.evaluation.global_batch import GlobalBatch, Substitute
+from lagrange_opt.evaluation.process_group import device_of, is_process_group
+from lagrange_opt.evaluation.rank_declarations import (
+    DTYPES,
+    Presence,
+    declarations,
+    describe_difference,
+    dtype_code,
+    fingerprint,
+)
 from lagrange_opt.problem.constrained_problem import ConstrainedProblem
-from lagrange_opt.problem.constraints import ProblemState
 from lagrange_opt.problem.validation import Checked, NonFiniteError
 
 _OK, _NON_FINITE, _FAILED = 0.0, 1.0, 2.0
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-"""The dtypes a value is sent as in an agreement (its code: 1 + its position; 0: absent)."""
-
-
-class Presence(NamedTuple):
-    """How the ranks observed one constraint in an evaluation.
-
-    Attributes:
-        ranks: How many ranks observed it (at least 1).
-        dtype: The dtype of the value on the first rank that observed it: a rank that did
-            not observe it takes the whole batch's value in that dtype, as that rank does.
-    """
-
-    ranks: int
-    dtype: torch.dtype
-
-
-def _dtype_code(dtype: torch.dtype) -> float:
-    return float(1 + (_DTYPES.index(dtype) if dtype in _DTYPES else len(_DTYPES) - 1))
-
-
-_FINGERPRINT_WORDS = 4
-"""The declarations' fingerprint: a 256-bit hash as 4 int64 words (a fixed size on every
-rank, whatever it declared)."""
-
-
-def _declarations(problem: ConstrainedProblem) -> list[str]:
-    """Each declared constraint's spec as text, in declaration order: what every rank must
-    declare alike (the payloads of the collectives, and their order, follow from it)."""
-    return [repr(constraint.spec) for constraint in problem.declared().values()]
-
-
-def _fingerprint(declarations: Sequence[str]) -> list[int]:
-    """A hash of ``declarations`` (order included) as :data:`_FINGERPRINT_WORDS` int64s."""
-    digest = hashlib.blake2b("\n".join(declarations).encode(), digest_size=8 * _FINGERPRINT_WORDS)
-    return [
-        int.from_bytes(digest.digest()[8 * word : 8 * word + 8], "little", signed=True)
-        for word in range(_FINGERPRINT_WORDS)
-    ]
-
-
-def _describe_difference(
-    names: Sequence[Sequence[str]], declarations: Sequence[Sequence[str]]
-) -> str:
-    """What differs between the ranks' declarations (each rank's names and spec texts)."""
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for rank, rank_names in enumerate(names):
-        groups.setdefault(tuple(rank_names), []).append(rank)
-    if len(groups) > 1:
-        parts = [
-            f"{'rank' if len(ranks) == 1 else 'ranks'} "
-            f"{ranks[0] if len(ranks) == 1 else ranks} declared {list(rank_names)}"
-            for rank_names, ranks in groups.items()
-        ]
-        return "; ".join(parts)
-    # The same names in the same order: some spec differs.
-    parts = []
-    for position, name in enumerate(names[0]):
-        specs: dict[str, list[int]] = {}
-        for rank, rank_declarations in enumerate(declarations):
-            specs.setdefault(rank_declarations[position], []).append(rank)
-        if len(specs) > 1:
-            described = ", ".join(
-                f"{'rank' if len(ranks) == 1 else 'ranks'} "
-                f"{ranks[0] if len(ranks) == 1 else ranks}: {spec}"
-                for spec, ranks in specs.items()
-            )
-            parts.append(f"constraint '{name}' is declared differently ({described})")
-    return "; ".join(parts)
 
 
 @contextlib.contextmanager
@@ -155,45 +90,6 @@ def failing_together(sync: Synchronizer | None) -> Iterator[None]:
         if sync is not None:
             sync.agree(error)
         raise
-
-
-class GlobalBatch:
-    """An indexed constraint's batch over every rank, in rank order.
-
-    Attributes:
-        indices: Every rank's indices, concatenated.
-        standard: Every rank's value in standard form, detached, in the table's dtype.
-        local: This rank's entries within them (empty on a rank that did not observe it).
-        share: The batch's entries per rank (``len(indices) / world_size``): each rank's
-            cotangents are divided by it, not by the rank's own entries, so that DDP's
-            average of the ranks' gradients is the whole batch's mean whatever the ranks'
-            shares (equal to dividing by the rank's entries for equal shards).
-    """
-
-    __slots__ = ("indices", "local", "share", "standard")
-
-    def __init__(self, indices: Tensor, standard: Tensor, local: slice, share: float) -> None:
-        self.indices = indices
-        self.standard = standard
-        self.local = local
-        self.share = share
-
-
-class _Substitute(torch.autograd.Function):
-    """The averaged value in the forward pass, the cotangent times ``scale`` in the
-    backward pass: the cotangent of the average reaches the rank's own value, scaled by
-    ``world_size / ranks that observed it`` (1 where every rank did), so that DDP's average
-    over every rank is the average over those ranks."""
-
-    @staticmethod
-    def forward(ctx: Any, value: Tensor, replacement: Tensor, scale: float) -> Tensor:
-        ctx.scale = scale
-        return replacement.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        scale: float = ctx.scale
-        return (grad if scale == 1.0 else grad * scale), None, None
 
 
 def _ddp_parameters(problem: nn.Module) -> set[int]:
@@ -230,13 +126,13 @@ class Synchronizer:
         self.rank = dist.get_rank(group)
         self.names = list(problem.declared())
         self.constraints = dict(problem.declared())
-        self.declarations = _declarations(problem)
+        self.declarations = declarations(problem)
         # Whether the ranks agreed on the declarations: checked by the first agreement.
         self._declarations_agreed = False
         skip = _ddp_parameters(problem) | indexed_tables
         self.params = [param for param in params if id(param) not in skip]
         self.tables = indexed_tables
-        self.device = _device_of(group, problem)
+        self.device = device_of(group, problem)
         self._agreed: BaseException | None = None
 
     # Agreement.
@@ -288,14 +184,14 @@ class Synchronizer:
         Raises:
             NonFiniteError, RuntimeError: As :meth:`agree`, if another rank failed.
         """
-        codes = [_dtype_code(observed[name]) if name in observed else 0.0 for name in self.names]
+        codes = [dtype_code(observed[name]) if name in observed else 0.0 for name in self.names]
         rows = self._exchange(None, codes)
         assert rows is not None
         presence = {}
         for position, name in enumerate(self.names, start=1):
             sent = [row[position] for row in rows if row[position] != 0.0]
             if sent:
-                presence[name] = Presence(len(sent), _DTYPES[int(sent[0]) - 1])
+                presence[name] = Presence(len(sent), DTYPES[int(sent[0]) - 1])
         return presence
 
     def _exchange(
@@ -340,7 +236,7 @@ class Synchronizer:
         Raises:
             ValueError: Naming the ranks that disagree and what each declared.
         """
-        payload = torch.tensor(_fingerprint(self.declarations), dtype=torch.int64)
+        payload = torch.tensor(fingerprint(self.declarations), dtype=torch.int64)
         gathered = self._gather(payload.to(self.device)).cpu()
         if bool((gathered == gathered[0]).all()):
             self._declarations_agreed = True
@@ -352,7 +248,7 @@ class Synchronizer:
         specs = [rank_specs for _, rank_specs in declared]
         raised = ValueError(
             "the ranks of the process group declared different constraints: "
-            f"{_describe_difference(names, specs)}; every rank must declare the same "
+            f"{describe_difference(names, specs)}; every rank must declare the same "
             "constraints, in the same order, before the method is built"
         )
         self._agreed = raised
@@ -418,7 +314,7 @@ class Synchronizer:
         average = (chunks[0] / self.world_size).reshape(objective.shape)
         average = average.to(objective.device, objective.dtype)
         if objective.requires_grad:
-            average = _Substitute.apply(objective, average, 1.0)
+            average = Substitute.apply(objective, average, 1.0)
         averages: dict[str, Tensor] = {}
         for name, chunk in zip(names, chunks[1:]):
             mean = (chunk / counts[name]).reshape(self.constraints[name].spec.shape)
@@ -429,7 +325,7 @@ class Synchronizer:
                 continue
             mean = mean.to(value.device, value.dtype)
             scale = self.world_size / counts[name]
-            averages[name] = _Substitute.apply(value, mean, scale) if value.requires_grad else mean
+            averages[name] = Substitute.apply(value, mean, scale) if value.requires_grad else mean
         result: Checked = [
             (name, constraint, averages[name] if indices is None else value, indices)
             for name, constraint, value, indices in checked
@@ -585,79 +481,6 @@ class Synchronizer:
 
     # Scaling.
 
-    def measure_scales(
-        self,
-        problem: ConstrainedProblem,
-        closures: Sequence[Callable[[], ProblemState]],
-        params: Sequence[Tensor],
-    ) -> Scales:
-        """:func:`..evaluation.scaling.measure_scales` on the whole batch (this rank's closure, or its
-        micro-batches: :func:`..evaluation.scaling.local_gradients`): the gradients of the objective
-        and of each dense constraint element are averaged across ranks before their
-        largest entry is taken (one ``all_reduce`` of ``1 + dense elements`` gradient
-        vectors, once per run); an indexed constraint takes the largest over the ranks of
-        each rank's largest over its first rows (equal to the whole batch's when the batch
-        holds at most :data:`..evaluation.scaling.MAX_ROWS` entries)."""
-        # The closure reads no indexed table (the evaluation reads their rows): a table's
-        # gradient is None, and a vector of its zeros would be O(table).
-        params = [param for param in params if param.requires_grad and id(param) not in self.tables]
-        try:
-            local = local_gradients(problem, closures, params)
-        except BaseException as error:
-            self.agree(error)
-            raise
-        # The dtype is not needed here: which ranks observed each constraint is.
-        presence = self.agree_observed(dict.fromkeys(local.observed, torch.float64))
-        measured = [
-            name
-            for name in self.names
-            if name in presence and self.constraints[name].multiplier is not None
-        ]
-        specs = {name: self.constraints[name].spec for name in measured}
-        dense_shapes = [
-            (name, torch.Size(spec.shape)) for name, spec in specs.items() if not spec.indexed
-        ]
-        # The rows of every constraint some rank observed, zeros where this rank did not:
-        # the sum over the ranks divided by the number of ranks that observed it.
-        own_rows: dict[str, Tensor] = {}
-        start = 1
-        for name, shape in local.dense_shapes:
-            count = min(MAX_ROWS, shape.numel())
-            own_rows[name] = local.dense[start : start + count]
-            start += count
-        rows = [local.dense[:1]]
-        divisors = [float(self.world_size)]
-        for name, shape in dense_shapes:
-            count = min(MAX_ROWS, shape.numel())
-            own = own_rows.get(name)
-            rows.append(
-                local.dense.new_zeros((count, local.dense.shape[1])) if own is None else own
-            )
-            divisors += [float(presence[name].ranks)] * count
-        dense = torch.cat(rows).to(self.device)
-        dist.all_reduce(dense, group=self.group)
-        divisor = torch.tensor(divisors, dtype=dense.dtype, device=dense.device).unsqueeze(1)
-        norms = (dense / divisor).abs().amax(dim=1).clamp(min=1.0).tolist()
-        # An indexed constraint's largest row over the ranks (at least 1 where observed).
-        names = [name for name, spec in specs.items() if spec.indexed]
-        largest = torch.tensor(
-            [local.indexed.get(name, 0.0) for name in names], dtype=torch.float64
-        ).to(self.device)
-        dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=self.group)
-        indexed = dict(zip(names, largest.tolist()))
-        return scales_from(problem, norms, dense_shapes, indexed)
-
-
-def _device_of(group: dist.ProcessGroup | None, problem: nn.Module) -> torch.device:
-    """Where the tensors of the collectives live: the CPU for gloo (which does not take
-    CUDA tensors in every collective), else the device of the problem's first parameter
-    (NCCL takes CUDA tensors only). Every payload is moved there and back."""
-    if dist.get_backend(group) == dist.Backend.GLOO:
-        return torch.device("cpu")
-    for param in problem.parameters():
-        return param.device
-    return torch.device("cuda", torch.cuda.current_device())
-
 
 def synchronizer(
     process_group: object,
@@ -677,7 +500,7 @@ def synchronizer(
     """
     if process_group is None:
         return None
-    if not (process_group == "default" or _is_group(process_group)):
+    if not (process_group == "default" or is_process_group(process_group)):
         raise TypeError(
             "process_group must be None, 'default' or a torch.distributed.ProcessGroup, got "
             f"{type(process_group).__name__}"
@@ -694,7 +517,3 @@ def synchronizer(
     if dist.get_rank(group) < 0:
         raise ValueError("process_group: this process is not a member of the group")
     return Synchronizer(group, problem, params, indexed_tables)
-
-
-def _is_group(value: object) -> bool:
-    return dist.is_available() and isinstance(value, dist.ProcessGroup)

@@ -51,7 +51,8 @@ from lagrange_opt.problem.validation import (
 )
 
 if TYPE_CHECKING:
-    from lagrange_opt.evaluation.distributed import GlobalBatch, Synchronizer
+    from lagrange_opt.evaluation.distributed import Synchronizer
+    from lagrange_opt.evaluation.global_batch import GlobalBatch
 from lagrange_opt.evaluation.terms import Evaluation, Term, _estimates, term_weights
 
 
@@ -190,7 +191,7 @@ def evaluate(
         sync: The collectives of a data-parallel step: the closure's result is then checked
             whole on this rank (values, index ranges, gradient paths: one more host
             synchronisation) before every rank agrees to go on, and the dense values are
-            averaged and the indexed batches gathered across ranks (:mod:`..evaluation.distributed`).
+            averaged and the indexed batches gathered across ranks (:mod:`.distributed`).
     """
     replay = None
     batches: dict[str, GlobalBatch] = {}

@@ -1,6 +1,6 @@
 """The finiteness checks of an evaluation: one host synchronisation when all is finite, a
 detailed search that names the value at fault when not (with a process group, an agreement
-of every rank on the outcome: :mod:`..evaluation.distributed`)."""
+of every rank on the outcome: :mod:`.distributed`)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def raise_for_bad_constraint(name: str, value: Tensor, indices: Tensor | None) -
 def check_constraint_values(checked: Checked) -> None:
     """Raises :class:`NonFiniteError` naming the first non-finite constraint value.
 
-    For the first step's scaling (:mod:`..evaluation.scaling`), which measures the gradient of each
+    For the first step's scaling (:mod:`.scaling`), which measures the gradient of each
     element of a value one by one: a NaN in one row of a batch reaches every row's
     gradient through a parameter that multiplies the batch, and the error would blame the
     first element's gradient rather than the row and sample at fault. One check per value,

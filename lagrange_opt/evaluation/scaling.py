@@ -17,7 +17,7 @@ one kind).
 A constraint not observed at the first step (left out of the closure's result, or with no
 sample in the batch) keeps the scale 1 for the whole run: measuring it later would cost a
 closure call at a step of its own, and change its units mid-run. The scales are tensors
-in the dtype of the constraint's multipliers (the dual side's, see :mod:`..evaluation.evaluate`).
+in the dtype of the constraint's multipliers (the dual side's, see :mod:`.evaluate`).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def local_gradients(
     gradients the scales are read from (:class:`LocalGradients`).
 
     The objective and a dense constraint's element are averages over the micro-batches
-    (weighted by their sizes if they are :class:`..evaluation.micro_batches.MicroBatch` ones; a dense
+    (weighted by their sizes if they are :class:`.micro_batches.MicroBatch` ones; a dense
     constraint's over the micro-batches that observed it): their gradients are summed over
     them, weighted, then divided by the weights' sum. An indexed constraint's rows
     belong each to one micro-batch: its scale is the largest over its first rows in the
@@ -232,7 +232,7 @@ def measure_scales_over(
     params: Sequence[Tensor],
 ) -> Scales:
     """:func:`measure_scales` on the batch that micro-batches of equal size make up, holding
-    one micro-batch's graph at a time (:mod:`..evaluation.micro_batches`, :func:`local_gradients`)."""
+    one micro-batch's graph at a time (:mod:`.micro_batches`, :func:`local_gradients`)."""
     local = local_gradients(problem, closures, params)
     norms = local.dense.abs().amax(dim=1).clamp(min=1.0).tolist()
     return scales_from(problem, norms, local.dense_shapes, local.indexed)

@@ -1,4 +1,5 @@
-"""The checks of one evaluation's terms: values, multipliers and gradients finite, or the first that is not named."""
+"""The checks of one evaluation's terms: every value, multiplier and gradient finite, or
+the first that is not named."""
 
 from __future__ import annotations
 

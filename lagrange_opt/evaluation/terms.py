@@ -86,7 +86,7 @@ class Term(NamedTuple):
             every rank's batch (``output`` and ``weights`` hold this rank's only); else
             ``None``.
         share: With a process group, an indexed constraint's batch entries per rank
-            (:attr:`..evaluation.distributed.GlobalBatch.share`), which divides the weights in place
+            (:attr:`.distributed.GlobalBatch.share`), which divides the weights in place
             of this rank's entries; else ``None``.
     """
 
@@ -122,8 +122,8 @@ class Evaluation(NamedTuple):
             constraint, its value and its indices (the detailed finiteness check reads it).
         total: The (scaled) Lagrangian's value, detached: finite only if every value,
             multiplier and residual that entered it is (:func:`check_finite`).
-        sync: The collectives of a data-parallel step (:mod:`..evaluation.distributed`), or ``None``.
-        replay: For micro-batches (:mod:`..evaluation.micro_batches`), the second pass: the values
+        sync: The collectives of a data-parallel step (:mod:`.distributed`), or ``None``.
+        replay: For micro-batches (:mod:`.micro_batches`), the second pass: the values
             above are then the combined ones, leaves without the micro-batches' graphs.
         own: With a process group, the constraints this rank observed, with their
             indices (``values`` holds every constraint some rank observed); else ``None``.

@@ -1,6 +1,6 @@
 """The augmented Lagrangian's pieces as small pure functions of tensors.
 
-Beside :mod:`..maths.lagrangian`: each constraint in standard form (``h = 0`` or ``g <= 0``) with
+Beside :mod:`.lagrangian`: each constraint in standard form (``h = 0`` or ``g <= 0``) with
 multiplier :math:`\\lambda` and penalty coefficient :math:`c > 0` contributes
 
 .. math::
@@ -35,7 +35,7 @@ class AugmentedLagrangian(NamedTuple):
     Between windows, every ``runaway_check`` steps (off by default here, every 10 steps
     in :func:`~lagrange_opt.default_optimizer`), a constraint whose violation grew past
     1 (scaled) and fourfold while the objective fell has its coefficient grown at once, and
-    the run stops with a diagnosis if it is at ``max_penalty`` already (:mod:`..maths.runaway`):
+    the run stops with a diagnosis if it is at ``max_penalty`` already (:mod:`.runaway`):
     an objective unbounded below off the constraint set is caught before the iterates
     leave every sane range.
 
@@ -75,7 +75,7 @@ class AugmentedLagrangian(NamedTuple):
         row_margin_decay: The decay of a row's own margin at a visit where it did not
             drift (:func:`..methods.margins.next_row_margins`).
         runaway_check: Steps between two checks that the run is not leaving the
-            constraint set for an objective unbounded below (:mod:`..maths.runaway`; ``0``:
+            constraint set for an objective unbounded below (:mod:`.runaway`; ``0``:
             none). Each check reads a few numbers from the device.
         penalty_dual_step: Whether the multipliers' gradient is multiplied by ``c`` (a
             dual learning rate of 1 is then the method of multipliers' step). ``None``:

@@ -47,7 +47,7 @@ class TermRule(NamedTuple):
         dual_scale: Factor on the multipliers' gradient (a number, or a tensor with one
             per element), or ``None`` for none.
         margin: The self-tuned margin of a per-sample constraint in the augmented
-            Lagrangian (:func:`..maths.augmented.next_margin`), a 0-dim tensor, or ``None``.
+            Lagrangian (:func:`.augmented.next_margin`), a 0-dim tensor, or ``None``.
         row_margins: Its rows' own margins on top of ``margin`` (:mod:`..methods.margins`), a
             table of the multipliers' shape, or ``None``.
     """

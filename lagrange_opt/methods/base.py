@@ -16,10 +16,12 @@ from lagrange_opt.diagnostics.step_result import StepResult
 from lagrange_opt.evaluation.closure_call import check_closure
 from lagrange_opt.evaluation.distributed import failing_together, synchronizer
 from lagrange_opt.evaluation.evaluate import evaluate
-from lagrange_opt.evaluation.micro_batches import MicroBatches, call_with_fresh_casts
+from lagrange_opt.evaluation.micro_batches import MicroBatches
 from lagrange_opt.evaluation.randomness import running_statistics
+from lagrange_opt.evaluation.rank_scales import measure_scales_across_ranks
 from lagrange_opt.evaluation.scaling import measure_scales, measure_scales_over
 from lagrange_opt.evaluation.slacks import UndoLog
+from lagrange_opt.evaluation.step_closure import Closure, StepClosure
 from lagrange_opt.evaluation.term_checks import check_finite
 from lagrange_opt.evaluation.terms import Evaluation, Term
 from lagrange_opt.maths.augmented import AugmentedLagrangian
@@ -35,8 +37,7 @@ from lagrange_opt.methods.checks import (
 )
 from lagrange_opt.methods.formulation_state import FormulationState
 from lagrange_opt.problem.constrained_problem import ConstrainedProblem
-from lagrange_opt.problem.constraints import ProblemState
-from lagrange_opt.problem.validation import NonFiniteError, first_non_finite
+from lagrange_opt.problem.validation import NonFiniteError
 from lagrange_opt.updates.loss_scaling import (
     GradientOverflow,
     LossScaling,
@@ -45,39 +46,20 @@ from lagrange_opt.updates.loss_scaling import (
 )
 from lagrange_opt.updates.optimizer_group import as_optimizer
 from lagrange_opt.updates.optimizer_params import params_of
-from lagrange_opt.updates.rollback import (
-    Rollback,
-    SavedPoint,
-    evaluation_rows,
-    first_non_finite_tensor,
-)
+from lagrange_opt.updates.rollback import Rollback, SavedPoint, evaluation_rows
 from lagrange_opt.updates.side_update import (
     dual_update,
     primal_update,
     sgd_step_sizes,
     steps_from_origins,
 )
-
-Closure = Callable[[], ProblemState]
+from lagrange_opt.updates.written_check import check_written
 
 GradientHook = Callable[[], object]
 """Called with no arguments after each backward pass of a step, before its gradients are
 checked and used (gradient clipping)."""
 
 PrimalOptimizer = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
-
-
-class StepClosure:
-    """The user's closure as a step calls it: with fresh autocast casts
-    (:func:`..evaluation.micro_batches.call_with_fresh_casts`), counted."""
-
-    def __init__(self, closure: Closure) -> None:
-        self._closure = closure
-        self.calls = 0
-
-    def __call__(self) -> ProblemState:
-        self.calls += 1
-        return call_with_fresh_casts(self._closure)
 
 
 class StepSizes(NamedTuple):
@@ -118,11 +100,12 @@ class ConstrainedOptimizer(abc.ABC):
             evaluation), once the gradients are unscaled and before they are checked and
             used: e.g. ``lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)``.
             The slacks' gradients are the hook's to touch only if it is given them.
-        grad_scaler: A ``torch.amp.GradScaler`` for float16 autocast (:mod:`..updates.loss_scaling`):
-            the step scales every backward pass, unscales the gradients, skips itself
-            (:attr:`StepResult.skipped`) when one overflowed and moves the scale along the
-            scaler's schedule. Do not call the scaler's ``step`` or ``update`` yourself;
-            checkpoint its ``state_dict`` beside this optimizer's.
+        grad_scaler: A ``torch.amp.GradScaler`` for float16 autocast
+            (:mod:`..updates.loss_scaling`): the step scales every backward pass, unscales
+            the gradients, skips itself (:attr:`StepResult.skipped`) when one overflowed
+            and moves the scale along the scaler's schedule. Do not call the scaler's
+            ``step`` or ``update`` yourself; checkpoint its ``state_dict`` beside this
+            optimizer's.
         process_group: Data-parallel training (docs/distributed.md): ``"default"`` (the
             default ``torch.distributed`` process group) or a ``ProcessGroup``; every rank
             evaluates its shard and takes the same step. ``None``: a single process.
@@ -192,8 +175,8 @@ class ConstrainedOptimizer(abc.ABC):
             closure: Re-evaluates the problem on the current batch and returns its
                 :class:`ProblemState`, e.g. ``lambda: problem(inputs, targets, indices)``;
                 or a list of them, one per micro-batch of equal size (gradient
-                accumulation, :mod:`..evaluation.micro_batches`: the step is the whole batch's, with one
-                micro-batch's graph held at a time, at one forward pass more per
+                accumulation, :mod:`..evaluation.micro_batches`: the step is the whole
+                batch's, with one micro-batch's graph held at a time, at one forward pass more per
                 micro-batch).
 
         Returns:
@@ -255,7 +238,7 @@ class ConstrainedOptimizer(abc.ABC):
         params = params_of(self.primal_optimizer)
         closures = closure.each() if isinstance(closure, MicroBatches) else [closure]
         if self._sync is not None:
-            return self._sync.measure_scales(self.problem, closures, params)
+            return measure_scales_across_ranks(self._sync, self.problem, closures, params)
         if isinstance(closure, MicroBatches):
             return measure_scales_over(self.problem, closures, params)
         return measure_scales(self.problem, closure, params)
@@ -495,50 +478,9 @@ class ConstrainedOptimizer(abc.ABC):
         rollback.save_point(self._dense_parameters(), evaluation_rows(evaluation))
 
     def _check_written(self, terms: Sequence[Term]) -> None:
-        """Checks what the step's updates wrote, before the step commits: the dense primal
-        parameters they moved (those with a gradient), the dense multipliers of ``terms``
-        and the rows of its indexed tables (multipliers, slacks).
-
-        An update can write a NaN or an infinity from finite inputs: in float16 a value
-        past 65504 overflows and Adam's ``eps`` (1e-8) rounds to 0, so a step on a
-        multiplier whose residual is small divides by 0. Committed, it would fail every
-        later step that reads it and be saved in every checkpoint. Cost: a sum per
-        tensor (after a gather per indexed table) and one host synchronisation per step
-        (:func:`first_non_finite_tensor`).
-
-        Raises:
-            NonFiniteError: Naming the tensor and its first non-finite entry; the step's
-                rollback then puts everything back.
-        """
-        # Each tensor, and where it is: a parameter (named only if at fault) or a table.
-        written: list[Tensor] = []
-        places: list[Tensor | str] = []
-        for param in params_of(self.primal_optimizer):
-            if param.grad is not None and id(param) not in self._indexed_tables:
-                written.append(param.detach())
-                places.append(param)
-        for term in terms:
-            name = term.constraint.spec.name
-            multiplier = term.multiplier.detach()
-            if term.indices is None:
-                written.append(multiplier)
-                places.append(f"the multipliers of constraint '{name}'")
-            else:
-                written.append(multiplier.index_select(0, term.indices))
-                places.append(f"the batch's rows of the multipliers of constraint '{name}'")
-            if term.slack is not None:
-                written.append(term.slack.table.detach().index_select(0, term.slack.rows))
-                places.append(f"the batch's rows of the slacks of constraint '{name}'")
-        index = first_non_finite_tensor(written)
-        if index is None:
-            return
-        tensor, place = written[index], places[index]
-        where = place if isinstance(place, str) else self._describe(place)
-        raise NonFiniteError(
-            f"the update wrote {first_non_finite(tensor)} into {where} ({tensor.dtype}): "
-            "the step was rolled back (in float16 an update overflows past 65504, and an "
-            "eps below 6e-8, such as Adam's default 1e-8, rounds to 0)"
-        )
+        """What the step's updates wrote, checked before the step commits
+        (:func:`..updates.written_check.check_written`: one host read)."""
+        check_written(params_of(self.primal_optimizer), terms, self._indexed_tables, self._describe)
 
     def _result(self, evaluation: Evaluation, evaluations: int) -> StepResult:
         """The step's result, built before anything is updated."""

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch import distributed as dist
 
 from lagrange_opt.evaluation.randomness import Buffers, rng_state, set_rng_state
+from lagrange_opt.evaluation.step_closure import Closure
 from lagrange_opt.evaluation.terms import Evaluation
 from lagrange_opt.maths.augmented import AugmentedLagrangian
 from lagrange_opt.maths.hyperparameters import check_learning_rate, check_real
@@ -23,7 +24,6 @@ from lagrange_opt.maths.stepsize import (
     next_factor,
 )
 from lagrange_opt.methods.base import (
-    Closure,
     ConstrainedOptimizer,
     GradientHook,
     Outcome,

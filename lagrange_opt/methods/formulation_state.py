@@ -25,7 +25,8 @@ class FormulationState:
         problem: The problem.
         augmented: The augmented Lagrangian's settings, or ``None`` for the plain Lagrangian.
         scaling: Whether to scale the objective and the constraints at the first step (a
-            constraint not observed at the first step keeps the scale 1, :mod:`..evaluation.scaling`).
+            constraint not observed at the first step keeps the scale 1,
+            :mod:`..evaluation.scaling`).
         penalty_steps_dual: Whether the multipliers' gradient is multiplied by the penalty
             coefficient (the adaptive method's dual metric: the multipliers step ``c``
             times their step factor, the method of multipliers' step at factor 1).

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from lagrange_opt.evaluation.step_closure import Closure
 from lagrange_opt.evaluation.terms import current_weights
-from lagrange_opt.methods.base import Closure, ConstrainedOptimizer, Outcome
+from lagrange_opt.methods.base import ConstrainedOptimizer, Outcome
 from lagrange_opt.problem.validation import NonFiniteError
 from lagrange_opt.updates.rollback import Rollback
 from lagrange_opt.updates.side_update import dual_update, primal_update

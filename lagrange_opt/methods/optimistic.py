@@ -9,9 +9,10 @@ import torch
 from torch import Tensor
 
 from lagrange_opt.evaluation.slacks import SlackRows
+from lagrange_opt.evaluation.step_closure import Closure
 from lagrange_opt.evaluation.terms import Term
 from lagrange_opt.maths.formulation import UNIT_RULE
-from lagrange_opt.methods.base import Closure, ConstrainedOptimizer, Outcome
+from lagrange_opt.methods.base import ConstrainedOptimizer, Outcome
 from lagrange_opt.problem.constrained_problem import ConstrainedProblem
 from lagrange_opt.updates.optimizer_params import params_of
 from lagrange_opt.updates.rollback import Rollback, current_rows

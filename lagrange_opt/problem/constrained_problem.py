@@ -340,7 +340,7 @@ class ConstrainedProblem(nn.Module, abc.ABC):
 
     def _check_boxes_to_load(self, state_dict: dict[str, Any], prefix: str) -> None:
         """Checks the boxes that ``state_dict`` holds as :meth:`add_bounds` checks a
-        declared one (:func:`..problem.bounds.check_loaded_box`), before anything loads.
+        declared one (:func:`.bounds.check_loaded_box`), before anything loads.
 
         A box is in the state dict under ``parameter_bounds.<i>``. A checkpoint written
         while a box was also registered under an attribute (``self.box = ...``, before it

@@ -55,7 +55,7 @@ def _check_rows(
 
 
 def _proxy_value(name: str, spec: ConstraintSpec, proxy: Proxy, rows: int | None) -> Tensor:
-    """The one tensor of a :class:`Proxy` (:func:`..problem.proxy.proxied`), each part's dtype and
+    """The one tensor of a :class:`Proxy` (:func:`.proxy.proxied`), each part's dtype and
     shape checked first (``rows``: an indexed constraint's batch size)."""
     for what, part in (("true value", proxy.value), ("surrogate", proxy.surrogate)):
         if not isinstance(part, Tensor):

@@ -1,6 +1,6 @@
 """Torch's own Adam and AdamW stepped through their functional API, without ``step()``.
 
-The stock path (:func:`..updates.rows.step_optimizer`) calls ``optimizer.step()``, which is user
+The stock path (:func:`.rows.step_optimizer`) calls ``optimizer.step()``, which is user
 code as far as a method's step is concerned (hooks, wrappers, subclasses): it may raise
 half-way, so the step hands it fresh clones of the states it changes and keeps the
 originals. For an unmodified ``torch.optim.Adam`` or ``torch.optim.AdamW`` the update is
@@ -304,7 +304,7 @@ class Plan:
     def step(
         self, commit_state: bool, origins: Mapping[int, Tensor] | None = None
     ) -> StateUndo | None:
-        """What :func:`..updates.rows.step_optimizer` does, functionally.
+        """What :func:`.rows.step_optimizer` does, functionally.
 
         Runs under the caller's ``torch.no_grad()``. The dense parameters and the viewed
         tables' rows move; the viewed rows are projected where their view says so.

@@ -8,7 +8,7 @@ constrained optimization") add a proportional term on a smoothed residual, which
 to the residual's change and damps the oscillation.
 
 This module imports from the package only :mod:`..maths.hyperparameters` (which imports nothing
-from it): :mod:`..updates.rows` lists :class:`NuPI` among the optimizers whose state is elementwise.
+from it): :mod:`.rows` lists :class:`NuPI` among the optimizers whose state is elementwise.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ layers and the random number generators. :class:`Rollback` holds what puts each 
   extra-gradient method steps from it anyway; the other methods take it only where user
   code, a stock optimizer's ``step()``, runs in the update);
 - what puts the optimizers' states back after a committed stock ``optimizer.step()``
-  (:class:`..updates.rows.StateUndo`).
+  (:class:`.rows.StateUndo`).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class StateUndo:
     """What puts an optimizer's state back as it was before one committed step.
 
     The stock step worked on copies of the dense parameters' states: the originals are
-    kept. The functional step (:mod:`..updates.fast_optimizers`) replaced the state's tensors with
+    kept. The functional step (:mod:`.fast_optimizers`) replaced the state's tensors with
     new ones: the old ones are kept. A table's state was written in the batch's rows only: the
     rows' old values are kept.
     """

@@ -1,13 +1,13 @@
 """One side's update: descent on the primal variables, ascent on the multipliers.
 
 Each side steps its stock ``torch.optim`` optimizer; indexed tables step only the rows of
-the batch (:mod:`..updates.rows`). For the most common optimizer, ``torch.optim.SGD`` without
+the batch (:mod:`.rows`). For the most common optimizer, ``torch.optim.SGD`` without
 momentum or weight decay, whose update is :math:`p \\leftarrow p + \\eta\\, g` with a signed
 step size :math:`\\eta`, the same update is applied directly with fused in-place tensor
 operations: an indexed multiplier table then takes its batch entries' gradients with one
 ``index_add_`` (repeated indices add up), and the per-call cost of ``optimizer.step()``
 (profiler hooks, state bookkeeping) is not paid. A stock ``torch.optim.Adam`` or ``AdamW``
-is stepped functionally (:mod:`..updates.fast_optimizers`): the same iterates, without the copies
+is stepped functionally (:mod:`.fast_optimizers`): the same iterates, without the copies
 of its state that a call of ``step()`` needs to be undone.
 """
 
@@ -78,8 +78,8 @@ def step(
     origins: Mapping[int, Tensor] | None = None,
 ) -> StateUndo | None:
     """The optimizer's own update, on its parameters with a gradient and on ``views``:
-    functional for a stock Adam or AdamW (:mod:`..updates.fast_optimizers`, the same iterates),
-    else through ``optimizer.step()`` (:func:`..updates.rows.step_optimizer`).
+    functional for a stock Adam or AdamW (:mod:`.fast_optimizers`, the same iterates),
+    else through ``optimizer.step()`` (:func:`.rows.step_optimizer`).
 
     Args:
         origins: For each dense parameter with a gradient (by ``id``), the point to step
