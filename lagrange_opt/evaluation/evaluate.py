@@ -53,7 +53,7 @@ from lagrange_opt.problem.validation import (
 if TYPE_CHECKING:
     from lagrange_opt.evaluation.distributed import Synchronizer
     from lagrange_opt.evaluation.global_batch import GlobalBatch
-from lagrange_opt.evaluation.terms import Evaluation, Term, _estimates, term_weights
+from lagrange_opt.evaluation.terms import Evaluation, Term, multiplier_estimates, term_weights
 
 
 def _value_weights(
@@ -110,7 +110,7 @@ def _term(
         # (all_standard, kept in the term) are the constraint's own.
         seen = aug.shifted(all_standard, row_margin(rule, all_indices))
         residual = aug.augmented_residual(seen, all_multipliers, rule.penalty, equality)
-        estimates = _estimates(detached, multipliers, rule, spec, indices)
+        estimates = multiplier_estimates(detached, multipliers, rule, spec, indices)
         weights = term_weights(spec, estimates, indices, False, objective_weight, share)
         terms = aug.augmented_value(seen, all_multipliers, rule.penalty, equality)
         scale = objective_weight if all_indices is None else objective_weight / all_indices.shape[0]

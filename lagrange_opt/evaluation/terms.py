@@ -247,7 +247,7 @@ def term_weights(
     return multipliers if scale == 1.0 else multipliers * scale
 
 
-def _estimates(
+def multiplier_estimates(
     term_standard: Tensor, multipliers: Tensor, rule: TermRule, spec: ConstraintSpec,
     indices: Tensor | None,
 ) -> Tensor:  # fmt: skip
@@ -272,7 +272,7 @@ def current_weights(term: Term) -> Tensor:
     if indices is not None:
         multipliers = multipliers.index_select(0, indices)
     spec = term.constraint.spec
-    estimates = _estimates(standard, multipliers, term.rule, spec, indices)
+    estimates = multiplier_estimates(standard, multipliers, term.rule, spec, indices)
     return term_weights(
         spec, estimates, indices, slack_variable(spec, term.rule), term.objective_weight,
         term.share,
