@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tools.docs.math import render_math
 from tools.docs.tutorial_pages import cells, render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -297,3 +298,34 @@ def test_api_reference_lists_the_public_surface() -> None:
 
     listed = set(re.findall(r"^::: lagrange_opt\.(\w+)$", (DOCS / "api.md").read_text(), re.M))
     assert set(lagrange_opt.__all__) - {"__version__"} <= listed
+
+
+# The site works offline: formulas are MathML rendered at build time, and nothing is
+# loaded from the network.
+
+
+def test_formulas_become_mathml_inline_and_displayed() -> None:
+    page = (
+        '<p>with <span class="arithmatex">\\(w &lt; 0\\)</span>:</p>\n'
+        '<div class="arithmatex">\\[\n\\lVert x \\rVert_\\infty \\le 1\n\\]</div>'
+    )
+    rendered = render_math(page)
+    assert "arithmatex" not in rendered
+    inline, display = re.findall(r'<math [^>]*display="(\w+)"', rendered)
+    assert (inline, display) == ("inline", "block")
+    # The escaped "<" is unescaped for the converter and escaped again in the MathML.
+    assert "<mo>&#x0003C;</mo>" in rendered
+    assert rendered.startswith("<p>with <math") and rendered.endswith("</math>")
+
+
+def test_a_formula_that_cannot_be_read_is_named() -> None:
+    page = '<span class="arithmatex">\\(x^\\)</span>'
+    with pytest.raises(ValueError, match=re.escape("cannot render the formula 'x^'")):
+        render_math(page)
+
+
+def test_the_site_loads_nothing_from_the_network() -> None:
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    assets = [*config.get("extra_javascript", []), *config.get("extra_css", [])]
+    assert not [asset for asset in assets if "://" in str(asset)]
+    assert config["theme"]["font"] is False

@@ -11,6 +11,7 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tools.docs.math import render_math  # noqa: E402
 from tools.docs.tutorial_pages import Rendered, render  # noqa: E402
 
 # mkdocs serve rebuilds on every change: a tutorial whose source did not change is not re-run.
@@ -29,3 +30,9 @@ def on_files(files: Files, config: Any) -> Files:
         for name, png in rendered.figures.items():
             files.append(File.generated(config, f"tutorials/{name}", content=png))
     return files
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    """Every formula of the page as MathML (:mod:`tools.docs.math`): the site needs no
+    script and no network to show them."""
+    return render_math(html)
