@@ -254,6 +254,23 @@ def test_tutorial_renders_output_and_figures(tmp_path: Path) -> None:
     )
 
 
+def test_the_site_build_says_which_tutorial_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tools.docs import hooks
+
+    script = tmp_path / "a_tutorial.py"
+    script.write_text(TUTORIAL)
+    with caplog.at_level("INFO", logger="mkdocs.hooks.tutorials"):
+        first = hooks.rendered_tutorial(script)
+        again = hooks.rendered_tutorial(script)
+    messages = [record.getMessage() for record in caplog.records]
+    # Once: the unchanged tutorial is not run again.
+    assert messages[0] == "Running the tutorial a_tutorial.py"
+    assert re.fullmatch(r"Ran a_tutorial\.py in \d+ s", messages[1])
+    assert len(messages) == 2 and again is first
+
+
 def test_tutorial_error_fails_and_restores_the_directory(tmp_path: Path) -> None:
     script = tmp_path / "broken.py"
     script.write_text("# %%\nraise RuntimeError('cell 1 broke')\n")
