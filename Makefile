@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m lagrange_opt.demo
 
+# On every core (pytest-xdist): about 3 minutes on 2 cores; add -n 0 to run in one process.
 test: $(VENV)/.installed
-	$(PY) -m pytest tests lagrange_opt --doctest-modules
+	$(PY) -m pytest tests lagrange_opt --doctest-modules -n auto
 
 # The convergence benchmark; QUICK=1 for the short run CI does.
 bench-convergence: $(VENV)/.installed
