@@ -163,6 +163,7 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         treatment: Treatment = "projection",
         slack_margin: float = 1e-2,
         penalty_weight: float | None = None,
+        dual_restart: bool = False,
     ) -> Constraint:
         """Declares the inequality ``value >= 0`` or ``value <= 0``.
 
@@ -191,6 +192,12 @@ class ConstrainedProblem(nn.Module, abc.ABC):
             treatment: ``"slack"``, ``"projection"`` or ``"penalty"``.
             slack_margin: Positive lower bound of ``s**2`` at initialisation.
             penalty_weight: The penalty's weight, required with ``treatment="penalty"``.
+            dual_restart: Reset a multiplier to 0 at each dual step where its constraint
+                is strictly satisfied (``treatment="projection"`` only): a constraint that
+                holds stops pushing at once instead of waiting for its multiplier to
+                decay, as in the controlled-sparsity work (Gallego-Posada et al., 2022).
+                Not for constraints measured on minibatches: one satisfied batch would
+                erase what the others built up.
 
         Returns:
             The constraint's learnable state.
@@ -205,9 +212,19 @@ class ConstrainedProblem(nn.Module, abc.ABC):
             raise ValueError(f"constraint '{name}': invalid slack_margin: {slack_margin!r}")
         if slack_margin <= 0:
             raise ValueError(f"constraint '{name}': invalid slack_margin: {slack_margin!r}")
+        if not isinstance(dual_restart, bool):
+            raise TypeError(
+                f"constraint '{name}': dual_restart must be a bool, got {dual_restart!r}"
+            )
+        if dual_restart and treatment != "projection":
+            raise ValueError(
+                f"constraint '{name}': dual_restart needs treatment='projection' (its multiplier "
+                f"is projected onto >= 0), got treatment={treatment!r}"
+            )
         return self._add(
-            name, "inequality", sense, shape, num_samples, treatment, slack_margin, penalty_weight
-        )
+            name, "inequality", sense, shape, num_samples, treatment, slack_margin, penalty_weight,
+            dual_restart,
+        )  # fmt: skip
 
     def _add(
         self,
@@ -219,6 +236,7 @@ class ConstrainedProblem(nn.Module, abc.ABC):
         treatment: Treatment | EqualityTreatment,
         slack_margin: float,
         penalty_weight: float | None,
+        dual_restart: bool = False,
     ) -> Constraint:
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"invalid constraint name {name!r}: a non-empty string without '.'")
@@ -233,6 +251,7 @@ class ConstrainedProblem(nn.Module, abc.ABC):
             treatment=treatment,
             slack_margin=float(slack_margin),
             penalty_weight=None if penalty_weight is None else float(penalty_weight),
+            dual_restart=dual_restart,
         )
         constraint = Constraint(spec)
         self.constraints[name] = constraint

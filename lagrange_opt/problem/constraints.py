@@ -93,6 +93,8 @@ class ConstraintSpec:
         slack_margin: Lower bound of ``s**2`` when a slack is initialised.
         penalty_weight: The weight ``alpha`` of the penalty ``alpha * violation**2`` under
             the ``"penalty"`` treatment, else ``None``.
+        dual_restart: Whether each dual step resets to 0 the multipliers of the elements
+            (rows) strictly satisfied at the evaluated point (:mod:`..maths.dual_restart`).
     """
 
     name: str
@@ -103,6 +105,7 @@ class ConstraintSpec:
     treatment: Treatment | EqualityTreatment
     slack_margin: float
     penalty_weight: float | None = None
+    dual_restart: bool = False
 
     @property
     def indexed(self) -> bool:

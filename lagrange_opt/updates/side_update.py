@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.optim import optimizer as optimizer_module
 
 from lagrange_opt.evaluation.terms import Term
+from lagrange_opt.maths.dual_restart import restarted_
 from lagrange_opt.maths.lagrangian import project_nonnegative_
 from lagrange_opt.updates.fast_optimizers import is_fast, plan
 from lagrange_opt.updates.optimizer_params import params_of
@@ -189,7 +190,9 @@ def dual_update(
     if optimizer is None:
         return None
     if sizes is None:
-        return _stock_dual_update(optimizer, terms, commit_state)
+        undo = _stock_dual_update(optimizer, terms, commit_state)
+        _restart(terms)
+        return undo
     size_of = _size_of(optimizer, sizes)
     for term in terms:
         multiplier = term.multiplier
@@ -205,7 +208,23 @@ def dual_update(
         if projected:
             rows = project_nonnegative_(multiplier.index_select(0, indices))
             multiplier.index_copy_(0, indices, rows)
+    _restart(terms)
     return None
+
+
+def _restart(terms: Sequence[Term]) -> None:
+    """The dual restarts of the constraints declared with them, after the dual step
+    (:func:`..maths.dual_restart.restarted_`: the strictly satisfied elements' multipliers
+    set to 0; of an indexed constraint, the batch's rows)."""
+    for term in terms:
+        if not term.constraint.spec.dual_restart:
+            continue
+        multiplier = term.multiplier
+        if term.indices is None:
+            restarted_(multiplier.data, term.standard)
+            continue
+        rows = restarted_(multiplier.index_select(0, term.indices), term.standard)
+        multiplier.index_copy_(0, term.indices, rows)
 
 
 def _stock_dual_update(
