@@ -45,7 +45,7 @@ from lagrange_opt.evaluation.randomness import (
 )
 from lagrange_opt.problem.constrained_problem import ConstrainedProblem
 from lagrange_opt.problem.constraints import ProblemState
-from lagrange_opt.problem.proxy import mark_combined
+from lagrange_opt.problem.proxy import mark_combined, proxied, proxy_parts
 from lagrange_opt.problem.validation import Checked, check_state, gradient_path_fault
 
 Closure = Callable[[], ProblemState]
@@ -366,8 +366,23 @@ def _combine(
     return objective.requires_grad_(), combined, objective_weights, values
 
 
+def _detached(objective: Tensor, checked: Checked) -> tuple[Tensor, Checked]:
+    """A micro-batch's values without their graph (a proxy keeps its two parts, detached,
+    for the error messages)."""
+    values: Checked = []
+    for name, constraint, value, indices in checked:
+        parts = proxy_parts(value)
+        if parts is None:
+            values.append((name, constraint, value.detach(), indices))
+        else:
+            true, surrogate = parts
+            values.append((name, constraint, proxied(true.detach(), surrogate.detach()), indices))
+    return objective.detach(), values
+
+
 def first_pass(problem: ConstrainedProblem, micro: MicroBatches) -> tuple[Tensor, Checked, Replay]:
-    """Calls every micro-batch's closure without a graph and combines the values.
+    """Calls every micro-batch's closure, keeping none of their graphs, and combines the
+    values.
 
     A constraint may be absent from some micro-batches (left out, or with no rows): it is
     combined over those that observed it, as one batch's value over the whole batch.
@@ -387,8 +402,12 @@ def first_pass(problem: ConstrainedProblem, micro: MicroBatches) -> tuple[Tensor
     states: list[tuple[Tensor, Checked]] = []
     for closure in micro.closures:
         draws.append(rng_state())
-        with torch.no_grad():
-            states.append(check_state(problem, call_with_fresh_casts(closure)))
+        # Grad mode stays on (a closure may differentiate its own outputs,
+        # torch.autograd.grad with create_graph=True), and each micro-batch's values are
+        # detached at once: one micro-batch's graph is held at a time.
+        with torch.enable_grad():
+            objective, checked = check_state(problem, call_with_fresh_casts(closure))
+        states.append(_detached(objective, checked))
     # The second pass updates the statistics, once per micro-batch.
     buffers.restore()
     objective, combined, weights, values = _combine(problem, states, micro.sizes)
