@@ -42,6 +42,8 @@ from lagrange_opt.updates.optimizer_group import OptimizerGroup
 
 __version__ = "0.1.0"
 
+from lagrange_opt.diagnostics.best_iterate import BestIterate, Mixture, mixture_weights
+
 __all__ = [
     "DEFAULT_AUGMENTED",
     "DEFAULT_DUAL_LR",
@@ -50,6 +52,7 @@ __all__ = [
     "AdaptiveStep",
     "AlternatingGDA",
     "AugmentedLagrangian",
+    "BestIterate",
     "Bounds",
     "ConstrainedOptimizer",
     "ConstrainedProblem",
@@ -60,6 +63,7 @@ __all__ = [
     "IndexedValue",
     "KKTResiduals",
     "MicroBatch",
+    "Mixture",
     "NonFiniteError",
     "NuPI",
     "OptimisticGDA",
@@ -73,5 +77,6 @@ __all__ = [
     "calibrated_offset",
     "default_optimizer",
     "kkt",
+    "mixture_weights",
     "scalars",
 ]
