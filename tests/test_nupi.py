@@ -836,7 +836,7 @@ DUAL_DOC = Path(__file__).resolve().parent.parent / "docs" / "dual.md"
 
 def _doc_blocks() -> list[str]:
     blocks = re.findall(r"```python\n(.*?)```", DUAL_DOC.read_text(), flags=re.DOTALL)
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     return blocks
 
 
@@ -871,3 +871,11 @@ def test_the_docs_per_constraint_example_solves_its_problem() -> None:
     assert namespace["problem"].x.tolist() == pytest.approx([1.0, 5.0, 5.0], abs=1e-8)
     groups = namespace["dual"].param_groups
     assert [(group["lr"], group["kp"]) for group in groups] == [(0.5, 0.0), (0.05, 0.5)]
+
+
+def test_the_docs_dual_restart_example_overshoots_less() -> None:
+    namespace = _run_block(4)
+    # The loop's last run is with restarts: it ends at x = 0.5 and went no lower than 0.42.
+    assert namespace["restart"] is True
+    assert namespace["problem"].x.item() == pytest.approx(0.5, abs=1e-3)
+    assert namespace["lowest"] == pytest.approx(0.42, abs=5e-3)

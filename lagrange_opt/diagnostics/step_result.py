@@ -7,7 +7,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from lagrange_opt.diagnostics.kkt import ConstraintFigures
+from lagrange_opt.diagnostics.kkt import ConstraintFigures, ConstraintReport
+from lagrange_opt.evaluation.terms import Evaluation
 
 
 class StepResult(NamedTuple):
@@ -37,3 +38,18 @@ class StepResult(NamedTuple):
     constraints: Mapping[str, ConstraintFigures] = {}
     evaluations: int = 1
     skipped: bool = False
+
+
+def step_result(evaluation: Evaluation, evaluations: int) -> StepResult:
+    """A step's result from the evaluation at the point it started from, built before
+    anything is updated; ``evaluations`` closure calls made."""
+    max_violation, mean_violation = evaluation.violation_summary()
+    multipliers = {term.constraint.spec.name: term.multipliers_read for term in evaluation.terms}
+    return StepResult(
+        evaluation.objective.detach(),
+        evaluation.lagrangian,
+        max_violation,
+        mean_violation,
+        ConstraintReport(evaluation.standards, multipliers),
+        evaluations,
+    )

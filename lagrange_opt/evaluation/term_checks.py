@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -79,28 +79,57 @@ def check_finite(
         describe: Names a parameter in the error message.
         slacks: Whether to check the gradients of the indexed slack rows too.
     """
-    # The sums join the value itself: finite sums add a finite number, and it saves the
-    # two operations of a product by 0 per check.
-    sums = [evaluation.total]
-    sums += [grad.sum() for grad in evaluation.gradients(params, slacks)]
-    total = torch.stack(sums).sum() if len(sums) > 1 else sums[0]
+    total = finite_total(evaluation, params, slacks)
     sync = evaluation.sync
     if sync is None:
         if not math.isfinite(total.item()):
-            _search_bad_values(evaluation, params, describe, slacks)
+            search_bad_values(evaluation, params, describe, slacks)
         return
     # Every rank takes part in the agreement, finite or not: the failing rank raises its
     # own error, the others one that names it.
     try:
         if not math.isfinite(total.item()):
-            _search_bad_values(evaluation, params, describe, slacks)
+            search_bad_values(evaluation, params, describe, slacks)
     except BaseException as error:
         sync.agree(error)
         raise
     sync.agree(None)
 
 
-def _search_bad_values(
+def finite_total(evaluation: Evaluation, params: Sequence[Tensor], slacks: bool) -> Tensor:
+    """The number :func:`check_finite` reads: the Lagrangian's value plus every gradient's
+    sum, finite if they all are (a sum that overflows sends the check to the detailed
+    search, which lets finite gradients pass). No host synchronisation."""
+    # The sums join the value itself: finite sums add a finite number, and it saves the
+    # two operations of a product by 0 per check.
+    sums = [evaluation.total]
+    sums += [grad.sum() for grad in evaluation.gradients(params, slacks)]
+    return torch.stack(sums).sum() if len(sums) > 1 else sums[0]
+
+
+class DeferredCheck(NamedTuple):
+    """:func:`check_finite` of an evaluation, its number not read yet: read with the check
+    of what the step wrote (one host read for both), searched in detail on failure.
+
+    Attributes:
+        total: :func:`finite_total`'s number.
+        evaluation: The evaluation.
+        params: The parameters whose gradients it checks.
+        slacks: Whether it checks the slack rows' gradients.
+    """
+
+    total: Tensor
+    evaluation: Evaluation
+    params: Sequence[Tensor]
+    slacks: bool
+
+    def search(self, describe: Callable[[Tensor], str] | None) -> None:
+        """Raises the evaluation's :class:`NonFiniteError` if a value or gradient is NaN
+        or infinite (the detailed search: no cheap read first)."""
+        search_bad_values(self.evaluation, self.params, describe, self.slacks)
+
+
+def search_bad_values(
     evaluation: Evaluation,
     params: Sequence[Tensor],
     describe: Callable[[Tensor], str] | None,

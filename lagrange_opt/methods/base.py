@@ -11,8 +11,7 @@ import torch
 from torch import Tensor
 from torch import distributed as dist
 
-from lagrange_opt.diagnostics.kkt import ConstraintReport
-from lagrange_opt.diagnostics.step_result import StepResult
+from lagrange_opt.diagnostics.step_result import StepResult, step_result
 from lagrange_opt.evaluation.closure_call import check_closure
 from lagrange_opt.evaluation.distributed import failing_together, synchronizer
 from lagrange_opt.evaluation.evaluate import evaluate
@@ -22,7 +21,7 @@ from lagrange_opt.evaluation.rank_scales import measure_scales_across_ranks
 from lagrange_opt.evaluation.scaling import measure_scales, measure_scales_over
 from lagrange_opt.evaluation.slacks import UndoLog
 from lagrange_opt.evaluation.step_closure import Closure, StepClosure
-from lagrange_opt.evaluation.term_checks import check_finite
+from lagrange_opt.evaluation.term_checks import DeferredCheck, check_finite, finite_total
 from lagrange_opt.evaluation.terms import Evaluation, Term
 from lagrange_opt.maths.augmented import AugmentedLagrangian
 from lagrange_opt.maths.formulation import Scales
@@ -224,7 +223,7 @@ class ConstrainedOptimizer(abc.ABC):
             if self._loss_scaling is None or not isinstance(error, GradientOverflow):
                 raise
             self._loss_scaling.end_step(skipped=True)
-            skipped = self._result(error.evaluation, counted.calls)
+            skipped = step_result(error.evaluation, counted.calls)
             return skipped._replace(skipped=True)
         torch.clear_autocast_cache()  # as above: the parameters moved
         self._formulation.observe(result.evaluation)
@@ -378,15 +377,34 @@ class ConstrainedOptimizer(abc.ABC):
         self._backward(evaluation, check_grads=check_grads)
         return evaluation
 
+    def _evaluate_and_backward_deferred(
+        self, closure: Closure, undo: UndoLog
+    ) -> tuple[Evaluation, list[DeferredCheck]]:
+        """Evaluates at the current point and backpropagates, the check of the values and
+        gradients left to the check of what the step writes (one host read for both:
+        :meth:`_check_written`) where it can wait: a single process without loss
+        scaling. Else checked at once, as :meth:`_evaluate_and_backward` does."""
+        evaluation = self._evaluate(closure, undo)
+        if self._loss_scaling is not None or self._sync is not None:
+            # Loss scaling decides at once whether the step is skipped; ranks agree at once.
+            self._backward(evaluation)
+            return evaluation, []
+        self._backward(evaluation, check=False)
+        params = params_of(self.primal_optimizer)
+        total = finite_total(evaluation, params, slacks=True)
+        return evaluation, [DeferredCheck(total, evaluation, params, True)]
+
     def _backward(
         self,
         evaluation: Evaluation,
         weights: list[Tensor] | None = None,
         check_grads: bool = True,
+        check: bool = True,
     ) -> None:
         """Backpropagates (scaled, then unscaled, under loss scaling), runs the gradient
-        hook, then checks the values and (unless told not to: gradients that no update
-        commits) the gradients, with one host sync.
+        hook, then (unless ``check`` is False: the caller defers it) checks the values
+        and (unless told not to: gradients that no update commits) the gradients, with
+        one host sync.
 
         Raises:
             GradientOverflow: Under loss scaling, if a gradient is not finite where the
@@ -403,6 +421,8 @@ class ConstrainedOptimizer(abc.ABC):
             unscale_(evaluation.gradients(params), scale)
         if self.gradient_hook is not None:
             self.gradient_hook()
+        if not check:
+            return
         checked = params if check_grads else ()
         try:
             check_finite(evaluation, checked, self._describe, slacks=check_grads)
@@ -477,25 +497,12 @@ class ConstrainedOptimizer(abc.ABC):
         failure."""
         rollback.save_point(self._dense_parameters(), evaluation_rows(evaluation))
 
-    def _check_written(self, terms: Sequence[Term]) -> None:
-        """What the step's updates wrote, checked before the step commits
-        (:func:`..updates.written_check.check_written`: one host read)."""
-        check_written(params_of(self.primal_optimizer), terms, self._indexed_tables, self._describe)
-
-    def _result(self, evaluation: Evaluation, evaluations: int) -> StepResult:
-        """The step's result, built before anything is updated."""
-        max_violation, mean_violation = evaluation.violation_summary()
-        multipliers = {
-            term.constraint.spec.name: term.multipliers_read for term in evaluation.terms
-        }
-        return StepResult(
-            evaluation.objective.detach(),
-            evaluation.lagrangian,
-            max_violation,
-            mean_violation,
-            ConstraintReport(evaluation.standards, multipliers),
-            evaluations,
-        )
+    def _check_written(self, terms: Sequence[Term], deferred: Sequence[DeferredCheck] = ()) -> None:
+        """What the step's updates wrote, checked before the step commits, with the
+        evaluations' ``deferred`` checks (:func:`..updates.written_check.check_written`:
+        one host read for all)."""
+        params = params_of(self.primal_optimizer)
+        check_written(params, terms, self._indexed_tables, self._describe, deferred)
 
     def _dense_parameters(self) -> list[Tensor]:
         """Parameters of both optimizers except the indexed tables (stepped by rows)."""

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch import distributed as dist
 
+from lagrange_opt.diagnostics.step_result import step_result
 from lagrange_opt.evaluation.randomness import Buffers, rng_state, set_rng_state
 from lagrange_opt.evaluation.step_closure import Closure
 from lagrange_opt.evaluation.terms import Evaluation
@@ -344,7 +345,7 @@ class ExtraGradient(ConstrainedOptimizer):
             start = self._evaluate_and_backward(
                 closure, rollback.undo, check_grads=self._checks_start_gradients()
             )
-            result = self._result(start, calls + 1)
+            result = step_result(start, calls + 1)
             point = rollback.save_point(self._dense_parameters(), evaluation_rows(start))
             try:
                 accepted = self._extrapolate(closure, rollback, start, point)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lagrange_opt.diagnostics.step_result import step_result
 from lagrange_opt.evaluation.step_closure import Closure
 from lagrange_opt.evaluation.terms import current_weights
 from lagrange_opt.methods.base import ConstrainedOptimizer, Outcome
@@ -48,15 +49,15 @@ class SimultaneousGDA(ConstrainedOptimizer):
     """
 
     def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
-        evaluation = self._evaluate_and_backward(closure, rollback.undo)
-        result = self._result(evaluation, calls + 1)
+        evaluation, deferred = self._evaluate_and_backward_deferred(closure, rollback.undo)
+        result = step_result(evaluation, calls + 1)
         sizes = self._step_sizes()
         # The primal side moves first: a stock dual step that raises, or the check of what
         # both wrote, must find it saved.
         self._save_point(rollback, evaluation)
         with torch.no_grad():
             self._update(evaluation.terms, sizes, rollback)
-        self._check_written(evaluation.terms)
+        self._check_written(evaluation.terms, deferred)
         self._clear_grads()
         return Outcome(result, evaluation)
 
@@ -76,7 +77,7 @@ class AlternatingGDA(ConstrainedOptimizer):
 
     def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
         evaluation = self._evaluate(closure, rollback.undo)
-        result = self._result(evaluation, calls + 1)
+        result = step_result(evaluation, calls + 1)
         self._clear_grads()
         sizes = self._step_sizes()
         # The dual step comes before the check of the values (done with the gradients,

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from lagrange_opt.diagnostics.step_result import step_result
 from lagrange_opt.evaluation.slacks import SlackRows
 from lagrange_opt.evaluation.step_closure import Closure
 from lagrange_opt.evaluation.terms import Term
@@ -108,15 +109,15 @@ class OptimisticGDA(ConstrainedOptimizer):
                 for param, grad in zip(self._dense_primal(), past.grads):
                     param.grad = grad
                 self._update(past.terms, sizes, None)
-        evaluation = self._evaluate_and_backward(closure, rollback.undo)
-        result = self._result(evaluation, calls + 1)
+        evaluation, deferred = self._evaluate_and_backward_deferred(closure, rollback.undo)
+        result = step_result(evaluation, calls + 1)
         with torch.no_grad():
             # The update starts from the saved point: the rows this evaluation read go back
             # there too, saved as they were before the extrapolation.
             point.restore_rows()
             point.add_rows(current_rows(evaluation.terms))
             self._update_from_point(rollback, point, evaluation, sizes)
-        self._check_written(evaluation.terms)
+        self._check_written(evaluation.terms, deferred)
         grads = [param.grad for param in self._dense_primal()]
         self._clear_grads()
         self._past = Past(

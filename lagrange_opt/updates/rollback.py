@@ -109,25 +109,31 @@ def current_rows(terms: Sequence[Term]) -> Rows:
     return rows
 
 
-def first_non_finite_tensor(tensors: Sequence[Tensor]) -> int | None:
-    """The index of the first of ``tensors`` with a NaN or infinite entry, or ``None``.
+def all_finite(tensors: Sequence[Tensor], sums: Sequence[Tensor] = ()) -> bool:
+    """Whether every entry of ``tensors`` and every number of ``sums`` may be finite: one
+    reduction per tensor and one host synchronisation per device.
 
     What a step wrote is checked before it is committed, as the evaluation's gradients are
-    (:func:`..evaluation.finiteness.check_finite`): each tensor's sum, stacked and summed, is finite
-    if every entry is; one reduction per tensor and one host synchronisation per device
-    when all are finite. Only when a sum is not is each tensor searched (a sum that
-    overflowed, of finite float16 values past 65504, lets the tensor pass there). A
-    per-tensor sum is the cheapest reduction on the CPU: 57 us for a 784-512-512-10
-    network's 670k float32 parameters where ``torch._foreach_norm`` takes 880 us and
-    ``isfinite().all()`` per tensor 2.3 ms (one thread).
+    (:func:`..evaluation.term_checks.check_finite`, whose number can join here as one of
+    ``sums``): each tensor's sum, stacked and summed, is finite if every entry is. A sum
+    that overflows (finite float16 values past 65504) says "not finite" where every entry
+    is: :func:`first_non_finite_tensor` then searches. A per-tensor sum is the cheapest
+    reduction on the CPU: 57 us for a 784-512-512-10 network's 670k float32 parameters
+    where ``torch._foreach_norm`` takes 880 us and ``isfinite().all()`` per tensor 2.3 ms
+    (one thread).
     """
-    if not tensors:
-        return None
     by_device: dict[torch.device, list[Tensor]] = {}
     for tensor in tensors:
         by_device.setdefault(tensor.device, []).append(tensor.sum())
-    if all(math.isfinite(torch.stack(sums).sum().item()) for sums in by_device.values()):
-        return None
+    for number in sums:
+        by_device.setdefault(number.device, []).append(number)
+    # torch.stack promotes mixed dtypes (float16 parameters, float32 multipliers).
+    return all(math.isfinite(torch.stack(group).sum().item()) for group in by_device.values())
+
+
+def first_non_finite_tensor(tensors: Sequence[Tensor]) -> int | None:
+    """The index of the first of ``tensors`` with a NaN or infinite entry, or ``None``
+    (the detailed search, after :func:`all_finite` said no)."""
     for index, tensor in enumerate(tensors):
         if not bool(torch.isfinite(tensor).all()):
             return index

@@ -6,9 +6,10 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
+from lagrange_opt.evaluation.term_checks import DeferredCheck
 from lagrange_opt.evaluation.terms import Term
 from lagrange_opt.problem.validation import NonFiniteError, first_non_finite
-from lagrange_opt.updates.rollback import first_non_finite_tensor
+from lagrange_opt.updates.rollback import all_finite, first_non_finite_tensor
 
 
 def check_written(
@@ -16,6 +17,7 @@ def check_written(
     terms: Sequence[Term],
     indexed_tables: set[int],
     describe: Callable[[Tensor], str],
+    deferred: Sequence[DeferredCheck] = (),
 ) -> None:
     """Checks what the step's updates wrote, before the step commits: the dense primal
     parameters they moved (those with a gradient), the dense multipliers of ``terms``
@@ -26,17 +28,21 @@ def check_written(
     multiplier whose residual is small divides by 0. Committed, it would fail every
     later step that reads it and be saved in every checkpoint. Cost: a sum per
     tensor (after a gather per indexed table) and one host synchronisation per step
-    (:func:`first_non_finite_tensor`).
+    (:func:`..updates.rollback.all_finite`), shared with the ``deferred`` checks of the
+    step's evaluations: a fixed-step simultaneous step reads the device once.
 
     Args:
         params: The primal optimizer's parameters (those with a gradient were moved).
         terms: The evaluation's terms, whose multipliers and slack rows were moved.
         indexed_tables: The ``id`` of every indexed table (checked by rows, in ``terms``).
         describe: Names a parameter in the error message.
+        deferred: The step's evaluations whose finiteness was not read yet: on failure
+            they are searched first, so that a NaN in the data is named as such and not
+            as the NaN the update wrote from it.
 
     Raises:
-        NonFiniteError: Naming the tensor and its first non-finite entry; the step's
-            rollback then puts everything back.
+        NonFiniteError: Naming the value, gradient or written tensor and its first
+            non-finite entry; the step's rollback then puts everything back.
     """
     # Each tensor, and where it is: a parameter (named only if at fault) or a table.
     written: list[Tensor] = []
@@ -57,6 +63,10 @@ def check_written(
         if term.slack is not None:
             written.append(term.slack.table.detach().index_select(0, term.slack.rows))
             places.append(f"the batch's rows of the slacks of constraint '{name}'")
+    if all_finite(written, [check.total for check in deferred]):
+        return
+    for check in deferred:
+        check.search(describe)
     index = first_non_finite_tensor(written)
     if index is None:
         return
