@@ -45,12 +45,25 @@ F64 = torch.float64
 NUM_SAMPLES = 12
 
 # A proxy of a plain value: the same tensor twice, or the same value computed twice.
-Wrap = Callable[[Callable[[], Tensor]], Any]
+Wrap = Callable[[Callable[[], Tensor], str], Any]
 WRAPS: dict[str, Wrap] = {
-    "plain": lambda compute: compute(),
-    "same-tensor": lambda compute: Proxy(value := compute(), value),
-    "computed-twice": lambda compute: Proxy(compute(), compute()),
+    "plain": lambda compute, name: compute(),
+    "same-tensor": lambda compute, name: Proxy(value := compute(), value),
+    "computed-twice": lambda compute, name: Proxy(compute(), compute()),
 }
+
+
+class HeldByHand:
+    """A plain value whose forward value is the one its step's first call returned (the
+    gradient the live one's): a proxy's measurement once per step, written by hand."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, Tensor] = {}
+
+    def __call__(self, compute: Callable[[], Tensor], name: str) -> Tensor:
+        value = compute()
+        held = self.first.setdefault(name, value.detach().clone())
+        return held + (value - value.detach())
 
 
 class Network(ConstrainedProblem):
@@ -78,9 +91,11 @@ class Network(ConstrainedProblem):
         return ProblemState(
             (predictions - self.targets[indices]).square().mean(),
             {
-                "nonnegative": IndexedValue(wrap(lambda: predictions[:, 0] + 0.0), indices),
-                "norm": wrap(lambda: self.model.weight.square().sum() - 0.5),
-                "mean": wrap(lambda: predictions.mean().reshape(1) - 0.1),
+                "nonnegative": IndexedValue(
+                    wrap(lambda: predictions[:, 0] + 0.0, "nonnegative"), indices
+                ),
+                "norm": wrap(lambda: self.model.weight.square().sum() - 0.5, "norm"),
+                "mean": wrap(lambda: predictions.mean().reshape(1) - 0.1, "mean"),
             },
         )
 
@@ -111,10 +126,12 @@ RUNS = [
 
 def _run(case: tuple[str, str, str], wrap: str, device: str, micro: bool = False) -> Any:
     method, formulation, treatment = case
-    problem = Network(treatment, WRAPS[wrap], device)
+    by_hand = HeldByHand()
+    problem = Network(treatment, by_hand if wrap == "held-by-hand" else WRAPS[wrap], device)
     optimizer = _optimizer(problem, method, formulation)
     figures = []
     for step in range(15):
+        by_hand.first.clear()
         batch = _batch(step, device)
         if micro:
             halves = batch.split(3)
@@ -128,12 +145,31 @@ def _run(case: tuple[str, str, str], wrap: str, device: str, micro: bool = False
     return snapshot(problem, optimizer), figures
 
 
+ONE_EVALUATION = ("simultaneous", "alternating")
+"""The methods that evaluate once per step: a proxy's measurement is the only one."""
+
+
 @pytest.mark.parametrize("wrap", ["same-tensor", "computed-twice"])
 @pytest.mark.parametrize("case", RUNS, ids="-".join)
 def test_a_proxy_of_the_value_itself_is_the_plain_run(
     case: tuple[str, str, str], wrap: str, device: str
 ) -> None:
-    assert_bitwise_equal(_run(case, "plain", device), _run(case, wrap, device))
+    """One tensor as both parts is a plain value; two are a proxy, which a method that
+    evaluates twice per step measures at the step's start (the next test)."""
+    reference = "plain" if wrap == "same-tensor" or case[0] in ONE_EVALUATION else "held-by-hand"
+    assert_bitwise_equal(_run(case, reference, device), _run(case, wrap, device))
+
+
+@pytest.mark.parametrize("case", [case for case in RUNS if case[0] not in ONE_EVALUATION],
+                         ids="-".join)  # fmt: skip
+def test_a_proxy_is_measured_at_the_start_of_the_step(case: tuple[str, str, str]) -> None:
+    """Extra-gradient's extrapolated evaluation (and the default's retries) read the true
+    value of the step's first evaluation, the gradient of their own: the same run as a
+    plain value held by hand, and not the plain run."""
+    held = _run(case, "held-by-hand", "cpu")
+    assert_bitwise_equal(held, _run(case, "computed-twice", "cpu"))
+    with pytest.raises(AssertionError, match="differ"):
+        assert_bitwise_equal(held, _run(case, "plain", "cpu"))
 
 
 @pytest.mark.parametrize(
@@ -143,8 +179,14 @@ def test_a_proxy_of_the_value_itself_is_the_plain_run(
     ids="-".join,
 )  # fmt: skip
 def test_a_proxy_of_the_value_itself_with_micro_batches(case: tuple[str, str, str]) -> None:
-    plain = _run(case, "plain", "cpu", micro=True)
-    assert_bitwise_equal(plain, _run(case, "computed-twice", "cpu", micro=True))
+    """Micro-batches combine a proxy's true values and measure them once per step too."""
+    if case[0] in ONE_EVALUATION:
+        plain = _run(case, "plain", "cpu", micro=True)
+        assert_bitwise_equal(plain, _run(case, "computed-twice", "cpu", micro=True))
+    else:
+        whole, _ = _run(case, "computed-twice", "cpu")
+        micro, _ = _run(case, "computed-twice", "cpu", micro=True)
+        torch.testing.assert_close(micro["problem"], whole["problem"], rtol=1e-6, atol=1e-7)
 
 
 # The first step by hand: min 1/2 ||x||^2 s.t. g(x) <= 0, where the true g is a step
@@ -417,6 +459,35 @@ def test_bad_proxies_are_named_and_change_nothing(
     problem.make = make
     with pytest.raises(error, match=f"^{re.escape(message)}$"):
         optimizer.step(problem)
+    assert_bitwise_equal(before, failure_state(problem, optimizer))
+
+
+LATE = [case for case in BAD if "nan" in case[0] or "inf" in case[0]]
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"), [case[1:] for case in LATE], ids=[case[0] for case in LATE]
+)
+@pytest.mark.parametrize("method", ["extragradient", "default"])
+def test_a_bad_proxy_at_the_extrapolated_point_is_named(
+    make: Callable[[Tensor], dict[str, Any]], error: type[Exception], message: str, method: str
+) -> None:
+    """The later evaluations read the start's true value, but their own parts are still
+    checked: a non-finite true value or surrogate there is named and changes nothing."""
+    problem = Configurable()
+    optimizer = _optimizer(problem, method, "augmented")
+    optimizer.step(problem)
+    before = failure_state(problem, optimizer)
+    calls = []
+
+    def second_call_only(w: Tensor) -> dict[str, Any]:
+        calls.append(None)
+        return make(w) if len(calls) == 2 else {}
+
+    problem.make = second_call_only
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        optimizer.step(problem)
+    assert len(calls) == 2
     assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 

@@ -30,7 +30,7 @@ from lagrange_opt.problem.validation import (
 if TYPE_CHECKING:
     from lagrange_opt.evaluation.distributed import Synchronizer
     from lagrange_opt.evaluation.global_batch import GlobalBatch
-from lagrange_opt.evaluation.observed import ObservedIndices
+from lagrange_opt.evaluation.observed import ObservedIndices, observed_in, with_measured
 
 
 def check_closure(closure: object, caller: str, micro_batches: bool = True) -> None:
@@ -102,6 +102,7 @@ def call(
     objective, checked = check_state(problem, state)
     if expected_indices is not None:
         _check_same_batch(problem, checked, expected_indices)
+        checked = with_measured(checked, expected_indices)
     return objective, checked
 
 
@@ -115,6 +116,7 @@ def call_micro_batches(
     objective, checked, replay = first_pass(problem, micro)
     if expected_indices is not None:
         _check_same_batch(problem, checked, expected_indices)
+        checked = with_measured(checked, expected_indices)
     return objective, checked, replay
 
 
@@ -163,7 +165,7 @@ def call_synchronized(
     except BaseException as error:
         sync.agree(error)
         raise
-    observed = ObservedIndices({name: indices for name, _, _, indices in checked})
+    observed = observed_in(checked)
     presence = sync.agree_observed({name: value.dtype for name, _, value, _ in checked})
     objective, averaged = sync.average_dense(objective, checked, presence)
     # An indexed constraint with multipliers that this rank did not observe: an empty share

@@ -11,7 +11,7 @@ from torch.overrides import has_torch_function
 
 from lagrange_opt.evaluation.finiteness import slack_variable
 from lagrange_opt.evaluation.micro_batches import Replay
-from lagrange_opt.evaluation.observed import ObservedIndices
+from lagrange_opt.evaluation.observed import ObservedIndices, observed_in
 from lagrange_opt.evaluation.slacks import SlackRows
 from lagrange_opt.maths import augmented as aug
 from lagrange_opt.maths import lagrangian as lag
@@ -202,7 +202,7 @@ class Evaluation(NamedTuple):
         a process group, this rank's own."""
         if self.own is not None:
             return self.own
-        return ObservedIndices({name: indices for name, _, _, indices in self.values})
+        return observed_in(self.values)
 
     def violation_summary(self) -> tuple[Tensor, Tensor]:
         """The maximum and the mean violation over every constraint element observed (both 0

@@ -106,6 +106,27 @@ def proxied(true: Tensor, surrogate: Tensor) -> Tensor:
     return combined
 
 
+def measured_earlier(value: Tensor, true: Tensor) -> Tensor:
+    """A value built by :func:`proxied` with its true value replaced by ``true``, measured
+    earlier in the step on the same batch (same shape and dtype): ``true`` forward (NaN
+    wherever ``value`` is not finite, so that a non-finite part of this evaluation is still
+    caught), the identity into ``value``, and so into its surrogate, backward.
+
+    Example:
+        >>> import torch
+        >>> scores = torch.tensor([0.5, -0.5], requires_grad=True)
+        >>> now = proxied((scores > 0).float(), torch.sigmoid(scores))
+        >>> held = measured_earlier(now, torch.tensor([1.0, 1.0]))
+        >>> held.detach(), proxy_parts(held) is not None
+        (tensor([1., 1.]), True)
+    """
+    held: Tensor = _Proxied.apply(value, true)
+    parts = proxy_parts(value)
+    if parts is not None:
+        _PARTS[held] = parts
+    return held
+
+
 def proxy_parts(value: Tensor) -> tuple[Tensor, Tensor] | None:
     """The true value and the surrogate of a tensor built by :func:`proxied`, else ``None``."""
     parts: tuple[Tensor, Tensor] | None = _PARTS.get(value)
