@@ -12,21 +12,21 @@ from benchmarks.speed import indexed_case, network_case, tiny_case
 
 HOST_READS = {
     "tiny": {
-        "extragradient": 3, "simultaneous": 1, "simultaneous-augmented": 1,
+        "extragradient": 1, "simultaneous": 1, "simultaneous-augmented": 1,
         "simultaneous-nupi": 1, "hand-simultaneous": 0,
     },
     "network": {
-        "simultaneous": 1, "extragradient": 3, "optimistic": 1, "extragradient-micro4": 3,
-        "simultaneous-augmented": 1, "simultaneous-nupi": 2, "default": 4, "default-fixed": 3,
+        "simultaneous": 1, "extragradient": 1, "optimistic": 1, "extragradient-micro4": 1,
+        "simultaneous-augmented": 1, "simultaneous-nupi": 2, "default": 4, "default-fixed": 1,
         "plain-sgd": 0,
     },
-    "indexed": {"extragradient-2e+03": 5},
+    "indexed": {"extragradient-2e+03": 3},
 }  # fmt: skip
-"""Each method's host reads per step: one for the check of what the step wrote, which the
-simultaneous and optimistic steps share with their evaluation's finiteness check; one per
-evaluation that extra-gradient checks at once (its extrapolation needs to know); nuPI's
-check of its settings on a tensor, the adaptive step's test and ``torch.unique`` over the
-batch's indices for indexed slacks add theirs."""
+"""Each method's host reads per step: one for the check of what the step wrote, which every
+fixed-step method shares with its evaluations' finiteness checks (extra-gradient's two
+too); the adaptive step reads its evaluations at once (its test needs them) and its test;
+nuPI's check of its settings on a tensor and ``torch.unique`` over the batch's indices for
+indexed slacks add theirs."""
 
 CASES = {
     "tiny": lambda: tiny_case(quick=True),

@@ -462,3 +462,73 @@ def test_a_step_that_overflows_a_parameter_is_rolled_back(method: type, message:
     with pytest.raises(NonFiniteError, match=f"^{re.escape(message)}$"):
         optimizer.step(problem)
     assert_bitwise_equal(before, failure_state(problem, optimizer))
+
+
+# Extra-gradient with a fixed step reads its two evaluations with what its update wrote, once
+# (docs/performance.md); a failure of that read is found after the update overwrote what
+# names the culprit, and the step is replayed with a read per evaluation.
+
+
+class NanOnCall(ConstrainedProblem):
+    """``x``'s square, ``x >= 1``; the constraint is NaN at the listed closure calls, and
+    from call ``slope_from`` on the objective has an infinite derivative (``sqrt`` at 0)."""
+
+    def __init__(self, nan_calls: set[int], slope_from: int | None = None) -> None:
+        super().__init__()
+        self.x = nn.Parameter(torch.tensor([2.0, 0.0]))
+        self.add_inequality("low", ">=", shape=(2,))
+        self.nan_calls = nan_calls
+        self.slope_from = slope_from
+        self.calls = 0
+
+    def forward(self) -> ProblemState:
+        self.calls += 1
+        value = self.x - 1
+        if self.calls in self.nan_calls:
+            value = value * torch.tensor([1.0, math.nan])
+        objective = self.x.square().sum()
+        if self.slope_from is not None and self.calls >= self.slope_from:
+            objective = objective + (self.x[1] - self.x[1].detach()).sqrt()
+        return ProblemState(objective, {"low": value})
+
+
+def _fixed_extragradient(problem: ConstrainedProblem) -> ExtraGradient:
+    return ExtraGradient(
+        problem,
+        torch.optim.SGD(problem.primal_parameters(), lr=0.1),
+        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
+    )
+
+
+NAN_VALUE = "constraint 'low' has 1 non-finite value(s), first nan at (1,)"
+REPLAYS = [
+    # (what is at fault, NaN calls, slope from, calls of the failing step, message); the
+    # first step makes calls 1 and 2, the second 3 and 4, its replay 5 and 6.
+    ("start value", {3, 5}, None, 3, NAN_VALUE),
+    ("extrapolated value", {4, 6}, None, 4, NAN_VALUE),
+    ("start gradient", set(), 3, 4,
+     "the gradient of parameter 'x' has 1 non-finite value(s), first -inf at (1,) times the "
+     "learning rate at the point the step started from"),
+    ("not deterministic", {4}, None, 4, NAN_VALUE),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("nan_calls", "slope_from", "calls", "message"),
+    [case[1:] for case in REPLAYS], ids=[case[0] for case in REPLAYS],
+)  # fmt: skip
+def test_a_failed_read_of_extragradient_names_the_culprit(
+    nan_calls: set[int], slope_from: int | None, calls: int, message: str
+) -> None:
+    """The second step fails: the error is the one the checks read at once would raise (an
+    infinite gradient at the start moves the point to infinity, which the extrapolated
+    evaluation sees first; a NaN the replay does not see again is named from the first
+    pass), and the step changes nothing."""
+    problem = NanOnCall(nan_calls, slope_from)
+    optimizer = _fixed_extragradient(problem)
+    optimizer.step(problem)
+    before = failure_state(problem, optimizer)
+    with pytest.raises(NonFiniteError, match=f"^{re.escape(message)}"):
+        optimizer.step(problem)
+    assert problem.calls - 2 == calls
+    assert_bitwise_equal(before, failure_state(problem, optimizer))

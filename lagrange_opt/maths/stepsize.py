@@ -254,3 +254,22 @@ def interpolation_weight(config: AdaptiveStep, factor: float, trial: Trial) -> f
     if product > config.max_interpolated or trial.relative_move > config.max_interpolated_move:
         return None
     return config.safety * config.delta / product
+
+
+def step_size_option(step_size: object) -> AdaptiveStep | None:
+    """The adaptive step's settings that a method's ``step_size`` argument names: ``None``
+    for ``"fixed"``, the default :class:`AdaptiveStep` for ``"adaptive"``, or the one
+    given, checked (:func:`check_adaptive`).
+
+    Raises:
+        ValueError: For any other value, or an invalid :class:`AdaptiveStep`.
+    """
+    if isinstance(step_size, AdaptiveStep):
+        return check_adaptive(step_size)
+    if step_size == "adaptive":
+        return AdaptiveStep()
+    if step_size == "fixed":
+        return None
+    raise ValueError(
+        f"invalid step_size {step_size!r}; expected 'fixed', 'adaptive' or an AdaptiveStep"
+    )

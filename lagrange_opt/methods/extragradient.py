@@ -11,18 +11,19 @@ from torch import distributed as dist
 from lagrange_opt.diagnostics.step_result import step_result
 from lagrange_opt.evaluation.randomness import Buffers, rng_state, set_rng_state
 from lagrange_opt.evaluation.step_closure import Closure
+from lagrange_opt.evaluation.term_checks import DeferredCheck, finite_total
 from lagrange_opt.evaluation.terms import Evaluation
 from lagrange_opt.maths.augmented import AugmentedLagrangian
 from lagrange_opt.maths.hyperparameters import check_learning_rate, check_real
 from lagrange_opt.maths.stepsize import (
     AdaptiveStep,
     Trial,
-    check_adaptive,
     check_step_factor,
     dual_factor,
     interpolation_weight,
     judge_extrapolation,
     next_factor,
+    step_size_option,
 )
 from lagrange_opt.methods.base import (
     ConstrainedOptimizer,
@@ -41,6 +42,7 @@ from lagrange_opt.methods.step_acceptance import (
 from lagrange_opt.problem.constrained_problem import ConstrainedProblem
 from lagrange_opt.problem.validation import NonFiniteError, first_non_finite
 from lagrange_opt.updates.loss_scaling import GradientOverflow
+from lagrange_opt.updates.optimizer_params import params_of
 from lagrange_opt.updates.rollback import Rollback, SavedPoint, evaluation_rows
 
 
@@ -139,7 +141,7 @@ class ExtraGradient(ConstrainedOptimizer):
         grad_scaler: torch.amp.GradScaler | None = None,
         process_group: dist.ProcessGroup | Literal["default"] | None = None,
     ) -> None:
-        self.adaptive: AdaptiveStep | None = _check_step_size(step_size)
+        self.adaptive: AdaptiveStep | None = step_size_option(step_size)
         """The adaptive step's settings, ``None`` with a fixed step."""
         if not isinstance(same_randomness, bool):
             raise TypeError(f"same_randomness must be a bool, got {type(same_randomness).__name__}")
@@ -154,9 +156,23 @@ class ExtraGradient(ConstrainedOptimizer):
         self._scheduled: list[Any] = []
         self._read_bases()
         self._start_grads = GradientBuffers()
+        self._replaying = False
 
     def _penalty_steps_dual(self) -> bool:
         return self.adaptive is not None
+
+    def _defers_checks(self) -> bool:
+        """Whether the evaluations' finiteness is read with the check of what the step
+        wrote, one host read per step: with a fixed step in a single process without loss
+        scaling (the adaptive step's test reads the evaluations, loss scaling decides at
+        once whether the step is skipped, ranks agree at once), except in the replay of a
+        step whose one read failed (:meth:`_step`)."""
+        return (
+            self.adaptive is None
+            and self._loss_scaling is None
+            and self._sync is None
+            and not self._replaying
+        )
 
     def _checks_start_gradients(self) -> bool:
         """Whether the start's gradients are checked: the adaptive step's test reads them,
@@ -266,7 +282,7 @@ class ExtraGradient(ConstrainedOptimizer):
             return f"the primal optimizer's param group {index}"
         return f"the dual optimizer's param group {index - primal}"
 
-    def _blame_start_gradient(self, point: SavedPoint, error: NonFiniteError) -> None:
+    def _blame_start_gradient(self, point: SavedPoint, error: Exception) -> None:
         """Names the parameter that the extrapolation moved to a non-finite value, where
         ``error`` was found: its gradient at the start (not checked with a fixed step) was
         not finite, or its optimizer's update overflowed."""
@@ -335,6 +351,33 @@ class ExtraGradient(ConstrainedOptimizer):
         }
 
     def _step(self, closure: Closure, calls: int, rollback: Rollback) -> Outcome:
+        """One step; with :meth:`_defers_checks`, the start's values and the extrapolated
+        evaluation are read with what the update wrote, once. A failure of that read is
+        found after the update has overwritten the extrapolated point and the start's
+        gradients, which name the culprit: the step is then put back and replayed with a
+        read per evaluation (the closure called again, with the same random numbers),
+        which raises the error the step would have raised at once."""
+        if not self._defers_checks():
+            return self._step_once(closure, calls, rollback, [])
+        start_check: list[DeferredCheck] = []
+        try:
+            return self._step_once(closure, calls, rollback, start_check)
+        except NonFiniteError as error:
+            if len(start_check) < 2:  # not the one read: raised where it was found
+                raise
+            rollback.restore()
+            self._clear_grads()
+            self._replaying = True
+            try:
+                self._step_once(closure, calls, rollback, [])
+            finally:
+                self._replaying = False
+            # The replay passed: the closure is not deterministic. The first pass's error.
+            raise error from None
+
+    def _step_once(
+        self, closure: Closure, calls: int, rollback: Rollback, deferred: list[DeferredCheck]
+    ) -> Outcome:
         # What a failed step puts back: the factor, and the bases it re-reads (a rate a
         # scheduler set since the last step is read again by the next step, not kept).
         factor, bases, scheduled = self._factor, self._base_lrs, self._scheduled
@@ -342,20 +385,26 @@ class ExtraGradient(ConstrainedOptimizer):
             if self.adaptive is not None:
                 self._read_bases()
                 self._apply_factor()
-            start = self._evaluate_and_backward(
-                closure, rollback.undo, check_grads=self._checks_start_gradients()
-            )
+            if self._defers_checks():
+                start = self._evaluate(closure, rollback.undo)
+                self._backward(start, check=False)
+                # Its values: its gradients only move the point, checked as the move.
+                deferred.append(DeferredCheck(finite_total(start, (), False), start, (), False))
+            else:
+                start = self._evaluate_and_backward(
+                    closure, rollback.undo, check_grads=self._checks_start_gradients()
+                )
             result = step_result(start, calls + 1)
             point = rollback.save_point(self._dense_parameters(), evaluation_rows(start))
             try:
-                accepted = self._extrapolate(closure, rollback, start, point)
+                accepted = self._extrapolate(closure, rollback, start, point, deferred)
             except GradientOverflow:
                 # The skipped step reports the figures at the point it started from.
                 raise GradientOverflow(start) from None
             with torch.no_grad():
                 sizes = self._apply_sample_factor(accepted.sizes)
                 self._update_from_point(rollback, point, accepted.evaluation, sizes)
-            self._check_written(accepted.evaluation.terms)
+            self._check_written(accepted.evaluation.terms, deferred)
         except BaseException:
             self._restore_bases()
             self._factor, self._base_lrs, self._scheduled = factor, bases, scheduled
@@ -367,11 +416,17 @@ class ExtraGradient(ConstrainedOptimizer):
         return Outcome(result._replace(evaluations=result.evaluations + accepted.calls), start)
 
     def _extrapolate(
-        self, closure: Closure, rollback: Rollback, start: Evaluation, point: SavedPoint
-    ) -> Extrapolation:
+        self, closure: Closure, rollback: Rollback, start: Evaluation, point: SavedPoint,
+        deferred: list[DeferredCheck],
+    ) -> Extrapolation:  # fmt: skip
         """Steps to the extrapolated point and evaluates it there; with the adaptive step,
         retries from the saved point with a smaller factor until the test accepts it. On
-        failure the step's rollback puts the point back."""
+        failure the step's rollback puts the point back.
+
+        With ``deferred`` (the start's check, not read yet) the extrapolated evaluation's
+        check joins it, to be read with what the update writes; an error raised at the
+        extrapolated point (by the closure, or a value at fault) is explained first by the
+        start's values and the move, as the checks read at once would have."""
         adaptive = self.adaptive
         indices = start.observed()
         start_grads: list[Tensor | None] = []
@@ -389,20 +444,28 @@ class ExtraGradient(ConstrainedOptimizer):
                 set_rng_state(rng)
             try:
                 extrapolated = self._evaluate(closure, rollback.undo, indices)
-                self._backward(extrapolated)
-            except NonFiniteError as error:
-                # Not a rejection, even with the adaptive step: a shorter extrapolation
-                # cannot make a NaN in the data or the closure finite, and retrying would
-                # bury the culprit under the retries' error. Raised at once, named.
-                self._blame_start_gradient(point, error)
-                # Or the rows the extrapolation wrote (a multiplier's, a slack's).
-                self._check_written(start.terms)
+                self._backward(extrapolated, check=not deferred)
+            except Exception as error:
+                # A NonFiniteError is not a rejection, even with the adaptive step: a
+                # shorter extrapolation cannot make a NaN in the data or the closure finite,
+                # and retrying would bury the culprit under the retries' error. Raised at
+                # once, named; the start's values first if they were not read.
+                for check in deferred:
+                    check.search(self._describe)
+                if isinstance(error, NonFiniteError) or deferred:
+                    self._blame_start_gradient(point, error)
+                    # Or the rows the extrapolation wrote (a multiplier's, a slack's).
+                    self._check_written(start.terms)
                 raise
             finally:
                 if statistics is not None:
                     statistics.restore()
             calls += 1
             if adaptive is None:
+                if deferred:
+                    params = params_of(self.primal_optimizer)
+                    total = finite_total(extrapolated, params, True)
+                    deferred.append(DeferredCheck(total, extrapolated, params, True))
                 return Extrapolation(extrapolated, sizes, Trial(True, 0.0), calls)
             trial = self._judge(point, start_grads, start, extrapolated, sizes)
             if trial.accepted:
@@ -451,15 +514,3 @@ class Extrapolation(NamedTuple):
     sizes: StepSizes
     trial: Trial
     calls: int
-
-
-def _check_step_size(step_size: object) -> AdaptiveStep | None:
-    if isinstance(step_size, AdaptiveStep):
-        return check_adaptive(step_size)
-    if step_size == "adaptive":
-        return AdaptiveStep()
-    if step_size == "fixed":
-        return None
-    raise ValueError(
-        f"invalid step_size {step_size!r}; expected 'fixed', 'adaptive' or an AdaptiveStep"
-    )
