@@ -17,14 +17,14 @@ HOST_READS = {
     },
     "network": {
         "simultaneous": 1, "extragradient": 1, "optimistic": 1, "extragradient-micro4": 1,
-        "simultaneous-augmented": 1, "simultaneous-nupi": 2, "default": 4, "default-fixed": 1,
+        "simultaneous-augmented": 1, "simultaneous-nupi": 2, "default": 2, "default-fixed": 1,
         "plain-sgd": 0,
     },
     "indexed": {"extragradient-2e+03": 3},
 }  # fmt: skip
 """Each method's host reads per step: one for the check of what the step wrote, which every
 fixed-step method shares with its evaluations' finiteness checks (extra-gradient's two
-too); the adaptive step reads its evaluations at once (its test needs them) and its test;
+too); the adaptive step reads its evaluations' checks with its test, and its write check;
 nuPI's check of its settings on a tensor and ``torch.unique`` over the batch's indices for
 indexed slacks add theirs."""
 

@@ -532,3 +532,56 @@ def test_a_failed_read_of_extragradient_names_the_culprit(
         optimizer.step(problem)
     assert problem.calls - 2 == calls
     assert_bitwise_equal(before, failure_state(problem, optimizer))
+
+
+class FaultInStep(ConstrainedProblem):
+    """``x``'s square, ``x >= 1``; once ``fault`` is set: a NaN constraint value at the
+    step's first call (``"start"``) or second (``"extrapolated"``), or an infinite
+    derivative of the objective (``"slope"``, ``sqrt`` at 0) at every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = nn.Parameter(torch.tensor([2.0, 0.0]))
+        self.add_inequality("low", ">=", shape=(2,))
+        self.fault: str | None = None
+        self.calls = 0
+
+    def forward(self) -> ProblemState:
+        self.calls += 1
+        value = self.x - 1
+        nan_call = {"start": 1, "extrapolated": 2}.get(self.fault or "")
+        if nan_call == self.calls:
+            value = value * torch.tensor([1.0, math.nan])
+        objective = self.x.square().sum()
+        if self.fault == "slope":
+            objective = objective + (self.x[1] - self.x[1].detach()).sqrt()
+        return ProblemState(objective, {"low": value})
+
+
+ADAPTIVE_FAULTS = [
+    ("start", NAN_VALUE),
+    ("extrapolated", NAN_VALUE),
+    ("slope", "the gradient of parameter 'x' has 1 non-finite value(s), first inf at (1,): a "
+     "finite value with an infinite derivative"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fault", "message"), ADAPTIVE_FAULTS, ids=[f for f, _ in ADAPTIVE_FAULTS])
+def test_the_adaptive_step_reads_its_checks_with_its_test(fault: str, message: str) -> None:
+    """The adaptive step reads both evaluations' checks with its test (one host read): a
+    fault is named as at once, with two closure calls (no retry, no replay), and the step
+    changes nothing."""
+    problem = FaultInStep()
+    optimizer = ExtraGradient(
+        problem,
+        torch.optim.SGD(problem.primal_parameters(), lr=0.1),
+        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
+        step_size="adaptive",
+    )
+    optimizer.step(problem)
+    before = failure_state(problem, optimizer)
+    problem.fault, problem.calls = fault, 0
+    with pytest.raises(NonFiniteError, match=f"^{re.escape(message)}"):
+        optimizer.step(problem)
+    assert problem.calls == 2
+    assert_bitwise_equal(before, failure_state(problem, optimizer))

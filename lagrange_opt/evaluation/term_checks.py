@@ -138,14 +138,11 @@ def search_bad_values(
     """The detailed search of :func:`check_finite`, once its cheap check failed."""
     raise_for_bad_values(evaluation.objective, evaluation.values, evaluation.terms)
     for param in params:
-        if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+        if param.grad is not None:
             name = (
                 f"parameter of shape {tuple(param.shape)}" if describe is None else describe(param)
             )
-            raise NonFiniteError(
-                f"the gradient of {name} has {first_non_finite(param.grad)}: a finite value "
-                "with an infinite derivative (sqrt or log at 0?) or an overflow in backward"
-            )
+            raise_for_gradient(name, param.grad)
     for term in evaluation.terms if slacks else ():
         grad = None if term.slack is None else term.slack.values.grad
         if grad is not None and not bool(torch.isfinite(grad).all()):
@@ -153,3 +150,13 @@ def search_bad_values(
                 f"the gradient of the slacks of constraint '{term.constraint.spec.name}' has "
                 f"{first_non_finite(grad)}"
             )
+
+
+def raise_for_gradient(name: str, grad: Tensor) -> None:
+    """Raises the :class:`NonFiniteError` of a parameter's gradient (``name`` names the
+    parameter) if an entry is NaN or infinite."""
+    if not bool(torch.isfinite(grad).all()):
+        raise NonFiniteError(
+            f"the gradient of {name} has {first_non_finite(grad)}: a finite value with an "
+            "infinite derivative (sqrt or log at 0?) or an overflow in backward"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -33,6 +34,7 @@ from lagrange_opt.methods.base import (
     StepSizes,
 )
 from lagrange_opt.methods.checks import FormulationName
+from lagrange_opt.methods.extrapolation_faults import blame_start_gradient, search_try
 from lagrange_opt.methods.step_acceptance import (
     GradientBuffers,
     change_norms,
@@ -40,7 +42,7 @@ from lagrange_opt.methods.step_acceptance import (
     point_norm,
 )
 from lagrange_opt.problem.constrained_problem import ConstrainedProblem
-from lagrange_opt.problem.validation import NonFiniteError, first_non_finite
+from lagrange_opt.problem.validation import NonFiniteError
 from lagrange_opt.updates.loss_scaling import GradientOverflow
 from lagrange_opt.updates.optimizer_params import params_of
 from lagrange_opt.updates.rollback import Rollback, SavedPoint, evaluation_rows
@@ -162,17 +164,12 @@ class ExtraGradient(ConstrainedOptimizer):
         return self.adaptive is not None
 
     def _defers_checks(self) -> bool:
-        """Whether the evaluations' finiteness is read with the check of what the step
-        wrote, one host read per step: with a fixed step in a single process without loss
-        scaling (the adaptive step's test reads the evaluations, loss scaling decides at
-        once whether the step is skipped, ranks agree at once), except in the replay of a
-        step whose one read failed (:meth:`_step`)."""
-        return (
-            self.adaptive is None
-            and self._loss_scaling is None
-            and self._sync is None
-            and not self._replaying
-        )
+        """Whether the evaluations' finiteness is not read at once: with a fixed step it is
+        read with the check of what the step wrote, with the adaptive step with its test,
+        one host read for them all; in a single process without loss scaling (which decides
+        at once whether the step is skipped; ranks agree at once), and not in the replay of
+        a step whose one read failed (:meth:`_step`)."""
+        return self._loss_scaling is None and self._sync is None and not self._replaying
 
     def _checks_start_gradients(self) -> bool:
         """Whether the start's gradients are checked: the adaptive step's test reads them,
@@ -282,33 +279,32 @@ class ExtraGradient(ConstrainedOptimizer):
             return f"the primal optimizer's param group {index}"
         return f"the dual optimizer's param group {index - primal}"
 
-    def _blame_start_gradient(self, point: SavedPoint, error: Exception) -> None:
-        """Names the parameter that the extrapolation moved to a non-finite value, where
-        ``error`` was found: its gradient at the start (not checked with a fixed step) was
-        not finite, or its optimizer's update overflowed."""
-        for param, copy in zip(point.params, point.copies):
-            move = param.detach() - copy
-            if not bool(torch.isfinite(move).all()):
-                raise NonFiniteError(
-                    f"the gradient of {self._describe(param)} has {first_non_finite(move)} "
-                    "times the learning rate at the point the step started from: a finite "
-                    "value with an infinite derivative (sqrt or log at 0?) or an overflow in "
-                    "backward; or its optimizer's update overflowed (in float16 past 65504, "
-                    "or an eps below 6e-8, such as Adam's default 1e-8, rounds to 0)"
-                ) from error
-
     def _judge(
         self, point: SavedPoint, start_grads: list[Tensor | None], start: Evaluation,
-        extrapolated: Evaluation, sizes: StepSizes,
+        extrapolated: Evaluation, sizes: StepSizes, deferred: list[DeferredCheck],
     ) -> Trial:  # fmt: skip
-        """Tests the extrapolation (its evaluation checked finite)."""
+        """Tests the extrapolation; with ``deferred`` (the start's check, not read yet) both
+        evaluations' checks are read with the test's sums, one host read, and searched in
+        the order of the step if one fails (a NaN is not a rejection)."""
         assert self.adaptive is not None
         bases = self._bases()
         moves = self._sgd_moves(sizes)
         sums = self._agreed(
             change_norms(point.params, point.copies, start_grads, bases, moves, start, extrapolated)
         )
-        primal_operator, dual_operator, primal_point, dual_point = sums.tolist()
+        if deferred:
+            params = params_of(self.primal_optimizer)
+            checks = [deferred[0].total, finite_total(extrapolated, params, True)]
+            values = torch.cat([sums, torch.stack(checks).to(sums)]).tolist()
+            if not all(math.isfinite(value) for value in values[4:]):
+                search_try(
+                    point, start_grads, start, extrapolated, params, self._describe,
+                    lambda: self._check_written(start.terms),
+                )  # fmt: skip
+            sums_read = values[:4]
+        else:
+            sums_read = sums.tolist()
+        primal_operator, dual_operator, primal_point, dual_point = sums_read
         weight = dual_factor(self.adaptive, self._factor) / self._factor
 
         def start_norm() -> float:
@@ -388,8 +384,11 @@ class ExtraGradient(ConstrainedOptimizer):
             if self._defers_checks():
                 start = self._evaluate(closure, rollback.undo)
                 self._backward(start, check=False)
-                # Its values: its gradients only move the point, checked as the move.
-                deferred.append(DeferredCheck(finite_total(start, (), False), start, (), False))
+                # With a fixed step its values only: its gradients move the point, checked as
+                # the move; the adaptive step's test reads them too.
+                params = params_of(self.primal_optimizer) if self.adaptive is not None else ()
+                total = finite_total(start, params, bool(params))
+                deferred.append(DeferredCheck(total, start, params, bool(params)))
             else:
                 start = self._evaluate_and_backward(
                     closure, rollback.undo, check_grads=self._checks_start_gradients()
@@ -404,7 +403,8 @@ class ExtraGradient(ConstrainedOptimizer):
             with torch.no_grad():
                 sizes = self._apply_sample_factor(accepted.sizes)
                 self._update_from_point(rollback, point, accepted.evaluation, sizes)
-            self._check_written(accepted.evaluation.terms, deferred)
+            # The adaptive step's test has read the evaluations' checks already.
+            self._check_written(accepted.evaluation.terms, deferred if not self.adaptive else ())
         except BaseException:
             self._restore_bases()
             self._factor, self._base_lrs, self._scheduled = factor, bases, scheduled
@@ -453,7 +453,7 @@ class ExtraGradient(ConstrainedOptimizer):
                 for check in deferred:
                     check.search(self._describe)
                 if isinstance(error, NonFiniteError) or deferred:
-                    self._blame_start_gradient(point, error)
+                    blame_start_gradient(point, self._describe, error)
                     # Or the rows the extrapolation wrote (a multiplier's, a slack's).
                     self._check_written(start.terms)
                 raise
@@ -467,7 +467,7 @@ class ExtraGradient(ConstrainedOptimizer):
                     total = finite_total(extrapolated, params, True)
                     deferred.append(DeferredCheck(total, extrapolated, params, True))
                 return Extrapolation(extrapolated, sizes, Trial(True, 0.0), calls)
-            trial = self._judge(point, start_grads, start, extrapolated, sizes)
+            trial = self._judge(point, start_grads, start, extrapolated, sizes, deferred)
             if trial.accepted:
                 return Extrapolation(extrapolated, sizes, trial, calls)
             # Only under plain SGD, where the step is the theory's: with Adam the factor
