@@ -10,20 +10,11 @@ multipliers is a submodule, so Lightning's checkpoint holds them beside the weig
     python examples/lightning_recipe.py --method fixed
     python examples/lightning_recipe.py --resume-at 100     # stop, checkpoint, resume
 
-How the module fits Lightning 2.6 (docs/how-to/lightning.md; tests/test_lightning.py):
-
-- The package's step evaluates the closure and calls ``backward`` itself, once per
-  evaluation, so ``manual_backward`` is not used and Lightning's precision plugin never
-  sees a backward pass: ``"32-true"`` on one device is what is tested.
-- The step runs as the closure of the primal ``LightningOptimizer``'s ``step``, the call
-  that advances ``trainer.global_step`` under manual optimisation. The torch optimizer's
-  own update after the closure finds no gradients (the step cleared them) and moves
-  nothing.
-- ``configure_optimizers`` returns the two torch optimizers that the package's optimizer
-  steps, so Lightning checkpoints their states; the rest of the package optimizer's state
-  (the scales, penalty coefficients and step factor of ``default_optimizer``) is saved
-  under ``"lagrange_opt"`` and loaded back in ``on_train_start``, once Lightning has
-  restored everything else.
+The module is a :class:`lagrange_opt.lightning.ConstrainedModule` (the optional extra
+``lagrange_opt[lightning]``): it gives the module its problem and says which of the
+package's optimizers steps it; Lightning counts the steps, logs the figures, and its
+checkpoints hold the multipliers, both torch optimizers' states and the method's own state
+(docs/how-to/lightning.md; tests/test_lightning.py).
 """
 
 from __future__ import annotations
@@ -47,15 +38,8 @@ from lagrange_opt import (
     ExtraGradient,
     IndexedValue,
     ProblemState,
-    StepResult,
 )
-
-CHECKPOINT_KEY = "lagrange_opt"
-"""Where the package optimizer's own state goes in Lightning's checkpoint."""
-
-TORCH_OPTIMIZER_PARTS = ("primal", "dual")
-"""The parts of ``ConstrainedOptimizer.state_dict()`` that Lightning saves already (its
-``optimizer_states``): left out of :data:`CHECKPOINT_KEY` so that they are stored once."""
+from lagrange_opt.lightning import ConstrainedModule
 
 
 def make_data(num_samples: int = 48, features: int = 256, seed: int = 0) -> TensorDataset:
@@ -118,8 +102,8 @@ class NonNegativeRegression(ConstrainedProblem):
         return ProblemState(loss, {"nonnegative": IndexedValue(pred, indices)})
 
 
-class ConstrainedRegression(L.LightningModule):
-    """:class:`NonNegativeRegression` as a ``LightningModule`` trained by the package.
+class ConstrainedRegression(ConstrainedModule):
+    """:class:`NonNegativeRegression` trained by the package under Lightning.
 
     Args:
         num_samples: Size of the training set.
@@ -144,85 +128,19 @@ class ConstrainedRegression(L.LightningModule):
         if method not in ("default", "fixed"):
             raise ValueError(f"method must be 'default' or 'fixed', got {method!r}")
         self.save_hyperparameters()
-        # The package's optimizer takes the steps; Lightning only counts them.
-        self.automatic_optimization = False
-        # A submodule: its multipliers are parameters, so Lightning moves them to the
-        # device and its checkpoints hold them (in "state_dict", beside the weights).
         self.problem = NonNegativeRegression(num_samples, features)
-        self.constrained: ConstrainedOptimizer | None = None
-        self._loaded_method_state: dict[str, Any] | None = None
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Builds the package's optimizer; returns the two torch optimizers it steps."""
+    def configure_method(self) -> ConstrainedOptimizer:
+        """The package's optimizer; a batch ``(x, y, indices)`` is the problem's arguments."""
         if self.hparams["method"] == "default":
-            self.constrained = lagrange_opt.default_optimizer(self.problem)
-        else:
-            primal = torch.optim.SGD(
-                self.problem.primal_parameters(),
-                lr=self.hparams["lr"],
-                momentum=self.hparams["momentum"],
-            )
-            dual = torch.optim.SGD(
-                self.problem.dual_parameters(), lr=self.hparams["dual_lr"], maximize=True
-            )
-            self.constrained = ExtraGradient(self.problem, primal, dual)
-        assert self.constrained.dual_optimizer is not None
-        # The very objects the package steps: Lightning saves their state_dict(), and on
-        # resume loads the checkpoint's states into them, where the package reads them.
-        return [self.constrained.primal_optimizer, self.constrained.dual_optimizer]
-
-    def training_step(self, batch: list[Tensor], batch_idx: int) -> None:
-        """One step of the package's optimizer on the batch, counted by Lightning."""
-        x, y, indices = batch
-        constrained = self.constrained
-        assert constrained is not None
-
-        def step() -> StepResult:
-            # The package calls the closure (twice per extra-gradient step) and backward.
-            result = constrained.step(lambda: self.problem(x, y, indices))
-            # The step leaves no gradients; said here because the torch optimizer's own
-            # update runs after this closure and must find nothing to apply.
-            constrained.zero_grad(set_to_none=True)
-            return result
-
-        primal, _ = self.optimizers()  # type: ignore[misc]
-        result: StepResult = primal.step(closure=step)
-        figures = lagrange_opt.scalars(result, prefix="train/")
-        self.log_dict(figures, on_step=True, on_epoch=False, batch_size=len(indices))
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Adds the package optimizer's own state; the torch optimizers' states are in
-        the checkpoint's ``optimizer_states`` already."""
-        if self.constrained is not None:
-            state = self.constrained.state_dict()
-            for part in TORCH_OPTIMIZER_PARTS:
-                del state[part]
-            checkpoint[CHECKPOINT_KEY] = state
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keeps the package optimizer's state until it can be loaded: on one device,
-        Lightning calls this hook before ``configure_optimizers`` builds the optimizer,
-        and loads the torch optimizers' states after it."""
-        self._loaded_method_state = checkpoint.get(CHECKPOINT_KEY)
-
-    def on_train_start(self) -> None:
-        """Loads the kept state, now that Lightning has restored the weights, the
-        multipliers, the torch optimizers' states and its loops."""
-        state = self._loaded_method_state
-        constrained = self.constrained
-        if state is None or constrained is None:
-            return
-        assert constrained.dual_optimizer is not None
-        # The package's load_state_dict wants every part: the torch optimizers' own,
-        # restored by Lightning a moment ago, are loaded into them again unchanged.
-        constrained.load_state_dict(
-            {
-                **state,
-                "primal": constrained.primal_optimizer.state_dict(),
-                "dual": constrained.dual_optimizer.state_dict(),
-            }
-        )
-        self._loaded_method_state = None
+            return lagrange_opt.default_optimizer(self.problem)
+        primal = torch.optim.SGD(
+            self.problem.primal_parameters(), lr=self.hparams["lr"],
+            momentum=self.hparams["momentum"],
+        )  # fmt: skip
+        dual = torch.optim.SGD(self.problem.dual_parameters(), lr=self.hparams["dual_lr"],
+                               maximize=True)  # fmt: skip
+        return ExtraGradient(self.problem, primal, dual)
 
 
 def make_trainer(max_epochs: int, root: str | Path, **settings: Any) -> L.Trainer:

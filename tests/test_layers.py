@@ -11,7 +11,7 @@ import pytest
 from tools import layers
 
 ROOT = Path(__file__).resolve().parent.parent
-PUBLIC = {"lagrange_opt", "lagrange_opt.problems"}
+PUBLIC = {"lagrange_opt", "lagrange_opt.problems", "lagrange_opt.lightning"}
 USERS = sorted(
     path.relative_to(ROOT)
     for folder in ("benchmarks", "examples", "docs/tutorials")

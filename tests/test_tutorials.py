@@ -88,6 +88,51 @@ def test_recall_constraint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert set(ns["unconstrained_history"]["multiplier"]) == {0.0}
 
 
+def test_fairness_rates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("scipy")  # the mixture's linear program
+    ns = run_tutorial("fairness_rates", tmp_path, monkeypatch)
+    table = ns["table"]
+    # Ten pairs, twenty inequalities; group 4 absent from some batches (measured: 1 in 7).
+    assert len(ns["PAIRS"]) == 10
+    # Unconstrained: a gap far beyond the tolerance on both splits (measured: 0.50, 0.52).
+    assert table["unconstrained"]["train violation"] > 0.3
+    assert table["unconstrained"]["test violation"] > 0.3
+    # The best iterate is feasible on the training set within the tracker's tolerance, and
+    # the mixture's expected gaps hold there (the linear program's constraints).
+    assert table["best iterate"]["train violation"] <= 0.005
+    assert table["mixture"]["train violation"] <= 1e-6
+    assert len(ns["mixture"].states) <= 21  # at most m + 1 members
+    # Parity costs accuracy here (0.21 -> about 0.30).
+    for answer in ("last iterate", "best iterate", "mixture"):
+        assert table["unconstrained"]["train error"] < table[answer]["train error"] < 0.41
+    # The mixture's expected error is at most the best single feasible state's.
+    assert table["mixture"]["train error"] <= table["best iterate"]["train error"] + 1e-9
+    # The iterates oscillate: some epochs end outside the tolerance (measured: 9 of 20).
+    violations = ns["history"][:, 1:].clamp(min=0).amax(1)
+    assert int((violations > 0.005).sum()) >= 3
+
+
+def test_monotone_regression(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("sklearn")
+    ns = run_tutorial("monotone_regression", tmp_path, monkeypatch)
+    unconstrained, penalty, constrained = (
+        ns["figures"][name] for name in ("unconstrained", "penalty", "constrained")
+    )
+    # Without the constraint the slope is negative at many points (measured: 9.7 % of the
+    # training points, 13.4 % of the held-out ones).
+    assert unconstrained["train_negative"] > 0.05 and unconstrained["test_negative"] > 0.05
+    # With it, no training slope below -1e-3 (measured: the smallest is +0.039).
+    assert constrained["train_negative"] == 0.0
+    assert constrained["train_min_slope"] >= -1e-3
+    # Held out: fewer negative slopes than without (measured: none, and 0.7 % with the
+    # penalty), at a held-out error no worse than the unconstrained fit's (0.482 / 0.503).
+    assert constrained["test_negative"] <= 0.01 < unconstrained["test_negative"]
+    assert constrained["test_mse"] <= unconstrained["test_mse"]
+    # The penalty helps too, without the constraint's guarantee on the training points.
+    assert penalty["train_negative"] < unconstrained["train_negative"]
+    assert constrained["train_min_slope"] >= penalty["train_min_slope"] - 1e-3
+
+
 def test_bounds_and_norms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("sklearn")
     ns = run_tutorial("bounds_and_norms", tmp_path, monkeypatch)

@@ -17,7 +17,10 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "lagrange_opt"
 
-LAYERS = ("problem", "maths", "evaluation", "updates", "diagnostics", "methods", "problems")
+LAYERS = (
+    "problem", "maths", "evaluation", "updates", "diagnostics", "methods", "problems",
+    "lightning",
+)  # fmt: skip
 """The folders from the bottom up: each may import only from itself and the ones before it."""
 
 FACE = "(public face)"
