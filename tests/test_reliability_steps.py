@@ -528,9 +528,11 @@ def test_a_failed_read_of_extragradient_names_the_culprit(
     optimizer = _fixed_extragradient(problem)
     optimizer.step(problem)
     before = failure_state(problem, optimizer)
-    with pytest.raises(NonFiniteError, match=f"^{re.escape(message)}"):
+    with pytest.raises(NonFiniteError, match=f"^{re.escape(message)}") as caught:
         optimizer.step(problem)
     assert problem.calls - 2 == calls
+    # One error, not the first pass's read chained to the replay's.
+    assert caught.value.__suppress_context__
     assert_bitwise_equal(before, failure_state(problem, optimizer))
 
 

@@ -366,6 +366,9 @@ class ExtraGradient(ConstrainedOptimizer):
             self._replaying = True
             try:
                 self._step_once(closure, calls, rollback, [])
+            except BaseException as named:
+                # The replay's error is the step's; the first pass's read is no context.
+                raise named from None
             finally:
                 self._replaying = False
             # The replay passed: the closure is not deterministic. The first pass's error.
