@@ -407,7 +407,8 @@ class ExtraGradient(ConstrainedOptimizer):
                 sizes = self._apply_sample_factor(accepted.sizes)
                 self._update_from_point(rollback, point, accepted.evaluation, sizes)
             # The adaptive step's test has read the evaluations' checks already.
-            self._check_written(accepted.evaluation.terms, deferred if not self.adaptive else ())
+            read = deferred if self.adaptive is None else ()
+            self._check_written(accepted.evaluation.terms, read)
         except BaseException:
             self._restore_bases()
             self._factor, self._base_lrs, self._scheduled = factor, bases, scheduled
