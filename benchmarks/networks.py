@@ -324,18 +324,22 @@ def _primal(optimizer: str, params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=SGD_LR)
 
 
+def _default_method(problem: ConstrainedProblem, optimizer: str) -> Any:
+    """:func:`default_optimizer` over ``problem``: with the row's Adam as
+    ``primal_optimizer``, or its own backtracking SGD."""
+    if optimizer == "adam":
+        adam = torch.optim.Adam(problem.primal_parameters(), lr=ADAM_LR)
+        return default_optimizer(problem, primal_optimizer=adam)
+    return default_optimizer(problem)
+
+
 def train_default(
     task: Task, train: Split, network: nn.Module, optimizer: str, batches: list[Batch],
     record: Callable[[int], None],
 ) -> int:  # fmt: skip
     """:func:`default_optimizer`; with Adam, the user's Adam as ``primal_optimizer``."""
     problem = build_problem(task, network, len(train.targets))
-    if optimizer == "adam":
-        method: Any = default_optimizer(
-            problem, primal_optimizer=torch.optim.Adam(problem.primal_parameters(), lr=ADAM_LR)
-        )
-    else:
-        method = default_optimizer(problem)
+    method = _default_method(problem, optimizer)
     calls = 0
     for step, batch in enumerate(batches):
         calls += method.step(functools.partial(problem, *batch)).evaluations
@@ -378,11 +382,7 @@ def train_calibrated(
     below 0, and every training sample is constrained at that offset for the rest."""
     num_samples = len(train.targets)
     problem = OffsetOutputs(network, num_samples)
-    if optimizer == "adam":
-        adam = torch.optim.Adam(problem.primal_parameters(), lr=ADAM_LR)
-        method: Any = default_optimizer(problem, primal_optimizer=adam)
-    else:
-        method = default_optimizer(problem)
+    method = _default_method(problem, optimizer)
     # The global generator, seeded per run: a split of its own, apart from the batches'.
     order = torch.randperm(num_samples)
     calibration = order[: int(CALIBRATION_SHARE * num_samples)]

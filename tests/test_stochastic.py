@@ -17,8 +17,6 @@ import lagrange_opt.updates.side_update as updates
 from benchmarks import networks
 from lagrange_opt import (
     AugmentedLagrangian,
-    IndexedValue,
-    ProblemState,
     SimultaneousGDA,
     calibrated_offset,
     default_optimizer,
@@ -204,19 +202,6 @@ def test_default_meets_every_output_constraint_on_minibatches(primal: str) -> No
     assert result["calls_per_step"] <= 2.1
 
 
-class _Offset(PositiveOutputs):
-    """PositiveOutputs asking every training output for ``offset`` above 0."""
-
-    offset = 0.0
-
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor):  # type: ignore[override]
-        state = super().forward(inputs, targets, indices)
-        value = state.constraints["nonnegative"]
-        assert isinstance(value, IndexedValue)
-        shifted = IndexedValue(value.value - self.offset, value.indices)
-        return ProblemState(state.objective, {"nonnegative": shifted})
-
-
 def test_a_calibrated_offset_makes_held_out_outputs_feasible() -> None:
     """The recipe of docs/stochastic.md on the suite's small network with Adam: 80 % of the
     training samples constrained, 20 % to calibrate, held-out outputs below 0 at most 1 %
@@ -225,7 +210,7 @@ def test_a_calibrated_offset_makes_held_out_outputs_feasible() -> None:
     constrained, calibration, held_out = slice(0, 819), slice(819, 1024), slice(1024, 2048)
     torch.manual_seed(0)
     network = regression_network(hidden=32)
-    problem = _Offset(network, 819)
+    problem = networks.OffsetOutputs(network, 819)
     adam = torch.optim.Adam(problem.primal_parameters(), lr=1e-3)
     optimizer = default_optimizer(problem, primal_optimizer=adam)
     inputs, targets = data.inputs[constrained], data.targets[constrained]
