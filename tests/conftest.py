@@ -1,8 +1,10 @@
-"""Shared fixtures: ``device`` runs a test once per available device (tests/helpers.DEVICES)."""
+"""Shared fixtures: ``device`` runs a test once per available device (tests/helpers.DEVICES);
+the process groups of the distributed tests start in the background (tests/spawned.py)."""
 
 from __future__ import annotations
 
 import pytest
+import spawned
 from helpers import DEVICES
 
 
@@ -10,3 +12,13 @@ from helpers import DEVICES
 def device(request: pytest.FixtureRequest) -> str:
     """``"cpu"`` always, ``"cuda"`` when a GPU is present."""
     return request.param
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _spawn_in_background(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Starts, at the first test, the spawned runs that the selected tests will read."""
+    for name, spawn in spawned.SPAWNS.items():
+        if any(spawn.read_by(item) for item in request.session.items):
+            spawned.start(spawned.shared_root(tmp_path_factory), name)

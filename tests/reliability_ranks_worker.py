@@ -35,8 +35,10 @@ from lagrange_opt import (
 WORLD = 2
 SAMPLES = 8
 DTYPE = torch.float64
-CASE_TIMEOUT = datetime.timedelta(seconds=8)
-"""A case's process-group timeout: a rank left waiting fails the case this late."""
+CASE_TIMEOUT = datetime.timedelta(seconds=20)
+"""A case's process-group timeout: a rank left waiting fails the case this late. Long
+enough for a case on a machine busy with the rest of the suite (a case takes well under a
+second alone)."""
 
 _generator = torch.Generator().manual_seed(0)
 X = torch.randn(SAMPLES, 3, generator=_generator, dtype=DTYPE)
@@ -228,6 +230,9 @@ def _worker(rank: int, port: int, outdir: str, names: list[str]) -> None:
     results: dict[str, Any] = {}
     for name in names:
         group = dist.new_group(timeout=CASE_TIMEOUT)
+        # Both ranks start the clock together: a rank that reached the case late (busy
+        # machine) is not a rank that waited for one that had left.
+        dist.barrier(group=group)
         start = time.perf_counter()
         try:
             results[name] = CASES[name](rank, group)

@@ -1,20 +1,18 @@
 """Data-parallel steps (issue 11): 2 gloo ranks on the CPU take the step that one process
 takes on the whole batch, hold bitwise the same multipliers, and fail together.
 
-The ranks are spawned once for the module (``tests/distributed_worker.py`` runs every case
-and saves each rank's results); the single-process references run here.
+The ranks are spawned once for the session, in the background from its start
+(tests/spawned.py; ``tests/distributed_worker.py`` runs every case and saves each rank's
+results); the single-process references run here.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import spawned
 import torch
 from distributed_worker import (
     CASES,
@@ -38,49 +36,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Runs:
-    """The two spawned runs, started together (each mostly waits for its processes to
-    start and import torch, so they overlap)."""
-
-    def __init__(self, outdir: Path) -> None:
-        self.outdir = outdir
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-        worker = [sys.executable, str(ROOT / "tests" / "distributed_worker.py"), str(outdir)]
-        example = [sys.executable, str(ROOT / "examples" / "ddp.py"), "--epochs", "1",
-                   "--samples", "64", "--batch-size", "16"]  # fmt: skip
-        self.worker = subprocess.Popen(worker, cwd=ROOT, env=env)
-        self.example = subprocess.Popen(
-            example, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self._ranks: list[dict[str, Any]] | None = None
-
-    def ranks(self) -> list[dict[str, Any]]:
-        if self._ranks is None:
-            assert self.worker.wait(timeout=240) == 0
-            self._ranks = [
-                torch.load(self.outdir / f"rank{rank}.pt", weights_only=False) for rank in range(2)
-            ]
-        return self._ranks
-
-    def close(self) -> None:
-        for process in (self.worker, self.example):
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-        if self.example.stdout is not None:
-            self.example.stdout.close()
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> spawned.Finished:
+    """Every case on 2 ranks (command 0) and the example (command 1), spawned once for
+    the session at its start (tests/spawned.py)."""
+    return spawned.finished(tmp_path_factory, "distributed")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
-    started = Runs(tmp_path_factory.mktemp("distributed"))
-    yield started
-    started.close()
-
-
-@pytest.fixture
-def ranks(runs: Runs) -> list[dict[str, Any]]:
-    return runs.ranks()
+def ranks(run: spawned.Finished) -> list[dict[str, Any]]:
+    assert run.returncodes[0] == 0, run.output(0)
+    return [torch.load(run.outdir / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
 
 
 @pytest.mark.parametrize("case", CASES, ids="-".join)
@@ -246,8 +212,8 @@ def test_process_group_needs_an_initialised_group() -> None:
         default_optimizer(problem, process_group="default")
 
 
-def test_the_example_runs_on_two_cpu_processes(runs: Runs) -> None:
-    output, _ = runs.example.communicate(timeout=240)
-    assert runs.example.returncode == 0, output
+def test_the_example_runs_on_two_cpu_processes(run: spawned.Finished) -> None:
+    output = run.output(1)
+    assert run.returncodes[1] == 0, output
     assert "ranks: 2" in output
     assert "multipliers identical on every rank: True" in output

@@ -14,15 +14,12 @@ surrogate the primal gradient (Cotter et al., ALT 2019; docs/proxy.md).
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+import spawned
 import torch
 from helpers import assert_bitwise_equal, failure_state, snapshot
 from torch import Tensor, nn
@@ -552,17 +549,16 @@ def test_penalty_update_reads_the_true_violation() -> None:
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
     reason="needs gloo",
 )
-def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path: Path) -> None:
+def test_two_ranks_equal_one_process_on_the_whole_batch(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     from proxy_distributed_worker import CASES as DDP_CASES
     from proxy_distributed_worker import run_case
 
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
-    worker = root / "tests" / "proxy_distributed_worker.py"
-    subprocess.run(
-        [sys.executable, str(worker), str(tmp_path)], cwd=root, env=env, check=True, timeout=240
-    )
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    # Spawned at the session's start (tests/spawned.py).
+    run = spawned.finished(tmp_path_factory, "proxy_distributed")
+    assert run.returncodes == [0], run.output(0)
+    ranks = [torch.load(run.outdir / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
     for case in DDP_CASES:
         reference = run_case(case, None)
         for results in ranks:

@@ -11,15 +11,12 @@ deadline, so that a regression fails instead of hanging.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import spawned
 import torch
 from reliability_ranks_worker import (
     ABSENT_CASES,
@@ -45,21 +42,16 @@ needs_gloo = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
-    outdir = tmp_path_factory.mktemp("reliability_ranks")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    worker = [sys.executable, str(ROOT / "tests" / "reliability_ranks_worker.py"), str(outdir)]
-    process = subprocess.Popen(worker, cwd=ROOT, env=env)
-    try:
-        process.wait(timeout=180)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Each rank's results by case, from one run spawned for the session at its start
+    (tests/spawned.py); a rank that did not finish has none, and each test names the case
+    it misses."""
+    run = spawned.finished(tmp_path_factory, "reliability_ranks")
     results = []
     for rank in range(2):
-        path = outdir / f"rank{rank}.pt"
+        path = run.outdir / f"rank{rank}.pt"
         results.append(torch.load(path, weights_only=False) if path.exists() else {})
-    yield results
+    return results
 
 
 def _case(ranks: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
