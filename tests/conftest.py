@@ -3,9 +3,17 @@ the process groups of the distributed tests start in the background (tests/spawn
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import spawned
+import torch
 from helpers import DEVICES
+
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # Each pytest-xdist worker has a core's share: more intra-op threads than that only
+    # spin against the other workers (about a tenth of the suite's time on 2 cores).
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(params=DEVICES, ids=DEVICES)

@@ -131,8 +131,9 @@ def test_applicability() -> None:
 def test_cooper_adapter_solves_hs035(scheme: str) -> None:
     definition = HOCK_SCHITTKOWSKI["hs035"]
     problem = NonlinearProgram(definition, "projection")
-    method = CooperMethod(problem, scheme, lr=0.01, dual_lr=0.1)  # type: ignore[arg-type]
-    for _ in range(3000):
+    # Every scheme meets the tolerances below by step 350 at these rates (by 850 at 0.01/0.1).
+    method = CooperMethod(problem, scheme, lr=0.03, dual_lr=0.3)  # type: ignore[arg-type]
+    for _ in range(800):
         result = method.step()
     assert result.evaluations == (1 if scheme in ("simultaneous", "nupi") else 2)
     assert relative_gap(float(result.objective), definition.f_star) <= 1e-6

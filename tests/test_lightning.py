@@ -22,15 +22,17 @@ L = pytest.importorskip("lightning")
 
 from lagrange_opt.lightning import CHECKPOINT_KEY, ConstrainedModule  # noqa: E402
 
-EPOCHS = 1000
-"""The training run: 48 samples in batches of 16, so 750 steps."""
+EPOCHS = 300
+"""The training run: 48 samples in batches of 16, so 900 steps of the recipe's fixed-step
+extra-gradient (its default needs 3,000 for the same accuracy; the tests below resume it
+and compare it with a plain loop)."""
 
-FEASIBILITY_TOL = 1e-3
-"""Every training output must be >= -FEASIBILITY_TOL at the end (measured: -2.3e-5)."""
+FEASIBILITY_TOL = 1e-4
+"""Every training output must be >= -FEASIBILITY_TOL at the end (measured: -8.2e-6)."""
 
-SOLUTION_TOL = 1e-2
-"""Outputs and multipliers within this of the closed-form solution (measured: 2.8e-3 and
-3.6e-3)."""
+SOLUTION_TOL = 1e-3
+"""Outputs and multipliers within this of the closed-form solution (measured: 1.1e-4 and
+1.0e-4)."""
 
 
 recipe = load_example("lightning_recipe")
@@ -69,7 +71,9 @@ class Trained:
     def __init__(self, root: Path) -> None:
         L.seed_everything(0, verbose=False)
         self.data = recipe.make_data()
-        self.module = recipe.ConstrainedRegression(len(self.data), self.data.tensors[0].shape[1])
+        self.module = recipe.ConstrainedRegression(
+            len(self.data), self.data.tensors[0].shape[1], method="fixed"
+        )
         logger = L.pytorch.loggers.CSVLogger(root, name="csv", version=0)
         self.trainer = recipe.make_trainer(EPOCHS, root, logger=logger, log_every_n_steps=1)
         self.trainer.fit(self.module, recipe.make_loader(self.data))
