@@ -109,8 +109,8 @@ INTERPOLATION_CASES = [
     (DEFAULT, 1.0, Trial(False, 1.0, 0.05), 0.81),  # t L = 1: keep 0.81 / 1
     (DEFAULT, 0.5, Trial(False, 4.0, 0.05), 0.405),  # t L = 2: at max_interpolated
     (DEFAULT, 0.5, Trial(False, 4.5, 0.05), None),  # t L = 2.25: redone
-    (DEFAULT, 1.0, Trial(False, 1.0, 0.1), 0.81),  # a move of 10 % of the point: kept
-    (DEFAULT, 1.0, Trial(False, 1.0, 0.11), None),  # a longer move: redone
+    (DEFAULT, 1.0, Trial(False, 1.0, 0.35), 0.81),  # a move of 35 % of the point: kept
+    (DEFAULT, 1.0, Trial(False, 1.0, 0.36), None),  # a longer move: redone
     (DEFAULT, 1.0, Trial(False, 1.0), None),  # move not measured (a point at 0): redone
     (DEFAULT, 1.0, Trial(False, math.inf, 0.05), None),  # not finite: redone
     (DEFAULT, 1.0, Trial(True, 0.5), None),  # accepted: nothing to shorten
@@ -168,7 +168,8 @@ def test_huge_gradients_diverge_with_a_fixed_step_and_converge_with_the_adaptive
     fixed = _default_like(fixed_problem, "fixed")
     diverged = False
     try:
-        for _ in range(50):
+        # Measured: past 1e10 from step 13.
+        for _ in range(20):
             fixed.step(fixed_problem)
         diverged = float(fixed_problem.x.detach().abs().max()) > 1e10
     except ValueError:  # a non-finite value
@@ -178,7 +179,9 @@ def test_huge_gradients_diverge_with_a_fixed_step_and_converge_with_the_adaptive
     problem = Stiff(treatment=treatment).to(device)
     optimizer = default_optimizer(problem)
     evaluations = []
-    for _ in range(300):
+    # Measured: within the tolerances below for good from step 106; 2.01 to 2.02 evaluations
+    # a step on average over 160 steps (the retries come in the first three).
+    for _ in range(160):
         evaluations.append(optimizer.step(problem).evaluations)
     torch.testing.assert_close(
         problem.x.detach().cpu(), torch.tensor([1.5, 2.5], dtype=F64), rtol=0, atol=1e-6

@@ -117,7 +117,8 @@ _PSI_LAM = sympy.diff(_PSI, _LAM)
 def _exact(expression: sympy.Expr, g: float, lam: float, c: float) -> float:
     values = {_G: sympy.Rational(Fraction(g)), _LAM: sympy.Rational(Fraction(lam))}
     values[_C] = sympy.Rational(Fraction(c))
-    return float(expression.subs(values))
+    # xreplace: the symbols replaced as subs does, exactly (the same floats), 8 times faster.
+    return float(expression.xreplace(values))
 
 
 @pytest.mark.parametrize("c", PENALTIES)
@@ -266,7 +267,8 @@ def test_default_optimizer_solves_the_quadratic_program(
     problem = ShiftedQP(treatment, rhs).to(device)
     optimizer = default_optimizer(problem)
     assert optimizer.formulation == DEFAULT_AUGMENTED
-    for _ in range(800):
+    # Measured: every assertion below holds for good from step 208 (active; 81 inactive).
+    for _ in range(320):
         optimizer.step(problem)
     constraint = problem.constraints["sum"]
     torch.testing.assert_close(
@@ -289,8 +291,10 @@ def test_augmented_formulation_with_fixed_steps_converges(
     method: type, treatment: str, device: str
 ) -> None:
     problem = QuadraticProgram(treatment).to(device)
-    optimizer = method(problem, *sgd_pair(problem, 0.1, 0.1), formulation="augmented")
-    for _ in range(700):
+    # Measured: the assertions below hold for good from step 281 (AlternatingGDA; 265 to 280
+    # for the others); with a rate of 0.1, from step 363 (with 0.2 ExtraGradient diverges).
+    optimizer = method(problem, *sgd_pair(problem, 0.13, 0.13), formulation="augmented")
+    for _ in range(425):
         result = optimizer.step(problem)
     torch.testing.assert_close(
         problem.x.detach().cpu(),

@@ -131,9 +131,10 @@ def test_applicability() -> None:
 def test_cooper_adapter_solves_hs035(scheme: str) -> None:
     definition = HOCK_SCHITTKOWSKI["hs035"]
     problem = NonlinearProgram(definition, "projection")
-    # Every scheme meets the tolerances below by step 350 at these rates (by 850 at 0.01/0.1).
+    # Every scheme meets the tolerances below for good by step 336 at these rates (measured:
+    # simultaneous and nupi; 251 to 274 for the others), by 850 at 0.01/0.1.
     method = CooperMethod(problem, scheme, lr=0.03, dual_lr=0.3)  # type: ignore[arg-type]
-    for _ in range(800):
+    for _ in range(510):
         result = method.step()
     assert result.evaluations == (1 if scheme in ("simultaneous", "nupi") else 2)
     assert relative_gap(float(result.objective), definition.f_star) <= 1e-6
@@ -145,12 +146,13 @@ def test_cooper_adapter_solves_hs035(scheme: str) -> None:
 @pytest.mark.parametrize("scheme", ["extrapolation", "simultaneous", "augmented", "nupi"])
 def test_cooper_adapter_keeps_the_bounds(scheme: str) -> None:
     # hs004 has bounds only (no multiplier: Cooper's unconstrained optimizer); hs021 has
-    # bounds and a constraint. Both optima lie on the boundary of the box.
+    # bounds and a constraint. Both optima lie on the boundary of the box. Measured: within
+    # 1e-6 for good from step 81 (hs021, extrapolation; 6 for hs004); at 0.01/0.1, from 234.
     for name in ("hs004", "hs021"):
         definition = HOCK_SCHITTKOWSKI[name]
         problem = NonlinearProgram(definition, "projection")
-        method = CooperMethod(problem, scheme, lr=0.01, dual_lr=0.1)  # type: ignore[arg-type]
-        for _ in range(500):
+        method = CooperMethod(problem, scheme, lr=0.03, dual_lr=0.3)  # type: ignore[arg-type]
+        for _ in range(150):
             result = method.step()
             for param, bounds in problem.bounded_parameters():
                 assert bool(((param >= bounds.lower) & (param <= bounds.upper)).all())

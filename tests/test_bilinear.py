@@ -41,9 +41,9 @@ class Bilinear(ConstrainedProblem):
         return math.hypot(float(self.x.detach()), float(y.detach()))
 
 
-def _run(method: type, steps: int, device: str) -> Bilinear:
+def _run(method: type, steps: int, device: str, eta: float = ETA) -> Bilinear:
     game = Bilinear(device)
-    optimizer = method(game, *sgd_pair(game, lr=ETA))
+    optimizer = method(game, *sgd_pair(game, lr=eta))
     for _ in range(steps):
         optimizer.step(game)
     return game
@@ -58,9 +58,12 @@ def test_simultaneous_descent_ascent_spirals_outwards(device: str) -> None:
 
 
 def test_extra_gradient_converges_to_the_origin(device: str) -> None:
-    game = _run(ExtraGradient, 3000, device)
+    # A step of 2 ETA: the radius is below 1e-6 from step 724 (measured; with ETA, from step
+    # 2,847 of the former 3,000).
+    eta = 2 * ETA
+    game = _run(ExtraGradient, 1100, device, eta)
     # Each step multiplies the distance by sqrt((1 - eta^2)^2 + eta^2) < 1.
-    expected = math.sqrt(2) * ((1 - ETA**2) ** 2 + ETA**2) ** 1500
+    expected = math.sqrt(2) * ((1 - eta**2) ** 2 + eta**2) ** 550
     assert game.radius() == pytest.approx(expected, rel=1e-6)
     assert game.radius() < 1e-6
 

@@ -1,4 +1,4 @@
-"""Checkpoints restore exactly: 200 steps straight equal 100 + save + load + 100, bitwise."""
+"""Checkpoints restore exactly: 50 steps straight equal 25 + save + load + 25, bitwise."""
 
 from __future__ import annotations
 
@@ -28,20 +28,23 @@ def _roundtrip(obj: Any) -> Any:
 @pytest.mark.parametrize("base", ["sgd", "plain-sgd", "adam"])
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)
 def test_resume_is_bitwise_identical(method: type, base: str, device: str) -> None:
-    # Both runs on the same device: bitwise there.
+    # Both runs on the same device: bitwise there. 25 steps see every sample before the save,
+    # as 100 did; measured: a checkpoint with any one entry of its state dicts replaced by a
+    # fresh run's (seed 7) fails this test after 25 + 25 steps exactly where it does after
+    # 100 + 100 (every entry whose value differs), for every case.
     with deterministic(device):
         straight_problem, straight = build_mixed(method, base, device=device)
-        train_mixed(straight_problem, straight, range(200))
+        train_mixed(straight_problem, straight, range(50))
 
         first_problem, first = build_mixed(method, base, device=device)
-        train_mixed(first_problem, first, range(100))
+        train_mixed(first_problem, first, range(25))
         saved = _roundtrip({"problem": first_problem.state_dict(), "optimizer": first.state_dict()})
 
         # Other initial values.
         resumed_problem, resumed = build_mixed(method, base, seed=7, device=device)
         resumed_problem.load_state_dict(saved["problem"])
         resumed.load_state_dict(saved["optimizer"])
-        train_mixed(resumed_problem, resumed, range(100, 200))
+        train_mixed(resumed_problem, resumed, range(25, 50))
 
     assert_bitwise_equal(straight_problem.state_dict(), resumed_problem.state_dict())
     assert_bitwise_equal(straight.state_dict(), resumed.state_dict())

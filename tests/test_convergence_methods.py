@@ -54,7 +54,8 @@ def test_new_method_runs_hs035(hs035: Benchmark, method: str) -> None:
 
 @pytest.mark.parametrize("method", ["default-projection", "augmented-projection"])
 def test_converging_methods_solve_hs035(hs035: Benchmark, method: str) -> None:
-    trace = METHODS[method](hs035, 300 if method.startswith("default") else 1_000)
+    # Measured: within 1e-6 for good (steps_1e6) from step 99 (default) and 648 (augmented).
+    trace = METHODS[method](hs035, 150 if method.startswith("default") else 1_000)
     assert trace is not None
     entry = record("hs035", method, trace, hs035.f_star)
     assert entry["solved"], entry
@@ -65,7 +66,8 @@ def test_default_methods_take_no_per_problem_setting(hs035: Benchmark) -> None:
     # ignores them.
     absurd = hs035._replace(lr=1e9, dual_lr=1e9, slack_lr=1e9)
     for method in ("default-projection", "default-slack"):
-        trace = METHODS[method](absurd, 300)
+        # Measured: within 1e-6 for good (steps_1e6) from step 99.
+        trace = METHODS[method](absurd, 150)
         assert trace is not None
         assert record("hs035", method, trace, hs035.f_star)["solved"]
 

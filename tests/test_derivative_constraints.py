@@ -90,7 +90,8 @@ def test_the_default_makes_the_derivative_constraint_hold() -> None:
     everything = torch.arange(SAMPLES)
     start = problem(everything)
     assert float(start.constraints["slope"].value.min()) < -0.05  # violated at the start
-    for _ in range(600):
+    # Measured: the slopes stay above -1e-4 from step 29 on (through step 600).
+    for _ in range(50):
         optimizer.step(lambda: problem(everything))
     slopes = problem(everything).constraints["slope"].value
     assert float(slopes.min()) >= -1e-4

@@ -14,11 +14,12 @@ from benchmarks.humancompatible_adapter import SCHEMES, HumanCompatibleMethod, S
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_solves_a_one_dimensional_problem_with_the_peer_defaults(scheme: Scheme) -> None:
     """min (x - 2)^2 s.t. x <= 1 has x* = 1, lambda* = 2. With SGD at 0.05 and the peer's
-    default dual step (0.01), 2000 steps bring x within ~1e-4 of 1 and lambda within ~1e-4
-    of 2 for both schemes (measured); the test asks for 1e-2 and 5e-2."""
+    default dual step (0.01), 1600 steps bring x within 2e-3 of 1 and lambda within 4e-3
+    of 2 for both schemes (measured; within the test's bounds for good from step 1062);
+    the test asks for 1e-2 and 5e-2."""
     x = torch.nn.Parameter(torch.zeros(1))
     method = HumanCompatibleMethod([x], torch.optim.SGD([x], lr=0.05), scheme, 1)
-    for _ in range(2000):
+    for _ in range(1600):
         method.step(((x - 2) ** 2).sum(), x - 1, None)
     assert abs(x.item() - 1.0) < 1e-2
     assert abs(method.multipliers.item() - 2.0) < 5e-2
@@ -31,7 +32,8 @@ def test_an_equality_has_a_multiplier_of_either_sign(scheme: Scheme) -> None:
     point = torch.nn.Parameter(torch.zeros(2))
     primal = torch.optim.SGD([point], lr=0.05)
     method = HumanCompatibleMethod([point], primal, scheme, 2, dual_lr=0.05, equalities=1)
-    for _ in range(4000):
+    # Measured: within the bounds below for good from step 524 (nupi; 426 for alm).
+    for _ in range(800):
         x, y = point.unbind()
         constraints = torch.stack([x + y - 2, y - 0.5])
         method.step(point.square().sum(), constraints, None)

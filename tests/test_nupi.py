@@ -465,7 +465,8 @@ def test_nupi_solves_a_min_norm_problem(device: str) -> None:
     primal = torch.optim.SGD(problem.primal_parameters(), lr=0.05)
     dual = NuPI(problem.dual_parameters(), lr=0.05, kp=1.0, nu=0.5, maximize=True)
     optimizer = ExtraGradient(problem, primal, dual)
-    for _ in range(3000):
+    # Measured: within 1e-8 (x and multiplier) for good from step 774.
+    for _ in range(1200):
         optimizer.step(problem)
     torch.testing.assert_close(
         problem.x.detach().cpu(), torch.linalg.pinv(A) @ b, rtol=0, atol=1e-8

@@ -106,8 +106,10 @@ def test_penalty_minimiser_is_infeasible_in_closed_form(alpha: float, device: st
     # stationarity gives t = x1 + x2 = (0.6 + 2.4 alpha) / (1 + 1.2 alpha) < 2.
     problem = QuadraticProgram("penalty", penalty_weight=alpha).to(device)
     assert problem.dual_parameters() == []
-    optimizer = SimultaneousGDA(problem, torch.optim.SGD(problem.primal_parameters(), lr=0.01))
-    for _ in range(3_000):
+    # Measured: every assertion below holds for good from step 528 (alpha 1; 474 for 10);
+    # with a rate of 0.01, from step 1,063 of the former 3,000.
+    optimizer = SimultaneousGDA(problem, torch.optim.SGD(problem.primal_parameters(), lr=0.02))
+    for _ in range(800):
         result = optimizer.step(problem)
     t = (0.6 + 2.4 * alpha) / (1 + 1.2 * alpha)
     assert abs(float(problem.x.detach().sum()) - t) < 1e-8

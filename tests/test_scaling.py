@@ -52,7 +52,8 @@ def _multiplier(problem: ConstrainedProblem, name: str = "sum") -> float:
 def test_scaled_problem_is_solved_in_user_units(treatment: str, device: str) -> None:
     problem = ScaledQP(treatment, 1e4, 1e3).to(device)
     optimizer = default_optimizer(problem)
-    for _ in range(600):
+    # Measured: every assertion below holds for good from step 311 (either treatment).
+    for _ in range(470):
         result = optimizer.step(problem)
     torch.testing.assert_close(
         problem.x.detach().cpu(),
@@ -137,9 +138,11 @@ FIXED_METHODS = [
 def test_fixed_step_scaled_run_is_the_unit_run(method: type, formulation: str, device: str) -> None:
     scaled = ScaledQP("projection", 1e4, 1e3).to(device)
     unit = ScaledQP("projection", 1.0, 1.0).to(device)
-    scaled_opt = method(scaled, *sgd_pair(scaled, 0.1), formulation=formulation, scaling=True)
-    unit_opt = method(unit, *sgd_pair(unit, 0.1), formulation=formulation, scaling=True)
-    for _ in range(600):
+    # Measured: the last two assertions hold for good from step 264 (ExtraGradient, augmented;
+    # 116 to 250 for the others); with a rate of 0.1, from step 341 (with 0.2 it diverges).
+    scaled_opt = method(scaled, *sgd_pair(scaled, 0.13), formulation=formulation, scaling=True)
+    unit_opt = method(unit, *sgd_pair(unit, 0.13), formulation=formulation, scaling=True)
+    for _ in range(400):
         ours, theirs = scaled_opt.step(scaled), unit_opt.step(unit)
         assert float(ours.objective) == pytest.approx(1e4 * float(theirs.objective), rel=1e-9)
         assert float(ours.lagrangian) == pytest.approx(1e4 * float(theirs.lagrangian), rel=1e-9)

@@ -10,6 +10,7 @@ from helpers import METHODS, build_mixed, train_mixed
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from lagrange_opt.updates.optimizer_group import OptimizerGroup
 from lagrange_opt.updates.side_update import sgd_step_sizes
 
 
@@ -23,6 +24,30 @@ def test_step_sizes_of_plain_sgd_are_signed_learning_rates() -> None:
     assert sgd_step_sizes(optimizer) == [-0.1, -0.5]
     ascent = torch.optim.SGD(_params(), lr=0.2, maximize=True)
     assert sgd_step_sizes(ascent) == [0.2]
+
+
+def test_a_group_of_plain_sgds_has_its_members_step_sizes() -> None:
+    """Failed before: a group of two SGDs took its members' own steps, so that the
+    adaptive step redid what it interpolates for one SGD with the same two groups, and the
+    two runs parted (tests/test_training_loop.py, two optimizers against two groups)."""
+    first, second = _params()
+    group = OptimizerGroup(
+        [torch.optim.SGD([first], lr=0.1), torch.optim.SGD([second], lr=0.5, maximize=True)]
+    )
+    assert sgd_step_sizes(group) == [-0.1, 0.5]
+    with_adam = OptimizerGroup(
+        [torch.optim.SGD([first], lr=0.1), torch.optim.Adam([second], lr=0.5)]
+    )
+    assert sgd_step_sizes(with_adam) is None
+    # A member's scheduler wraps that member's step(), which must then run.
+    member = torch.optim.SGD([second], lr=0.5)
+    scheduled = OptimizerGroup([torch.optim.SGD([first], lr=0.1), member])
+    torch.optim.lr_scheduler.StepLR(member, step_size=1)
+    assert sgd_step_sizes(scheduled) is None
+    hooked = OptimizerGroup([torch.optim.SGD([first], lr=0.1)])
+    handle = hooked.register_step_post_hook(lambda *_: None)
+    assert sgd_step_sizes(hooked) is None
+    handle.remove()
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from lagrange_opt.evaluation.terms import Term
 from lagrange_opt.maths.dual_restart import restarted_
 from lagrange_opt.maths.lagrangian import project_nonnegative_
 from lagrange_opt.updates.fast_optimizers import is_fast, plan
+from lagrange_opt.updates.optimizer_group import OptimizerGroup
 from lagrange_opt.updates.optimizer_params import params_of
 from lagrange_opt.updates.rows import RowView, StateUndo, step_optimizer
 
@@ -39,21 +40,21 @@ def sgd_step_sizes(optimizer: torch.optim.Optimizer) -> list[float] | None:
     Returns:
         The sizes, one per group, if ``optimizer`` is a ``torch.optim.SGD`` with no momentum,
         no weight decay, a float learning rate, no step hooks and no wrapper around its
-        ``step()`` (whose calls the direct update would skip); else ``None``: use
-        ``optimizer.step()``.
+        ``step()`` (whose calls the direct update would skip), or an
+        :class:`OptimizerGroup` of such (its groups are its members', in order: two SGDs
+        step as one SGD with their two groups); else ``None``: use ``optimizer.step()``.
     """
+    if _step_intercepted(optimizer):
+        return None
+    if type(optimizer) is OptimizerGroup:
+        sizes: list[float] = []
+        for member in optimizer.optimizers:
+            member_sizes = sgd_step_sizes(member)
+            if member_sizes is None:
+                return None
+            sizes += member_sizes
+        return sizes
     if type(optimizer) is not torch.optim.SGD:
-        return None
-    if "step" in vars(optimizer):
-        # The instance's step() was wrapped, by a learning-rate scheduler (which records
-        # that it was called) or by the user: it must run.
-        return None
-    if (
-        optimizer._optimizer_step_pre_hooks
-        or optimizer._optimizer_step_post_hooks
-        or optimizer_module._global_optimizer_pre_hooks
-        or optimizer_module._global_optimizer_post_hooks
-    ):
         return None
     sizes = []
     for group in optimizer.param_groups:
@@ -64,6 +65,19 @@ def sgd_step_sizes(optimizer: torch.optim.Optimizer) -> list[float] | None:
             return None
         sizes.append(float(learning_rate) if group["maximize"] else -float(learning_rate))
     return sizes
+
+
+def _step_intercepted(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether something runs around the optimizer's ``step()`` that a direct update
+    would skip: a wrapper on the instance (a learning-rate scheduler records that it was
+    called; or the user's) or a step hook."""
+    return (
+        "step" in vars(optimizer)
+        or bool(optimizer._optimizer_step_pre_hooks)
+        or bool(optimizer._optimizer_step_post_hooks)
+        or bool(optimizer_module._global_optimizer_pre_hooks)
+        or bool(optimizer_module._global_optimizer_post_hooks)
+    )
 
 
 def steps_from_origins(optimizer: torch.optim.Optimizer, sizes: list[float] | None) -> bool:
