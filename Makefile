@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m lagrange_opt.demo
 
-# On every core (pytest-xdist): about 2 min 45 s on 2 cores; add -n 0 to run in one process.
+# On every core (pytest-xdist): about 2 min 30 s on 2 cores; add -n 0 to run in one process.
 test: $(VENV)/.installed
 	$(PY) -m pytest tests lagrange_opt --doctest-modules -n auto
 
