@@ -35,28 +35,27 @@ class Spawn(NamedTuple):
         return item.nodeid.rsplit("/", 1)[-1].startswith(self.tests)
 
 
-def _worker(script: str) -> Callable[[Path], list[list[str]]]:
-    """A test worker script taking the output directory."""
-    return lambda outdir: [[sys.executable, str(ROOT / "tests" / script), str(outdir)]]
-
-
-def _distributed(outdir: Path) -> list[list[str]]:
-    """Every case on 2 ranks, and the example's short run beside it."""
-    example = ["--epochs", "1", "--samples", "64", "--batch-size", "16"]
-    return [
-        *_worker("distributed_worker.py")(outdir),
-        [sys.executable, str(ROOT / "examples" / "ddp.py"), *example],
-    ]
+def _python(path: str, *args: str) -> list[str]:
+    """A command running the repository's script ``path`` with ``args``."""
+    return [sys.executable, str(ROOT / path), *args]
 
 
 SPAWNS: dict[str, Spawn] = {
-    "distributed": Spawn("test_distributed.py::", _distributed),
+    "distributed": Spawn(
+        "test_distributed.py::",
+        lambda outdir: [
+            _python("tests/distributed_worker.py", str(outdir)),
+            # The example's short run, beside every case on 2 ranks.
+            _python("examples/ddp.py", "--epochs", "1", "--samples", "64", "--batch-size", "16"),
+        ],
+    ),
     "reliability_ranks": Spawn(
-        "test_reliability_ranks.py::", _worker("reliability_ranks_worker.py")
+        "test_reliability_ranks.py::",
+        lambda outdir: [_python("tests/reliability_ranks_worker.py", str(outdir))],
     ),
     "proxy_distributed": Spawn(
         "test_proxy.py::test_two_ranks_equal_one_process_on_the_whole_batch",
-        _worker("proxy_distributed_worker.py"),
+        lambda outdir: [_python("tests/proxy_distributed_worker.py", str(outdir))],
     ),
 }
 

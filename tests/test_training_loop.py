@@ -4,6 +4,7 @@ optimizers, mixed precision with loss scaling; on every available device."""
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -451,17 +452,17 @@ AUTOCAST_RUNS: dict[str, tuple[Callable[..., ConstrainedOptimizer], int]] = {
 }
 
 
-def _autocast_run(device: str, dtype: torch.dtype, run: str, autocast: bool) -> tuple[float, float]:
+def _autocast_run(device: str, dtype: torch.dtype | None, run: str) -> tuple[float, float]:
     """The final loss and smallest prediction of an AUTOCAST_RUNS run, under autocast to
-    ``dtype`` (with a scaler for float16) or in float32."""
+    ``dtype`` (with a scaler for float16), or in float32 (``None``)."""
     make, steps = AUTOCAST_RUNS[run]
     problem, inputs, targets = network_problem(device, dtype=torch.float32)
-    scaler = _scaler(device) if autocast and dtype == torch.float16 else None
+    scaler = _scaler(device) if dtype == torch.float16 else None
     optimizer = make(problem, grad_scaler=scaler)
     closure = closure_of(problem, inputs, targets)
     skips = []
     for _ in range(steps):
-        with torch.autocast(device, dtype=dtype, enabled=autocast):
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
             skips.append(optimizer.step(closure).skipped)
     # float16's first steps may overflow the scaler's initial scale, and only those (4
     # with the default: its per-sample penalty, 16 times stiffer, makes the first
@@ -474,27 +475,19 @@ def _autocast_run(device: str, dtype: torch.dtype, run: str, autocast: bool) -> 
     return float(nn.functional.mse_loss(predictions, targets)), float(predictions.min())
 
 
-@pytest.fixture(scope="module")
-def float32_runs() -> dict[tuple[str, str], tuple[float, float]]:
-    """The float32 runs of each (device, run), made once and shared by the autocast dtypes
-    (autocast disabled, the dtype changes nothing)."""
-    return {}
+@functools.cache
+def _float32_run(device: str, run: str) -> tuple[float, float]:
+    """The float32 run of ``run``, made once and shared by the autocast dtypes."""
+    return _autocast_run(device, None, run)
 
 
 @pytest.mark.parametrize("run", list(AUTOCAST_RUNS))
 @pytest.mark.parametrize(("device", "dtype"), [*AUTOCAST, ("cpu", torch.float16)])
-def test_autocast_training_matches_float32(
-    device: str,
-    dtype: torch.dtype,
-    run: str,
-    float32_runs: dict[tuple[str, str], tuple[float, float]],
-) -> None:
+def test_autocast_training_matches_float32(device: str, dtype: torch.dtype, run: str) -> None:
     """Extra-gradient (fixed step; the default's configuration) trained under autocast
     (with a scaler for float16) ends within the precision's tolerance of the float32 run."""
-    if (device, run) not in float32_runs:
-        float32_runs[device, run] = _autocast_run(device, dtype, run, autocast=False)
-    loss32, min32 = float32_runs[device, run]
-    loss_low, min_low = _autocast_run(device, dtype, run, autocast=True)
+    loss32, min32 = _float32_run(device, run)
+    loss_low, min_low = _autocast_run(device, dtype, run)
     # bfloat16 keeps 8 bits of mantissa: the runs agree to a few of its units.
     assert abs(loss_low - loss32) <= 5e-3, (loss32, loss_low)
     assert abs(min_low - min32) <= 2e-2, (min32, min_low)
