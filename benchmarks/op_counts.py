@@ -39,7 +39,7 @@ from .speed import Step, indexed_case, network_case, tiny_case
 HOST_READS = frozenset(
     {
         "__bool__", "__float__", "__int__", "__index__", "__complex__", "item", "tolist",
-        "numpy", "cpu", "nonzero", "unique", "masked_select", "argwhere",
+        "numpy", "cpu", "nonzero", "unique", "masked_select", "argwhere", "equal",
     }
 )  # fmt: skip
 """Tensor methods and functions that make the host wait for the device's value."""

@@ -239,6 +239,34 @@ def test_extra_gradient_needs_the_same_batch_twice() -> None:
     assert_bitwise_equal(before, snapshot(problem, optimizer))
 
 
+def _with_rows_indices(make_indices: Callable[[Configurable], Tensor]) -> Any:
+    """A ``Configurable.make`` whose indexed constraint 'rows' takes the given indices."""
+
+    def make(p: Configurable) -> ProblemState:
+        state = Configurable.valid(p)
+        rows = state.constraints["rows"]
+        assert isinstance(rows, IndexedValue)
+        indexed = IndexedValue(rows.value, make_indices(p))
+        return ProblemState(state.objective, {**state.constraints, "rows": indexed})
+
+    return make
+
+
+def test_the_same_indices_tensor_twice_is_not_compared(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A comparison reads the device (on a GPU it waits for the queue): the same tensor,
+    # unwritten, needs none.
+    problem, optimizer = _build(ExtraGradient, "sgd")
+    indices = torch.tensor([0, 3, 5])
+    problem.make = _with_rows_indices(lambda p: indices)
+
+    def refused(*args: Any) -> bool:
+        raise AssertionError("the indices were compared")
+
+    monkeypatch.setattr(torch, "equal", refused)
+    result = optimizer.step(problem)
+    assert math.isfinite(float(result.lagrangian))
+
+
 def _optimizers(problem: ConstrainedProblem, **overrides: Any) -> tuple[Any, Any]:
     primal = overrides.get("primal") or torch.optim.SGD(problem.primal_parameters(), lr=0.1)
     dual = overrides.get("dual") or torch.optim.SGD(

@@ -16,7 +16,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import lagrange_opt.updates.fast_optimizers as fast_optimizers
 from lagrange_opt import ExtraGradient
-from lagrange_opt.updates.fast_optimizers import copy_all, is_fast, plan
+from lagrange_opt.updates.fast_optimizers import add_all_, copy_all, is_fast, plan
 
 Build = Callable[[list[Any], list[Any]], tuple[torch.optim.Optimizer, torch.optim.Optimizer]]
 
@@ -197,6 +197,19 @@ def test_copy_all_with_and_without_the_fused_copy(
     targets = [torch.empty_like(source) for source in sources]
     copy_all(targets, sources)
     assert_bitwise_equal(targets, sources)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_add_all_with_and_without_the_fused_add(
+    monkeypatch: pytest.MonkeyPatch, fused: bool
+) -> None:
+    if not fused:
+        monkeypatch.delattr(torch, "_foreach_add_")
+    tensors = [torch.randn(3), torch.randn(2, 2, dtype=torch.float64), torch.tensor(4.0)]
+    targets = [torch.randn_like(tensor) for tensor in tensors]
+    expected = [torch.add(target, tensor, alpha=0.3) for target, tensor in zip(targets, tensors)]
+    add_all_(targets, tensors, 0.3)
+    assert_bitwise_equal(targets, expected)
 
 
 def test_the_steps_reuse_their_tensors() -> None:

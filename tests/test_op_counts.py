@@ -16,7 +16,7 @@ HOST_READS = {
         "simultaneous-nupi": 1, "hand-simultaneous": 0,
     },
     "network": {
-        "simultaneous": 1, "extragradient": 1, "optimistic": 1, "extragradient-micro4": 1,
+        "simultaneous": 1, "extragradient": 1, "optimistic": 1, "extragradient-micro4": 2,
         "simultaneous-augmented": 1, "simultaneous-nupi": 2, "default": 2, "default-fixed": 1,
         "plain-sgd": 0,
     },
@@ -26,7 +26,9 @@ HOST_READS = {
 fixed-step method shares with its evaluations' finiteness checks (extra-gradient's two
 too); the adaptive step reads its evaluations' checks with its test, and its write check;
 nuPI's check of its settings on a tensor and ``torch.unique`` over the batch's indices for
-indexed slacks add theirs."""
+indexed slacks add theirs, and extra-gradient over micro-batches the comparison of its
+second evaluation's indices, concatenated anew, with its first's (one batch's indices, the
+same tensor both times, are not read)."""
 
 CASES = {
     "tiny": lambda: tiny_case(quick=True),

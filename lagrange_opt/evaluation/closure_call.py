@@ -30,7 +30,12 @@ from lagrange_opt.problem.validation import (
 if TYPE_CHECKING:
     from lagrange_opt.evaluation.distributed import Synchronizer
     from lagrange_opt.evaluation.global_batch import GlobalBatch
-from lagrange_opt.evaluation.observed import ObservedIndices, observed_in, with_measured
+from lagrange_opt.evaluation.observed import (
+    ObservedIndices,
+    observed_in,
+    same_indices,
+    with_measured,
+)
 
 
 def check_closure(closure: object, caller: str, micro_batches: bool = True) -> None:
@@ -76,16 +81,17 @@ def detached_standard(value: Tensor, spec: ConstraintSpec, dtype: torch.dtype) -
     Where a constraint's value is cast to the dual side's dtype, its multipliers' (a
     penalised constraint, which has none, keeps its own).
     """
-    detached = value.detach()
-    if detached.dtype != dtype:
-        detached = detached.to(dtype)  # a copy: memory of its own
-        return detached.neg_() if spec.sense == ">=" else detached
-    if spec.sense == ">=":
-        return detached.neg()
-    if value.is_leaf or value._is_view():
-        # The value may be (a view of) a parameter, which the primal step changes.
-        return detached.clone()
-    return detached
+    # Under no_grad the results record nothing, without a detach call before each.
+    with torch.no_grad():
+        if value.dtype != dtype:
+            cast = value.to(dtype)  # a copy: memory of its own
+            return cast.neg_() if spec.sense == ">=" else cast
+        if spec.sense == ">=":
+            return value.neg()
+        if value.is_leaf or value._is_view():
+            # The value may be (a view of) a parameter, which the primal step changes.
+            return value.clone()
+    return value.detach()
 
 
 def call(
@@ -218,7 +224,7 @@ def _check_same_batch(
                 "step must use the same batch"
             )
         indices, previous = observed.get(name), expected.get(name)
-        if indices is not None and previous is not None and not torch.equal(indices, previous):
+        if indices is not None and previous is not None and not same_indices(indices, previous):
             raise ValueError(
                 f"constraint '{name}': the closure returned other indices on its second call; "
                 "both evaluations of one step must use the same batch"

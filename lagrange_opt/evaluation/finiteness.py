@@ -4,18 +4,41 @@ of every rank on the outcome: :mod:`.distributed`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from lagrange_opt.maths.formulation import TermRule
+from lagrange_opt.maths.norms import norms
 from lagrange_opt.problem.constraints import ConstraintSpec
 from lagrange_opt.problem.proxy import proxy_parts
 from lagrange_opt.problem.validation import Checked, NonFiniteError, first_non_finite
 
 if TYPE_CHECKING:
     pass
+
+
+def finite_numbers(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """One number per tensor, finite if every entry of the tensor is, without a host
+    synchronisation: each tensor's 2-norm (:func:`..maths.norms.norms`, one call for the
+    list), or each one's sum where the tensors sit on several devices.
+
+    A norm that overflows (entries past about 1e19 in float32) reads "not finite" where
+    every entry is, as a sum does past 3e38 / n: the callers' detailed searches then let
+    such tensors pass. No gradient is recorded.
+
+    Example:
+        >>> import torch
+        >>> [bool(torch.isfinite(number)) for number in
+        ...  finite_numbers([torch.ones(3), torch.tensor([1.0, float("nan")])])]
+        [True, False]
+    """
+    if any(tensor.device != tensors[0].device for tensor in tensors):
+        with torch.no_grad():
+            return [tensor.sum() for tensor in tensors]
+    return norms(tensors)
 
 
 def slack_variable(spec: ConstraintSpec, rule: TermRule) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor
 
 from lagrange_opt.problem.proxy import measured_earlier, proxy_parts
@@ -42,6 +43,17 @@ class ObservedIndices(dict[str, Tensor | None]):
     ) -> None:
         super().__init__(indices)
         self.measured: dict[str, Tensor] = dict(measured or {})
+
+
+def same_indices(indices: Tensor, previous: Tensor) -> bool:
+    """Whether an evaluation's indices are those an earlier one of the step observed.
+
+    The same tensor is equal to itself without a comparison, which reads the device (on
+    a GPU it waits for every queued kernel): a closure that returns the batch's own
+    indices tensor both times costs nothing here. (Refilled in place between the calls,
+    it would be the earlier evaluation's record too: a comparison could not tell either.)
+    """
+    return indices is previous or torch.equal(indices, previous)
 
 
 def observed_in(checked: Checked) -> ObservedIndices:

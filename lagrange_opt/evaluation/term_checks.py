@@ -20,7 +20,11 @@ from lagrange_opt.problem.validation import (
 
 if TYPE_CHECKING:
     from lagrange_opt.evaluation.terms import Evaluation, Term
-from lagrange_opt.evaluation.finiteness import raise_for_bad_constraint, slack_variable
+from lagrange_opt.evaluation.finiteness import (
+    finite_numbers,
+    raise_for_bad_constraint,
+    slack_variable,
+)
 
 
 def raise_for_bad_values(objective: Tensor, checked: Checked, terms: list[Term]) -> None:
@@ -97,14 +101,14 @@ def check_finite(
 
 
 def finite_total(evaluation: Evaluation, params: Sequence[Tensor], slacks: bool) -> Tensor:
-    """The number :func:`check_finite` reads: the Lagrangian's value plus every gradient's
-    sum, finite if they all are (a sum that overflows sends the check to the detailed
-    search, which lets finite gradients pass). No host synchronisation."""
-    # The sums join the value itself: finite sums add a finite number, and it saves the
-    # two operations of a product by 0 per check.
-    sums = [evaluation.total]
-    sums += [grad.sum() for grad in evaluation.gradients(params, slacks)]
-    return torch.stack(sums).sum() if len(sums) > 1 else sums[0]
+    """The number :func:`check_finite` reads: the Lagrangian's value plus a number per
+    gradient (:func:`.finiteness.finite_numbers`), finite if they all are (one that
+    overflows sends the check to the detailed search, which lets finite gradients pass).
+    No host synchronisation."""
+    # The numbers join the value itself: finite numbers add a finite number, and it saves
+    # the two operations of a product by 0 per check.
+    numbers = [evaluation.total, *finite_numbers(evaluation.gradients(params, slacks))]
+    return torch.stack(numbers).sum() if len(numbers) > 1 else numbers[0]
 
 
 class DeferredCheck(NamedTuple):

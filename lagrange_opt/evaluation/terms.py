@@ -163,7 +163,9 @@ class Evaluation(NamedTuple):
         for term, weight in zip(self.terms, weights):
             if term.output.requires_grad:
                 roots.append(term.output)
-                cotangents.append(weight.to(term.output.dtype))
+                # A same-dtype .to() is still an operator call.
+                same = weight.dtype == term.output.dtype
+                cotangents.append(weight if same else weight.to(term.output.dtype))
         if scale is not None:
             # A 0-dim scale keeps the cotangent's dtype, as backward of a scaled loss casts
             # it: one that overflows a float16 output is what the scaler is there to detect.

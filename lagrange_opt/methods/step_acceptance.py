@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 
 from lagrange_opt.evaluation.terms import Evaluation, Term
+from lagrange_opt.maths.norms import distances, norms
+from lagrange_opt.updates.fast_optimizers import copy_all
 
 
 class GradientBuffers:
@@ -29,6 +31,8 @@ class GradientBuffers:
         if len(self._buffers) != len(grads):
             self._buffers = [None] * len(grads)
         held: list[Tensor | None] = []
+        targets: list[Tensor] = []
+        copied: list[Tensor] = []
         for index, grad in enumerate(grads):
             if grad is None or grad.is_sparse:
                 held.append(grad)
@@ -36,7 +40,10 @@ class GradientBuffers:
             buffer = self._buffers[index]
             if buffer is None or not _same_layout(buffer, grad):
                 buffer = self._buffers[index] = torch.empty_like(grad)
-            held.append(buffer.copy_(grad))
+            held.append(buffer)
+            targets.append(buffer)
+            copied.append(grad)
+        copy_all(targets, copied)
         return held
 
 
@@ -102,18 +109,28 @@ def change_norms(
     sums = _SquaredNorms(4)
     operator, dual_operator, point, dual_point = range(4)
     multipliers = {id(term.multiplier) for term in start.terms}
+    # The dense blocks' norms are taken list by list (maths.norms: one call per list).
+    changed: list[tuple[Tensor, Tensor, float]] = []
+    moves: list[tuple[Tensor, Tensor, float]] = []
+    stepped: list[tuple[Tensor, float]] = []
     for param, copy, grad in zip(dense, copies, start_grads):
         if id(param) in multipliers:
             continue  # the multipliers' gradients are the residuals, below
         if grad is None or param.grad is None:
             continue
         base = bases[id(param)]
-        sums.add(operator, torch.dist(param.grad, grad), base)
+        changed.append((param.grad, grad, base))
         size = sgd_moves.get(id(param))
         if size is None:
-            sums.add(point, torch.dist(param.detach(), copy), _inverse(base))
+            moves.append((param.detach(), copy, _inverse(base)))
         else:
-            sums.add(point, torch.linalg.vector_norm(grad), size * size * _inverse(base))
+            stepped.append((grad, size * size * _inverse(base)))
+    for slot, pairs in ((operator, changed), (point, moves)):
+        found = distances([left for left, _, _ in pairs], [right for _, right, _ in pairs])
+        for norm, (_, _, metric) in zip(found, pairs):
+            sums.add(slot, norm, metric)
+    for norm, (_, metric) in zip(norms([grad for grad, _ in stepped]), stepped):
+        sums.add(point, norm, metric)
     for before, after in zip(start.terms, extrapolated.terms):
         moved = before.multiplier.detach()
         if before.indices is not None:

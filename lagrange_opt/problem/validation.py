@@ -98,10 +98,12 @@ def _unpack(name: str, constraint: Constraint, entry: object) -> tuple[Tensor, T
             raise ValueError(
                 f"constraint '{name}': indices must be 1-D, got shape {_describe_shape(indices)}"
             )
+        if indices.dtype != torch.int64:  # a same-dtype .long() is still an operator call
+            indices = indices.long()
         if isinstance(value, Proxy):
-            return _proxy_value(name, spec, value, indices.shape[0]), indices.long()
+            return _proxy_value(name, spec, value, indices.shape[0]), indices
         _check_rows(name, spec, value, indices.shape[0])
-        return value, indices.long()
+        return value, indices
     if isinstance(entry, IndexedValue):
         raise ValueError(
             f"constraint '{name}' is not indexed: return its value as a tensor, not IndexedValue"

@@ -62,6 +62,23 @@ def copy_all(targets: Sequence[Tensor], sources: Sequence[Tensor]) -> None:
         target.copy_(source)
 
 
+def add_all_(targets: Sequence[Tensor], tensors: Sequence[Tensor], alpha: float) -> None:
+    """Adds ``alpha`` times each tensor to its target, in place: one fused call where
+    torch has it.
+
+    ``torch._foreach_add_`` (private) saves a dispatch per tensor (on a GPU, a kernel
+    launch); a torch without it gets one public ``add_`` per tensor, with the same result.
+    """
+    if not targets:
+        return
+    foreach_add = getattr(torch, "_foreach_add_", None)
+    if foreach_add is not None:
+        foreach_add(list(targets), list(tensors), alpha=alpha)
+        return
+    for target, tensor in zip(targets, tensors):
+        target.add_(tensor, alpha=alpha)
+
+
 Buffers = dict[int, list[Tensor]]
 """Per parameter (by ``id``), tensors reused from step to step."""
 

@@ -22,7 +22,7 @@ from torch.optim import optimizer as optimizer_module
 from lagrange_opt.evaluation.terms import Term
 from lagrange_opt.maths.dual_restart import restarted_
 from lagrange_opt.maths.lagrangian import project_nonnegative_
-from lagrange_opt.updates.fast_optimizers import is_fast, plan
+from lagrange_opt.updates.fast_optimizers import add_all_, copy_all, is_fast, plan
 from lagrange_opt.updates.optimizer_group import OptimizerGroup
 from lagrange_opt.updates.optimizer_params import params_of
 from lagrange_opt.updates.rows import RowView, StateUndo, step_optimizer
@@ -107,8 +107,7 @@ def step(
         # step() steps from the parameters' values: put the origins there first.
         moved = [param for param in params_of(optimizer) if param.grad is not None]
         moved = [param for param in moved if id(param) in origins]
-        for param in moved:
-            param.copy_(origins[id(param)])
+        copy_all(moved, [origins[id(param)] for param in moved])
     return step_optimizer(optimizer, views, commit_state)
 
 
@@ -165,10 +164,10 @@ def primal_update(
     for group, size in zip(optimizer.param_groups, sizes):
         params = [param for param in group["params"] if param.grad is not None]
         if origins is not None:
-            for param in params:
-                torch.add(origins[id(param)], param.grad, alpha=size, out=param)
-        elif params:
-            torch._foreach_add_(params, [param.grad for param in params], alpha=size)
+            # Two list-wide calls rather than a fused add per tensor: on a GPU the launches
+            # are the cost (one more pass over the parameters in memory).
+            copy_all(params, [origins[id(param)] for param in params])
+        add_all_(params, [param.grad for param in params], size)
     if slacks:
         size_of = _size_of(optimizer, sizes)
         for read in slacks:
@@ -218,7 +217,10 @@ def dual_update(
             if projected:
                 project_nonnegative_(multiplier)
             continue
-        multiplier.index_add_(0, indices, (term.residual * size).to(multiplier.dtype))
+        step = term.residual * size
+        if step.dtype != multiplier.dtype:  # a same-dtype .to() is still an operator call
+            step = step.to(multiplier.dtype)
+        multiplier.index_add_(0, indices, step)
         if projected:
             rows = project_nonnegative_(multiplier.index_select(0, indices))
             multiplier.index_copy_(0, indices, rows)

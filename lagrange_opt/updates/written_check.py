@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor
 
 from lagrange_opt.evaluation.term_checks import DeferredCheck
@@ -26,8 +27,8 @@ def check_written(
     An update can write a NaN or an infinity from finite inputs: in float16 a value
     past 65504 overflows and Adam's ``eps`` (1e-8) rounds to 0, so a step on a
     multiplier whose residual is small divides by 0. Committed, it would fail every
-    later step that reads it and be saved in every checkpoint. Cost: a sum per
-    tensor (after a gather per indexed table) and one host synchronisation per step
+    later step that reads it and be saved in every checkpoint. Cost: one reduction
+    call (after a gather per indexed table) and one host synchronisation per step
     (:func:`..updates.rollback.all_finite`), shared with the ``deferred`` checks of the
     step's evaluations: a fixed-step simultaneous step reads the device once.
 
@@ -49,20 +50,20 @@ def check_written(
     places: list[Tensor | str] = []
     for param in params:
         if param.grad is not None and id(param) not in indexed_tables:
-            written.append(param.detach())
+            written.append(param)
             places.append(param)
-    for term in terms:
-        name = term.constraint.spec.name
-        multiplier = term.multiplier.detach()
-        if term.indices is None:
-            written.append(multiplier)
-            places.append(f"the multipliers of constraint '{name}'")
-        else:
-            written.append(multiplier.index_select(0, term.indices))
-            places.append(f"the batch's rows of the multipliers of constraint '{name}'")
-        if term.slack is not None:
-            written.append(term.slack.table.detach().index_select(0, term.slack.rows))
-            places.append(f"the batch's rows of the slacks of constraint '{name}'")
+    with torch.no_grad():  # the gathers record no gradient, and need no detach
+        for term in terms:
+            name = term.constraint.spec.name
+            if term.indices is None:
+                written.append(term.multiplier)
+                places.append(f"the multipliers of constraint '{name}'")
+            else:
+                written.append(term.multiplier.index_select(0, term.indices))
+                places.append(f"the batch's rows of the multipliers of constraint '{name}'")
+            if term.slack is not None:
+                written.append(term.slack.table.index_select(0, term.slack.rows))
+                places.append(f"the batch's rows of the slacks of constraint '{name}'")
     if all_finite(written, [check.total for check in deferred]):
         return
     for check in deferred:
