@@ -72,8 +72,8 @@ def check_finite(
     """Raises :class:`NonFiniteError` if a value of the evaluation, or a gradient that its
     backward pass left on ``params`` or on the slack rows, is NaN or infinite.
 
-    One host synchronisation: each gradient's sum joins the Lagrangian's value (a sum that
-    overflows sends the check to the detailed one, which lets finite gradients pass). A
+    One host synchronisation: a number per gradient joins the Lagrangian's value (a number
+    that overflows sends the check to the detailed one, which lets finite gradients pass). A
     finite value can have an infinite gradient (``sqrt`` at 0, an overflow of
     ``multiplier * value`` in backward): checked before any update commits it.
 
@@ -83,7 +83,8 @@ def check_finite(
         describe: Names a parameter in the error message.
         slacks: Whether to check the gradients of the indexed slack rows too.
     """
-    total = finite_total(evaluation, params, slacks)
+    numbers = finite_numbers_of(evaluation, params, slacks)
+    total = torch.stack(numbers).sum() if len(numbers) > 1 else numbers[0]
     sync = evaluation.sync
     if sync is None:
         if not math.isfinite(total.item()):
@@ -100,29 +101,28 @@ def check_finite(
     sync.agree(None)
 
 
-def finite_total(evaluation: Evaluation, params: Sequence[Tensor], slacks: bool) -> Tensor:
-    """The number :func:`check_finite` reads: the Lagrangian's value plus a number per
-    gradient (:func:`.finiteness.finite_numbers`), finite if they all are (one that
-    overflows sends the check to the detailed search, which lets finite gradients pass).
-    No host synchronisation."""
-    # The numbers join the value itself: finite numbers add a finite number, and it saves
-    # the two operations of a product by 0 per check.
-    numbers = [evaluation.total, *finite_numbers(evaluation.gradients(params, slacks))]
-    return torch.stack(numbers).sum() if len(numbers) > 1 else numbers[0]
+def finite_numbers_of(
+    evaluation: Evaluation, params: Sequence[Tensor], slacks: bool
+) -> list[Tensor]:
+    """The numbers :func:`check_finite` reads: the Lagrangian's value and a number per
+    gradient (:func:`.finiteness.finite_numbers`), all finite if the evaluation is (one
+    that overflows sends the check to the detailed search, which lets finite gradients
+    pass). No host synchronisation; the caller reduces them with whatever else it reads."""
+    return [evaluation.total, *finite_numbers(evaluation.gradients(params, slacks))]
 
 
 class DeferredCheck(NamedTuple):
-    """:func:`check_finite` of an evaluation, its number not read yet: read with the check
-    of what the step wrote (one host read for both), searched in detail on failure.
+    """:func:`check_finite` of an evaluation, its numbers not read yet: read with the
+    check of what the step wrote (one host read for both), searched in detail on failure.
 
     Attributes:
-        total: :func:`finite_total`'s number.
+        numbers: :func:`finite_numbers_of` the evaluation.
         evaluation: The evaluation.
         params: The parameters whose gradients it checks.
         slacks: Whether it checks the slack rows' gradients.
     """
 
-    total: Tensor
+    numbers: list[Tensor]
     evaluation: Evaluation
     params: Sequence[Tensor]
     slacks: bool

@@ -21,7 +21,7 @@ from lagrange_opt.evaluation.rank_scales import measure_scales_across_ranks
 from lagrange_opt.evaluation.scaling import measure_scales, measure_scales_over
 from lagrange_opt.evaluation.slacks import UndoLog
 from lagrange_opt.evaluation.step_closure import Closure, StepClosure
-from lagrange_opt.evaluation.term_checks import DeferredCheck, check_finite, finite_total
+from lagrange_opt.evaluation.term_checks import DeferredCheck, check_finite, finite_numbers_of
 from lagrange_opt.evaluation.terms import Evaluation, Term
 from lagrange_opt.maths.augmented import AugmentedLagrangian
 from lagrange_opt.maths.formulation import Scales
@@ -391,8 +391,8 @@ class ConstrainedOptimizer(abc.ABC):
             return evaluation, []
         self._backward(evaluation, check=False)
         params = params_of(self.primal_optimizer)
-        total = finite_total(evaluation, params, slacks=True)
-        return evaluation, [DeferredCheck(total, evaluation, params, True)]
+        numbers = finite_numbers_of(evaluation, params, slacks=True)
+        return evaluation, [DeferredCheck(numbers, evaluation, params, True)]
 
     def _backward(
         self,

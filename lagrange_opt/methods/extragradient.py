@@ -12,7 +12,7 @@ from torch import distributed as dist
 from lagrange_opt.diagnostics.step_result import step_result
 from lagrange_opt.evaluation.randomness import Buffers, rng_state, set_rng_state
 from lagrange_opt.evaluation.step_closure import Closure
-from lagrange_opt.evaluation.term_checks import DeferredCheck, finite_total
+from lagrange_opt.evaluation.term_checks import DeferredCheck, finite_numbers_of
 from lagrange_opt.evaluation.terms import Evaluation
 from lagrange_opt.maths.augmented import AugmentedLagrangian
 from lagrange_opt.maths.hyperparameters import check_learning_rate, check_real
@@ -294,7 +294,7 @@ class ExtraGradient(ConstrainedOptimizer):
         )
         if deferred:
             params = params_of(self.primal_optimizer)
-            checks = [deferred[0].total, finite_total(extrapolated, params, True)]
+            checks = [*deferred[0].numbers, *finite_numbers_of(extrapolated, params, True)]
             values = torch.cat([sums, torch.stack(checks).to(sums)]).tolist()
             if not all(math.isfinite(value) for value in values[4:]):
                 search_try(
@@ -390,8 +390,8 @@ class ExtraGradient(ConstrainedOptimizer):
                 # With a fixed step its values only: its gradients move the point, checked as
                 # the move; the adaptive step's test reads them too.
                 params = params_of(self.primal_optimizer) if self.adaptive is not None else ()
-                total = finite_total(start, params, bool(params))
-                deferred.append(DeferredCheck(total, start, params, bool(params)))
+                numbers = finite_numbers_of(start, params, bool(params))
+                deferred.append(DeferredCheck(numbers, start, params, bool(params)))
             else:
                 start = self._evaluate_and_backward(
                     closure, rollback.undo, check_grads=self._checks_start_gradients()
@@ -468,8 +468,8 @@ class ExtraGradient(ConstrainedOptimizer):
             if adaptive is None:
                 if deferred:
                     params = params_of(self.primal_optimizer)
-                    total = finite_total(extrapolated, params, True)
-                    deferred.append(DeferredCheck(total, extrapolated, params, True))
+                    numbers = finite_numbers_of(extrapolated, params, True)
+                    deferred.append(DeferredCheck(numbers, extrapolated, params, True))
                 return Extrapolation(extrapolated, sizes, Trial(True, 0.0), calls)
             trial = self._judge(point, start_grads, start, extrapolated, sizes, deferred)
             if trial.accepted:

@@ -64,7 +64,7 @@ def check_written(
             if term.slack is not None:
                 written.append(term.slack.table.index_select(0, term.slack.rows))
                 places.append(f"the batch's rows of the slacks of constraint '{name}'")
-    if all_finite(written, [check.total for check in deferred]):
+    if all_finite(written, [number for check in deferred for number in check.numbers]):
         return
     for check in deferred:
         check.search(describe)
