@@ -31,8 +31,9 @@ of the machine, which slows both sides of a pair alike, cancels out.
 - ``default`` variants of the networks' SGD cases: :func:`~lagrange_opt.default_optimizer`
   (extra-gradient with the adaptive step on the augmented Lagrangian), compared per step
   with the fixed-step ``extragradient`` of the same case and with ``default-fixed``, the
-  default's configuration (augmented Lagrangian, scaling, ``same_randomness``) with the
-  fixed step: the cost of the adaptive step alone.
+  default's configuration (its augmented Lagrangian ``DEFAULT_AUGMENTED`` with the
+  per-sample margins, scaling, ``same_randomness``) with the fixed step: the cost of the
+  adaptive step alone.
 - ``indexed-N``: ``N`` indexed constraints in all, 512 seen per step, on a linear model of
   features computed from the sample index (so nothing scales with ``N`` but the tables).
   Baseline: the same step at ``N = 2e4``.
@@ -59,6 +60,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lagrange_opt import (
+    DEFAULT_AUGMENTED,
     ConstrainedProblem,
     ExtraGradient,
     IndexedValue,
@@ -338,13 +340,14 @@ def network_case(hidden: int, num_samples: int = 10_240, batch_size: int = 256) 
         default.step(lambda: default_problem(*batch))
 
     steps["default"] = default_step
-    # The default's configuration with the fixed step: what the adaptive step itself costs.
+    # The default's configuration with the fixed step: what the adaptive step itself costs
+    # (its formulation, margins and runaway check included, as default_optimizer builds it).
     fixed_problem = PositiveOutputs(_mlp(hidden), num_samples, "projection")
     fixed = ExtraGradient(
         fixed_problem,
         torch.optim.SGD(fixed_problem.primal_parameters(), lr=lr),
         torch.optim.SGD(fixed_problem.dual_parameters(), lr=dual_lr, maximize=True),
-        formulation="augmented", scaling=True, same_randomness=True,
+        formulation=DEFAULT_AUGMENTED, scaling=True, same_randomness=True,
     )  # fmt: skip
 
     def default_fixed_step() -> None:

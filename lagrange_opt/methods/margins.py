@@ -116,7 +116,9 @@ class SampleMargins:
             indices = term.indices
             if augmented is None or margin is None or indices is None or not indices.numel():
                 continue
-            standard = term.standard.to(margin.dtype)
+            standard = term.standard
+            if standard.dtype != margin.dtype:  # a same-dtype .to() is still an operator call
+                standard = standard.to(margin.dtype)
             previous = self._previous.get(name)
             if previous is None:
                 shape = (self._sizes[name], *standard.shape[1:])
