@@ -211,7 +211,9 @@ class _SquaredNorms:
             parts.append(torch.stack(self._squares).double())
         if not parts:
             return torch.zeros(self._slots, dtype=torch.float64, device=device)
-        values = torch.cat(parts).to(device)
+        values = torch.cat(parts)
+        if values.device != device:  # a same-device .to() is still an operator call
+            values = values.to(device)
         coefficients = [[0.0] * values.numel() for _ in range(self._slots)]
         for column, (slot, weight) in enumerate(self._norm_weights + self._square_weights):
             coefficients[slot][column] = weight
