@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import sympy
 import torch
-from helpers import QuadraticProgram, sgd_pair
+from helpers import QuadraticProgram, assert_bitwise_equal, sgd_pair
 from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
 
@@ -33,7 +33,9 @@ from lagrange_opt.maths.augmented import (
     augmented_weight,
     closed_form_slack,
     grown_penalty,
+    primal_settled,
 )
+from lagrange_opt.problems import HOCK_SCHITTKOWSKI, NonlinearProgram
 
 PENALTIES = [1e-8, 1e-2, 1.0, 1e2, 1e8]
 
@@ -383,6 +385,70 @@ def test_grown_penalty(penalty: float, previous: float, current: float, expected
 
 def test_grown_penalty_with_growth_one_keeps_the_penalty() -> None:
     assert grown_penalty(AugmentedLagrangian(growth=1.0), 2.0, 1.0, 3.0) == 2.0
+
+
+SETTLED_CASES = [
+    # (previous move, move, scaled violation, settled)
+    (math.inf, 5.0, 1e-3, True),  # the first window has nothing to compare with
+    (1.0, 0.5, 1e-3, True),  # the move shrank by the factor (shrink 0.5 here)
+    (1.0, 0.5000001, 1e-3, False),  # not quite, and farther than the violation
+    (1.0, 1.04, 2e-3, False),  # hs118 at step 2,000: sliding at a steady rate
+    (2.5e-4, 2.5e-4, 1.1e-2, True),  # drifting by less than it is off the constraint
+    (1.0, 1e-3, 1e-3, True),
+    (0.0, 0.0, 0.0, True),  # at rest
+]
+
+
+@pytest.mark.parametrize(("previous", "move", "distance", "settled"), SETTLED_CASES)
+def test_primal_settled(previous: float, move: float, distance: float, settled: bool) -> None:
+    assert primal_settled(RULE, previous, move, distance) is settled
+    # Not settled, a growing violation keeps its coefficient.
+    expected = 10.0 if settled else 1.0
+    assert grown_penalty(RULE, 1.0, 1.0, 2.0, settled) == expected
+
+
+def test_the_settled_rule_resumes_bitwise() -> None:
+    # Windows of 3 steps: the checkpoint falls inside a window whose start, scaled
+    # violations and previous movement it must carry.
+    rule = AugmentedLagrangian(growth=10.0, window=3)
+
+    def build() -> tuple[QuadraticProgram, ExtraGradient]:
+        problem = QuadraticProgram("projection")
+        return problem, ExtraGradient(problem, *sgd_pair(problem, 0.05), formulation=rule)
+
+    straight_problem, straight = build()
+    straight_states = []
+    for _ in range(20):
+        straight.step(straight_problem)
+        straight_states.append(straight.state_dict())
+    first_problem, first = build()
+    for _ in range(10):
+        first.step(first_problem)
+    saved = {"problem": first_problem.state_dict(), "optimizer": first.state_dict()}
+    formulation = saved["optimizer"]["formulation"]
+    assert formulation["window_start"] is not None and formulation["window_distance"]
+    assert math.isfinite(formulation["previous_move"])
+    resumed_problem, resumed = build()
+    resumed_problem.load_state_dict(saved["problem"])
+    resumed.load_state_dict(saved["optimizer"])
+    assert_bitwise_equal(resumed.state_dict(), saved["optimizer"])
+    for step in range(10, 20):
+        resumed.step(resumed_problem)
+        assert_bitwise_equal(resumed.state_dict(), straight_states[step])
+    assert_bitwise_equal(straight_problem.state_dict(), resumed_problem.state_dict())
+
+
+def test_the_penalty_waits_while_the_iterate_slides_along_its_constraints() -> None:
+    # hs118 (docs/benchmarks.md): its iterate slides along active bounds at a steady pace
+    # until about step 8,500 while its largest violation stays flat. Judged by the
+    # violation alone the penalty grew to 10 at step 2,000 and to 100 at 2,500, and the
+    # objective stalled at 665.0645 (f* = 664.8205); it now keeps falling.
+    problem = NonlinearProgram(HOCK_SCHITTKOWSKI["hs118"], "projection")
+    optimizer = default_optimizer(problem)
+    for _ in range(2_600):
+        result = optimizer.step(problem)
+    assert set(optimizer.state_dict()["formulation"]["penalties"].values()) == {1.0}
+    assert float(result.objective) < 665.05
 
 
 class Infeasible(ConstrainedProblem):

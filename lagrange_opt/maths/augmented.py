@@ -30,7 +30,11 @@ class AugmentedLagrangian(NamedTuple):
     Every ``window`` steps, the penalty coefficient of a constraint whose largest violation
     over the window is above ``shrink`` times that of the window before is multiplied by
     ``growth``, up to ``max_penalty`` (the classical rule of the method of multipliers,
-    Bertsekas 1982, Sec. 2.2). ``growth=1`` keeps ``c`` fixed.
+    Bertsekas 1982, Sec. 2.2). ``growth=1`` keeps ``c`` fixed. As that method grows the
+    penalty only once its inner minimisation is done, a dense constraint's coefficient
+    grows only in a window where the primal side has settled (:func:`primal_settled`): an
+    iterate still sliding along its active constraints leaves a flat violation that says
+    nothing about the penalty (hs118, docs/benchmarks.md).
 
     Between windows, every ``runaway_check`` steps (off by default here, every 10 steps
     in :func:`~lagrange_opt.default_optimizer`), a constraint whose violation grew past
@@ -210,8 +214,39 @@ def closed_form_slack(standard: Tensor, multiplier: Tensor, penalty: Tensor | fl
     return (standard.neg() - multiplier / penalty).clamp(min=0).sqrt()
 
 
+def primal_settled(
+    config: AugmentedLagrangian, previous: float, move: float, distance: float
+) -> bool:
+    """Whether the primal side has settled for the current multipliers, so that a window's
+    flat violation may grow the penalty (the method of multipliers grows it only once the
+    inner problem is approximately solved): the primal iterate's movement over the window
+    shrank by ``shrink`` against the window before, or is within the constraint's largest
+    scaled violation (its distance to the boundary, to first order). An iterate still
+    travelling as far as before, and farther than it is off the constraint, is sliding
+    along its active constraints: the violation it leaves says nothing about the penalty.
+
+    Args:
+        config: The rule's settings (``shrink``).
+        previous: The primal movement over the previous window (``inf`` before the first).
+        move: The primal movement over the window that ends.
+        distance: The constraint's largest scaled violation over that window.
+
+    Example:
+        >>> rule = AugmentedLagrangian()
+        >>> primal_settled(rule, previous=1.0, move=0.99, distance=1e-3)
+        False
+        >>> primal_settled(rule, 1.0, 0.5, 1e-3), primal_settled(rule, 1.0, 1e-4, 1e-3)
+        (True, True)
+    """
+    return move <= config.shrink * previous or move <= distance
+
+
 def grown_penalty(
-    config: AugmentedLagrangian, penalty: float, previous: float, current: float
+    config: AugmentedLagrangian,
+    penalty: float,
+    previous: float,
+    current: float,
+    settled: bool = True,
 ) -> float:
     """The penalty coefficient after one window of the update rule.
 
@@ -219,12 +254,15 @@ def grown_penalty(
 
         c \\leftarrow \\min(\\gamma c, c_{\\max}) \\quad \\text{if} \\quad
         v_\\text{window} > \\tau \\, v_\\text{previous window}
+        \\ \\text{and the primal side has settled}
 
     Args:
         config: The rule's settings (``growth`` :math:`\\gamma`, ``shrink`` :math:`\\tau`).
         penalty: The coefficient now.
         previous: The largest violation over the previous window (``inf`` before the first).
         current: The largest violation over the window that ends.
+        settled: Whether the primal side has settled (:func:`primal_settled`): the
+            penalty grows only then.
 
     Example:
         >>> rule = AugmentedLagrangian(growth=10.0)
@@ -233,7 +271,7 @@ def grown_penalty(
         >>> grown_penalty(rule, 1.0, previous=1e-3, current=1e-4)
         1.0
     """
-    if current == 0.0 or current <= config.shrink * previous:
+    if not settled or current == 0.0 or current <= config.shrink * previous:
         return penalty
     return min(penalty * config.growth, config.max_penalty)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from lagrange_opt.evaluation.terms import Evaluation
 from lagrange_opt.maths import lagrangian as lag
-from lagrange_opt.maths.augmented import AugmentedLagrangian, grown_penalty
+from lagrange_opt.maths.augmented import AugmentedLagrangian, grown_penalty, primal_settled
 from lagrange_opt.maths.formulation import PLAIN, Formulation, Scales, TermRule
 from lagrange_opt.maths.runaway import Reading, diagnosis, running_away
 from lagrange_opt.methods.margins import SampleMargins
@@ -64,6 +65,12 @@ class FormulationState:
         self._window_max: dict[str, Tensor] = {}
         self._previous: dict[str, float] = dict.fromkeys(self.names, math.inf)
         self._steps = 0
+        # The dense constraints' penalties grow only once the primal side has settled
+        # (maths.augmented.primal_settled): the window's scaled violations and its start.
+        self._settles = any(name not in self._sample_names for name in self.names)
+        self._window_distance: dict[str, Tensor] = {}
+        self._window_start: list[Tensor] | None = None
+        self._previous_move = math.inf
         self._cached: Formulation | None = self._fixed()
 
     def _fixed(self) -> Formulation | None:
@@ -107,7 +114,7 @@ class FormulationState:
             rules[name] = TermRule(penalty, dual_scale, margin, self._margins.rows.get(name))
         return Formulation(1.0 / objective_scale, rules)
 
-    def observe(self, evaluation: Evaluation) -> None:
+    def observe(self, evaluation: Evaluation, params: Sequence[Tensor] = ()) -> None:
         """Applies the penalty-update rule with one step's violations (a host sync once per
         window, none in between).
 
@@ -128,21 +135,48 @@ class FormulationState:
             return
         for term in evaluation.terms:
             name = term.constraint.spec.name
-            largest = lag.violation(term.standard, term.constraint.spec).amax()
-            previous = self._window_max.get(name)
-            self._window_max[name] = (
-                largest if previous is None else torch.maximum(previous, largest)
-            )
+            violation = lag.violation(term.standard, term.constraint.spec)
+            largest = violation.amax()
+            _fold_max(self._window_max, name, largest)
+            if name not in self._sample_names:
+                # The scaled violation: the distance to the boundary, to first order.
+                scale = None if self.scales is None else self.scales.constraints.get(name)
+                distance = largest if scale is None else (violation / scale).amax()
+                _fold_max(self._window_distance, name, distance)
+        if self._settles and self._window_start is None:
+            self._window_start = [param.detach().clone() for param in params]
         if self._steps % augmented.window:
             return
+        move = self._movement(params) if self._settles else 0.0
+        previous_move, self._previous_move = self._previous_move, move
         for name, worst_tensor in self._window_max.items():
             worst = float(worst_tensor)
-            penalty = grown_penalty(augmented, self.penalties[name], self._previous[name], worst)
+            # A per-sample constraint keeps the plain rule: under minibatch noise the
+            # iterate never stops moving, and its margins answer the noise.
+            window_distance = self._window_distance.get(name)
+            settled = window_distance is None or primal_settled(
+                augmented, previous_move, move, float(window_distance)
+            )
+            penalty = grown_penalty(
+                augmented, self.penalties[name], self._previous[name], worst, settled
+            )
             if penalty != self.penalties[name]:
                 self.penalties[name] = penalty
                 self._cached = None
             self._previous[name] = worst
         self._window_max.clear()
+        self._window_distance.clear()
+
+    def _movement(self, params: Sequence[Tensor]) -> float:
+        """The primal iterate's movement over the window that ends (one host sync), and the
+        next window's start."""
+        starts = self._window_start or []
+        squares = [
+            (param.detach() - start).square().sum().to(torch.float64)
+            for param, start in zip(params, starts)
+        ]
+        self._window_start = [param.detach().clone() for param in params]
+        return math.sqrt(float(torch.stack(squares).sum())) if squares else 0.0
 
     def _watch(self, augmented: AugmentedLagrangian, evaluation: Evaluation) -> None:
         """The runaway check (:mod:`..maths.runaway`): one host sync."""
@@ -191,6 +225,13 @@ class FormulationState:
             "penalties": dict(self.penalties),
             "previous_violations": dict(self._previous),
             "window_max": {name: worst.clone() for name, worst in self._window_max.items()},
+            "window_distance": {
+                name: distance.clone() for name, distance in self._window_distance.items()
+            },
+            "window_start": None
+            if self._window_start is None
+            else [start.clone() for start in self._window_start],
+            "previous_move": self._previous_move,
             "steps": self._steps,
             "margins": self._margins.state_dict(),
             # Plain types: a checkpoint loads with torch.load(weights_only=True).
@@ -224,9 +265,20 @@ class FormulationState:
         self.penalties = dict(state["penalties"])
         self._previous = dict(state["previous_violations"])
         self._window_max = {name: worst.clone() for name, worst in state["window_max"].items()}
+        distances = state.get("window_distance", {})
+        self._window_distance = {name: distance.clone() for name, distance in distances.items()}
+        starts = state.get("window_start")
+        self._window_start = None if starts is None else [start.clone() for start in starts]
+        self._previous_move = float(state.get("previous_move", math.inf))
         self._steps = int(state["steps"])
         self._margins.load_state_dict(state.get("margins", {}))
         reading = state.get("reading")
         self._reading = None if reading is None else Reading(float(reading[0]), dict(reading[1]))
         self.stopped = state.get("stopped")
         self._cached = self._fixed()
+
+
+def _fold_max(maxima: dict[str, Tensor], name: str, value: Tensor) -> None:
+    """Keeps in ``maxima[name]`` the largest of the values given for ``name`` (no host sync)."""
+    before = maxima.get(name)
+    maxima[name] = value if before is None else torch.maximum(before, value)
