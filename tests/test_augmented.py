@@ -426,7 +426,7 @@ def test_the_settled_rule_resumes_bitwise() -> None:
         first.step(first_problem)
     saved = {"problem": first_problem.state_dict(), "optimizer": first.state_dict()}
     formulation = saved["optimizer"]["formulation"]
-    assert formulation["window_start"] is not None and formulation["window_distance"]
+    assert formulation["window_start"] is not None and formulation["window_max"]
     assert math.isfinite(formulation["previous_move"])
     resumed_problem, resumed = build()
     resumed_problem.load_state_dict(saved["problem"])

@@ -41,10 +41,12 @@ def test_one_number_per_tensor_finite_where_every_entry_is(fused: bool) -> None:
     assert all(number.ndim == 0 for number in numbers)
 
 
-def test_no_gradient_is_recorded(fused: bool) -> None:
+def test_parameters_are_read_under_no_grad(fused: bool) -> None:
     weight = torch.randn(3, requires_grad=True)
-    (number,) = finite_numbers([weight * 2])
-    assert number.grad_fn is None and not number.requires_grad
+    with torch.no_grad():
+        (number,) = finite_numbers([weight])
+        assert all_finite([weight])
+    assert number.grad_fn is None and torch.isfinite(number)
 
 
 def test_all_finite_reads_tensors_and_numbers_together(fused: bool) -> None:

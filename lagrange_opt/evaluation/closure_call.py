@@ -81,17 +81,16 @@ def detached_standard(value: Tensor, spec: ConstraintSpec, dtype: torch.dtype) -
     Where a constraint's value is cast to the dual side's dtype, its multipliers' (a
     penalised constraint, which has none, keeps its own).
     """
-    # Under no_grad the results record nothing, without a detach call before each.
-    with torch.no_grad():
-        if value.dtype != dtype:
-            cast = value.to(dtype)  # a copy: memory of its own
-            return cast.neg_() if spec.sense == ">=" else cast
-        if spec.sense == ">=":
-            return value.neg()
-        if value.is_leaf or value._is_view():
-            # The value may be (a view of) a parameter, which the primal step changes.
-            return value.clone()
-    return value.detach()
+    detached = value.detach()
+    if detached.dtype != dtype:
+        detached = detached.to(dtype)  # a copy: memory of its own
+        return detached.neg_() if spec.sense == ">=" else detached
+    if spec.sense == ">=":
+        return detached.neg()
+    if value.is_leaf or value._is_view():
+        # The value may be (a view of) a parameter, which the primal step changes.
+        return detached.clone()
+    return detached
 
 
 def call(

@@ -88,14 +88,13 @@ def _term(
     assert multiplier is not None
     spec = constraint.spec
     all_indices = indices if batch is None else batch.indices
-    with torch.no_grad():
-        if all_indices is not None:
-            # Reads first (an index out of range fails here, before anything is written).
-            all_multipliers = multiplier.index_select(0, all_indices)
-        else:
-            # A copy: the dual step updates the parameter in place, and the step's figures
-            # and the adaptive step's test read the multipliers the evaluation used.
-            all_multipliers = multiplier.clone()
+    if all_indices is not None:
+        # Reads first (an index out of range fails here, before anything is written).
+        all_multipliers = multiplier.detach().index_select(0, all_indices)
+    else:
+        # A copy: the dual step updates the parameter in place, and the step's figures
+        # and the adaptive step's test read the multipliers the evaluation used.
+        all_multipliers = multiplier.detach().clone()
     detached = detached_standard(value, spec, multiplier.dtype)
     multipliers, all_standard, local, share = all_multipliers, detached, None, None
     if batch is not None:

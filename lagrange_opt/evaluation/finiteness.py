@@ -27,7 +27,8 @@ def finite_numbers(tensors: Sequence[Tensor]) -> list[Tensor]:
 
     A norm that overflows (entries past about 1e19 in float32) reads "not finite" where
     every entry is, as a sum does past 3e38 / n: the callers' detailed searches then let
-    such tensors pass. No gradient is recorded.
+    such tensors pass. The tensors must record no gradient, or the call be made under
+    ``torch.no_grad()`` (:func:`..maths.norms.norms`).
 
     Example:
         >>> import torch
@@ -36,8 +37,7 @@ def finite_numbers(tensors: Sequence[Tensor]) -> list[Tensor]:
         [True, False]
     """
     if any(tensor.device != tensors[0].device for tensor in tensors):
-        with torch.no_grad():
-            return [tensor.sum() for tensor in tensors]
+        return [tensor.sum() for tensor in tensors]
     return norms(tensors)
 
 

@@ -66,9 +66,8 @@ class FormulationState:
         self._previous: dict[str, float] = dict.fromkeys(self.names, math.inf)
         self._steps = 0
         # The dense constraints' penalties grow only once the primal side has settled
-        # (maths.augmented.primal_settled): the window's scaled violations and its start.
+        # (maths.augmented.primal_settled): the window's start and previous movement.
         self._settles = any(name not in self._sample_names for name in self.names)
-        self._window_distance: dict[str, Tensor] = {}
         self._window_start: list[Tensor] | None = None
         self._previous_move = math.inf
         self._cached: Formulation | None = self._fixed()
@@ -136,26 +135,23 @@ class FormulationState:
         for term in evaluation.terms:
             name = term.constraint.spec.name
             violation = lag.violation(term.standard, term.constraint.spec)
-            largest = violation.amax()
-            _fold_max(self._window_max, name, largest)
-            if name not in self._sample_names:
-                # The scaled violation: the distance to the boundary, to first order.
-                scale = None if self.scales is None else self.scales.constraints.get(name)
-                distance = largest if scale is None else (violation / scale).amax()
-                _fold_max(self._window_distance, name, distance)
+            # A dense constraint's window keeps its largest violation per element (one
+            # operation per step), reduced at the window's end; a per-sample one's rows
+            # change from step to step, so its window keeps one number.
+            dense = name not in self._sample_names
+            _fold_max(self._window_max, name, violation if dense else violation.amax())
         if self._settles and self._window_start is None:
             self._window_start = [param.detach().clone() for param in params]
         if self._steps % augmented.window:
             return
         move = self._movement(params) if self._settles else 0.0
         previous_move, self._previous_move = self._previous_move, move
-        for name, worst_tensor in self._window_max.items():
-            worst = float(worst_tensor)
+        for name, window_max in self._window_max.items():
+            worst = float(window_max.amax())
             # A per-sample constraint keeps the plain rule: under minibatch noise the
             # iterate never stops moving, and its margins answer the noise.
-            window_distance = self._window_distance.get(name)
-            settled = window_distance is None or primal_settled(
-                augmented, previous_move, move, float(window_distance)
+            settled = name in self._sample_names or primal_settled(
+                augmented, previous_move, move, self._distance(name, window_max)
             )
             penalty = grown_penalty(
                 augmented, self.penalties[name], self._previous[name], worst, settled
@@ -165,7 +161,12 @@ class FormulationState:
                 self._cached = None
             self._previous[name] = worst
         self._window_max.clear()
-        self._window_distance.clear()
+
+    def _distance(self, name: str, window_max: Tensor) -> float:
+        """A dense constraint's largest scaled violation over the window: its distance to
+        the boundary, to first order (one host sync)."""
+        scale = None if self.scales is None else self.scales.constraints.get(name)
+        return float(window_max.amax() if scale is None else (window_max / scale).amax())
 
     def _movement(self, params: Sequence[Tensor]) -> float:
         """The primal iterate's movement over the window that ends (one host sync), and the
@@ -225,9 +226,6 @@ class FormulationState:
             "penalties": dict(self.penalties),
             "previous_violations": dict(self._previous),
             "window_max": {name: worst.clone() for name, worst in self._window_max.items()},
-            "window_distance": {
-                name: distance.clone() for name, distance in self._window_distance.items()
-            },
             "window_start": None
             if self._window_start is None
             else [start.clone() for start in self._window_start],
@@ -265,8 +263,6 @@ class FormulationState:
         self.penalties = dict(state["penalties"])
         self._previous = dict(state["previous_violations"])
         self._window_max = {name: worst.clone() for name, worst in state["window_max"].items()}
-        distances = state.get("window_distance", {})
-        self._window_distance = {name: distance.clone() for name, distance in distances.items()}
         starts = state.get("window_start")
         self._window_start = None if starts is None else [start.clone() for start in starts]
         self._previous_move = float(state.get("previous_move", math.inf))

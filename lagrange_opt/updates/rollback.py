@@ -118,7 +118,8 @@ def all_finite(tensors: Sequence[Tensor], numbers: Sequence[Tensor] = ()) -> boo
     What a step wrote is checked before it is committed, as the evaluation's gradients are
     (:func:`..evaluation.term_checks.check_finite`, whose number can join here as one of
     ``numbers``). A number that overflows says "not finite" where every entry is:
-    :func:`first_non_finite_tensor` then searches.
+    :func:`first_non_finite_tensor` then searches. Call it under ``torch.no_grad()`` for
+    tensors that record gradients (parameters).
     """
     by_device: dict[torch.device, tuple[list[Tensor], list[Tensor]]] = {}
     for tensor in tensors:

@@ -52,7 +52,9 @@ def check_written(
         if param.grad is not None and id(param) not in indexed_tables:
             written.append(param)
             places.append(param)
-    with torch.no_grad():  # the gathers record no gradient, and need no detach
+    # Under one no_grad the gathers and the reduction record nothing, without a detach
+    # per tensor.
+    with torch.no_grad():
         for term in terms:
             name = term.constraint.spec.name
             if term.indices is None:
@@ -64,8 +66,9 @@ def check_written(
             if term.slack is not None:
                 written.append(term.slack.table.index_select(0, term.slack.rows))
                 places.append(f"the batch's rows of the slacks of constraint '{name}'")
-    if all_finite(written, [number for check in deferred for number in check.numbers]):
-        return
+        numbers = [number for check in deferred for number in check.numbers]
+        if all_finite(written, numbers):
+            return
     for check in deferred:
         check.search(describe)
     index = first_non_finite_tensor(written)
