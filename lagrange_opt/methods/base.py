@@ -226,7 +226,8 @@ class ConstrainedOptimizer(abc.ABC):
             skipped = step_result(error.evaluation, counted.calls)
             return skipped._replace(skipped=True)
         torch.clear_autocast_cache()  # as above: the parameters moved
-        self._formulation.observe(result.evaluation, params_of(self.primal_optimizer))
+        params = params_of(self.primal_optimizer) if self._formulation.watches_primal else ()
+        self._formulation.observe(result.evaluation, params)
         if self._loss_scaling is not None:
             self._loss_scaling.end_step(skipped=False)
         return result.result

@@ -67,7 +67,12 @@ class FormulationState:
         self._steps = 0
         # The dense constraints' penalties grow only once the primal side has settled
         # (maths.augmented.primal_settled): the window's start and previous movement.
-        self._settles = any(name not in self._sample_names for name in self.names)
+        self.watches_primal = (
+            augmented is not None
+            and augmented.growth != 1.0
+            and any(name not in self._sample_names for name in self.names)
+        )
+        """Whether :meth:`observe` needs the primal parameters (to measure their movement)."""
         self._window_start: list[Tensor] | None = None
         self._previous_move = math.inf
         self._cached: Formulation | None = self._fixed()
@@ -140,11 +145,11 @@ class FormulationState:
             # change from step to step, so its window keeps one number.
             dense = name not in self._sample_names
             _fold_max(self._window_max, name, violation if dense else violation.amax())
-        if self._settles and self._window_start is None:
+        if self.watches_primal and self._window_start is None:
             self._window_start = [param.detach().clone() for param in params]
         if self._steps % augmented.window:
             return
-        move = self._movement(params) if self._settles else 0.0
+        move = self._movement(params) if self.watches_primal else 0.0
         previous_move, self._previous_move = self._previous_move, move
         for name, window_max in self._window_max.items():
             worst = float(window_max.amax())

@@ -120,6 +120,10 @@ def all_finite(tensors: Sequence[Tensor], numbers: Sequence[Tensor] = ()) -> boo
     ``numbers``). A number that overflows says "not finite" where every entry is:
     :func:`first_non_finite_tensor` then searches. Call it under ``torch.no_grad()`` for
     tensors that record gradients (parameters).
+
+    One call per list rather than a sum per block is what a GPU pays for (a launch per
+    call); on the CPU the norm costs about twice the sums (90 us against 48 us for a
+    784-512-512-10 network's 670k float32 parameters, one thread).
     """
     by_device: dict[torch.device, tuple[list[Tensor], list[Tensor]]] = {}
     for tensor in tensors:
