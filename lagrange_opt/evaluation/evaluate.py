@@ -41,6 +41,7 @@ from lagrange_opt.evaluation.slacks import (
 from lagrange_opt.evaluation.term_checks import check_finite, raise_for_bad_values
 from lagrange_opt.maths import augmented as aug
 from lagrange_opt.maths import lagrangian as lag
+from lagrange_opt.maths.casts import in_dtype
 from lagrange_opt.maths.formulation import PLAIN, UNIT_RULE, Formulation, TermRule, row_margin
 from lagrange_opt.problem.constrained_problem import ConstrainedProblem
 from lagrange_opt.problem.constraints import Constraint, ConstraintSpec, ProblemState
@@ -142,11 +143,11 @@ def _term(
         # The output has the promoted dtype of the value and the slack (the primal side);
         # its detached copy steps the multipliers, in their dtype.
         if batch is None:
-            residual = output.detach().to(multiplier.dtype)
+            residual = in_dtype(output.detach(), multiplier.dtype)
         else:
             assert slack_rows is not None
             every_slack = slack_rows.values.detach()[slack_rows.inverse]
-            residual = lag.slack_residual(all_standard, every_slack).to(multiplier.dtype)
+            residual = in_dtype(lag.slack_residual(all_standard, every_slack), multiplier.dtype)
         weights = term_weights(spec, multipliers, indices, True, objective_weight, share)
         reported = _value_weights(weights, spec, batch, all_multipliers, True, objective_weight)
         term_value = (reported * residual).sum()

@@ -15,6 +15,7 @@ from lagrange_opt.evaluation.observed import ObservedIndices, observed_in
 from lagrange_opt.evaluation.slacks import SlackRows
 from lagrange_opt.maths import augmented as aug
 from lagrange_opt.maths import lagrangian as lag
+from lagrange_opt.maths.casts import in_dtype
 from lagrange_opt.maths.formulation import TermRule, row_margin
 from lagrange_opt.problem.constraints import Constraint, ConstraintSpec
 from lagrange_opt.problem.validation import Checked
@@ -163,9 +164,7 @@ class Evaluation(NamedTuple):
         for term, weight in zip(self.terms, weights):
             if term.output.requires_grad:
                 roots.append(term.output)
-                # A same-dtype .to() is still an operator call.
-                same = weight.dtype == term.output.dtype
-                cotangents.append(weight if same else weight.to(term.output.dtype))
+                cotangents.append(in_dtype(weight, term.output.dtype))
         if scale is not None:
             # A 0-dim scale keeps the cotangent's dtype, as backward of a scaled loss casts
             # it: one that overflows a float16 output is what the scaler is there to detect.

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from lagrange_opt.evaluation.terms import Term
 from lagrange_opt.maths.augmented import AugmentedLagrangian, next_margin
+from lagrange_opt.maths.casts import in_dtype
 from lagrange_opt.problem.constrained_problem import ConstrainedProblem
 
 MAX_EPOCH_STEPS = 100_000
@@ -116,9 +117,7 @@ class SampleMargins:
             indices = term.indices
             if augmented is None or margin is None or indices is None or not indices.numel():
                 continue
-            standard = term.standard
-            if standard.dtype != margin.dtype:  # a same-dtype .to() is still an operator call
-                standard = standard.to(margin.dtype)
+            standard = in_dtype(term.standard, margin.dtype)
             previous = self._previous.get(name)
             if previous is None:
                 shape = (self._sizes[name], *standard.shape[1:])

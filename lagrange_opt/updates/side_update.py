@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.optim import optimizer as optimizer_module
 
 from lagrange_opt.evaluation.terms import Term
+from lagrange_opt.maths.casts import in_dtype
 from lagrange_opt.maths.dual_restart import restarted_
 from lagrange_opt.maths.lagrangian import project_nonnegative_
 from lagrange_opt.updates.fast_optimizers import add_all_, copy_all, is_fast, plan
@@ -217,10 +218,7 @@ def dual_update(
             if projected:
                 project_nonnegative_(multiplier)
             continue
-        step = term.residual * size
-        if step.dtype != multiplier.dtype:  # a same-dtype .to() is still an operator call
-            step = step.to(multiplier.dtype)
-        multiplier.index_add_(0, indices, step)
+        multiplier.index_add_(0, indices, in_dtype(term.residual * size, multiplier.dtype))
         if projected:
             rows = project_nonnegative_(multiplier.index_select(0, indices))
             multiplier.index_copy_(0, indices, rows)
@@ -250,10 +248,10 @@ def _stock_dual_update(
     for term in terms:
         multiplier = term.multiplier
         if term.indices is None:
-            multiplier.grad = term.residual.to(multiplier.dtype)
+            multiplier.grad = in_dtype(term.residual, multiplier.dtype)
             continue
         rows, inverse = torch.unique(term.indices, sorted=True, return_inverse=True)
-        residual = term.residual.to(multiplier.dtype)
+        residual = in_dtype(term.residual, multiplier.dtype)
         grad = residual.new_zeros((rows.shape[0], *residual.shape[1:]))
         grad.index_add_(0, inverse, residual)
         values = multiplier.detach().index_select(0, rows)
