@@ -146,7 +146,7 @@ class FormulationState:
             dense = name not in self._sample_names
             _fold_max(self._window_max, name, violation if dense else violation.amax())
         if self.watches_primal and self._window_start is None:
-            self._window_start = [param.detach().clone() for param in params]
+            self._start_window(params)
         if self._steps % augmented.window:
             return
         move = self._movement(params) if self.watches_primal else 0.0
@@ -176,13 +176,16 @@ class FormulationState:
     def _movement(self, params: Sequence[Tensor]) -> float:
         """The primal iterate's movement over the window that ends (one host sync), and the
         next window's start."""
-        starts = self._window_start or []
         squares = [
             (param.detach() - start).square().sum().to(torch.float64)
-            for param, start in zip(params, starts)
+            for param, start in zip(params, self._window_start or [])
         ]
-        self._window_start = [param.detach().clone() for param in params]
+        self._start_window(params)
         return math.sqrt(float(torch.stack(squares).sum())) if squares else 0.0
+
+    def _start_window(self, params: Sequence[Tensor]) -> None:
+        """Copies the primal parameters where a window starts."""
+        self._window_start = [param.detach().clone() for param in params]
 
     def _watch(self, augmented: AugmentedLagrangian, evaluation: Evaluation) -> None:
         """The runaway check (:mod:`..maths.runaway`): one host sync."""
